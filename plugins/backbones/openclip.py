@@ -1,0 +1,203 @@
+"""Backbone ``openclip``: any open_clip architecture, plus the embedded tiny CLIPs.
+
+``[model]`` keys: ``arch`` (an open_clip model name, ``tracer-tiny-rn`` / ``tracer-tiny-vit``, or
+``local-dir:PATH`` / ``hf-hub:ORG/REPO``), ``pretrained`` (an open_clip tag such as ``openai``, a
+local weights file, ``"embedded"`` for the tiny CLIP tracer pretrains itself, or ``"none"`` for
+random init), ``cache_dir`` (where open_clip looks for downloaded weights) and ``image_size``
+(force a different input size). Preprocessing always comes from the checkpoint's own config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import urlparse
+
+import open_clip
+import torch
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from torch import nn
+
+from tracer_cli import hookimpl
+from tracer_cli.errors import MissingResourceError, RecipeError
+from tracer_cli.options import Options
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+TINY_ARCHS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
+_registered_configs = False
+
+
+def register_tiny_configs() -> None:
+    """Make open_clip know the tiny configs by name (idempotent)."""
+    global _registered_configs
+    if not _registered_configs:
+        open_clip.add_model_config(CONFIG_DIR)
+        _registered_configs = True
+
+
+def _weights_help(arch: str, pretrained: str) -> str:
+    return (f"pretrained weights '{pretrained}' for '{arch}' are not available offline. Provide them "
+            f"one of these ways: (1) model.pretrained = \"/path/to/weights.pt\" (an open_clip or "
+            f"OpenAI checkpoint file); (2) model.arch = \"local-dir:/path/to/folder\" holding "
+            f"open_clip_config.json and the weights; (3) download once where there is network "
+            f"(python -c \"import open_clip; open_clip.create_model('{arch}', pretrained="
+            f"'{pretrained}')\"), then run with HF_HUB_OFFLINE=1 and the same Hugging Face cache "
+            f"(HF_HOME or model.cache_dir)")
+
+
+def _weights_cached(cfg: dict[str, Any], cache_dir: str | None) -> bool:
+    """Whether the weights of an open_clip pretrained config are already on this machine."""
+    if cfg.get("hf_hub"):
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = os.path.split(cfg["hf_hub"])
+        found = try_to_load_from_cache(repo, filename or "open_clip_pytorch_model.bin",
+                                       cache_dir=cache_dir)
+        return isinstance(found, str)
+    if cfg.get("url"):
+        root = cache_dir or os.path.expanduser("~/.cache/clip")
+        return os.path.isfile(os.path.join(root, os.path.basename(urlparse(cfg["url"]).path)))
+    return bool(cfg.get("file")) and os.path.isfile(cfg["file"])
+
+
+def _source_reachable(cfg: dict[str, Any], timeout: float = 3.0) -> bool:
+    """A quick TCP probe of the download host, so that no network fails in seconds, not after
+    a minute of retries; offline mode (HF_HUB_OFFLINE=1) counts as unreachable."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    if cfg.get("hf_hub"):
+        host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    else:
+        host = urlparse(cfg.get("url", "")).hostname
+    if not host:
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _create(arch: str, pretrained: str, cache_dir: str | None, image_size: int | None) -> nn.Module:
+    kwargs: dict[str, Any] = {"cache_dir": cache_dir}
+    if image_size:
+        kwargs["force_image_size"] = image_size
+    schema = arch.split(":", 1)[0] if ":" in arch else None
+    if schema in ("local-dir", "hf-hub"):
+        return open_clip.create_model(arch, **kwargs)
+    if pretrained == "none":
+        with _quiet_root_logger():  # open_clip warns "initialized randomly": that is the request
+            return open_clip.create_model(arch, pretrained=None, **kwargs)
+    if pretrained == "embedded":
+        from tracer_plugins.backbones.embedded import embedded_weights
+
+        if arch not in TINY_ARCHS:
+            raise RecipeError("model.pretrained", f"'embedded' weights exist only for the tiny "
+                              f"archs ({', '.join(TINY_ARCHS)}), not '{arch}'")
+        return open_clip.create_model(arch, pretrained=str(embedded_weights(arch)), **kwargs)
+    if os.path.isfile(pretrained):
+        return open_clip.create_model(arch, pretrained=pretrained, **kwargs)
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if pretrained not in tags:
+        looks_like_path = "/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors"))
+        what = f"weights file '{pretrained}' does not exist" if looks_like_path else \
+            f"'{pretrained}' is not a known tag for '{arch}' (tags: {', '.join(tags) or 'none'})"
+        raise MissingResourceError(f"model.pretrained: {what}; use a tag, a local file, "
+                                   "\"embedded\" (tiny archs) or \"none\"")
+    cfg = open_clip.get_pretrained_cfg(arch, pretrained)
+    if not _weights_cached(cfg, cache_dir) and not _source_reachable(cfg):
+        raise MissingResourceError(_weights_help(arch, pretrained))
+    try:
+        return open_clip.create_model(arch, pretrained=pretrained, **kwargs)
+    except Exception as exc:  # network or cache failures all mean: weights are not here
+        raise MissingResourceError(_weights_help(arch, pretrained) + f" [{type(exc).__name__}]") \
+            from exc
+
+
+class OpenClipBackbone:
+    """An open_clip CLIP with the tokenizer and transforms of its own config."""
+
+    def __init__(self, arch: str, pretrained: str, cache_dir: str | None = None,
+                 image_size: int | None = None):
+        register_tiny_configs()
+        if not arch.startswith(("local-dir:", "hf-hub:")) and \
+                arch not in open_clip.list_models():
+            import difflib
+
+            close = difflib.get_close_matches(arch, open_clip.list_models(), n=3)
+            raise RecipeError("model.arch", f"unknown open_clip architecture '{arch}'"
+                              + (f"; did you mean {', '.join(close)}?" if close else ""))
+        self.arch, self.pretrained = arch, pretrained
+        self.model = _create(arch, pretrained, cache_dir, image_size)
+        self._tokenizer = open_clip.get_tokenizer(arch, cache_dir=cache_dir)
+        cfg = PreprocessCfg(**open_clip.get_model_preprocess_cfg(self.model))
+        self.preprocess_cfg = cfg
+        self.preprocess_train = image_transform_v2(cfg, is_train=True)
+        self.preprocess_eval = image_transform_v2(cfg, is_train=False)
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self._tokenizer(list(texts))
+
+    def encode_image(self, module: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        return module.encode_image(images, normalize=True)
+
+    def encode_text(self, module: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        return module.encode_text(tokens, normalize=True)
+
+    def logit_scale(self, module: nn.Module) -> torch.Tensor:
+        return module.logit_scale.exp()
+
+    def projections(self, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return visual_text_projections(module)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backbone": "openclip", "arch": self.arch, "pretrained": self.pretrained,
+                "open_clip": open_clip.__version__,
+                "preprocess": {k: v for k, v in vars(self.preprocess_cfg).items()}}
+
+
+def visual_text_projections(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(V, T) with V: in_v×D (ViT ``visual.proj``; ResNet ``attnpool.c_proj.weight``ᵀ) and
+    T: in_t×D (``text_projection``), or None when the towers have no such matrices."""
+    visual = getattr(module, "visual", None)
+    text_proj = getattr(module, "text_projection", None)
+    if isinstance(text_proj, nn.Linear):
+        text_proj = text_proj.weight.T
+    if visual is None or not isinstance(text_proj, torch.Tensor):
+        return None
+    if isinstance(getattr(visual, "proj", None), torch.Tensor):
+        return visual.proj, text_proj
+    attnpool = getattr(visual, "attnpool", None)
+    if attnpool is not None and hasattr(attnpool, "c_proj"):
+        return attnpool.c_proj.weight.T, text_proj
+    return None
+
+
+def make_backbone(options: dict[str, Any]) -> OpenClipBackbone:
+    opts = Options(options, path="model")
+    arch = opts.str("arch")
+    pretrained = opts.str("pretrained", default="none")
+    cache_dir = opts.str("cache_dir", default=None)
+    image_size = opts.int("image_size", default=None, minimum=8)
+    opts.done()
+    return OpenClipBackbone(arch, pretrained, cache_dir=cache_dir, image_size=image_size)
+
+
+@hookimpl
+def tracer_register_backbones(registry) -> None:
+    registry.add("openclip", make_backbone)

@@ -1,0 +1,332 @@
+"""Datasets read from local files: an image-folder tree (``imagefolder``) or a CSV index (``csv``).
+
+``imagefolder`` expects ``root/<class>/<image>`` (optionally one such tree per split,
+``root/train/...`` and ``root/test/...``); ``csv`` reads one row per (image, label and/or caption)
+pair. Both load images lazily, as RGB, in ``__getitem__``, and check at construction that every
+image file exists, so a bad path fails before training starts rather than mid-epoch.
+
+The public helpers (:func:`options_for`, :func:`read_templates`, :func:`resolve_transform`,
+:func:`check_classnames`, :func:`split_path`, :func:`labels_from_values`) are shared with the
+``hf`` dataset plugin.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+from tracer_cli import hookimpl
+from tracer_cli.contracts import DatasetBundle
+from tracer_cli.errors import MissingResourceError, RecipeError
+from tracer_cli.options import Options
+
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+# Folder names tried, in order, for each split when ``root`` holds one tree per split.
+SPLIT_DIRS = {"train": ("train",), "test": ("test", "val", "validation")}
+IMAGEFOLDER_LAYOUT = ("expected layout: <root>/<class name>/<image>.jpg, or one such tree per "
+                      "split: <root>/train/<class name>/<image>.jpg and "
+                      "<root>/test/<class name>/<image>.jpg ('val/' also works for test); "
+                      "'root' may also contain '{split}'")
+_MAX_LISTED = 5
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def options_for(spec: dict[str, Any]) -> Options:
+    """Options over ``spec``; its ``_path`` entry (the recipe key path of the table) names keys."""
+    table = dict(spec)
+    path = table.pop("_path", "data")
+    return Options(table, path=path)
+
+
+def read_templates(opts: Options) -> list[str]:
+    """The ``templates`` option: prompt templates, each with exactly one ``{}``."""
+    templates = opts.str_list("templates", default=list(DEFAULT_TEMPLATES))
+    if not templates:
+        raise RecipeError(opts.key("templates"), "must list at least one template")
+    for template in templates:
+        if template.count("{}") != 1:
+            raise RecipeError(opts.key("templates"),
+                              f"template {template!r} must contain exactly one '{{}}'")
+    return templates
+
+
+def resolve_transform(transform: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+    """The backbone's transform, or plain ``ToTensor`` when none is given (tests, inspection)."""
+    if transform is not None:
+        return transform
+    from torchvision import transforms  # imported late: only needed without a backbone
+
+    return transforms.ToTensor()
+
+
+def check_classnames(names: list[str] | None, found: Sequence[str], key: str) -> list[str]:
+    """The ``classnames`` option (recipe key ``key``) when given, one per class in ``found``;
+    else ``found`` itself."""
+    if names is None:
+        return list(found)
+    if len(names) != len(found):
+        raise RecipeError(key, f"lists {len(names)} names but the data has {len(found)} classes "
+                               f"({_preview(found)})")
+    return names
+
+
+def split_path(raw: str, split: str) -> Path:
+    """``raw`` with ``{split}`` replaced (not ``str.format``: paths may contain other braces)."""
+    return Path(raw.replace("{split}", split)).expanduser()
+
+
+def _preview(values: Sequence[Any]) -> str:
+    shown = ", ".join(str(v) for v in values[:_MAX_LISTED])
+    more = len(values) - _MAX_LISTED
+    return shown + (f", ... ({more} more)" if more > 0 else "")
+
+
+class ImageListDataset(Dataset):
+    """(image path, label, caption) rows; images open lazily so workers share no file handles."""
+
+    def __init__(self, rows: list[tuple[Path, int, str | None]], transform: Callable[[Any], Any]):
+        self.rows = rows
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path, label, caption = self.rows[index]
+        with Image.open(path) as image:
+            item: dict[str, Any] = {"image": self.transform(image.convert("RGB")), "label": label}
+        if caption is not None:
+            item["caption"] = caption
+        return item
+
+
+# --------------------------------------------------------------------------- imagefolder
+
+
+def _split_root(root: Path, split: str, had_placeholder: bool) -> Path:
+    """The folder holding the class folders for ``split``."""
+    if not root.is_dir():
+        what = "does not exist" if not root.exists() else "is not a directory"
+        raise MissingResourceError(f"imagefolder root {root} {what}; {IMAGEFOLDER_LAYOUT}")
+    if had_placeholder:
+        return root
+    split_dirs = [name for names in SPLIT_DIRS.values() for name in names]
+    # Any split-named subfolder means a per-split layout; treating 'train' as a class would
+    # silently train on a one-class problem.
+    if not any((root / name).is_dir() for name in split_dirs):
+        return root
+    for name in SPLIT_DIRS[split]:
+        if (root / name).is_dir():
+            return root / name
+    wanted = " or ".join(f"{root / n}" for n in SPLIT_DIRS[split])
+    raise MissingResourceError(f"imagefolder root {root} is split into subfolders but has no "
+                               f"'{split}' split: expected {wanted}; {IMAGEFOLDER_LAYOUT}")
+
+
+def _read_extensions(opts: Options) -> tuple[str, ...]:
+    raw = opts.str_list("extensions", default=list(IMAGE_EXTENSIONS))
+    exts = tuple("." + e.lower().lstrip(".") for e in raw)
+    if not exts:
+        raise RecipeError(opts.key("extensions"), "must list at least one file extension")
+    return exts
+
+
+def _scan_tree(folder: Path, extensions: tuple[str, ...]) -> tuple[list[str], list[list[Path]]]:
+    """Sorted class folders under ``folder`` and the sorted image files in each."""
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise MissingResourceError(f"imagefolder: {folder} has no class folders; "
+                                   f"{IMAGEFOLDER_LAYOUT}")
+    files = []
+    for name in classes:
+        found = sorted(p for p in (folder / name).rglob("*")
+                       if p.is_file() and p.suffix.lower() in extensions
+                       and not p.name.startswith("."))
+        files.append(found)
+    empty = [name for name, found in zip(classes, files) if not found]
+    if empty:
+        raise MissingResourceError(
+            f"imagefolder: no images ({', '.join(extensions)}) in class folder(s) "
+            f"{_preview(empty)} under {folder}; {IMAGEFOLDER_LAYOUT}")
+    return classes, files
+
+
+def make_imagefolder(spec: dict[str, Any], split: str,
+                     transform: Callable[[Any], Any] | None) -> DatasetBundle:
+    """A classification dataset from ``root/<class>/<image>`` folders (classes sorted by name)."""
+    opts = options_for(spec)
+    raw_root = opts.str("root")
+    extensions = _read_extensions(opts)
+    templates = read_templates(opts)
+    names = opts.str_list("classnames", default=None)
+    opts.done()  # before touching the disk, so a misspelt key is reported as such
+    folder = _split_root(split_path(raw_root, split), split, "{split}" in raw_root)
+    folders, files = _scan_tree(folder, extensions)
+    classnames = check_classnames(names, [name.replace("_", " ") for name in folders],
+                                  opts.key("classnames"))
+    rows = [(path, label, None) for label, found in enumerate(files) for path in found]
+    return DatasetBundle(
+        dataset=ImageListDataset(rows, resolve_transform(transform)),
+        classnames=classnames, templates=templates,
+        info={"source": "imagefolder", "root": str(folder), "split": split,
+              "num_images": len(rows), "class_folders": folders})
+
+
+# --------------------------------------------------------------------------- csv
+
+_INT_RE = re.compile(r"^\s*-?\d+\s*$")
+
+
+def _read_csv(path: Path, delimiter: str) -> tuple[list[str], list[dict[str, str]]]:
+    if not path.is_file():
+        what = "does not exist" if not path.exists() else "is not a file"
+        raise MissingResourceError(f"csv dataset: {path} {what}; expected a CSV file with a "
+                                   "header row, e.g. 'filepath,label' or 'filepath,caption'")
+    # utf-8-sig: spreadsheet exports often start with a byte-order mark that would otherwise
+    # become part of the first column's name.
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle, delimiter=delimiter)
+        rows = list(reader)
+        columns = list(reader.fieldnames or [])
+    if not rows:
+        raise MissingResourceError(f"csv dataset: {path} has no data rows")
+    return columns, rows
+
+
+def _check_columns(opts: Options, wanted: dict[str, str | None], columns: list[str],
+                   path: Path) -> None:
+    """Every column named by an option (``wanted``: option -> column) is in the CSV header."""
+    for option, name in wanted.items():
+        if name is not None and name not in columns:
+            raise RecipeError(opts.key(option), f"column '{name}' is not in {path}; columns "
+                                                f"present: {', '.join(columns) or '(none)'}")
+
+
+def labels_from_values(values: list[str], classnames: list[str] | None, key: str,
+                       source: str) -> tuple[list[int], list[str]]:
+    """Class indices and names for raw label values: integers are indices, other text are names.
+
+    Integer labels are named by ``classnames`` (the option at recipe key ``key``), else by their
+    digits; text labels name themselves (sorted) unless ``classnames`` is given (see
+    :func:`_text_labels`). ``source`` names the data in error messages.
+    """
+    if all(_INT_RE.match(v) for v in values):
+        return _int_labels(values, classnames, key, source)
+    return _text_labels(values, classnames, key)
+
+
+def _int_labels(values: list[str], classnames: list[str] | None, key: str,
+                source: str) -> tuple[list[int], list[str]]:
+    labels = [int(v) for v in values]
+    if min(labels) < 0:
+        raise MissingResourceError(f"{source}: negative label {min(labels)}; integer labels "
+                                   "must be class indices 0..N-1")
+    if classnames is None:
+        return labels, [str(i) for i in range(max(labels) + 1)]
+    if max(labels) >= len(classnames):
+        raise RecipeError(key, f"lists {len(classnames)} names but {source} has label "
+                               f"{max(labels)}")
+    return labels, classnames
+
+
+def _text_labels(values: list[str], classnames: list[str] | None,
+                 key: str) -> tuple[list[int], list[str]]:
+    """Text labels: named by ``classnames`` when it contains them all (its order defines indices),
+    otherwise ``classnames`` renames the sorted unique values positionally."""
+    unique = sorted(set(values))
+    if classnames is None or not set(unique) <= set(classnames):
+        # Not the class names themselves: rename the sorted label values positionally, the
+        # same rule imagefolder uses for folder names.
+        names = check_classnames(classnames, unique, key)
+        position = {value: i for i, value in enumerate(unique)}
+        return [position[v] for v in values], names
+    index = {name: i for i, name in enumerate(classnames)}
+    return [index[v] for v in values], classnames
+
+
+def _labels(rows: list[dict[str, str]], column: str, classnames: list[str] | None, key: str,
+            path: Path) -> tuple[list[int], list[str]]:
+    values = [(row.get(column) or "").strip() for row in rows]
+    blank = [i + 2 for i, v in enumerate(values) if not v]  # +2: 1-based, after the header
+    if blank:
+        raise MissingResourceError(f"csv dataset: {path} has an empty '{column}' cell on line(s) "
+                                   f"{_preview(blank)}")
+    return labels_from_values(values, classnames, key, f"csv dataset {path}")
+
+
+def _image_paths(rows: list[dict[str, str]], column: str, base: Path, path: Path) -> list[Path]:
+    images = [base / (row.get(column) or "").strip() for row in rows]
+    missing, seen = [], set()
+    for image in images:
+        if image not in seen:
+            seen.add(image)
+            if not image.is_file():
+                missing.append(str(image))
+    if missing:
+        raise MissingResourceError(
+            f"csv dataset {path}: {len(missing)} image file(s) in column '{column}' do not exist "
+            f"(relative paths are resolved against {base}; set 'root' to change that): "
+            f"{_preview(missing)}")
+    return images
+
+
+def _read_csv_options(opts: Options, split: str) -> dict[str, Any]:
+    """Every csv option, read (and unknown keys rejected) before the file is opened."""
+    path = split_path(opts.str("path"), split)
+    delimiter = opts.str("delimiter", default=",")
+    if len(delimiter) != 1:
+        raise RecipeError(opts.key("delimiter"), f"must be one character, got {delimiter!r}")
+    root = opts.str("root", default=None)
+    out = {"path": path, "delimiter": delimiter,
+           "base": split_path(root, split) if root is not None else path.parent,
+           "templates": read_templates(opts),
+           "image_column": opts.str("image_column", default="filepath"),
+           "label_column": opts.str("label_column", default=None),
+           "caption_column": opts.str("caption_column", default=None),
+           "classnames": opts.str_list("classnames", default=None)}
+    opts.done()
+    if out["label_column"] is None and out["caption_column"] is None:
+        raise RecipeError(opts.key("label_column"), "set label_column or caption_column (or both)")
+    if out["label_column"] is None and out["classnames"] is not None:
+        raise RecipeError(opts.key("classnames"), "needs label_column: without labels there are "
+                                                  "no classes to name")
+    return out
+
+
+def make_csv(spec: dict[str, Any], split: str,
+             transform: Callable[[Any], Any] | None) -> DatasetBundle:
+    """A dataset indexed by a CSV file: one row per (image, label and/or caption)."""
+    opts = options_for(spec)
+    o = _read_csv_options(opts, split)
+    path = o["path"]
+    columns, rows = _read_csv(path, o["delimiter"])
+    _check_columns(opts, {k: o[k] for k in ("image_column", "label_column", "caption_column")},
+                   columns, path)
+    if o["label_column"] is not None:
+        labels, classnames = _labels(rows, o["label_column"], o["classnames"],
+                                     opts.key("classnames"), path)
+    else:
+        labels, classnames = [-1] * len(rows), []
+    images = _image_paths(rows, o["image_column"], o["base"], path)
+    captions = ([row.get(o["caption_column"]) or "" for row in rows]
+                if o["caption_column"] is not None else [None] * len(rows))
+    return DatasetBundle(
+        dataset=ImageListDataset(list(zip(images, labels, captions)), resolve_transform(transform)),
+        classnames=classnames, templates=o["templates"],
+        has_captions=o["caption_column"] is not None,
+        info={"source": "csv", "path": str(path), "root": str(o["base"]), "split": split,
+              "num_rows": len(rows), "num_images": len(set(images))})
+
+
+@hookimpl
+def tracer_register_datasets(registry) -> None:
+    registry.add("imagefolder", make_imagefolder)
+    registry.add("csv", make_csv)

@@ -1,0 +1,118 @@
+"""`tracer finetune` end to end through the CLI on the tiny model, and its error contract."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+from tracer_cli.cli import app
+from tracer_cli.engine import checkpoint
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+
+def _read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_finetune_runs_the_engine_and_writes_the_run_dir(runner, tiny_recipe, tmp_path):
+    out = tmp_path / "runs"
+    result = runner.invoke(app, ["finetune", str(tiny_recipe), "--output-dir", str(out), "--json"])
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)  # stdout holds exactly one JSON document
+    run_dir = out / "tiny"
+    assert doc["run_dir"] == str(run_dir) and doc["steps"] == 3
+    models = doc["eval"]["models"]
+    assert set(models) == {"zeroshot", "student", "teacher"}
+    for model in models.values():
+        assert 0.0 <= model["avg_ood_accuracy"] <= 1.0
+        assert model["synth-photo"]["n"] == 48
+    assert "accuracy (%)" in result.stderr and "run directory" in result.stderr
+
+    files = {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()}
+    assert {"recipe.lock.toml", "metrics.jsonl", "last.pt", "summary.json",
+            "checkpoints/step_2.pt", "checkpoints/step_3.pt", "eval/zeroshot.json",
+            "eval/final_student.json", "eval/final_teacher.json"} <= files
+    assert not [f for f in files if f.endswith(".tmp")]
+
+    lock = tomllib.loads((run_dir / "recipe.lock.toml").read_text())
+    assert lock["train"]["steps"] == 3 and lock["lock"]["torch"] == torch.__version__
+    assert lock["lock"]["backbone"]["arch"] == "tracer-tiny-rn"
+
+    records = _read_jsonl(run_dir / "metrics.jsonl")
+    train = [r for r in records if r["event"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3]
+    assert "kl_i2t" not in train[0]  # no teacher term at step 0: teacher == student
+    for key in ("loss", "loss_clip", "loss_sd", "lr", "kl_i2t", "kl_t2i", "agreement",
+                "img_per_s", "sd_crd", "sd_fd", "sd_icl", "sd_xkd", "reg_cross_fnorm"):
+        assert key in train[-1], key
+    assert any(r["event"] == "eval" and r["model"] == "zeroshot" for r in records)
+
+    ckpt = checkpoint.load(run_dir / "last.pt")
+    assert ckpt["step"] == 3 and ckpt["data_position"] == {"epoch": 0, "batch": 3}
+    assert ckpt["teacher"]["weight_sum"] > 0
+
+
+def test_last_checkpoint_loads_in_plain_open_clip(runner, tiny_recipe, tmp_path):
+    import open_clip
+
+    from tracer_plugins.backbones.openclip import register_tiny_configs
+
+    result = runner.invoke(app, ["finetune", str(tiny_recipe), "--output-dir", str(tmp_path),
+                                 "--set", "run.eval=false", "--max-steps", "1"])
+    assert result.exit_code == 0, result.stderr
+    register_tiny_configs()
+    model = open_clip.create_model("tracer-tiny-rn", pretrained=str(tmp_path / "tiny/last.pt"))
+    saved = checkpoint.load(tmp_path / "tiny/last.pt")["state_dict"]
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+
+
+def test_human_output_without_json(runner, tiny_recipe, tmp_path):
+    result = runner.invoke(app, ["finetune", str(tiny_recipe), "--output-dir", str(tmp_path),
+                                 "--set", "teacher.kind=none", "--set", "distill.lambda_sd=0"])
+    assert result.exit_code == 0, result.stderr
+    assert "average OOD" in result.stdout and "zeroshot" in result.stdout
+    assert "teacher" not in result.stdout.split("accuracy (%)")[1].splitlines()[1]
+    assert "[train] step=3" in result.stderr  # plain progress lines when CI is set
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--set", "train.steps=zero"], "recipe key 'train.steps': expected an integer"),
+    (["--set", "teacher.kind=swa"], "recipe key 'teacher.kind'"),
+    (["--set", "data.train=synth-fotos"], "unknown dataset 'synth-fotos': did you mean"),
+    (["--set", "model.arch=tracer-tiny-rm"], "unknown open_clip architecture 'tracer-tiny-rm'"),
+    (["--set", "model.pretrained=/nope/weights.pt"], "weights file '/nope/weights.pt' does not"),
+    (["--set", "model.colour=1"], "recipe key 'model.colour': unknown key"),
+    (["--set", "task.train_templates=[\"no slot\"]"], "exactly one '{}'"),
+    (["--set", "train"], "expected KEY.PATH=VALUE"),
+])
+def test_bad_input_exits_2_with_one_line(runner, tiny_recipe, tmp_path, args, fragment):
+    result = runner.invoke(app, ["finetune", str(tiny_recipe), "--output-dir", str(tmp_path),
+                                 *args])
+    assert result.exit_code == 2, result.stderr
+    assert fragment in result.stderr
+    assert result.stderr.count("error:") == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "tiny").exists()  # nothing was started
+
+
+def test_missing_recipe_and_existing_run_dir(runner, tiny_recipe, tmp_path):
+    result = runner.invoke(app, ["finetune", str(tmp_path / "nope.toml")])
+    assert result.exit_code == 2 and "does not exist" in result.stderr
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "keep.txt").write_text("x")
+    result = runner.invoke(app, ["finetune", str(tiny_recipe), "--output-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "--overwrite" in result.stderr
+    assert (tmp_path / "tiny" / "keep.txt").exists()
+
+
+def test_usage_errors_are_exit_2(runner):
+    assert runner.invoke(app, ["finetune"]).exit_code == 2
+    assert runner.invoke(app, ["finetune", "x.toml", "--max-steps", "0"]).exit_code == 2
+    assert runner.invoke(app, ["frobnicate"]).exit_code == 2

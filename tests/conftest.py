@@ -1,0 +1,75 @@
+"""Shared fixtures: a tiny recipe that runs the real engine in seconds, and a CLI runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tracer_cli.plugins import reset_host
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_RECIPE = """
+[run]
+name = "tiny"
+seed = 0
+log_every = 1
+device = "cpu"
+
+[model]
+backbone = "openclip"
+arch = "tracer-tiny-rn"
+pretrained = "none"
+freeze_bn_stats = true
+
+[data]
+train = { name = "synth-photo-narrow", size = 64 }
+id = [{ name = "synth-photo", size = 48 }]
+ood = [{ name = "synth-sketch", size = 48 }, { name = "synth-noisy", size = 48 }]
+eval_batch_size = 48
+
+[task]
+name = "classification"
+train_templates = ["a photo of a {}."]
+
+[train]
+steps = 3
+batch_size = 16
+lr = 1e-4
+warmup_steps = 1
+checkpoint_every = 2
+
+[teacher]
+kind = "wma"
+
+[distill]
+lambda_sd = 0.9
+crd = 1.0
+fd = 2000.0
+icl = 1.0
+xkd = 1.0
+lambda_fn = 0.05
+"""
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_RECIPE)
+    return path
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_plugin_host(monkeypatch: pytest.MonkeyPatch):
+    """Each test sees the entry points as they are now (tests install and block plugins)."""
+    monkeypatch.setenv("CI", "1")
+    reset_host()
+    yield
+    reset_host()

@@ -1,0 +1,70 @@
+"""The embedded tiny CLIP: built on first use through the normal engine, cached, then reused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tracer_cli.events import Reporter, use_reporter
+from tracer_plugins.backbones import embedded
+from tracer_plugins.backbones.openclip import make_backbone
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+TINY_PRETRAIN = """
+[run]
+name = "tiny_pretrain"
+[model]
+arch = "tracer-tiny-rn"
+pretrained = "none"
+[data]
+train = { name = "synth-world", size = 32 }
+[task]
+train_text = "captions"
+[train]
+steps = 2
+batch_size = 16
+lr = 1e-3
+[teacher]
+kind = "none"
+"""
+
+
+class _Notices(Reporter):
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def notice(self, message: str) -> None:
+        self.lines.append(message)
+
+
+def test_packaged_recipe_is_the_repository_recipe():
+    assert embedded.pretrain_recipe_text() == (RECIPES / "tiny_pretrain.toml").read_text()
+
+
+def test_built_on_first_use_then_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv(embedded.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(embedded, "pretrain_recipe_text", lambda: TINY_PRETRAIN)
+    notices = _Notices()
+    with use_reporter(notices):
+        backbone = make_backbone({"arch": "tracer-tiny-rn", "pretrained": "embedded"})
+    path = embedded.embedded_path("tracer-tiny-rn")
+    assert path.is_file() and path.parent == tmp_path / "cache" / "embedded"
+    assert path.with_suffix(".lock.toml").is_file()
+    assert any("building the embedded tiny CLIP" in n for n in notices.lines)
+    saved = torch.load(path, weights_only=True)["state_dict"]
+    assert torch.equal(backbone.model.state_dict()["text_projection"], saved["text_projection"])
+
+    again = _Notices()
+    with use_reporter(again):
+        make_backbone({"arch": "tracer-tiny-rn", "pretrained": "embedded"})
+    assert again.lines == []  # cached: no second build
+
+
+def test_recipe_change_means_new_cache_file(monkeypatch, tmp_path):
+    monkeypatch.setenv(embedded.CACHE_ENV, str(tmp_path))
+    first = embedded.embedded_path("tracer-tiny-rn")
+    monkeypatch.setattr(embedded, "pretrain_recipe_text", lambda: TINY_PRETRAIN)
+    assert embedded.embedded_path("tracer-tiny-rn") != first
+    assert embedded.embedded_path("tracer-tiny-vit") != embedded.embedded_path("tracer-tiny-rn")

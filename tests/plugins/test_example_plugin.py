@@ -1,0 +1,145 @@
+"""Entry-point discovery of third-party plugins.
+
+The slow test pip-installs ``examples/tracer-plugin-example`` into the running interpreter's
+environment and lists plugins from a fresh process, exactly as ``tracer plugins list`` would.
+The fast tests fake installed distributions with ``*.dist-info`` folders on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tracer_cli.plugins import DISABLE_ENV, PluginError, PluginHost
+
+EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "examples" / "tracer-plugin-example"
+DIST = "tracer-plugin-example"
+
+_LIST_AND_BUILD = textwrap.dedent("""
+    import json
+    from tracer_cli.plugins import PluginHost
+    host = PluginHost()
+    bundle = host.datasets.get("example-stripes").factory(
+        {"_path": "data.train", "size": 7, "image_size": 16}, "train", None)
+    item = bundle.dataset[5]
+    print(json.dumps({"listing": host.listing(), "len": len(bundle.dataset),
+                      "classnames": list(bundle.classnames), "templates": list(bundle.templates),
+                      "shape": list(item["image"].shape), "label": item["label"]}))
+""")
+
+
+def _installed_version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _pip(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "pip", *args], check=True, capture_output=True,
+                   text=True, timeout=300)
+
+
+@pytest.fixture
+def example_installed(tmp_path):
+    """The example package installed for the test; removed again unless it was there before."""
+    was_installed = _installed_version(DIST) is not None
+    # Build from a copy: setuptools writes build/ and *.egg-info next to the sources.
+    source = shutil.copytree(EXAMPLE_DIR, tmp_path / "src",
+                             ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    # Installing over an existing copy is a plain reinstall, so repeated runs behave the same.
+    _pip("install", "--no-deps", "--no-build-isolation", "-q", str(source))
+    yield
+    if not was_installed:
+        _pip("uninstall", "-y", "-q", DIST)
+
+
+@pytest.mark.slow
+def test_example_package_is_discovered_through_entry_points(example_installed):
+    env = {k: v for k, v in os.environ.items() if k != DISABLE_ENV}
+    done = subprocess.run([sys.executable, "-c", _LIST_AND_BUILD], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    entry = {e["name"]: e for e in out["listing"]["datasets"]}["example-stripes"]
+    assert entry == {"name": "example-stripes", "plugin": "example", "distribution": DIST,
+                     "version": "0.1.0"}
+    # Built-in plugins come through the same group and still load alongside.
+    assert any(e["name"] == "imagefolder" for e in out["listing"]["datasets"])
+    assert out["len"] == 7 and out["shape"] == [3, 16, 16] and out["label"] == 2
+    assert out["classnames"] == ["horizontal stripes", "vertical stripes", "checkerboard"]
+    assert out["templates"] == ["a picture of {}."]
+
+
+# --------------------------------------------------------------------------- fake distributions
+
+
+def _fake_distribution(site: Path, dist: str, version: str, entry_name: str, module: str,
+                       dataset: str) -> None:
+    """A module registering ``dataset`` and a dist-info that exposes it in the ``tracer`` group."""
+    (site / f"{module}.py").write_text(textwrap.dedent(f"""
+        from tracer_cli import hookimpl
+
+        def make(spec, split, transform):
+            raise NotImplementedError("discovery test only")
+
+        @hookimpl
+        def tracer_register_datasets(registry):
+            registry.add({dataset!r}, make)
+    """))
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[tracer]\n{entry_name} = {module}\n")
+
+
+@pytest.fixture
+def fake_site(tmp_path, monkeypatch):
+    """An extra sys.path folder for ``tracer_test_*`` modules, forgotten again after the test."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delenv(DISABLE_ENV, raising=False)
+    yield site
+    for name in [n for n in sys.modules if n.startswith("tracer_test_")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
+
+
+def test_fake_distribution_is_discovered(fake_site):
+    _fake_distribution(fake_site, "fake-tracer-plugin", "1.2.3", "fakeplug",
+                       "tracer_test_fakeplug", "fake-data")
+    importlib.invalidate_caches()  # the finder may have cached the folder before it was filled
+    host = PluginHost()
+    entry = host.datasets.get("fake-data")
+    assert entry.as_dict() == {"name": "fake-data", "plugin": "fakeplug",
+                               "distribution": "fake-tracer-plugin", "version": "1.2.3"}
+    assert "imagefolder" in host.datasets  # built-ins still load alongside
+
+
+def test_fake_distribution_can_be_disabled(fake_site, monkeypatch):
+    _fake_distribution(fake_site, "fake-tracer-plugin", "1.2.3", "fakeplug",
+                       "tracer_test_fakeplug_off", "fake-data")
+    importlib.invalidate_caches()
+    monkeypatch.setenv(DISABLE_ENV, "fakeplug")
+    assert "fake-data" not in PluginHost().datasets
+
+
+def test_duplicate_name_from_two_distributions_names_both(fake_site):
+    _fake_distribution(fake_site, "dist-alpha", "1.0", "alpha", "tracer_test_alpha", "dup-data")
+    _fake_distribution(fake_site, "dist-beta", "2.0", "beta", "tracer_test_beta", "dup-data")
+    importlib.invalidate_caches()
+    with pytest.raises(PluginError) as err:
+        PluginHost()
+    message = str(err.value)
+    assert "'dup-data'" in message
+    assert "dist-alpha 1.0" in message and "dist-beta 2.0" in message

@@ -1,0 +1,122 @@
+"""Recipe loading, validation messages, --set overrides and the lock file."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from tracer_cli import recipe as R
+from tracer_cli.errors import RecipeError, UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+MINIMAL = {"data": {"train": "synth-photo-narrow"}}
+
+
+def test_minimal_recipe_gets_defaults():
+    rec = R.from_dict(MINIMAL)
+    assert rec.data.train == {"name": "synth-photo-narrow"}
+    assert rec.teacher.kind == "wma" and rec.teacher.resolved_update_every() == 1
+    assert rec.run.precision == "auto" and rec.train.checkpoint_every == 0
+
+
+@pytest.mark.parametrize("raw, key, fragment", [
+    ({**MINIMAL, "bogus": {}}, "bogus", "unknown section"),
+    ({**MINIMAL, "train": {"stpes": 3}}, "train.stpes", "unknown key; allowed: steps"),
+    ({**MINIMAL, "train": {"steps": "ten"}}, "train.steps", "expected an integer, got 'ten'"),
+    ({**MINIMAL, "train": {"steps": True}}, "train.steps", "expected an integer"),
+    ({**MINIMAL, "train": {"steps": 0}}, "train.steps", "must be >= 1"),
+    ({**MINIMAL, "train": {"steps": 5, "warmup_steps": 9}}, "train.warmup_steps", "between 0"),
+    ({**MINIMAL, "teacher": {"kind": "swa"}}, "teacher.kind", "allowed: wma, ema, static, none"),
+    ({**MINIMAL, "run": {"precision": "fp16"}}, "run.precision", "32-true"),
+    ({**MINIMAL, "run": {"device": "tpu"}}, "run.device", "allowed: auto, cpu, cuda"),
+    ({**MINIMAL, "distill": {"fd": -1}}, "distill.fd", "must be >= 0"),
+    ({"run": {}}, "data", "required"),
+    ({"data": {"train": 3}}, "data.train", "dataset name or a table"),
+    ({"data": {"train": "a", "ood": ["x", {"name": "x"}]}}, "data.ood", "appear twice"),
+])
+def test_validation_errors_name_the_key(raw, key, fragment):
+    with pytest.raises(RecipeError) as err:
+        R.from_dict(raw)
+    assert err.value.key == key
+    assert fragment in str(err.value)
+    assert f"recipe key '{key}'" in str(err.value)
+
+
+def test_ints_are_accepted_for_floats_and_plugin_keys_pass_through():
+    rec = R.from_dict({**MINIMAL, "train": {"lr": 1}, "model": {"arch": "RN50", "x": 1},
+                       "task": {"templates": ["a {}."]}})
+    assert rec.train.lr == 1.0 and isinstance(rec.train.lr, float)
+    assert rec.model.options == {"arch": "RN50", "x": 1}
+    assert rec.task.options == {"templates": ["a {}."]}
+
+
+def test_dataset_options_are_defaults_under_each_spec():
+    rec = R.from_dict({"data": {"train": {"name": "a", "size": 5}, "ood": ["b"],
+                                "options": {"size": 9, "seed": 1}}})
+    assert rec.data.train == {"name": "a", "size": 5, "seed": 1}
+    assert rec.data.ood == [{"name": "b", "size": 9, "seed": 1}]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("train.steps=5", (["train", "steps"], 5)),
+    ("train.lr=1e-4", (["train", "lr"], 1e-4)),
+    ("run.eval=false", (["run", "eval"], False)),
+    ("model.pretrained=none", (["model", "pretrained"], "none")),
+    ('model.pretrained="/a b/c.pt"', (["model", "pretrained"], "/a b/c.pt")),
+    ("data.ood=synth-sketch,synth-noisy", (["data", "ood"], ["synth-sketch", "synth-noisy"])),
+    ('data.ood=["a"]', (["data", "ood"], ["a"])),
+])
+def test_parse_override(text, expected):
+    assert R.parse_override(text) == expected
+
+
+@pytest.mark.parametrize("text", ["train.steps", "=3", "train..steps=3"])
+def test_bad_override_is_usage_error(text):
+    with pytest.raises(UsageError, match="KEY.PATH=VALUE"):
+        R.parse_override(text)
+
+
+def test_overrides_apply_and_keep_string_keys_strings():
+    raw = {"run": {"name": "x"}, "data": {"train": "a"}}
+    out = R.apply_overrides(raw, ["run.name=123", "train.steps=7", "data.options.size=10"])
+    assert out["run"]["name"] == "123" and out["train"]["steps"] == 7
+    assert out["data"]["options"] == {"size": 10}
+    assert raw == {"run": {"name": "x"}, "data": {"train": "a"}}  # input untouched
+    with pytest.raises(RecipeError, match="not a table"):
+        R.apply_overrides(raw, ["run.name.x=1"])
+
+
+def test_bad_files_are_usage_errors(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        R.load(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[run\nname=1")
+    with pytest.raises(UsageError, match="not valid TOML"):
+        R.load(bad)
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_recipes_validate(path):
+    rec = R.load(path)
+    assert rec.data.train["name"]
+
+
+def test_lock_file_round_trips(tmp_path):
+    rec = R.load(RECIPES / "quickstart.toml", ["train.steps=42"])
+    lock = tmp_path / "recipe.lock.toml"
+    R.write_lock(rec, lock, {"torch": "x", "git": None})
+    doc = tomllib.loads(lock.read_text())
+    assert doc["lock"] == {"torch": "x"}
+    doc.pop("lock")
+    again = R.from_dict(doc)
+    assert again.to_dict() == rec.to_dict()
+    assert again.train.steps == 42
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -1,0 +1,79 @@
+"""The objects plugins hand to the engine: backbones, dataset bundles and tasks.
+
+These are structural contracts (``typing.Protocol``) plus one dataclass, so a third-party plugin
+satisfies them without subclassing anything from tracer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+
+@dataclass
+class DatasetBundle:
+    """A dataset plus the metadata tasks need.
+
+    ``dataset[i]`` returns a dict with ``"image"`` (a transformed image tensor), ``"label"`` (int)
+    and, for caption datasets, ``"caption"`` (str). ``classnames[label]`` names each label;
+    ``templates`` are prompt templates with one ``{}`` for the class name; ``class_subset`` lists
+    the indices of these classes in a parent label space when the dataset covers only part of it
+    (ImageNet-R: 200 of 1000).
+    """
+
+    dataset: Dataset
+    classnames: Sequence[str]
+    templates: Sequence[str]
+    has_captions: bool = False
+    class_subset: Sequence[int] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Backbone(Protocol):
+    """A CLIP-style dual encoder.
+
+    Methods that run the network take the module explicitly (``module`` is :attr:`model` or a copy
+    of it, such as the teacher), so student and teacher share one implementation.
+    """
+
+    model: nn.Module
+    preprocess_train: Callable[[Any], torch.Tensor]
+    preprocess_eval: Callable[[Any], torch.Tensor]
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor: ...
+
+    def encode_image(self, module: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalized image features, B×D."""
+
+    def encode_text(self, module: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        """L2-normalized text features, B×D."""
+
+    def logit_scale(self, module: nn.Module) -> torch.Tensor:
+        """The exponentiated logit scale s (about 100 for pretrained CLIP)."""
+
+    def projections(self, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(V, T): visual (in_v×D) and text (in_t×D) projection matrices, or None if absent."""
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description (arch, pretrained source, config) for the run's lock file."""
+
+
+class Task(Protocol):
+    """What is learned and how it is measured, on top of the shared engine."""
+
+    def train_texts(self, batch: dict[str, Any], bundle: DatasetBundle,
+                    rng: torch.Generator) -> list[str]:
+        """The caption paired with each training image of ``batch`` (contrastive targets)."""
+
+    def evaluate(self, backbone: Backbone, module: nn.Module,
+                 datasets: Mapping[str, tuple[DatasetBundle, Any]], device: torch.device,
+                 autocast: Callable[[], Any]) -> dict[str, dict[str, Any]]:
+        """Evaluate ``module`` on each ``name -> (bundle, loader)``.
+
+        Returns ``name -> {"metrics": {...}, "logits": Tensor, "labels": Tensor}``; heads shared by
+        datasets with the same label space are computed once per call.
+        """

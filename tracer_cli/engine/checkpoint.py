@@ -1,0 +1,74 @@
+"""Checkpoints: atomic writes and RNG capture, loadable with ``torch.load(weights_only=True)``.
+
+A checkpoint's ``state_dict`` key holds the student's weights, so open_clip's own loader reads a
+tracer checkpoint as it is (``open_clip.create_model(arch, pretrained="runs/x/last.pt")``).
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tracer_cli.errors import UsageError
+from tracer_cli.io import atomic_path
+
+
+def capture_rng() -> dict[str, Any]:
+    """Python, numpy, torch (and CUDA) generator states, as weights_only-safe values."""
+    np_state = np.random.get_state()
+    state = {
+        "python": _to_lists(random.getstate()),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(_to_tuples(state["python"]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_lists(value: Any) -> Any:
+    return [_to_lists(v) for v in value] if isinstance(value, tuple) else value
+
+
+def _to_tuples(value: Any) -> Any:
+    return tuple(_to_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def save(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` so that ``path`` is either absent, the old file, or complete."""
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any]) -> Path:
+    """``checkpoints/step_N.pt`` plus ``last.pt`` (a copy, so deleting old steps is safe)."""
+    path = run_dir / "checkpoints" / f"step_{step}.pt"
+    save(path, payload)
+    with atomic_path(run_dir / "last.pt") as tmp:
+        shutil.copyfile(path, tmp)
+    return path
+
+
+def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"checkpoint '{path}' does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated or foreign files: say which file, not a traceback
+        raise UsageError(f"checkpoint '{path}' cannot be read ({type(exc).__name__}: {exc}); it "
+                         "may be truncated or not a tracer checkpoint") from None

@@ -1,0 +1,181 @@
+"""The training step shared by every method: contrastive loss, teacher distillation, regularizers.
+
+One :class:`Trainer` owns the student, the teacher, the optimizer, the schedule and the grad scaler.
+:meth:`Trainer.step` does one optimizer step and returns the numbers worth logging; nothing here
+knows about the CLI, the run directory or how progress is shown.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from tracer_cli.contracts import Backbone, DatasetBundle, Task
+from tracer_cli.engine.distill import (
+    DistillWeights,
+    distillation_loss,
+    projection_penalty,
+    teacher_student_kl,
+    top1_agreement,
+)
+from tracer_cli.engine.losses import clip_loss, gather_features
+from tracer_cli.engine.precision import Precision
+from tracer_cli.engine.teachers import Teacher
+from tracer_cli.errors import RunError
+from tracer_cli.recipe import DistillConfig, TrainConfig
+
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def set_train_mode(module: nn.Module, freeze_bn_stats: bool) -> None:
+    """Train mode, but BatchNorm layers in eval when ``freeze_bn_stats`` is set.
+
+    Running statistics re-estimated on a narrow finetuning set wreck features on other domains for
+    a reason unrelated to forgetting; freezing them keeps that effect out of the comparison. The
+    BatchNorm affine parameters still train.
+    """
+    module.train()
+    if freeze_bn_stats:
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on gains, biases and the logit scale (as in CLIP / open_clip training)."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        exclude = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or \
+            "logit_scale" in name
+        (no_decay if exclude else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def cosine_with_warmup(warmup: int, total: int):
+    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+class Trainer:
+    """Student + teacher + optimizer; :meth:`step` is one optimizer step of the TRACER objective."""
+
+    def __init__(self, backbone: Backbone, task: Task, bundle: DatasetBundle, teacher: Teacher,
+                 train: TrainConfig, distill: DistillConfig, precision: Precision,
+                 freeze_bn_stats: bool, seed: int, notice=lambda msg: None):
+        self.backbone, self.task, self.bundle, self.teacher = backbone, task, bundle, teacher
+        self.student = backbone.model
+        self.train_cfg, self.precision = train, precision
+        self.device = precision.device
+        self.freeze_bn_stats = freeze_bn_stats
+        self.weights = DistillWeights(**asdict(distill))
+        if (distill.lambda_fn or distill.lambda_orth) and backbone.projections(self.student) is None:
+            notice("distill.lambda_fn / lambda_orth disabled: this backbone exposes no projection "
+                   "matrices")
+            self.weights = replace(self.weights, lambda_fn=0.0, lambda_orth=0.0)
+        self.optimizer = torch.optim.AdamW(param_groups(self.student, train.weight_decay),
+                                           lr=train.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, cosine_with_warmup(train.warmup_steps, train.steps))
+        self.scaler = precision.grad_scaler()
+        self.text_rng = torch.Generator().manual_seed(seed)
+        set_train_mode(self.student, freeze_bn_stats)
+
+    def _features(self, module: nn.Module, images: torch.Tensor, tokens: torch.Tensor):
+        b = self.backbone
+        return b.encode_image(module, images), b.encode_text(module, tokens), b.logit_scale(module)
+
+    def _regularizers(self) -> tuple[torch.Tensor | None, dict[str, float]]:
+        w = self.weights
+        if not (w.lambda_fn or w.lambda_orth):
+            return None, {}
+        v, t = self.backbone.projections(self.student)
+        penalty, parts = projection_penalty(v, t, w)
+        return penalty, {f"reg_{k}": float(x) for k, x in parts.items()}
+
+    def _teacher_terms(self, step: int, images, tokens, fi, ft, s) -> tuple[torch.Tensor | None,
+                                                                           dict[str, float]]:
+        """Distillation loss and teacher-student statistics; nothing at step 0 (φ = θ)."""
+        if not self.teacher.active or step == 0:
+            return None, {}
+        with torch.no_grad(), self.precision.autocast():
+            gi, gt, st = self._features(self.teacher.module, images, tokens)
+        gi, gt, st = gi.float(), gt.float(), st.float()
+        with torch.no_grad():
+            S, T = s.detach() * fi.detach() @ ft.detach().T, st * gi @ gt.T
+            kl_i2t, kl_t2i = teacher_student_kl(S, T)
+            stats = {"kl_i2t": float(kl_i2t), "kl_t2i": float(kl_t2i),
+                     "agreement": float(top1_agreement(S, T))}
+        if self.weights.lambda_sd == 0:
+            return None, stats
+        loss, parts = distillation_loss(fi, ft, gi, gt, s, st, self.weights)
+        stats.update({f"sd_{k}": float(v) for k, v in parts.items()})
+        return loss, stats
+
+    def step(self, step: int, batch: dict[str, Any]) -> dict[str, float]:
+        """One optimizer step (``step`` counts completed steps before this one)."""
+        images = batch["image"].to(self.device, non_blocking=True)
+        tokens = self.backbone.tokenize(self.task.train_texts(batch, self.bundle, self.text_rng))
+        tokens = tokens.to(self.device, non_blocking=True)
+        with self.precision.autocast():
+            fi, ft, s = self._features(self.student, images, tokens)
+        fi, ft, s = fi.float(), ft.float(), s.float()
+        fi_all, ft_all = gather_features(fi, ft)
+        loss_clip = clip_loss(fi_all, ft_all, s)
+        loss = loss_clip
+        sd, record = self._teacher_terms(step, images, tokens, fi, ft, s)
+        if sd is not None:
+            loss = loss + sd
+            record["loss_sd"] = float(sd.detach())
+        penalty, reg_parts = self._regularizers()
+        if penalty is not None:
+            loss = loss + penalty
+            record.update(reg_parts)
+        if not torch.isfinite(loss):
+            raise RunError(f"non-finite loss ({float(loss)}) at step {step + 1}")
+        self._optimize(loss)
+        self.teacher.update(step + 1, self.student)
+        record.update(loss=float(loss.detach()), loss_clip=float(loss_clip.detach()),
+                      logit_scale=float(s.detach()),
+                      lr=self.optimizer.param_groups[0]["lr"])
+        return record
+
+    def _optimize(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+        if self.train_cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.train_cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        logit_scale = getattr(self.student, "logit_scale", None)
+        if isinstance(logit_scale, torch.Tensor):
+            with torch.no_grad():
+                logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state_dict": self.student.state_dict(), "teacher": self.teacher.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "text_rng": self.text_rng.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.student.load_state_dict(state["state_dict"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.text_rng.set_state(state["text_rng"])

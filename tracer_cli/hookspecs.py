@@ -1,0 +1,46 @@
+"""Hook specifications: the whole contract between tracer and its plugins.
+
+Every hook receives a *registrar* and adds named factories to it; return values are ignored.
+Built-in plugins (package ``tracer_plugins``) use exactly these hooks through the same entry-point
+group, ``tracer``, that third-party packages use. Hooks are called once per process, when the
+:class:`tracer_cli.plugins.PluginHost` loads, with keyword arguments only.
+"""
+
+from __future__ import annotations
+
+from tracer_cli import hookspec
+
+
+@hookspec
+def tracer_register_backbones(registry) -> None:
+    """Register backbone factories.
+
+    Called once when the plugin host loads. Call ``registry.add(name, factory)`` for each backbone;
+    ``name`` is lowercase-kebab (``"openclip"``). ``factory(options: dict)`` receives the recipe's
+    ``[model]`` table without ``backbone`` and ``freeze_bn_stats`` (``arch``, ``pretrained`` and
+    backbone-specific keys; it must reject keys it does not know with :class:`tracer_cli.errors.RecipeError`) and returns an object
+    satisfying :class:`tracer_cli.contracts.Backbone`.
+    """
+
+
+@hookspec
+def tracer_register_datasets(registry) -> None:
+    """Register dataset factories.
+
+    Called once when the plugin host loads. Call ``registry.add(name, factory)`` for each dataset.
+    ``factory(spec: dict, split: str, transform)`` receives the dataset's options from the recipe
+    (everything in its table except ``name`` and ``label``), the split (``"train"`` or ``"test"``)
+    and the backbone's image transform, and returns a :class:`tracer_cli.contracts.DatasetBundle`.
+    Missing files must raise :class:`tracer_cli.errors.MissingResourceError` saying what to provide.
+    """
+
+
+@hookspec
+def tracer_register_tasks(registry) -> None:
+    """Register task factories.
+
+    Called once when the plugin host loads. Call ``registry.add(name, factory)`` for each task.
+    ``factory(task_section: dict)`` receives the recipe's ``[task]`` table without ``name`` and
+    returns an object satisfying :class:`tracer_cli.contracts.Task`: it owns its head, the texts
+    paired with training images, and its metrics.
+    """

@@ -1,0 +1,364 @@
+"""TOML recipes: loading, ``--set`` overrides, validation with key paths, and the lock file.
+
+A recipe has the sections ``run``, ``model``, ``data``, ``task``, ``train``, ``teacher`` and
+``distill``. The core sections are typed dataclasses validated here; the tables a plugin owns (the
+backbone's keys in ``[model]``, each dataset's options, the task's options) are passed on and
+validated by that plugin with :class:`tracer_cli.options.Options`. Every error names the key path,
+the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+from tracer_cli.errors import RecipeError, UsageError
+
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
+TEACHERS = ("wma", "ema", "static", "none")
+
+
+def _check(path: str, ok: bool, message: str) -> None:
+    if not ok:
+        raise RecipeError(path, message)
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    output_dir: str = "runs"
+    seed: int = 0
+    device: str = "auto"
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
+    eval: bool = True
+    log_every: int = 10
+
+    def validate(self, path: str) -> None:
+        _check(f"{path}.name", bool(self.name) and "/" not in self.name,
+               f"got {self.name!r}; must be a non-empty folder name without '/'")
+        _check(f"{path}.log_every", self.log_every >= 1, f"got {self.log_every}; must be >= 1")
+        ok = self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
+        _check(f"{path}.device", ok, f"got {self.device!r}; allowed: auto, cpu, cuda, cuda:N")
+
+
+@dataclass
+class ModelConfig:
+    """``backbone`` picks the plugin; every other key except ``freeze_bn_stats`` is the plugin's."""
+
+    backbone: str = "openclip"
+    freeze_bn_stats: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """Dataset specs are ``{"name": ..., "label": ..., **options}`` tables after normalisation."""
+
+    train: dict[str, Any] = field(default_factory=dict)
+    id: list[dict[str, Any]] = field(default_factory=list)
+    ood: list[dict[str, Any]] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+    eval_batch_size: int = 256
+    num_workers: int = 0
+
+    def validate(self, path: str) -> None:
+        _check(f"{path}.eval_batch_size", self.eval_batch_size >= 1, "must be >= 1")
+        _check(f"{path}.num_workers", self.num_workers >= 0, "must be >= 0")
+
+
+@dataclass
+class TaskConfig:
+    name: str = "classification"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    batch_size: int = 64
+    lr: float = 1e-5
+    weight_decay: float = 0.1
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    checkpoint_every: int = 0
+
+    def validate(self, path: str) -> None:
+        for key in ("steps", "batch_size"):
+            _check(f"{path}.{key}", getattr(self, key) >= 1, f"got {getattr(self, key)}; must be >= 1")
+        for key in ("lr", "weight_decay", "grad_clip"):
+            _check(f"{path}.{key}", getattr(self, key) >= 0, "must be >= 0 (grad_clip 0 disables)")
+        _check(f"{path}.warmup_steps", 0 <= self.warmup_steps <= self.steps,
+               f"got {self.warmup_steps}; must be between 0 and train.steps ({self.steps})")
+        _check(f"{path}.checkpoint_every", self.checkpoint_every >= 0,
+               "must be >= 0 (0: only the final checkpoint)")
+
+
+@dataclass
+class TeacherConfig:
+    kind: Literal["wma", "ema", "static", "none"] = "wma"
+    beta: float = 0.5
+    update_every: int = 0
+    momentum_start: float = 0.05
+    momentum_end: float = 0.9
+    momentum_warmup: float = 0.2
+
+    def validate(self, path: str) -> None:
+        _check(f"{path}.beta", self.beta > 0, f"got {self.beta}; must be > 0")
+        _check(f"{path}.update_every", self.update_every >= 0,
+               "must be >= 0 (0: the kind's default, 1 for wma and 500 for ema)")
+        for key in ("momentum_start", "momentum_end", "momentum_warmup"):
+            value = getattr(self, key)
+            _check(f"{path}.{key}", 0 <= value <= 1, f"got {value}; must be in [0, 1]")
+
+    def resolved_update_every(self) -> int:
+        return self.update_every or (500 if self.kind == "ema" else 1)
+
+
+@dataclass
+class DistillConfig:
+    lambda_sd: float = 0.0
+    temperature: float = 1.0
+    crd: float = 0.0
+    fd: float = 0.0
+    icl: float = 0.0
+    xkd: float = 0.0
+    lambda_fn: float = 0.0
+    lambda_orth: float = 0.0
+
+    def validate(self, path: str) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            _check(f"{path}.{f.name}", value >= 0, f"got {value}; must be >= 0")
+        _check(f"{path}.temperature", self.temperature > 0, "must be > 0")
+
+
+@dataclass
+class Recipe:
+    run: RunConfig
+    model: ModelConfig
+    data: DataConfig
+    task: TaskConfig
+    train: TrainConfig
+    teacher: TeacherConfig
+    distill: DistillConfig
+    source: str = "<memory>"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved recipe as TOML-ready tables (plugin options flattened back in place)."""
+        out = {
+            "run": dataclasses.asdict(self.run),
+            "model": {"backbone": self.model.backbone, "freeze_bn_stats": self.model.freeze_bn_stats,
+                      **self.model.options},
+            "data": {"train": self.data.train, "id": self.data.id, "ood": self.data.ood,
+                     "eval_batch_size": self.data.eval_batch_size,
+                     "num_workers": self.data.num_workers, "options": self.data.options},
+            "task": {"name": self.task.name, **self.task.options},
+            "train": dataclasses.asdict(self.train),
+            "teacher": {**dataclasses.asdict(self.teacher),
+                        "update_every": self.teacher.resolved_update_every()},
+            "distill": dataclasses.asdict(self.distill),
+        }
+        return copy.deepcopy(out)
+
+    def dataset_specs(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(role, display name, spec) for the train set and every evaluation set."""
+        out = [("train", _display(self.data.train), self.data.train)]
+        out += [("id", _display(s), s) for s in self.data.id]
+        out += [("ood", _display(s), s) for s in self.data.ood]
+        return out
+
+
+def _display(spec: dict[str, Any]) -> str:
+    return spec.get("label") or spec["name"]
+
+
+# --------------------------------------------------------------------------- typed sections
+
+
+def _coerce(path: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a dataclass field annotation; ints are accepted for floats."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        _check(path, value in allowed, f"got {value!r}; allowed: {', '.join(map(str, allowed))}")
+        return value
+    if annotation is bool:
+        _check(path, isinstance(value, bool), f"expected true or false, got {value!r}")
+    elif annotation is int:
+        _check(path, isinstance(value, int) and not isinstance(value, bool),
+               f"expected an integer, got {value!r}")
+    elif annotation is float:
+        _check(path, isinstance(value, (int, float)) and not isinstance(value, bool),
+               f"expected a number, got {value!r}")
+        return float(value)
+    elif annotation is str:
+        _check(path, isinstance(value, str), f"expected a string, got {value!r}")
+    return value
+
+
+def _section(cls: type, table: Any, path: str, extra: str | None = None) -> Any:
+    """Build dataclass ``cls`` from ``table``; unknown keys go to ``extra`` or are errors."""
+    _check(path, isinstance(table, dict), f"expected a table, got {table!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != extra]
+    kwargs: dict[str, Any] = {}
+    rest: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in names:
+            kwargs[key] = _coerce(f"{path}.{key}", value, hints[key])
+        elif extra is not None:
+            rest[key] = value
+        else:
+            raise RecipeError(f"{path}.{key}", f"unknown key; allowed: {', '.join(names)}")
+    obj = cls(**kwargs, **({extra: rest} if extra else {}))
+    if hasattr(obj, "validate"):
+        obj.validate(path)
+    return obj
+
+
+def _dataset_spec(value: Any, path: str, defaults: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(value, str):
+        value = {"name": value}
+    _check(path, isinstance(value, dict) and isinstance(value.get("name"), str),
+           f"expected a dataset name or a table with a 'name' key, got {value!r}")
+    spec = {**copy.deepcopy(defaults), **value}
+    if "label" in spec:
+        _check(f"{path}.label", isinstance(spec["label"], str) and spec["label"], "must be a string")
+    return spec
+
+
+def _data_section(table: Any, path: str) -> DataConfig:
+    _check(path, isinstance(table, dict), f"expected a table, got {table!r}")
+    table = dict(table)
+    options = table.pop("options", {})
+    _check(f"{path}.options", isinstance(options, dict), "expected a table of dataset options")
+    _check(f"{path}.train", "train" in table, "is required (the finetuning dataset)")
+    train = _dataset_spec(table.pop("train"), f"{path}.train", options)
+    lists = {}
+    for role in ("id", "ood"):
+        raw = table.pop(role, [])
+        raw = [raw] if isinstance(raw, (str, dict)) else raw
+        _check(f"{path}.{role}", isinstance(raw, list), f"expected a list of datasets, got {raw!r}")
+        lists[role] = [_dataset_spec(v, f"{path}.{role}[{i}]", options) for i, v in enumerate(raw)]
+    cfg = _section(DataConfig, table, path)
+    cfg.train, cfg.id, cfg.ood, cfg.options = train, lists["id"], lists["ood"], options
+    names = [_display(s) for s in cfg.id + cfg.ood]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    _check(f"{path}.ood", not dupes, f"evaluation datasets {dupes} appear twice; give each a "
+           "distinct 'label'")
+    return cfg
+
+
+SECTIONS = ("run", "model", "data", "task", "train", "teacher", "distill")
+
+
+def from_dict(raw: dict[str, Any], source: str = "<memory>") -> Recipe:
+    """Validate a parsed recipe (after overrides) into a :class:`Recipe`."""
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise RecipeError(unknown[0], f"unknown section; allowed: {', '.join(SECTIONS)}")
+    _check("data", "data" in raw, "section is required")
+    model = _section(ModelConfig, raw.get("model", {}), "model", extra="options")
+    task = _section(TaskConfig, raw.get("task", {}), "task", extra="options")
+    return Recipe(
+        run=_section(RunConfig, raw.get("run", {}), "run"),
+        model=model,
+        data=_data_section(raw["data"], "data"),
+        task=task,
+        train=_section(TrainConfig, raw.get("train", {}), "train"),
+        teacher=_section(TeacherConfig, raw.get("teacher", {}), "teacher"),
+        distill=_section(DistillConfig, raw.get("distill", {}), "distill"),
+        source=source,
+    )
+
+
+# --------------------------------------------------------------------------- files and overrides
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file; a missing file or a syntax error is a usage error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"recipe file '{path}' does not exist")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"recipe file '{path}' is not valid TOML: {exc}") from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` → (["a","b","c"], value). The value is read as TOML if it parses
+    (numbers, booleans, quoted strings, lists, inline tables), else taken as a plain string, and a
+    bare word with commas becomes a list (``data.ood=synth-sketch,synth-noisy``)."""
+    key, sep, value = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(p.strip() for p in parts):
+        raise UsageError(f"--set '{text}': expected KEY.PATH=VALUE, e.g. train.steps=100")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+        if "," in parsed:
+            parsed = [p.strip() for p in parsed.split(",") if p.strip()]
+    return [p.strip() for p in parts], parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--set`` overrides to a parsed recipe (a deep copy is returned)."""
+    raw = copy.deepcopy(raw)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise RecipeError(".".join(parts[: i + 1]), f"is {nxt!r}, not a table; cannot set "
+                                  f"'{'.'.join(parts)}'")
+            node = nxt
+        node[parts[-1]] = _keep_string_type(node.get(parts[-1]), value)
+    return raw
+
+
+def _keep_string_type(old: Any, new: Any) -> Any:
+    """``--set run.name=123`` on a string key keeps "123" a string rather than an int."""
+    if isinstance(old, str) and isinstance(new, (int, float)) and not isinstance(new, bool):
+        return str(new)
+    return new
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe file."""
+    raw = apply_overrides(read_toml(Path(path)), overrides or [])
+    return from_dict(raw, source=str(path))
+
+
+def write_lock(recipe: Recipe, path: Path, extra: dict[str, Any]) -> None:
+    """Write the resolved recipe plus ``extra`` (versions, git hash) atomically as TOML."""
+    import tomli_w
+
+    from tracer_cli.io import atomic_write_text
+
+    doc = recipe.to_dict()
+    doc["lock"] = _toml_safe(extra)
+    atomic_write_text(path, tomli_w.dumps(_toml_safe(doc)))
+
+
+def _toml_safe(value: Any) -> Any:
+    """TOML has no null: drop None values (a key that is absent reads back as its default)."""
+    if isinstance(value, dict):
+        return {str(k): _toml_safe(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_toml_safe(v) for v in value if v is not None]
+    if isinstance(value, Path):
+        return str(value)
+    return value
