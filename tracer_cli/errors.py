@@ -38,3 +38,9 @@ class MissingResourceError(UsageError):
 
 class RunError(TracerError):
     """The run itself failed (non-finite loss, I/O failure during training)."""
+
+
+class GateError(TracerError):
+    """A quality gate (``eval --fail-under`` / ``--fail-over``) failed; the message names it."""
+
+    exit_code = EXIT_GATE

@@ -42,6 +42,9 @@ class RunConfig:
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
     eval: bool = True
     log_every: int = 10
+    # Keep a frozen copy of the initial student to log ‖θ − θ₀‖ and ‖θ − φ‖ / ‖θ − θ₀‖ (one extra
+    # parameter copy in memory while a teacher is active); false drops it for very large models.
+    track_drift: bool = True
 
     def validate(self, path: str) -> None:
         _check(f"{path}.name", bool(self.name) and "/" not in self.name,

@@ -6,12 +6,23 @@ caption (contrastive pretraining). Evaluation builds one head per label space: f
 mean of the normalized text embeddings of all templates, renormalized; logits = s · f_i Wᵀ.
 
 ``[task]`` keys: ``templates`` (evaluation prompts: a list, or a named set ``"dataset"`` (default),
-``"openai"`` (open_clip's 80 OpenAI ImageNet prompts) or ``"simple"``), ``train_templates``
-(training prompts, same forms), ``train_text`` (``"templates"`` or ``"captions"``).
+``"openai"`` (open_clip's 80 OpenAI ImageNet prompts) or ``"simple"``), ``templates_file`` (a text
+file with one evaluation template per line; replaces ``templates``), ``classnames_file`` (a text
+file with one class name per line, in label order, replacing every evaluated dataset's names; a
+dataset covering a subset of a parent label space, such as ImageNet-R, also accepts the parent's
+list), ``train_templates`` (training prompts, same forms as ``templates``), ``train_text``
+(``"templates"`` or ``"captions"``).
+
+Heads are cached per evaluation call by (class names, templates). A dataset that covers a subset of
+a parent label space (``DatasetBundle.class_subset``, ImageNet-R/-A) takes its rows from the
+parent's head when a dataset of the same call has that parent space with the same templates: each
+row depends only on its own class's prompts, so the slice equals encoding the subset, without
+encoding those prompts a second time.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -58,7 +69,8 @@ def _check_templates(key: str, templates: Sequence[str] | None) -> None:
         raise RecipeError(key, "must list at least one template")
     for t in templates:
         if t.count("{}") != 1:
-            raise RecipeError(key, f"template {t!r} must contain exactly one '{{}}' for the class name")
+            raise RecipeError(key, f"template {t!r} must contain exactly one '{{}}' for the "
+                              "class name")
 
 
 @torch.no_grad()
@@ -76,16 +88,95 @@ def zero_shot_head(backbone: Backbone, module: nn.Module, classnames: Sequence[s
     return head / head.norm(dim=-1, keepdim=True)
 
 
+def _read_lines(opts: Options, key: str, what: str) -> tuple[Path, list[str]] | None:
+    """The non-blank lines of the text file named by ``key`` (stripped), or None when unset."""
+    path = opts.path(key, default=None)
+    if path is None:
+        return None
+    if not path.is_file():
+        raise RecipeError(opts.key(key), f"file '{path}' does not exist; expected a text file with "
+                          f"one {what} per line")
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(opts.key(key), f"cannot read '{path}' ({exc})") from None
+    lines = [line for line in lines if line]
+    if not lines:
+        raise RecipeError(opts.key(key), f"'{path}' lists no {what}s")
+    return path, lines
+
+
+class ClassNames:
+    """Class names from ``task.classnames_file``, checked against each dataset's label space."""
+
+    def __init__(self, path: Path, names: Sequence[str]):
+        self.path, self.names = path, tuple(names)
+
+    def for_bundle(self, bundle: DatasetBundle, dataset: str) -> tuple[str, ...]:
+        classes = len(bundle.classnames)
+        if len(self.names) == classes:
+            return self.names
+        subset = bundle.class_subset
+        # A subset dataset (ImageNet-R) may be named by its parent's list, so one 1000-line file
+        # serves the whole ImageNet family.
+        if subset is not None and len(self.names) > max(subset, default=-1):
+            return tuple(self.names[i] for i in subset)
+        parent = " (or its parent label space)" if subset is not None else ""
+        raise UsageError(f"task.classnames_file '{self.path}' has {len(self.names)} class names "
+                         f"but dataset '{dataset}' has {classes} classes{parent}; give one name "
+                         "per class, one per line, in label order")
+
+
+class _HeadCache:
+    """Zero-shot heads of one evaluation call, keyed by (class names, templates).
+
+    ``wanted`` are the keys the call will need; a subset dataset's head is sliced from a wanted or
+    already computed parent head instead of being encoded again.
+    """
+
+    def __init__(self, encode: Any, wanted: Sequence[tuple[tuple[str, ...], tuple[str, ...]]]):
+        self.encode = encode
+        self.wanted = list(dict.fromkeys(wanted))
+        self.heads: dict[tuple, torch.Tensor] = {}
+
+    def _parent(self, key: tuple, subset: Sequence[int]) -> tuple | None:
+        names, templates = key
+        for parent in [*self.heads, *self.wanted]:
+            parent_names, parent_templates = parent
+            if (parent != key and parent_templates == templates
+                    and len(parent_names) > max(subset, default=-1)
+                    and tuple(parent_names[i] for i in subset) == names):
+                return parent
+        return None
+
+    def get(self, key: tuple, subset: Sequence[int] | None) -> torch.Tensor:
+        if key not in self.heads:
+            parent = self._parent(key, subset) if subset else None
+            if parent is not None:
+                full = self.get(parent, None)
+                self.heads[key] = full[torch.as_tensor(list(subset), device=full.device)]
+            else:
+                self.heads[key] = self.encode(*key)
+        return self.heads[key]
+
+
 class ClassificationTask:
     """Zero-shot-head classification on top of a CLIP backbone."""
 
     name = "classification"
 
     def __init__(self, templates: Sequence[str] | None = None,
-                 train_templates: Sequence[str] | None = None, train_text: str = "templates"):
+                 train_templates: Sequence[str] | None = None, train_text: str = "templates",
+                 classnames: ClassNames | None = None):
         self.templates = list(templates) if templates else None
         self.train_templates = list(train_templates) if train_templates else None
         self.train_text = train_text
+        self.classnames = classnames
+
+    def _names(self, bundle: DatasetBundle, dataset: str) -> tuple[str, ...]:
+        if self.classnames is None:
+            return tuple(bundle.classnames)
+        return self.classnames.for_bundle(bundle, dataset)
 
     def train_texts(self, batch: dict[str, Any], bundle: DatasetBundle,
                     rng: torch.Generator) -> list[str]:
@@ -95,29 +186,32 @@ class ClassificationTask:
                                  "captions; use 'templates'")
             return list(batch["caption"])
         templates = self.train_templates or list(bundle.templates)
+        names = self._names(bundle, "the training set")
         labels = batch["label"].tolist()
         picks = torch.randint(len(templates), (len(labels),), generator=rng).tolist()
-        return [templates[p].format(bundle.classnames[y]) for y, p in zip(labels, picks)]
+        return [templates[p].format(names[y]) for y, p in zip(labels, picks)]
 
     @torch.no_grad()
     def evaluate(self, backbone: Backbone, module: nn.Module,
                  datasets: Mapping[str, tuple[DatasetBundle, Any]], device: torch.device,
                  autocast: Any) -> dict[str, dict[str, Any]]:
         """Metrics, logits and labels per dataset; one head per (classes, templates) pair."""
+        keys = {name: (self._names(bundle, name), tuple(self.templates or bundle.templates))
+                for name, (bundle, _) in datasets.items()}
+
+        def encode(names: tuple[str, ...], templates: tuple[str, ...]) -> torch.Tensor:
+            return zero_shot_head(backbone, module, names, templates, device, autocast)
+
+        heads = _HeadCache(encode, list(keys.values()))
         was_training = module.training
         module.eval()
-        heads: dict[tuple, torch.Tensor] = {}
         out = {}
         try:
             scale = backbone.logit_scale(module).float()
             for name, (bundle, loader) in datasets.items():
-                templates = self.templates or list(bundle.templates)
-                key = (tuple(bundle.classnames), tuple(templates))
-                if key not in heads:
-                    heads[key] = zero_shot_head(backbone, module, bundle.classnames, templates,
-                                                device, autocast)
-                logits, labels = self._logits(backbone, module, heads[key], scale, loader, device,
-                                              autocast)
+                head = heads.get(keys[name], bundle.class_subset)
+                logits, labels = self._logits(backbone, module, head, scale, loader, device,
+                                              autocast, name)
                 out[name] = {"metrics": classification_metrics(logits, labels),
                              "logits": logits, "labels": labels}
         finally:
@@ -126,9 +220,11 @@ class ClassificationTask:
 
     @staticmethod
     def _logits(backbone: Backbone, module: nn.Module, head: torch.Tensor, scale: torch.Tensor,
-                loader: Any, device: torch.device, autocast: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                loader: Any, device: torch.device, autocast: Any,
+                dataset: str = "dataset") -> tuple[torch.Tensor, torch.Tensor]:
         all_logits, all_labels = [], []
         for batch in loader:
+            _check_labels(batch["label"], len(head), dataset)
             images = batch["image"].to(device, non_blocking=True)
             with autocast():
                 feats = backbone.encode_image(module, images)
@@ -137,13 +233,36 @@ class ClassificationTask:
         return torch.cat(all_logits), torch.cat(all_labels)
 
 
+def _check_labels(labels: torch.Tensor, classes: int, dataset: str) -> None:
+    """Labels outside the head would index past it (or silently score as wrong): stop instead."""
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        bad = int(labels.max()) if int(labels.max()) >= classes else int(labels.min())
+        raise UsageError(f"dataset '{dataset}' has label {bad}, outside the head's {classes} "
+                         "classes: its labels do not match its class names")
+
+
+def _eval_templates(opts: Options) -> list[str] | None:
+    """``templates`` or ``templates_file`` (not both): None means each dataset's own."""
+    from_file = _read_lines(opts, "templates_file", "template")
+    if from_file is None:
+        return _templates_option(opts, "templates")
+    if opts.has("templates"):
+        raise RecipeError(opts.key("templates_file"), "set either 'templates' or "
+                          "'templates_file', not both")
+    path, templates = from_file
+    _check_templates(f"{opts.key('templates_file')} ({path})", templates)
+    return templates
+
+
 def make_task(options: dict[str, Any]) -> ClassificationTask:
     opts = Options(options, path="task")
-    templates = _templates_option(opts, "templates")
+    templates = _eval_templates(opts)
     train_templates = _templates_option(opts, "train_templates")
     train_text = opts.str("train_text", default="templates", choices=("templates", "captions"))
+    names = _read_lines(opts, "classnames_file", "class name")
     opts.done()
-    return ClassificationTask(templates, train_templates, train_text)
+    return ClassificationTask(templates, train_templates, train_text,
+                              ClassNames(*names) if names else None)
 
 
 @hookimpl

@@ -50,7 +50,8 @@ def test_finetune_runs_the_engine_and_writes_the_run_dir(runner, tiny_recipe, tm
     assert [r["step"] for r in train] == [1, 2, 3]
     assert "kl_i2t" not in train[0]  # no teacher term at step 0: teacher == student
     for key in ("loss", "loss_clip", "loss_sd", "lr", "kl_i2t", "kl_t2i", "agreement",
-                "img_per_s", "sd_crd", "sd_fd", "sd_icl", "sd_xkd", "reg_cross_fnorm"):
+                "img_per_s", "sd_crd", "sd_fd", "sd_icl", "sd_xkd", "reg_cross_fnorm",
+                "param_ratio", "drift", "gap"):
         assert key in train[-1], key
     assert any(r["event"] == "eval" and r["model"] == "zeroshot" for r in records)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from tracer_cli.cli import finetune, plugins
+from tracer_cli.cli import eval as eval_cmd
+from tracer_cli.cli import distill_check, finetune, plugins
 
 app = typer.Typer(
     name="tracer",
@@ -14,6 +15,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(finetune.app)
+app.add_typer(eval_cmd.app)
+app.add_typer(distill_check.app)
 app.add_typer(plugins.app, name="plugins")
 
 

@@ -27,6 +27,9 @@ SetOpt = Annotated[Optional[list[str]], typer.Option(
     "commas make lists).", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout; human "
                                        "output goes to stderr.")]
+WhichOpt = Annotated[Optional[str], typer.Option(
+    "--which", help="Which weights of a run or checkpoint: student (default) or teacher.",
+    show_default=False)]
 OutputDirOpt = Annotated[Optional[Path], typer.Option(
     "--output-dir", help="Parent folder of the run directory (default: run.output_dir).",
     show_default=False)]

@@ -5,12 +5,20 @@ use the closed-form weight lists to show how much of the teacher still sits on t
 weights (:func:`anchor_mass`) and how far it trails the student (:func:`teacher_lag`,
 :func:`relative_lag`). Weight lists are ``[(step, weight), ...]`` with step 0 standing for θ₀;
 they are not normalized.
+
+The ``*_curve`` functions give the same quantities for the teacher after *every* step of a horizon
+at once, as numpy arrays (:class:`KernelCurve`), so ``tracer distill-check`` can draw a 25,000-step
+horizon instantly; the list functions above them stay the readable definitions the curves are
+tested against.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Sequence
+
+import numpy as np
 
 Weights = list[tuple[int, float]]
 
@@ -102,3 +110,135 @@ def relative_lag(weights: Sequence[tuple[int, float]], t: int) -> float:
     if t <= 0:
         raise ValueError("relative lag is defined for t > 0")
     return teacher_lag(weights, t) / t
+
+
+# --------------------------------------------------------------------------- whole-horizon curves
+
+
+@dataclass(frozen=True)
+class KernelCurve:
+    """A teacher's kernel statistics after every step t = 0..T of a horizon (array index = t).
+
+    ``log_anchor_mass[t]`` is the log of the weight still on θ₀ (kept as a log: an EMA's anchor
+    mass m^(t/k) underflows float64 long before a 25k-step horizon ends), ``lag[t]`` is L(t) and
+    ``relative_lag[t]`` is ρ(t) = L(t)/t, NaN at t = 0 where it is undefined. ``updates`` are the
+    steps at which the teacher changes.
+    """
+
+    log_anchor_mass: np.ndarray
+    lag: np.ndarray
+    relative_lag: np.ndarray
+    updates: np.ndarray
+
+    @property
+    def horizon(self) -> int:
+        return len(self.lag) - 1
+
+    @property
+    def anchor_mass(self) -> np.ndarray:
+        return np.exp(self.log_anchor_mass)
+
+    def anchor_half_life(self) -> int | None:
+        """Steps since the anchor mass fell to twice its final value: T − min{t : A(t) ≤ 2·A(T)}.
+
+        The trailing half-life at the end of the horizon. For an exponential decay m^(t/k) it is
+        the usual half-life k·ln 2/ln(1/m) rounded down to whole updates; for a symmetric Beta
+        kernel it is about T/2, because half of the kernel's mass lies in the second half of the
+        run. None when the anchor mass never halved (A(T) > ½: a static teacher, or a horizon too
+        short for any update).
+        """
+        log_a = self.log_anchor_mass
+        target = log_a[-1] + math.log(2.0)
+        if target > log_a[0]:
+            return None
+        # The anchor mass never increases, so the first step at or below the target is the edge.
+        return int(self.horizon - np.flatnonzero(log_a <= target)[0])
+
+
+def _update_array(total_steps: int, update_every: int) -> np.ndarray:
+    if total_steps < 1 or update_every < 1:
+        raise ValueError("a kernel curve needs total_steps >= 1 and update_every >= 1")
+    return np.arange(update_every, total_steps + 1, update_every, dtype=np.int64)
+
+
+def _curve(total_steps: int, update_every: int, log_anchor: np.ndarray, mean_step: np.ndarray,
+           updates: np.ndarray) -> KernelCurve:
+    """Spread per-update values (index n: after n updates, n = 0 is θ₀ alone) over every step."""
+    t = np.arange(total_steps + 1)
+    done = np.minimum(t // update_every, len(mean_step) - 1)
+    lag = t - mean_step[done]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        relative = np.where(t > 0, lag / np.maximum(t, 1), np.nan)
+    return KernelCurve(log_anchor[done], lag, relative, updates)
+
+
+def _beta_log_pdf(x: np.ndarray, beta: float) -> np.ndarray:
+    """log Beta(β, β).pdf(x) for an array of positions (the vector form of :func:`beta_pdf`)."""
+    log_norm = 2.0 * math.lgamma(beta) - math.lgamma(2.0 * beta)
+    return (beta - 1.0) * (np.log(x) + np.log1p(-x)) - log_norm
+
+
+def wma_curve(total_steps: int, beta: float = 0.5, update_every: int = 1) -> KernelCurve:
+    """:class:`KernelCurve` of the WMA teacher: the weights of :func:`wma_weights` at every step."""
+    updates = _update_array(total_steps, update_every)
+    w0 = wma_kernel_weight(0, total_steps, beta)
+    w = np.exp(_beta_log_pdf((updates + 0.5) / (total_steps + 1), beta))
+    weight_sum = w0 + np.concatenate([[0.0], np.cumsum(w)])
+    moment = np.concatenate([[0.0], np.cumsum(w * updates)])
+    return _curve(total_steps, update_every, np.log(w0 / weight_sum), moment / weight_sum,
+                  updates)
+
+
+def linear_warmup_momenta(
+    steps: np.ndarray, total_steps: int, start: float, end: float, warmup: float
+) -> np.ndarray:
+    """:func:`linear_warmup_momentum` for an array of steps."""
+    steps = np.asarray(steps, dtype=np.float64)
+    ramp = warmup * total_steps
+    if ramp <= 0:
+        return np.full(steps.shape, float(end))
+    return start + (end - start) * np.minimum(steps / ramp, 1.0)
+
+
+def _affine_scan(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """x_n = a_n·x_{n−1} + b_n from x_0 = 0, for every n at once.
+
+    A doubling scan: log2(n) numpy passes, each composing neighbouring affine maps. With a_n and
+    b_n non-negative it only multiplies and adds non-negative numbers, so nothing cancels or
+    overflows (the closed form through cumulative products would divide by Π m, which underflows).
+    """
+    a, x = np.array(a, dtype=np.float64), np.array(b, dtype=np.float64)
+    shift = 1
+    while shift < len(x):
+        # The right-hand sides are evaluated before assignment, so both read the previous pass.
+        x[shift:] = a[shift:] * x[:-shift] + x[shift:]
+        a[shift:] = a[shift:] * a[:-shift]
+        shift *= 2
+    return x
+
+
+def ema_curve(
+    total_steps: int,
+    momenta: Callable[[np.ndarray], np.ndarray | float],
+    update_every: int = 500,
+) -> KernelCurve:
+    """:class:`KernelCurve` of the EMA teacher; ``momenta`` maps an array of update steps to m.
+
+    The anchor mass is Π m over the updates so far. The lag at the n-th update follows
+    ℓ_n = m_n·(ℓ_{n−1} + u_n − u_{n−1}) (unroll φ ← m·φ + (1 − m)·θ for the mean step), which
+    tends to k·m/(1 − m) for a constant momentum.
+    """
+    updates = _update_array(total_steps, update_every)
+    m = np.broadcast_to(np.asarray(momenta(updates), dtype=np.float64), updates.shape)
+    m = np.clip(m, 0.0, 1.0)
+    with np.errstate(divide="ignore"):
+        log_anchor = np.concatenate([[0.0], np.cumsum(np.log(m))])
+    lag_at_update = _affine_scan(m, m * np.diff(updates, prepend=0))
+    mean_step = np.concatenate([[0.0], updates - lag_at_update])
+    return _curve(total_steps, update_every, log_anchor, mean_step, updates)
+
+
+def static_curve(total_steps: int) -> KernelCurve:
+    """:class:`KernelCurve` of the static teacher φ = θ₀: anchor mass 1, L(t) = t, ρ(t) = 1."""
+    none = np.zeros(0, dtype=np.int64)
+    return _curve(total_steps, 1, np.zeros(1), np.zeros(1), none)

@@ -70,12 +70,49 @@ def cosine_with_warmup(warmup: int, total: int):
     return factor
 
 
+def _distance(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """‖a − b‖ over a list of tensors as one vector, with fused ``_foreach`` ops."""
+    norms = torch._foreach_norm(torch._foreach_sub(a, b))
+    return float(torch.linalg.vector_norm(torch.stack(norms).float()))
+
+
+class DriftTracker:
+    """Distances between the student θ, its starting point θ₀ and the teacher φ.
+
+    ``drift`` = ‖θ − θ₀‖, ``gap`` = ‖θ − φ‖ and ``param_ratio`` = gap/drift over all floating
+    parameters (buffers excluded), the empirical counterpart of the relative teacher lag ρ(t) that
+    ``tracer distill-check`` reads: it shrinks towards 0 as the teacher collapses onto the student.
+    It holds a frozen copy of θ₀, one extra copy of the parameters in memory (shared with a static
+    teacher, which *is* θ₀), and :meth:`stats` allocates one more transiently, so call it at log
+    steps only. Build it before loading a checkpoint, so that θ₀ is the pretrained model.
+    """
+
+    def __init__(self, student: nn.Module, teacher: Teacher):
+        named = [(n, p) for n, p in student.named_parameters() if p.is_floating_point()]
+        teacher_params = dict(teacher.module.named_parameters())
+        self.theta = [p for _, p in named]
+        self.phi = [teacher_params[n] for n, _ in named]
+        with torch.no_grad():
+            self.theta0 = self.phi if teacher.kind == "static" else \
+                [p.detach().clone() for p in self.theta]
+
+    @torch.no_grad()
+    def stats(self) -> dict[str, float]:
+        """``drift`` and ``gap``, plus ``param_ratio`` once the student has moved (drift > 0)."""
+        drift, gap = _distance(self.theta, self.theta0), _distance(self.theta, self.phi)
+        out = {"drift": drift, "gap": gap}
+        if drift > 0:
+            out["param_ratio"] = gap / drift
+        return out
+
+
 class Trainer:
     """Student + teacher + optimizer; :meth:`step` is one optimizer step of the TRACER objective."""
 
     def __init__(self, backbone: Backbone, task: Task, bundle: DatasetBundle, teacher: Teacher,
                  train: TrainConfig, distill: DistillConfig, precision: Precision,
-                 freeze_bn_stats: bool, seed: int, notice=lambda msg: None):
+                 freeze_bn_stats: bool, seed: int, notice=lambda msg: None,
+                 track_drift: bool = True):
         self.backbone, self.task, self.bundle, self.teacher = backbone, task, bundle, teacher
         self.student = backbone.model
         self.train_cfg, self.precision = train, precision
@@ -92,7 +129,12 @@ class Trainer:
             self.optimizer, cosine_with_warmup(train.warmup_steps, train.steps))
         self.scaler = precision.grad_scaler()
         self.text_rng = torch.Generator().manual_seed(seed)
+        self.drift = DriftTracker(self.student, teacher) if teacher.active and track_drift else None
         set_train_mode(self.student, freeze_bn_stats)
+
+    def drift_stats(self) -> dict[str, float]:
+        """Parameter distances to θ₀ and to the teacher (see :class:`DriftTracker`), or {}."""
+        return {} if self.drift is None else self.drift.stats()
 
     def _features(self, module: nn.Module, images: torch.Tensor, tokens: torch.Tensor):
         b = self.backbone

@@ -165,8 +165,14 @@ class _Run:
 
 
 def finetune(recipe: Recipe, output_dir: Path | None = None, overwrite: bool = False,
-             reporter: Reporter | None = None) -> RunResult:
-    """Run ``recipe`` end to end and return where it went and its summary."""
+             reporter: Reporter | None = None, stop_after: int | None = None) -> RunResult:
+    """Run ``recipe`` end to end and return where it went and its summary.
+
+    ``stop_after`` trains only the first N steps of the planned run: the schedule and the teacher
+    kernel still span ``train.steps`` (``tracer distill-check --steps`` looks at the start of the
+    real run this way). A stopped run gets no final checkpoint, only those of
+    ``train.checkpoint_every``.
+    """
     reporter = reporter or current_reporter()
     start = time.time()
     device = resolve_device(recipe.run.device)
@@ -188,7 +194,8 @@ def finetune(recipe: Recipe, output_dir: Path | None = None, overwrite: bool = F
         reporter.notice(f"evaluating the pretrained model on {', '.join(sets)}")
         evals["zeroshot"] = evaluate(task, backbone, backbone.model, sets, precision)
         run.eval_record("zeroshot", evals["zeroshot"], 0)
-    trainer = _train(recipe, run, backbone, task, train_bundle, precision)
+    trainer = _train(recipe, run, backbone, task, train_bundle, precision, stop_after)
+    steps = _last_step(recipe, stop_after)
     if sets:
         reporter.notice("evaluating the finetuned model")
         evals["student"] = evaluate(task, backbone, backbone.model, sets, precision)
@@ -196,34 +203,41 @@ def finetune(recipe: Recipe, output_dir: Path | None = None, overwrite: bool = F
             evals["teacher"] = evaluate(task, backbone, trainer.teacher.module, sets, precision)
         final = {k: v for k, v in evals.items() if k != "zeroshot"}
         for tag, metrics in final.items():
-            run.eval_record(f"final_{tag}", metrics, recipe.train.steps)
-    summary = {"run_dir": str(run_dir), "steps": recipe.train.steps,
+            run.eval_record(f"final_{tag}", metrics, steps)
+    summary = {"run_dir": str(run_dir), "steps": steps,
                "wall_time_s": round(time.time() - start, 2), "eval": summarize(recipe, evals)}
     atomic_write_json(run_dir / "summary.json", summary)
-    return RunResult(run_dir, recipe.train.steps, summary["wall_time_s"], summary)
+    return RunResult(run_dir, steps, summary["wall_time_s"], summary)
+
+
+def _last_step(recipe: Recipe, stop_after: int | None) -> int:
+    total = recipe.train.steps
+    return total if stop_after is None else max(0, min(stop_after, total))
 
 
 def _train(recipe: Recipe, run: _Run, backbone: Backbone, task: Task, bundle: DatasetBundle,
-           precision: Precision) -> Trainer:
+           precision: Precision, stop_after: int | None = None) -> Trainer:
     t = recipe.teacher
     teacher = make_teacher(t.kind, backbone.model, recipe.train.steps, **_teacher_params(recipe))
     trainer = Trainer(backbone, task, bundle, teacher, recipe.train, recipe.distill, precision,
-                      recipe.model.freeze_bn_stats, recipe.run.seed, notice=run.reporter.notice)
+                      recipe.model.freeze_bn_stats, recipe.run.seed, notice=run.reporter.notice,
+                      track_drift=recipe.run.track_drift)
     stream = TrainStream(bundle.dataset, recipe.train.batch_size, recipe.run.seed,
                          recipe.data.num_workers, pin_memory=precision.device.type == "cuda")
     total, every = recipe.train.steps, recipe.run.log_every
-    run.reporter.start(TRAIN_TASK, total)
+    last = _last_step(recipe, stop_after)
+    run.reporter.start(TRAIN_TASK, last)
     window_start, window_images = time.perf_counter(), 0
     batches = iter(stream)
-    for step in range(total):
+    for step in range(last):
         batch = next(batches)
         record = trainer.step(step, batch)
         window_images += len(batch["label"])
         done = step + 1
         run.reporter.advance(TRAIN_TASK, done, {k: record.get(k) for k in ("loss", "lr", "kl_i2t")})
-        if done % every == 0 or done == total:
+        if done % every == 0 or done == last:
             elapsed = time.perf_counter() - window_start
-            record = {"event": "train", "step": done, **record,
+            record = {"event": "train", "step": done, **record, **trainer.drift_stats(),
                       "img_per_s": round(window_images / max(elapsed, 1e-9), 2)}
             run.log(record)
             run.reporter.log(TRAIN_TASK, record)

@@ -1,0 +1,112 @@
+"""The classification task: prompt files, the subset head sliced from its parent, label checks."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from tracer_cli.contracts import DatasetBundle
+from tracer_cli.errors import RecipeError, UsageError
+from tracer_plugins.backbones.openclip import make_backbone
+from tracer_plugins.datasets.synth import CLASSNAMES
+from tracer_plugins.tasks.classification import make_task
+
+TEMPLATES = ["a photo of a {}.", "a sketch of a {}."]
+SUBSET = [7, 1, 4]  # deliberately unsorted: rows must follow the subset's order
+
+
+class _CountingBackbone:
+    """The tiny backbone, counting the prompts it encodes."""
+
+    def __init__(self):
+        torch.manual_seed(0)
+        self.inner = make_backbone({"arch": "tracer-tiny-rn"})
+        self.model = self.inner.model
+        self.texts = 0
+
+    def tokenize(self, texts):
+        self.texts += len(texts)
+        return self.inner.tokenize(texts)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.fixture(scope="module")
+def backbone() -> _CountingBackbone:
+    return _CountingBackbone()
+
+
+def _bundle(labels, classnames, subset=None) -> tuple[DatasetBundle, list]:
+    gen = torch.Generator().manual_seed(len(labels))
+    images = torch.rand(len(labels), 3, 32, 32, generator=gen)
+    batches = [{"image": images[i:i + 4], "label": torch.tensor(labels[i:i + 4])}
+                for i in range(0, len(labels), 4)]
+    bundle = DatasetBundle(dataset=list(range(len(labels))), classnames=list(classnames),
+                           templates=TEMPLATES, class_subset=subset)
+    return bundle, batches
+
+
+def _evaluate(task, backbone, datasets):
+    backbone.texts = 0
+    return task.evaluate(backbone, backbone.model, datasets, torch.device("cpu"),
+                         contextlib.nullcontext)
+
+
+def test_subset_head_is_sliced_from_the_parent_and_equals_encoding_it(backbone):
+    task = make_task({})
+    parent = _bundle([0, 3, 7, 9, 1, 4], CLASSNAMES)
+    child = _bundle([0, 2, 1, 1, 0], [CLASSNAMES[i] for i in SUBSET], subset=SUBSET)
+    together = _evaluate(task, backbone, {"child": child, "parent": parent})
+    assert backbone.texts == len(CLASSNAMES) * len(TEMPLATES)  # the subset was not re-encoded
+    alone = _evaluate(task, backbone, {"child": child})
+    assert backbone.texts == len(SUBSET) * len(TEMPLATES)
+    assert torch.equal(together["child"]["logits"], alone["child"]["logits"])
+    assert together["child"]["metrics"] == alone["child"]["metrics"]
+    assert together["parent"]["logits"].shape == (6, 10)
+
+    # Other templates are another head: nothing to slice from.
+    other = DatasetBundle(child[0].dataset, child[0].classnames, ["art of a {}."], False, SUBSET)
+    _evaluate(task, backbone, {"parent": parent, "other": (other, child[1])})
+    assert backbone.texts == len(CLASSNAMES) * len(TEMPLATES) + len(SUBSET) * 1
+
+
+def test_classnames_file_renames_and_checks_counts(backbone, tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(f"shape {c}" for c in CLASSNAMES) + "\n\n")
+    task = make_task({"classnames_file": str(names)})
+    parent = _bundle([0, 1], CLASSNAMES)
+    child = _bundle([0, 1], [CLASSNAMES[i] for i in SUBSET], subset=SUBSET)
+    # The parent's list serves the subset dataset too (one file for the ImageNet family).
+    out = _evaluate(task, backbone, {"parent": parent, "child": child})
+    assert set(out) == {"parent", "child"}
+    assert backbone.texts == len(CLASSNAMES) * len(TEMPLATES)
+    texts = task.train_texts({"label": torch.tensor([3])}, parent[0], torch.Generator())
+    assert texts[0] in {t.format("shape star") for t in TEMPLATES}
+
+    names.write_text("circle\nsquare\n")
+    with pytest.raises(UsageError, match=r"names\.txt' has 2 class names but dataset 'parent' "
+                                         r"has 10 classes"):
+        _evaluate(make_task({"classnames_file": str(names)}), backbone, {"parent": parent})
+
+
+def test_templates_file(tmp_path):
+    path = tmp_path / "templates.txt"
+    path.write_text("a photo of a {}.\n\n  a render of a {}.  \n")
+    assert make_task({"templates_file": str(path)}).templates == ["a photo of a {}.",
+                                                                  "a render of a {}."]
+    with pytest.raises(RecipeError, match="set either 'templates' or 'templates_file'"):
+        make_task({"templates_file": str(path), "templates": "openai"})
+    path.write_text("no slot here\n")
+    with pytest.raises(RecipeError, match="exactly one"):
+        make_task({"templates_file": str(path)})
+    with pytest.raises(RecipeError, match="task.classnames_file.*does not exist"):
+        make_task({"classnames_file": str(tmp_path / "missing.txt")})
+
+
+def test_labels_outside_the_head_are_a_usage_error(backbone):
+    bundle, batches = _bundle([0, 1, 12], CLASSNAMES)
+    with pytest.raises(UsageError, match="dataset 'odd' has label 12, outside the head's 10"):
+        _evaluate(make_task({}), backbone, {"odd": (bundle, batches)})

@@ -1,0 +1,112 @@
+"""The eval library without running a model: spec grammar, α lists, gates, dataset resolution."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tracer_cli import evaluation
+from tracer_cli.errors import GateError, UsageError
+from tracer_cli.evaluation import EvalRequest, Gate, prepare
+
+
+@pytest.mark.parametrize("text, section", [
+    ("openclip:ViT-B-16:openai", {"backbone": "openclip", "arch": "ViT-B-16",
+                                  "pretrained": "openai"}),
+    ("openclip:RN50:/w/weights.pt", {"backbone": "openclip", "arch": "RN50",
+                                     "pretrained": "/w/weights.pt"}),
+    ("openclip:RN50:/odd:name.pt", {"backbone": "openclip", "arch": "RN50",
+                                    "pretrained": "/odd:name.pt"}),
+    ("openclip:local-dir:/models/clip:v2", {"backbone": "openclip",
+                                            "arch": "local-dir:/models/clip:v2"}),
+    ("openclip:hf-hub:timm/ViT-B-16-SigLIP", {"backbone": "openclip",
+                                              "arch": "hf-hub:timm/ViT-B-16-SigLIP"}),
+    ("my-backbone:small", {"backbone": "my-backbone", "arch": "small"}),
+])
+def test_model_spec_grammar(text, section):
+    assert evaluation.parse_model_spec(text) == section
+
+
+@pytest.mark.parametrize("text", ["openclip", "openclip:ViT-B-16", "openclip:RN50:", ":RN50:x",
+                                  "openclip:local-dir", "openclip::openai"])
+def test_bad_model_specs_show_the_grammar(text):
+    with pytest.raises(UsageError, match=r"BACKBONE:ARCH\[:PRETRAINED\]"):
+        evaluation.parse_model_spec(text)
+
+
+def test_alphas_and_names():
+    assert evaluation.parse_alphas("1, 0,0.5,0.5") == [0.0, 0.5, 1.0]
+    assert evaluation.parse_alphas(None) is None
+    for bad, fragment in (("0,x", "'x' is not a number"), ("-0.1", r"outside \[0, 1\]")):
+        with pytest.raises(UsageError, match=fragment):
+            evaluation.parse_alphas(bad)
+    assert evaluation.parse_names("a, b,,a", "--ood") == ["a", "b"]
+    with pytest.raises(UsageError, match="--id ','"):
+        evaluation.parse_names(",", "--id")
+
+
+def test_gate_parsing_validation_and_results():
+    gates = evaluation.parse_gates(["avg_ood_accuracy=0.55", "r.accuracy=0.7"],
+                                   ["avg_ood_ece=0.1"])
+    assert gates == [Gate("avg_ood_accuracy", 0.55, "under"), Gate("r.accuracy", 0.7, "under"),
+                     Gate("avg_ood_ece", 0.1, "over")]
+    evaluation.validate_gates(gates, ["in"], ["r"])
+    with pytest.raises(UsageError, match="expected METRIC=VALUE"):
+        evaluation.parse_gates(["accuracy"])
+    with pytest.raises(UsageError, match="no OOD datasets to average"):
+        evaluation.validate_gates([Gate("avg_ood_ece", 0.1, "over")], ["in"], [])
+    with pytest.raises(UsageError, match="use --fail-under r.top5=0.5"):
+        evaluation.validate_gates([Gate("r.top5", 0.5, "over")], [], ["r"])
+    with pytest.raises(UsageError, match="did you mean r.nll"):
+        evaluation.validate_gates([Gate("r.nl", 1.0, "over")], [], ["r"])
+
+    doc = {"avg_ood_accuracy": 0.5, "datasets": {"r": {"accuracy": 0.8}}}
+    results = evaluation.gate_results(gates[:2], doc)
+    assert [r["passed"] for r in results] == [False, True]
+    with pytest.raises(GateError, match=r"^gate failed: avg_ood_accuracy = 0.5 is below 0.55 "
+                                        r"\(--fail-under\)$") as info:
+        evaluation.check_gates({"gates": results})
+    assert info.value.exit_code == 3
+    evaluation.check_gates({"gates": results[1:]})
+
+
+def test_prepare_resolves_names_against_the_recipe(tiny_recipe):
+    plan = prepare(EvalRequest(recipe=tiny_recipe, ood_names=["synth-sketch", "synth-cartoon"],
+                               overrides=["data.options.size=20"]))
+    assert plan.id_names == ["synth-photo"] and plan.ood_names == ["synth-sketch", "synth-cartoon"]
+    sizes = {s["name"]: s["size"] for s in plan.recipe.data.id + plan.recipe.data.ood}
+    assert sizes == {"synth-photo": 48, "synth-sketch": 48, "synth-cartoon": 20}
+    assert plan.model["source"] == "recipe" and plan.load_weights is None
+    assert plan.reported_alpha is None
+
+
+def test_prepare_without_recipe_uses_the_default_eval_recipe():
+    plan = prepare(EvalRequest(model="openclip:tracer-tiny-rn:none", id_names=["synth-photo"],
+                               overrides=["data.options.size=10"]))
+    assert plan.recipe.data.eval_batch_size == 256 and plan.recipe.run.device == "auto"
+    assert plan.recipe.data.id == [{"name": "synth-photo", "size": 10}]
+    assert plan.model["spec"] == "openclip:tracer-tiny-rn:none"
+    assert plan.model["arch"] == "tracer-tiny-rn" and plan.model["pretrained"] == "none"
+
+
+def test_checkpoint_without_a_recipe_needs_one(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(UsageError, match="carries no recipe; pass --recipe FILE"):
+        prepare(EvalRequest(checkpoint=path))
+    torch.save({"weights": {}}, path)
+    with pytest.raises(UsageError, match="is not a tracer checkpoint"):
+        prepare(EvalRequest(checkpoint=path))
+
+
+def test_reported_alpha_is_one_else_the_largest():
+    plan = evaluation.EvalPlan(recipe=None, model={}, load_weights=None, alphas=[0.0, 0.5],
+                               gates=[])
+    assert plan.reported_alpha == 0.5
+    plan.alphas = [0.0, 1.0]
+    assert plan.reported_alpha == 1.0
+
+
+def test_safe_filename():
+    assert evaluation.safe_filename("imagenet-r") == "imagenet-r"
+    assert evaluation.safe_filename("my set/v2 (test)") == "my_set_v2_test"

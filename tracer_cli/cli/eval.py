@@ -1,0 +1,149 @@
+"""``tracer eval``: ID and OOD metrics of a run, a checkpoint or any backbone, with CI gates.
+
+The work happens in :mod:`tracer_cli.evaluation`; this module parses flags, draws the tables and
+maps a failed gate to exit 3 (after the results are printed, so a failing CI job still shows them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from tracer_cli.cli.common import (
+    JsonOpt,
+    SetOpt,
+    WhichOpt,
+    boundary,
+    emit_json,
+    result_console,
+)
+from tracer_cli.cli.progress import make_reporter
+from tracer_cli.errors import UsageError
+from tracer_cli.events import use_reporter
+
+app = typer.Typer()
+
+RunDirArg = Annotated[Optional[Path], typer.Argument(
+    help="Run directory written by `tracer finetune` (evaluates its last.pt).", metavar="RUN_DIR",
+    show_default=False)]
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", help="Zero-shot look at a backbone without a run: BACKBONE:ARCH[:PRETRAINED], e.g. "
+    "openclip:ViT-B-16:openai or openclip:RN50:/path/weights.pt.", show_default=False)]
+CheckpointOpt = Annotated[Optional[Path], typer.Option(
+    "--checkpoint", help="A tracer checkpoint (last.pt, checkpoints/step_N.pt); its architecture "
+    "comes from --recipe, the run directory, or the recipe stored in it.", show_default=False)]
+RecipeOpt = Annotated[Optional[Path], typer.Option(
+    "--recipe", help="Recipe TOML: datasets, task and model (the model is evaluated zero-shot "
+    "unless --checkpoint or --model is given).", show_default=False)]
+IdOpt = Annotated[Optional[str], typer.Option(
+    "--id", help="In-distribution datasets: comma-separated registered names (default: the "
+    "recipe's data.id).", show_default=False)]
+OodOpt = Annotated[Optional[str], typer.Option(
+    "--ood", help="Out-of-distribution datasets, e.g. imagenet-r,imagenet-sketch (default: the "
+    "recipe's data.ood).", show_default=False)]
+EvalOutputOpt = Annotated[Optional[Path], typer.Option(
+    "--output-dir", help="Write eval.json, a reliability diagram per dataset (and the WiSE-FT "
+    "curve) into this folder.", show_default=False)]
+FailUnderOpt = Annotated[Optional[list[str]], typer.Option(
+    "--fail-under", metavar="METRIC=VALUE", show_default=False,
+    help="Exit 3 when a metric is below VALUE (repeatable): avg_ood_accuracy=0.55, "
+    "imagenet-r.accuracy=0.7.")]
+FailOverOpt = Annotated[Optional[list[str]], typer.Option(
+    "--fail-over", metavar="METRIC=VALUE", show_default=False,
+    help="Exit 3 when a lower-is-better metric (ECE, NLL, Brier) is above VALUE (repeatable): "
+    "avg_ood_ece=0.1.")]
+
+
+@app.command("eval")
+@boundary
+def eval_command(
+    run_dir: RunDirArg = None,
+    which: WhichOpt = None,
+    model: ModelOpt = None,
+    checkpoint: CheckpointOpt = None,
+    recipe: RecipeOpt = None,
+    id_names: IdOpt = None,
+    ood_names: OodOpt = None,
+    overrides: SetOpt = None,
+    output_dir: EvalOutputOpt = None,
+    save_predictions: Annotated[bool, typer.Option(
+        "--save-predictions", help="With --output-dir: predictions/<dataset>.npz holding logits "
+        "(N×C float32) and labels (N).")] = False,
+    fail_under: FailUnderOpt = None,
+    fail_over: FailOverOpt = None,
+    wise_alpha: Annotated[Optional[str], typer.Option(
+        "--wise-alpha", help="WiSE-FT: evaluate (1-α)·θ₀ + α·θ_ft for each α of a list such as "
+        "0,0.25,0.5,0.75,1.", show_default=False)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Evaluate a model on ID and OOD datasets: accuracy, top-5, ECE, NLL, Brier, macro-F1."""
+    from tracer_cli import evaluation  # imported here: it pulls in torch, which --help does not need
+
+    if save_predictions and output_dir is None:
+        raise UsageError("--save-predictions writes into --output-dir: give both")
+    request = evaluation.EvalRequest(
+        run_dir=run_dir, checkpoint=checkpoint, model=model, recipe=recipe, which=which,
+        id_names=evaluation.parse_names(id_names, "--id"),
+        ood_names=evaluation.parse_names(ood_names, "--ood"),
+        overrides=list(overrides or []), wise_alphas=evaluation.parse_alphas(wise_alpha),
+        gates=evaluation.parse_gates(fail_under or [], fail_over or []))
+    plan = evaluation.prepare(request)
+    with use_reporter(make_reporter()) as reporter:
+        report = evaluation.run_plan(plan, reporter)
+        written = (evaluation.write_outputs(report, output_dir, save_predictions)
+                   if output_dir is not None else [])
+    doc = report.document
+    console = result_console(as_json)
+    console.print(metrics_table(doc))
+    if doc["wise"]:
+        console.print(wise_table(doc["wise"]))
+    for gate in doc["gates"]:
+        verdict = "passed" if gate["passed"] else "FAILED"
+        console.print(f"gate {verdict}: {gate['metric']} = {gate['value']:.4g} "
+                      f"({gate['flag']} {gate['threshold']:g})")
+    if written:
+        console.print(f"wrote {len(written)} files to {output_dir}")
+    if as_json:
+        emit_json(doc)
+    evaluation.check_gates(doc)
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def metrics_table(doc: dict[str, Any]) -> Table:
+    """One row per dataset (ID, then OOD), then the OOD average."""
+    alpha = doc["model"].get("wise_alpha")
+    title = "evaluation" + (f" (WiSE-FT α={alpha:g})" if alpha is not None else "")
+    table = Table(title=title)
+    for column in ("dataset", "role", "acc %", "top-5 %", "ECE", "NLL", "Brier", "macro-F1", "n"):
+        table.add_column(column, justify="left" if column in ("dataset", "role") else "right")
+    for role in ("id", "ood"):
+        for name in doc[role]:
+            m = doc["datasets"][name]
+            table.add_row(name, role.upper(), _pct(m["accuracy"]), _pct(m["top5"]),
+                          _num(m["ece"]), _num(m["nll"]), _num(m["brier"]), _num(m["macro_f1"]),
+                          str(m["n"]))
+    if doc["ood"]:
+        table.add_row("average OOD", "", _pct(doc["avg_ood_accuracy"]), "",
+                      _num(doc["avg_ood_ece"]), "", "", "", "", style="bold")
+    return table
+
+
+def wise_table(entries: list[dict[str, Any]]) -> Table:
+    """The WiSE-FT sweep: ID accuracy, OOD accuracy and OOD ECE per α."""
+    table = Table(title="WiSE-FT: θ = (1-α)·θ₀ + α·θ_ft")
+    for column in ("α", "ID acc %", "avg OOD acc %", "avg OOD ECE"):
+        table.add_column(column, justify="right")
+    for e in entries:
+        table.add_row(f"{e['alpha']:g}", _pct(e["id_accuracy"]), _pct(e["avg_ood_accuracy"]),
+                      _num(e["avg_ood_ece"]))
+    return table

@@ -1,0 +1,157 @@
+"""Reading a finished (or running) run directory: its recipe, checkpoint and models.
+
+``eval``, ``export`` and ``distill-check`` all start here, so a run dir is validated in one place
+and every command gives the same clear error for a missing or truncated checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from tracer_cli import recipe as recipe_mod
+from tracer_cli.contracts import Backbone
+from tracer_cli.engine import checkpoint
+from tracer_cli.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+WHICH = ("student", "teacher")
+
+
+def interpolate(theta0: dict[str, torch.Tensor], theta1: dict[str, torch.Tensor],
+                alpha: float) -> dict[str, torch.Tensor]:
+    """WiSE-FT: (1 − α)·θ₀ + α·θ₁ for floating tensors; other tensors are taken from θ₁.
+
+    α = 0 returns θ₀'s values exactly and α = 1 θ₁'s (no rounding through the formula).
+    """
+    if set(theta0) != set(theta1):
+        missing = sorted(set(theta0) ^ set(theta1))[:3]
+        raise UsageError(f"cannot interpolate weights of different architectures (keys differ: "
+                         f"{', '.join(missing)})")
+    out = {}
+    for name, t1 in theta1.items():
+        t0 = theta0[name]
+        if alpha == 0.0:
+            out[name] = t0.clone()
+        elif alpha == 1.0 or not t1.is_floating_point():
+            out[name] = t1.clone()
+        else:
+            out[name] = torch.lerp(t0.to(t1.dtype), t1, alpha)
+    return out
+
+
+class RunDir:
+    """A run directory written by ``tracer finetune``."""
+
+    def __init__(self, path: str | Path, checkpoint: str | Path | None = None):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise UsageError(f"run directory '{self.path}' does not exist")
+        self.lock_path = self.path / "recipe.lock.toml"
+        if not self.lock_path.is_file():
+            raise UsageError(f"'{self.path}' is not a tracer run directory (no recipe.lock.toml)")
+        # Another checkpoint of the run (checkpoints/step_N.pt) instead of last.pt.
+        self._checkpoint_path = Path(checkpoint) if checkpoint is not None else None
+
+    @cached_property
+    def lock(self) -> dict[str, Any]:
+        try:
+            return tomllib.loads(self.lock_path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise UsageError(f"'{self.lock_path}' is not valid TOML: {exc}") from None
+
+    @cached_property
+    def recipe(self) -> recipe_mod.Recipe:
+        raw = {k: v for k, v in self.lock.items() if k != "lock"}
+        return recipe_mod.from_dict(raw, source=str(self.lock_path))
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self._checkpoint_path or self.path / "last.pt"
+
+    @cached_property
+    def checkpoint(self) -> dict[str, Any]:
+        if self._checkpoint_path is None and not self.checkpoint_path.is_file():
+            raise UsageError(f"run directory '{self.path}' has no checkpoint (last.pt); the run "
+                             "may not have reached its first checkpoint")
+        return read_checkpoint(self.checkpoint_path)
+
+    def weights(self, which: str = "student") -> dict[str, torch.Tensor]:
+        """The student's or the teacher's state dict from the last checkpoint."""
+        return checkpoint_weights(self.checkpoint, which, f"run '{self.path}'")
+
+    def backbone(self) -> Backbone:
+        """The backbone as the recipe built it, holding the pretrained weights θ₀."""
+        return pretrained_backbone(self.recipe)
+
+    def model(self, which: str = "student", wise_alpha: float | None = None
+              ) -> tuple[Backbone, nn.Module]:
+        """(backbone, module) with the run's weights, or their WiSE-FT mix with θ₀."""
+        backbone = self.backbone()
+        tuned = self.weights(which)
+        if wise_alpha is not None:
+            tuned = interpolate(backbone.model.state_dict(), tuned, wise_alpha)
+        load_weights(backbone.model, tuned, self.checkpoint_path)
+        return backbone, backbone.model
+
+    def metrics(self) -> Iterator[dict[str, Any]]:
+        """Records of ``metrics.jsonl`` (a line being written right now is skipped)."""
+        path = self.path / "metrics.jsonl"
+        if not path.is_file():
+            return
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A tracer checkpoint file (``last.pt``, ``checkpoints/step_N.pt``), checked to be one."""
+    state = checkpoint.load(Path(path))
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise UsageError(f"'{path}' is not a tracer checkpoint (no 'state_dict' key)")
+    return state
+
+
+def checkpoint_weights(state: dict[str, Any], which: str, owner: str) -> dict[str, torch.Tensor]:
+    """The student's (``state_dict``) or the teacher's weights of a loaded checkpoint."""
+    if which not in WHICH:
+        raise UsageError(f"--which '{which}': allowed: {', '.join(WHICH)}")
+    if which == "student":
+        return state["state_dict"]
+    teacher = state.get("teacher") or {}
+    if teacher.get("module") is None:
+        kind = teacher.get("kind") or "none"
+        raise UsageError(f"{owner} has no teacher weights (teacher.kind = '{kind}'); use "
+                         "--which student")
+    return teacher["module"]
+
+
+def pretrained_backbone(recipe: recipe_mod.Recipe) -> Backbone:
+    """The backbone exactly as ``finetune`` built it: seeded first, so that even randomly
+    initialised weights (``pretrained = "none"``) come out as the run's θ₀."""
+    from tracer_cli.engine.run import build_backbone, seed_everything
+
+    seed_everything(recipe.run.seed)
+    return build_backbone(recipe)
+
+
+def load_weights(module: nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:
+    """Strict load with an error that says the checkpoint belongs to another architecture."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise UsageError(f"checkpoint '{source}' does not fit this model's architecture "
+                         f"({first})") from None
