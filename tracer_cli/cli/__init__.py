@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from tracer_cli.cli import eval as eval_cmd
+from tracer_cli.cli import export as export_cmd
 from tracer_cli.cli import distill_check, finetune, plugins
 
 app = typer.Typer(
@@ -17,6 +18,7 @@ app = typer.Typer(
 app.add_typer(finetune.app)
 app.add_typer(eval_cmd.app)
 app.add_typer(distill_check.app)
+app.add_typer(export_cmd.app)
 app.add_typer(plugins.app, name="plugins")
 
 

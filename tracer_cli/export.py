@@ -1,0 +1,766 @@
+"""``tracer export`` as a library: a run's model in formats other tools load as they are.
+
+Formats (each a folder, plus ``MODEL_CARD.md`` and ``model_card.json``):
+
+- ``open_clip``: ``open_clip_config.json`` (the model config and the preprocessing of the run's
+  backbone, so nothing is silently defaulted) and ``open_clip_model.safetensors``, the first file
+  name open_clip's ``local-dir:`` loader looks for. Loads with
+  ``open_clip.create_model_and_transforms("local-dir:DIR")``, and for archs open_clip knows by name
+  also with ``create_model_and_transforms(ARCH, pretrained="DIR/open_clip_model.safetensors")``.
+- ``safetensors``: the state dict alone (``model.safetensors``), for any backbone.
+- ``onnx``: ``image_encoder.onnx`` and ``text_encoder.onnx``, the normalized ``encode_image`` /
+  ``encode_text`` with a dynamic batch axis (torch's default, ``torch.export``-based exporter).
+- ``torchscript``: the same two encoders, traced and frozen (``image_encoder.pt``,
+  ``text_encoder.pt``; each holds only its own tower's weights).
+
+The weights are the run's student, its teacher (``which="teacher"``), or their WiSE-FT mix with
+the pretrained weights. Everything that needs no weights is checked first; the folder is built
+under a temporary name and renamed into place only when complete, so a failed export leaves
+nothing behind. ONNX and TorchScript graphs are checked against PyTorch at a batch size other than
+the one they were traced with before the folder is published.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import difflib
+import hashlib
+import inspect
+import json
+import logging
+import os
+import platform
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+import tracer_cli
+from tracer_cli.contracts import Backbone
+from tracer_cli.errors import MissingResourceError, RunError, UsageError
+from tracer_cli.events import Reporter, current_reporter
+from tracer_cli.io import atomic_dir
+from tracer_cli.recipe import Recipe
+from tracer_cli.runs import WHICH, RunDir
+
+FORMATS = ("open_clip", "safetensors", "onnx", "torchscript")
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+CARD_FILES = ("MODEL_CARD.md", "model_card.json")
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+# open_clip's local-dir loader takes the first of its preferred names that exists; this one is
+# first, and a .safetensors file also works as `pretrained=` (no pickle involved).
+OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
+SAFETENSORS_WEIGHTS = "model.safetensors"
+ONNX_OPSET = 18
+# Graphs whose weights exceed this go to a side file (protobuf stops at 2 GiB).
+ONNX_EXTERNAL_DATA_BYTES = 1 << 30
+CARD_SCHEMA = 1
+_PROBE_BATCH = 3  # differs from the traced batch (2), so a baked-in batch size is caught
+_EXAMPLE_TEXTS = ("a photo of a cat.", "a sketch of a large red bus.")
+_PROBE_TEXTS = ("a dog.", "a photo of a small bird on a branch.", "a cartoon of a house.")
+
+
+@dataclass
+class ExportRequest:
+    """What ``tracer export`` was asked for (``which`` None means the student)."""
+
+    run_dir: Path
+    format: str
+    output: Path
+    which: str | None = None
+    wise_alpha: float | None = None
+    precision: str = "fp32"
+    checkpoint: Path | None = None
+    overwrite: bool = False
+
+
+@dataclass
+class ExportResult:
+    output: Path
+    card: dict[str, Any]
+
+
+@dataclass
+class _Subject:
+    """The model being exported and what the writers need to know about it."""
+
+    backbone: Backbone
+    module: nn.Module
+    dtype: torch.dtype
+    image_size: tuple[int, int] | None
+    preprocess: dict[str, Any] | None
+    model_cfg: dict[str, Any] | None
+    example_tokens: torch.Tensor
+
+
+# --------------------------------------------------------------------------- checks before work
+
+
+def check_request(req: ExportRequest) -> ExportRequest:
+    """Every check that needs no weights; returns the request with defaults filled in."""
+    req = dataclasses.replace(req, run_dir=Path(req.run_dir), output=Path(req.output),
+                              which=req.which or "student")
+    if req.format not in FORMATS:
+        raise UsageError(f"--format '{req.format}': allowed: {', '.join(FORMATS)}"
+                         + _did_you_mean(req.format, FORMATS))
+    if req.precision not in PRECISIONS:
+        raise UsageError(f"--precision '{req.precision}': allowed: {', '.join(PRECISIONS)}"
+                         + _did_you_mean(req.precision, PRECISIONS))
+    if req.which not in WHICH:
+        raise UsageError(f"--which '{req.which}': allowed: {', '.join(WHICH)}")
+    if req.wise_alpha is not None and not 0.0 <= req.wise_alpha <= 1.0:
+        raise UsageError(f"--wise-alpha {req.wise_alpha:g} is outside [0, 1] (0 is the pretrained "
+                         "model, 1 the finetuned one)")
+    if req.format == "onnx" and req.precision != "fp32":
+        raise UsageError("--format onnx writes fp32 graphs only (fp16 graphs are not reliable on "
+                         "CPU onnxruntime); drop --precision, or convert the fp32 graphs with "
+                         "onnxconverter-common")
+    if req.format == "onnx":
+        _require_onnx()
+    _check_output(req)
+    return req
+
+
+def _did_you_mean(value: str, allowed: Any) -> str:
+    close = difflib.get_close_matches(value, list(allowed), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _require_onnx() -> None:
+    missing = []
+    for name in ("onnx", "onnxscript"):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise MissingResourceError(f"--format onnx needs {' and '.join(missing)}: pip install "
+                                   "'tracer-clip[export]' (onnx, onnxscript, onnxruntime)")
+    if "dynamic_shapes" not in inspect.signature(torch.onnx.export).parameters:
+        raise MissingResourceError(f"--format onnx needs torch >= 2.5 (its torch.export-based "
+                                   f"ONNX exporter); this is torch {torch.__version__}")
+
+
+def _check_output(req: ExportRequest) -> None:
+    out, run = req.output.resolve(), req.run_dir.resolve()
+    if out == run or out in run.parents:
+        raise UsageError(f"--output '{req.output}' would replace the run directory itself; choose "
+                         "a folder outside it or below it (e.g. RUN_DIR/export/onnx)")
+    if req.output.exists() and not req.output.is_dir():
+        raise UsageError(f"--output '{req.output}' is a file; give a folder")
+    if req.output.is_dir() and any(req.output.iterdir()) and not req.overwrite:
+        raise UsageError(f"--output '{req.output}' exists and is not empty; pass --overwrite to "
+                         "replace it, or choose another folder")
+
+
+def _check_backbone(req: ExportRequest, recipe: Recipe) -> None:
+    if req.format == "open_clip" and recipe.model.backbone != "openclip":
+        raise UsageError(f"--format open_clip needs an openclip backbone; this run uses "
+                         f"'{recipe.model.backbone}' (use --format safetensors, onnx or "
+                         "torchscript)")
+
+
+# --------------------------------------------------------------------------- the export
+
+
+def export(req: ExportRequest, reporter: Reporter | None = None) -> ExportResult:
+    """Write the requested export folder; returns it with its model card."""
+    reporter = reporter or current_reporter()
+    req = check_request(req)
+    run = RunDir(req.run_dir, checkpoint=_checkpoint_path(req))
+    _check_backbone(req, run.recipe)
+    run.weights(req.which)  # a missing or truncated checkpoint fails here, before any writing
+    reporter.notice(f"loading the {req.which} of {run.path} ({run.checkpoint_path.name}"
+                    + (f", WiSE-FT α={req.wise_alpha:g}" if req.wise_alpha is not None else "")
+                    + ")")
+    backbone, module = run.model(req.which, req.wise_alpha)
+    subject = _subject(run.recipe, backbone, module.cpu().eval(), PRECISIONS[req.precision],
+                       req.format)
+    with atomic_dir(req.output) as tmp:
+        details = WRITERS[req.format](tmp, subject, reporter)
+        card = build_card(req, run, subject, tmp, details)
+        write_card(tmp, card)
+        _usual_permissions(tmp)
+    reporter.notice(f"wrote {req.format} export to {req.output}")
+    return ExportResult(req.output, card)
+
+
+def _usual_permissions(folder: Path) -> None:
+    """The temporary folder is private (mkdtemp: 0700, some writers 0600); an export is meant to
+    be shared and served, so it gets the modes the umask gives any folder the user creates."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def _checkpoint_path(req: ExportRequest) -> Path | None:
+    ckpt = req.checkpoint
+    if ckpt is not None and not ckpt.exists() and (req.run_dir / ckpt).is_file():
+        return req.run_dir / ckpt  # "checkpoints/step_N.pt" relative to the run
+    return ckpt
+
+
+def _subject(recipe: Recipe, backbone: Backbone, module: nn.Module, dtype: torch.dtype,
+             fmt: str) -> _Subject:
+    preprocess = _preprocess_cfg(backbone, module)
+    size = (preprocess or {}).get("size")
+    image_size = None if size is None else \
+        (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
+    if image_size is None and fmt in ("onnx", "torchscript"):
+        raise RunError("cannot tell the backbone's input image size (it has no preprocess "
+                       f"config); --format {fmt} needs it to trace the image encoder")
+    model_cfg = None
+    if recipe.model.backbone == "openclip":
+        try:
+            model_cfg = _open_clip_model_cfg(recipe, backbone)
+        except UsageError:
+            if fmt == "open_clip":
+                raise
+            # Other formats only mention the config in the card; its absence is not an error.
+    tokens = backbone.tokenize(list(_EXAMPLE_TEXTS))
+    return _Subject(backbone, module, dtype, image_size, preprocess, model_cfg, tokens)
+
+
+def _preprocess_cfg(backbone: Backbone, module: nn.Module) -> dict[str, Any] | None:
+    """The backbone's own preprocessing (open_clip's ``PreprocessCfg``), as JSON values."""
+    cfg = getattr(backbone, "preprocess_cfg", None)
+    if dataclasses.is_dataclass(cfg):
+        cfg = dataclasses.asdict(cfg)
+    if not cfg:
+        import open_clip
+
+        try:
+            cfg = open_clip.get_model_preprocess_cfg(module)
+        except AttributeError:  # not an open_clip model: nothing says how to preprocess
+            cfg = None
+    return json.loads(json.dumps(cfg)) if cfg else None  # tuples → lists, as the file holds them
+
+
+def _open_clip_model_cfg(recipe: Recipe, backbone: Backbone) -> dict[str, Any]:
+    """The open_clip model config the backbone was built from, with ``model.image_size`` applied
+    exactly as the backbone applied it (``force_image_size``)."""
+    import open_clip
+
+    arch = getattr(backbone, "arch", None) or recipe.model.options.get("arch")
+    try:
+        cfg = open_clip.get_model_config(arch)
+    except Exception as exc:  # an hf-hub config that is not cached, a broken local-dir config
+        raise MissingResourceError(f"cannot read the open_clip config of '{arch}' ({exc})") \
+            from None
+    if cfg is None:
+        raise UsageError(f"open_clip has no config for '{arch}'; use --format safetensors")
+    cfg = copy.deepcopy(cfg)
+    size = recipe.model.options.get("image_size")
+    if size:
+        cfg["vision_cfg"]["image_size"] = size
+    return cfg
+
+
+# --------------------------------------------------------------------------- writers
+
+
+def _state(module: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The state dict on CPU with floating tensors cast to ``dtype``; tensors that share storage
+    are copied apart (safetensors refuses shared memory)."""
+    out, seen = {}, set()
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().cpu()
+        t = (t.to(dtype) if t.is_floating_point() else t).contiguous()
+        storage = t.untyped_storage().data_ptr()
+        if storage in seen:
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        out[name] = t
+    return out
+
+
+def _save_safetensors(state: dict[str, torch.Tensor], path: Path, subject: _Subject) -> None:
+    from safetensors.torch import save_file
+
+    meta = {"format": "pt", "producer": f"tracer {tracer_cli.__version__}",
+            "dtype": str(subject.dtype).removeprefix("torch.")}
+    save_file(state, str(path), metadata=meta)
+
+
+def _write_safetensors(folder: Path, subject: _Subject, reporter: Reporter) -> dict[str, Any]:
+    state = _state(subject.module, subject.dtype)
+    _save_safetensors(state, folder / SAFETENSORS_WEIGHTS, subject)
+    return {"weights": SAFETENSORS_WEIGHTS}
+
+
+def _write_open_clip(folder: Path, subject: _Subject, reporter: Reporter) -> dict[str, Any]:
+    config = {"model_cfg": subject.model_cfg, "preprocess_cfg": subject.preprocess}
+    (folder / OPEN_CLIP_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    state = _state(subject.module, subject.dtype)
+    _save_safetensors(state, folder / OPEN_CLIP_WEIGHTS, subject)
+    _verify_open_clip_config(folder, state)
+    return {"weights": OPEN_CLIP_WEIGHTS, "config": OPEN_CLIP_CONFIG}
+
+
+def _verify_open_clip_config(folder: Path, state: dict[str, torch.Tensor]) -> None:
+    """Build the model open_clip would build from the folder (on the meta device: no memory, no
+    weights) and check that every tensor of the export has a place of the same shape in it."""
+    import open_clip
+
+    with _quiet_logging("root"), torch.device("meta"):
+        model = open_clip.create_model(f"local-dir:{folder}", device="meta", load_weights=False,
+                                       pretrained_text=False)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != got:
+        diff = sorted(k for k in set(expected) | set(got) if expected.get(k) != got.get(k))
+        raise RunError(f"the written open_clip config does not describe the exported weights "
+                       f"({len(diff)} tensors differ, e.g. {', '.join(diff[:3])})")
+
+
+class _Encoder(nn.Module):
+    """One tower of the backbone as a one-input module: inputs are cast to the weights' dtype,
+    embeddings (L2-normalized) come out as float32."""
+
+    def __init__(self, backbone: Backbone, module: nn.Module, kind: str, dtype: torch.dtype):
+        super().__init__()
+        self.module = module
+        self.kind = kind
+        self.dtype = dtype
+        self._encode = backbone.encode_image if kind == "image" else backbone.encode_text
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "image":
+            x = x.to(self.dtype)
+        return self._encode(self.module, x).float()
+
+
+def _encoders(subject: _Subject) -> list[tuple[str, _Encoder, torch.Tensor, torch.Tensor]]:
+    """(kind, encoder, traced example, probe) for the image and the text tower."""
+    module = subject.module
+    if subject.dtype != torch.float32:  # cast a copy: the card still reads the fp32 model
+        module = copy.deepcopy(module).to(subject.dtype).eval()
+    gen = torch.Generator().manual_seed(0)
+    h, w = subject.image_size
+    images = torch.randn(2, 3, h, w, generator=gen)
+    probe_images = torch.randn(_PROBE_BATCH, 3, h, w, generator=gen)
+    probe_tokens = subject.backbone.tokenize(list(_PROBE_TEXTS))
+    return [("image", _Encoder(subject.backbone, module, "image", subject.dtype).eval(), images,
+             probe_images),
+            ("text", _Encoder(subject.backbone, module, "text", subject.dtype).eval(),
+             subject.example_tokens, probe_tokens)]
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max())
+
+
+def _write_onnx(folder: Path, subject: _Subject, reporter: Reporter) -> dict[str, Any]:
+    verified = {}
+    for kind, encoder, example, probe in _encoders(subject):
+        path = folder / f"{kind}_encoder.onnx"
+        reporter.notice(f"exporting the {kind} encoder to ONNX (opset {ONNX_OPSET})")
+        _onnx_export(encoder, example, path, kind)
+        verified[kind] = _verify_onnx(path, encoder, probe, kind)
+    return {"graphs": {k: f"{k}_encoder.onnx" for k in verified}, "opset": ONNX_OPSET,
+            "verified": verified}
+
+
+def _onnx_export(encoder: _Encoder, example: torch.Tensor, path: Path, kind: str) -> None:
+    # torch's default exporter (torch.export + onnxscript): the TorchScript-based one is deprecated
+    # and slated for removal. Its progress lines and optimizer warnings would pollute --json
+    # stdout and the log, so both are kept off the terminal.
+    batch = torch.export.Dim("batch", min=1)
+    weight_bytes = sum(p.numel() * p.element_size() for p in encoder.parameters())
+    try:
+        with contextlib.redirect_stdout(sys.stderr), _quiet_logging("onnxscript", "torch.onnx"), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(encoder, (example,), str(path), input_names=[kind],
+                              output_names=[f"{kind}_embeds"], opset_version=ONNX_OPSET,
+                              dynamo=True,
+                              dynamic_shapes=({0: batch},), verbose=False,
+                              external_data=weight_bytes > ONNX_EXTERNAL_DATA_BYTES)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise RunError(f"ONNX export of the {kind} encoder failed ({type(exc).__name__}: "
+                       f"{first})") from exc
+
+
+def _verify_onnx(path: Path, encoder: _Encoder, probe: torch.Tensor, kind: str
+                 ) -> dict[str, Any]:
+    """onnxruntime against PyTorch on a batch size the graph was not traced with."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {"checked": False, "reason": "onnxruntime is not installed"}
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # an invalid graph is a failed export, named as such
+        raise RunError(f"onnxruntime cannot load the exported {kind} encoder "
+                       f"({type(exc).__name__}: {exc})") from exc
+    got = torch.from_numpy(session.run(None, {kind: probe.numpy()})[0])
+    with torch.no_grad():
+        want = encoder(probe)
+    return _check_close(got, want, 1e-4, f"ONNX {kind} encoder (onnxruntime)")
+
+
+def _check_close(got: torch.Tensor, want: torch.Tensor, tol: float, what: str) -> dict[str, Any]:
+    diff = _max_diff(got, want) if got.shape == want.shape else float("inf")
+    if not diff <= tol:
+        raise RunError(f"the {what} disagrees with PyTorch at batch size {want.shape[0]} "
+                       f"(max abs difference {diff:.3g} > {tol:g}, shape {tuple(got.shape)})")
+    return {"checked": True, "batch": int(want.shape[0]), "max_abs_diff": diff, "tolerance": tol}
+
+
+def _write_torchscript(folder: Path, subject: _Subject, reporter: Reporter) -> dict[str, Any]:
+    verified = {}
+    tol = 1e-5 if subject.dtype == torch.float32 else 1e-2
+    for kind, encoder, example, probe in _encoders(subject):
+        path = folder / f"{kind}_encoder.pt"
+        reporter.notice(f"tracing the {kind} encoder (TorchScript)")
+        # torch.jit is deprecated in favour of torch.export, but a traced .pt is still what
+        # serving stacks (Triton's PyTorch backend, LibTorch) load; the deprecation notice and the
+        # tracer's warnings about shape checks inside F.multi_head_attention_forward say nothing
+        # about this trace, which is checked below at another batch size. Freezing keeps only the
+        # weights the tower uses (a plain trace would carry the other tower's weights too).
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            traced = torch.jit.trace(encoder, (example,), check_trace=False)
+            torch.jit.freeze(traced).save(str(path))
+            loaded = torch.jit.load(str(path))
+            verified[kind] = _check_close(loaded(probe), encoder(probe), tol,
+                                          f"TorchScript {kind} encoder")
+    return {"modules": {k: f"{k}_encoder.pt" for k in verified}, "verified": verified}
+
+
+WRITERS: dict[str, Callable[[Path, _Subject, Reporter], dict[str, Any]]] = {
+    "open_clip": _write_open_clip,
+    "safetensors": _write_safetensors,
+    "onnx": _write_onnx,
+    "torchscript": _write_torchscript,
+}
+
+
+@contextlib.contextmanager
+def _quiet_logging(*names: str):
+    """Raise the given loggers to ERROR for the duration (``"root"`` is the root logger)."""
+    loggers = [logging.getLogger() if n == "root" else logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+# --------------------------------------------------------------------------- the model card
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_entries(folder: Path) -> list[dict[str, Any]]:
+    """Every file of the export except the model card itself, with its size and SHA-256."""
+    return [{"path": p.relative_to(folder).as_posix(), "bytes": p.stat().st_size,
+             "sha256": sha256(p)}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in CARD_FILES]
+
+
+def method_name(recipe: Recipe) -> str:
+    """What the recipe trains, in words: ``TRACER (WMA teacher β=0.5, views crd/fd/icl/xkd)``,
+    ``FLYP`` (contrastive finetuning without a teacher term), ..."""
+    t, d = recipe.teacher, recipe.distill
+    extras = [f"λ_fn={d.lambda_fn:g}"] * (d.lambda_fn > 0) + \
+        [f"λ_orth={d.lambda_orth:g}"] * (d.lambda_orth > 0)
+    if t.kind == "none" or d.lambda_sd == 0:
+        name = "FLYP" + "".join(f" + {e}" for e in extras)
+        if t.kind in ("wma", "ema"):
+            name += f" ({t.kind.upper()} teacher tracked, not distilled)"
+        return name
+    views = [v for v in ("crd", "fd", "icl", "xkd") if getattr(d, v) > 0]
+    parts = [_teacher_words(recipe),
+             f"views {'/'.join(views)}" if views else "soft-label distillation",
+             f"λ_sd={d.lambda_sd:g}", *extras]
+    label = {"wma": "TRACER", "ema": "CaRot", "static": "static-teacher distillation"}[t.kind]
+    return f"{label} ({', '.join(parts)})"
+
+
+def _teacher_words(recipe: Recipe) -> str:
+    t = recipe.teacher
+    if t.kind == "wma":
+        return f"WMA teacher β={t.beta:g}"
+    if t.kind == "ema":
+        return (f"EMA teacher m={t.momentum_start:g}→{t.momentum_end:g} every "
+                f"{t.resolved_update_every()} steps")
+    return "static teacher θ₀"
+
+
+def build_card(req: ExportRequest, run: RunDir, subject: _Subject, folder: Path,
+               details: dict[str, Any]) -> dict[str, Any]:
+    """The ``model_card.json`` document (``MODEL_CARD.md`` renders it)."""
+    recipe = run.recipe
+    lock = {k: v for k, v in run.lock.items() if k != "lock"}
+    return {
+        "tracer_export": CARD_SCHEMA,
+        "format": req.format,
+        "which": req.which,
+        "wise_alpha": req.wise_alpha,
+        "precision": req.precision,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "run": {"path": str(run.path), "name": recipe.run.name,
+                "checkpoint": str(run.checkpoint_path), "step": run.checkpoint.get("step"),
+                "trained_with": run.lock.get("lock", {})},
+        "method": method_name(recipe),
+        "teacher": {**dataclasses.asdict(recipe.teacher),
+                    "update_every": recipe.teacher.resolved_update_every()},
+        "distill": dataclasses.asdict(recipe.distill),
+        "recipe": lock,
+        "model": _model_section(subject, req.format),
+        "eval": run_eval(run, req),
+        "details": details,
+        "versions": _versions(req.format),
+        "files": file_entries(folder),
+        "load": load_snippets(req, subject),
+    }
+
+
+def _model_section(subject: _Subject, fmt: str) -> dict[str, Any]:
+    describe = subject.backbone.describe()
+    tokens = subject.example_tokens
+    with torch.no_grad():
+        scale = float(subject.backbone.logit_scale(subject.module))
+    dim = _embed_dim(subject)
+    return {
+        "backbone": describe.get("backbone"), "arch": describe.get("arch"),
+        "pretrained": describe.get("pretrained"), "model_cfg": subject.model_cfg,
+        "preprocess_cfg": subject.preprocess, "logit_scale": scale,
+        "by_name": _by_name(subject) if fmt == "open_clip" else None,
+        "inputs": {"image": {"shape": ["batch", 3, *(subject.image_size or ("H", "W"))],
+                             "dtype": "float32"},
+                   "text": {"shape": ["batch", int(tokens.shape[1])],
+                            "dtype": str(tokens.dtype).removeprefix("torch.")}},
+        "outputs": {f"{kind}_embeds": {"shape": ["batch", dim], "dtype": "float32",
+                                       "normalized": True} for kind in ("image", "text")},
+    }
+
+
+def _embed_dim(subject: _Subject) -> int:
+    with torch.no_grad():
+        return int(subject.backbone.encode_text(subject.module, subject.example_tokens).shape[-1])
+
+
+def _by_name(subject: _Subject) -> dict[str, Any] | None:
+    """How to load the open_clip weights by arch name with ``pretrained=FILE``: the arch and the
+    keyword arguments that make open_clip build this exact model and preprocessing, or None when
+    the config differs from the named one in more than the image size (local-dir / hf-hub archs,
+    other backbones)."""
+    arch = subject.backbone.describe().get("arch")
+    if subject.model_cfg is None or not subject.preprocess or not isinstance(arch, str) \
+            or ":" in arch:
+        return None
+    import open_clip
+    from open_clip.transform import PreprocessCfg
+
+    named = copy.deepcopy(open_clip.get_model_config(arch))
+    kwargs: dict[str, Any] = {}
+    size = subject.model_cfg["vision_cfg"].get("image_size")
+    if named["vision_cfg"].get("image_size") != size:
+        kwargs["force_image_size"] = size
+        named["vision_cfg"]["image_size"] = size
+    if _jsonable(named) != _jsonable(subject.model_cfg):
+        return None
+    default = _jsonable({**dataclasses.asdict(PreprocessCfg()), "size": subject.preprocess["size"]})
+    for key, kw in (("mean", "image_mean"), ("std", "image_std"),
+                    ("interpolation", "image_interpolation"), ("resize_mode", "image_resize_mode")):
+        if subject.preprocess.get(key) != default[key]:
+            kwargs[kw] = subject.preprocess[key]
+    if any(subject.preprocess.get(k) != default[k] for k in ("size", "mode", "fill_color")):
+        return None
+    builtin = (Path(open_clip.__file__).parent / "model_configs" / f"{arch}.json").is_file()
+    return {"arch": arch, "weights": OPEN_CLIP_WEIGHTS, "kwargs": kwargs,
+            "known_to_open_clip": builtin}
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def run_eval(run: RunDir, req: ExportRequest) -> dict[str, Any] | None:
+    """The run's own evaluation (``summary.json``, else ``eval/*.json``) and which of its models
+    is the exported one (None for a WiSE-FT mix or another checkpoint than ``last.pt``)."""
+    found = _summary_eval(run.path) or _eval_files(run)
+    if found is None:
+        return None
+    alpha = req.wise_alpha
+    describes = None
+    if alpha == 0.0:
+        describes = "zeroshot"
+    elif (alpha is None or alpha == 1.0) and req.checkpoint is None:
+        describes = req.which
+    found["describes"] = describes if describes in found["models"] else None
+    return found
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # a run still writing or a damaged file: the card just goes without it
+
+
+def _summary_eval(run_path: Path) -> dict[str, Any] | None:
+    summary = _read_json(run_path / "summary.json")
+    ev = summary.get("eval") if isinstance(summary, dict) else None
+    if not isinstance(ev, dict) or not ev.get("models"):
+        return None
+    return {"source": "summary.json", "id": ev.get("id", []), "ood": ev.get("ood", []),
+            "models": ev["models"]}
+
+
+def _eval_files(run: RunDir) -> dict[str, Any] | None:
+    models = {}
+    for path in sorted((run.path / "eval").glob("*.json")):
+        data = _read_json(path)
+        if isinstance(data, dict) and data:
+            models[path.stem.removeprefix("final_")] = data
+    if not models:
+        return None
+    recipe = run.recipe
+    return {"source": "eval/*.json",
+            "id": [s.get("label") or s["name"] for s in recipe.data.id],
+            "ood": [s.get("label") or s["name"] for s in recipe.data.ood], "models": models}
+
+
+def _versions(fmt: str) -> dict[str, Any]:
+    import open_clip
+
+    out = {"tracer": tracer_cli.__version__, "torch": torch.__version__,
+           "open_clip": open_clip.__version__, "python": platform.python_version()}
+    if fmt == "onnx":
+        for name in ("onnx", "onnxscript", "onnxruntime"):
+            try:
+                out[name] = __import__(name).__version__
+            except ImportError:
+                out[name] = None
+    return out
+
+
+def load_snippets(req: ExportRequest, subject: _Subject) -> dict[str, str]:
+    """Python that loads this folder, per route (``local_dir``, ``by_name``, ``python``)."""
+    folder = req.output.as_posix()
+    if req.format == "open_clip":
+        out = {"local_dir": (
+            "import open_clip\n"
+            f"model, _, preprocess = open_clip.create_model_and_transforms('local-dir:{folder}')\n"
+            f"tokenizer = open_clip.get_tokenizer('local-dir:{folder}')")}
+        by_name = _by_name(subject)
+        if by_name is not None:
+            extra = "".join(f", {k}={v!r}" for k, v in by_name["kwargs"].items())
+            prefix = "" if by_name["known_to_open_clip"] else (
+                "from tracer_plugins.backbones.openclip import register_tiny_configs\n"
+                "register_tiny_configs()  # this arch is known to open_clip through tracer\n")
+            out["by_name"] = (
+                f"import open_clip\n{prefix}model, _, preprocess = "
+                f"open_clip.create_model_and_transforms('{by_name['arch']}', "
+                f"pretrained='{folder}/{OPEN_CLIP_WEIGHTS}'{extra})")
+        return out
+    if req.format == "safetensors":
+        return {"python": (
+            "from safetensors.torch import load_file\n"
+            f"state = load_file('{folder}/{SAFETENSORS_WEIGHTS}')\n"
+            "model.load_state_dict(state)  # model: the run's architecture (see model.arch)")}
+    if req.format == "onnx":
+        return {"python": (
+            "import onnxruntime as ort\n"
+            f"image = ort.InferenceSession('{folder}/image_encoder.onnx')\n"
+            f"text = ort.InferenceSession('{folder}/text_encoder.onnx')\n"
+            "img_emb = image.run(None, {'image': images})[0]   # float32 N×3×H×W, preprocessed\n"
+            "txt_emb = text.run(None, {'text': tokens})[0]     # int64 N×L open_clip token ids")}
+    return {"python": (
+        "import torch\n"
+        f"image = torch.jit.load('{folder}/image_encoder.pt')\n"
+        f"text = torch.jit.load('{folder}/text_encoder.pt')\n"
+        "img_emb, txt_emb = image(images), text(tokens)")}
+
+
+def write_card(folder: Path, card: dict[str, Any]) -> None:
+    (folder / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n",
+                                            encoding="utf-8")
+    (folder / "MODEL_CARD.md").write_text(render_card(card), encoding="utf-8")
+
+
+def render_card(card: dict[str, Any]) -> str:
+    """``MODEL_CARD.md``: what the model is, how it was made, how well it did, how to load it."""
+    model, run = card["model"], card["run"]
+    wise = card["wise_alpha"]
+    weights = card["which"] + (f", WiSE-FT α={wise:g} with the pretrained weights"
+                               if wise is not None else "")
+    lines = [
+        f"# {run['name']}: {model.get('arch')} finetuned with {card['method']}", "",
+        f"- format: `{card['format']}` ({card['precision']})",
+        f"- weights: {weights}; checkpoint `{run['checkpoint']}` (step {run['step']})",
+        f"- method: {card['method']}",
+        f"- backbone: {model.get('backbone')} `{model.get('arch')}`, initialised from "
+        f"`{model.get('pretrained')}`",
+        "- exported with " + ", ".join(f"{k} {v}" for k, v in card["versions"].items()),
+        "- trained with " + ", ".join(f"{k} {v}" for k, v in run["trained_with"].items()
+                                       if isinstance(v, (str, int, float))),
+        "", "## How to load", ""]
+    for route, code in card["load"].items():
+        lines += [f"{route.replace('_', ' ')}:", "", "```python", code, "```", ""]
+    lines += _io_lines(model)
+    lines += _eval_lines(card["eval"])
+    lines += ["## Files", "", "| file | bytes | SHA-256 |", "|---|---:|---|"]
+    lines += [f"| `{f['path']}` | {f['bytes']} | `{f['sha256']}` |" for f in card["files"]]
+    lines += ["", "## Recipe", "", "```json", json.dumps(card["recipe"], indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def _io_lines(model: dict[str, Any]) -> list[str]:
+    pre = model.get("preprocess_cfg") or {}
+    image, text = model["inputs"]["image"], model["inputs"]["text"]
+    return [
+        "## Inputs and outputs", "",
+        f"- image: {image['dtype']} {'×'.join(map(str, image['shape']))}, preprocessed as "
+        f"`{json.dumps(pre)}`",
+        f"- text: {text['dtype']} {'×'.join(map(str, text['shape']))} open_clip token ids",
+        f"- output: L2-normalized embeddings; zero-shot logits = {model['logit_scale']:.4g} · "
+        "image_emb · text_embᵀ", ""]
+
+
+def _eval_lines(ev: dict[str, Any] | None) -> list[str]:
+    if not ev:
+        return ["## Evaluation", "", "The run has no evaluation; measure this model with "
+                "`tracer eval RUN_DIR` (add `--which` / `--wise-alpha` as exported).", ""]
+    names = list(ev["id"]) + list(ev["ood"])
+    lines = ["## Evaluation (from the run)", "",
+             f"Source: `{ev['source']}`; the exported model is "
+             + (f"`{ev['describes']}`." if ev["describes"] else
+                "none of these (evaluate it with `tracer eval`)."), "",
+             "| model | " + " | ".join(f"{n} acc %" for n in names) + " | avg OOD acc % | "
+             "avg OOD ECE |", "|---|" + "---:|" * (len(names) + 2)]
+    for tag, metrics in ev["models"].items():
+        cells = [_pct((metrics.get(n) or {}).get("accuracy")) for n in names]
+        cells += [_pct(metrics.get("avg_ood_accuracy")), _num(metrics.get("avg_ood_ece"))]
+        lines.append(f"| {tag} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _pct(value: Any) -> str:
+    return "-" if not isinstance(value, (int, float)) else f"{100 * value:.2f}"
+
+
+def _num(value: Any) -> str:
+    return "-" if not isinstance(value, (int, float)) else f"{value:.4f}"
