@@ -22,7 +22,8 @@ class DatasetBundle:
     and, for caption datasets, ``"caption"`` (str). ``classnames[label]`` names each label;
     ``templates`` are prompt templates with one ``{}`` for the class name; ``class_subset`` lists
     the indices of these classes in a parent label space when the dataset covers only part of it
-    (ImageNet-R: 200 of 1000).
+    (ImageNet-R: 200 of 1000). An item that cannot be read (a corrupt image) is returned as a
+    :class:`SkippedItem` rather than raised, so one bad file does not end a long run.
     """
 
     dataset: Dataset
@@ -31,6 +32,25 @@ class DatasetBundle:
     has_captions: bool = False
     class_subset: Sequence[int] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SkippedItem:
+    """What a dataset returns instead of an item it cannot read (a corrupt or unreadable image).
+
+    The engine drops these from the batch, counts them, reports them at the end of the run and in
+    ``metrics.jsonl``, and stops the run when more than ``data.max_bad_fraction`` of the training
+    set turns out to be unreadable. ``source`` names the file (or row) and ``reason`` says what
+    went wrong, e.g. ``"OSError: image file is truncated"``.
+    """
+
+    source: str
+    reason: str
+
+
+def skipped_item(source: Any, exc: BaseException) -> SkippedItem:
+    """A :class:`SkippedItem` for ``source`` (a path, a row id) that failed with ``exc``."""
+    return SkippedItem(str(source), f"{type(exc).__name__}: {exc}")
 
 
 class Backbone(Protocol):

@@ -6,6 +6,8 @@ errors stay catchable when tracer is used as a library.
 
 from __future__ import annotations
 
+import signal
+
 EXIT_OK = 0
 EXIT_RUN_FAILED = 1
 EXIT_USAGE = 2
@@ -38,6 +40,25 @@ class MissingResourceError(UsageError):
 
 class RunError(TracerError):
     """The run itself failed (non-finite loss, I/O failure during training)."""
+
+
+class Interrupted(TracerError):
+    """Training stopped on a signal (SIGINT, SIGTERM) after saving a checkpoint.
+
+    The exit code is the shell's convention for a death by that signal, 128 + signal number
+    (130 for SIGINT, 143 for SIGTERM), so schedulers and scripts see what happened.
+    """
+
+    def __init__(self, signum: int, step: int, checkpoint: str | None, hint: str | None = None):
+        self.signum, self.step, self.checkpoint, self.hint = signum, step, checkpoint, hint
+        self.exit_code = 128 + signum
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        where = f"checkpoint saved: {checkpoint}" if checkpoint else "no checkpoint was saved"
+        super().__init__(f"stopped by {name} after step {step}; {where}"
+                         + (f"; {hint}" if hint else ""))
 
 
 class GateError(TracerError):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +28,10 @@ from tracer_cli.errors import RecipeError, UsageError
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 TEACHERS = ("wma", "ema", "static", "none")
+NONFINITE_ACTIONS = ("stop", "skip")
+# numpy seeds its global generator from an unsigned 32-bit value.
+MAX_SEED = 2**32 - 1
+_CUDA_DEVICE = re.compile(r"cuda:\d+")
 
 
 def _check(path: str, ok: bool, message: str) -> None:
@@ -47,10 +53,18 @@ class RunConfig:
     track_drift: bool = True
 
     def validate(self, path: str) -> None:
-        _check(f"{path}.name", bool(self.name) and "/" not in self.name,
-               f"got {self.name!r}; must be a non-empty folder name without '/'")
+        # "." and ".." would make the run directory the output folder or its parent, which
+        # --overwrite would then delete.
+        name_ok = bool(self.name) and self.name not in (".", "..") and \
+            not any(c in self.name for c in "/\\\0")
+        _check(f"{path}.name", name_ok, f"got {self.name!r}; must be a folder name (not '.' or "
+               "'..', without '/', '\\' or NUL characters)")
+        _check(f"{path}.output_dir", "\0" not in self.output_dir,
+               f"got {self.output_dir!r}; a path cannot contain NUL characters")
+        _check(f"{path}.seed", 0 <= self.seed <= MAX_SEED,
+               f"got {self.seed}; must be between 0 and {MAX_SEED}")
         _check(f"{path}.log_every", self.log_every >= 1, f"got {self.log_every}; must be >= 1")
-        ok = self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
+        ok = self.device in ("auto", "cpu", "cuda") or bool(_CUDA_DEVICE.fullmatch(self.device))
         _check(f"{path}.device", ok, f"got {self.device!r}; allowed: auto, cpu, cuda, cuda:N")
 
 
@@ -73,10 +87,16 @@ class DataConfig:
     options: dict[str, Any] = field(default_factory=dict)
     eval_batch_size: int = 256
     num_workers: int = 0
+    # Share of the training set that may turn out unreadable (corrupt or truncated images, which
+    # are skipped); one more distinct bad file stops the run. Below 1, so a set where every file
+    # is bad stops instead of looking for a good batch forever.
+    max_bad_fraction: float = 0.01
 
     def validate(self, path: str) -> None:
         _check(f"{path}.eval_batch_size", self.eval_batch_size >= 1, "must be >= 1")
         _check(f"{path}.num_workers", self.num_workers >= 0, "must be >= 0")
+        _check(f"{path}.max_bad_fraction", 0 <= self.max_bad_fraction < 1,
+               f"got {self.max_bad_fraction}; must be >= 0 and < 1")
 
 
 @dataclass
@@ -94,6 +114,9 @@ class TrainConfig:
     warmup_steps: int = 0
     grad_clip: float = 1.0
     checkpoint_every: int = 0
+    # A non-finite loss either stops the run (naming the step and the last good checkpoint) or
+    # skips that batch without an optimizer step.
+    on_nonfinite: Literal["stop", "skip"] = "stop"
 
     def validate(self, path: str) -> None:
         for key in ("steps", "batch_size"):
@@ -164,7 +187,9 @@ class Recipe:
                       **self.model.options},
             "data": {"train": self.data.train, "id": self.data.id, "ood": self.data.ood,
                      "eval_batch_size": self.data.eval_batch_size,
-                     "num_workers": self.data.num_workers, "options": self.data.options},
+                     "num_workers": self.data.num_workers,
+                     "max_bad_fraction": self.data.max_bad_fraction,
+                     "options": self.data.options},
             "task": {"name": self.task.name, **self.task.options},
             "train": dataclasses.asdict(self.train),
             "teacher": {**dataclasses.asdict(self.teacher),
@@ -203,10 +228,19 @@ def _coerce(path: str, value: Any, annotation: Any) -> Any:
     elif annotation is float:
         _check(path, isinstance(value, (int, float)) and not isinstance(value, bool),
                f"expected a number, got {value!r}")
+        # An int too large for a float is a number nobody meant; nan and inf pass every >= check.
+        _check(path, _finite(value), f"got {value!r}; must be a finite number")
         return float(value)
     elif annotation is str:
         _check(path, isinstance(value, str), f"expected a string, got {value!r}")
     return value
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _section(cls: type, table: Any, path: str, extra: str | None = None) -> Any:
@@ -285,6 +319,47 @@ def from_dict(raw: dict[str, Any], source: str = "<memory>") -> Recipe:
     )
 
 
+# --------------------------------------------------------------------------- resuming
+
+# Keys a resumed run may change: where and on what it runs, what it evaluates, how often it
+# checkpoints, and how it treats bad data or a non-finite loss (resuming with on_nonfinite = "skip"
+# after a stop is the point of that key). Every other key shapes the training trajectory.
+RESUME_FREE_KEYS = (
+    "run.name", "run.output_dir", "run.device", "run.precision", "run.eval", "run.log_every",
+    "run.track_drift", "model.cache_dir", "data.id", "data.ood", "data.eval_batch_size",
+    "data.num_workers", "data.max_bad_fraction", "data.options", "task.templates",
+    "task.templates_file", "train.checkpoint_every", "train.on_nonfinite",
+)
+_ABSENT = "(absent)"
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{path}."))
+        else:
+            out[path] = value
+    return out
+
+
+def _resume_free(key: str) -> bool:
+    return any(key == free or key.startswith(f"{free}.") for free in RESUME_FREE_KEYS)
+
+
+def resume_differences(saved: dict[str, Any], current: Recipe) -> list[str]:
+    """``"key (checkpoint: X, now: Y)"`` for every run-defining key in which the recipe saved in a
+    checkpoint differs from ``current``; empty when the run can be resumed as it is."""
+    old, new = _flatten(saved), _flatten(current.to_dict())
+    out = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key, _ABSENT), new.get(key, _ABSENT)
+        if not _resume_free(key) and before != after:
+            out.append(f"{key} (checkpoint: {before!r}, now: {after!r})")
+    return out
+
+
 # --------------------------------------------------------------------------- files and overrides
 
 
@@ -297,6 +372,11 @@ def read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"recipe file '{path}' is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise UsageError(f"recipe file '{path}' is not valid TOML: arrays or tables nested too "
+                         "deeply") from None
+    except OSError as exc:
+        raise UsageError(f"recipe file '{path}' cannot be read: {exc.strerror}") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -309,7 +389,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise UsageError(f"--set '{text}': expected KEY.PATH=VALUE, e.g. train.steps=100")
     try:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError, KeyError):
         parsed = value.strip()
         if "," in parsed:
             parsed = [p.strip() for p in parsed.split(",") if p.strip()]

@@ -3,11 +3,13 @@
 ``imagefolder`` expects ``root/<class>/<image>`` (optionally one such tree per split,
 ``root/train/...`` and ``root/test/...``); ``csv`` reads one row per (image, label and/or caption)
 pair. Both load images lazily, as RGB, in ``__getitem__``, and check at construction that every
-image file exists, so a bad path fails before training starts rather than mid-epoch.
+image file exists, so a bad path fails before training starts rather than mid-epoch. A file that
+exists but cannot be decoded (truncated, corrupt, not an image) comes back as a
+:class:`~tracer_cli.contracts.SkippedItem`, which the engine drops and counts.
 
 The public helpers (:func:`options_for`, :func:`read_templates`, :func:`resolve_transform`,
-:func:`check_classnames`, :func:`split_path`, :func:`labels_from_values`) are shared with the
-``hf`` dataset plugin.
+:func:`check_classnames`, :func:`split_path`, :func:`labels_from_values`, :func:`open_rgb`,
+``UNREADABLE_IMAGE_ERRORS``) are shared with the ``hf`` dataset plugin.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from tracer_cli import hookimpl
-from tracer_cli.contracts import DatasetBundle
+from tracer_cli.contracts import DatasetBundle, SkippedItem, skipped_item
 from tracer_cli.errors import MissingResourceError, RecipeError
 from tracer_cli.options import Options
 
@@ -83,6 +85,21 @@ def split_path(raw: str, split: str) -> Path:
     return Path(raw.replace("{split}", split)).expanduser()
 
 
+# What reading one image file can raise when the file is corrupt, truncated, not an image, or gone:
+# PIL reports some broken headers as SyntaxError, and refuses absurd sizes as a bomb.
+UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, Image.DecompressionBombError)
+
+
+def open_rgb(source: Any) -> Image.Image:
+    """The fully decoded RGB image at ``source`` (a path or a file object).
+
+    ``convert`` forces the decode inside the ``with``, so a truncated file fails here, where the
+    caller can turn it into a :class:`SkippedItem`, and not later inside a transform.
+    """
+    with Image.open(source) as image:
+        return image.convert("RGB")
+
+
 def _preview(values: Sequence[Any]) -> str:
     shown = ", ".join(str(v) for v in values[:_MAX_LISTED])
     more = len(values) - _MAX_LISTED
@@ -99,10 +116,13 @@ class ImageListDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, Any] | SkippedItem:
         path, label, caption = self.rows[index]
-        with Image.open(path) as image:
-            item: dict[str, Any] = {"image": self.transform(image.convert("RGB")), "label": label}
+        try:
+            image = open_rgb(path)
+        except UNREADABLE_IMAGE_ERRORS as exc:
+            return skipped_item(path, exc)
+        item: dict[str, Any] = {"image": self.transform(image), "label": label}
         if caption is not None:
             item["caption"] = caption
         return item

@@ -12,6 +12,9 @@ read them only once, at import); without network the failure becomes a
 
 ``datasets`` is imported inside the functions that use it: it is slow to import, and every
 tracer process loads this plugin just to list it.
+
+A row whose image cannot be decoded comes back as a :class:`~tracer_cli.contracts.SkippedItem`
+named ``row N``, which the engine drops and counts.
 """
 
 from __future__ import annotations
@@ -26,12 +29,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from tracer_cli import hookimpl
-from tracer_cli.contracts import DatasetBundle
+from tracer_cli.contracts import DatasetBundle, SkippedItem, skipped_item
 from tracer_cli.errors import MissingResourceError, RecipeError
 from tracer_cli.options import Options
 from tracer_plugins.datasets.files import (
-    check_classnames, labels_from_values, options_for, read_templates, resolve_transform,
-    split_path)
+    UNREADABLE_IMAGE_ERRORS, check_classnames, labels_from_values, open_rgb, options_for,
+    read_templates, resolve_transform, split_path)
 
 # Dataset split names tried, in order, for each tracer split unless ``split_map`` says otherwise.
 DEFAULT_SPLITS = {"train": ("train",), "test": ("test", "validation")}
@@ -182,8 +185,7 @@ def to_rgb(value: Any) -> Image.Image:
         raise MissingResourceError(f"hf dataset: cannot read an image from a "
                                    f"{type(value).__name__} value; the image column must hold "
                                    "images, {'bytes', 'path'} dicts or file paths")
-    with Image.open(value) as image:
-        return image.convert("RGB")
+    return open_rgb(value)
 
 
 class HFImageDataset(Dataset):
@@ -199,16 +201,20 @@ class HFImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        row = self.data[int(index)]
+    def __getitem__(self, index: int) -> dict[str, Any] | SkippedItem:
+        try:
+            # A decoded image column decodes on row access; undecoded ones decode in to_rgb.
+            row = self.data[int(index)]
+            image = to_rgb(row[self.columns["image"]])
+        except UNREADABLE_IMAGE_ERRORS as exc:
+            return skipped_item(f"row {index}", exc)
         if self.labels is not None:
             label = self.labels[index]
         elif self.columns["label"] is not None:
             label = int(row[self.columns["label"]])
         else:
             label = -1
-        item: dict[str, Any] = {"image": self.transform(to_rgb(row[self.columns["image"]])),
-                                "label": label}
+        item: dict[str, Any] = {"image": self.transform(image), "label": label}
         if self.columns["caption"] is not None:
             item["caption"] = str(row[self.columns["caption"]])
         return item

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 from rich.console import Console
 
-from tracer_cli.errors import EXIT_RUN_FAILED, TracerError
+from tracer_cli.errors import EXIT_RUN_FAILED, Interrupted, TracerError
 
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe TOML file, e.g. recipes/quickstart.toml.",
                                            show_default=False)]
@@ -69,6 +69,10 @@ def boundary(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except typer.Exit:
             raise
+        except Interrupted as exc:
+            # Not a failure to explain: the run stopped on request and says how to continue it.
+            print(str(exc), file=sys.stderr, flush=True)
+            raise typer.Exit(exc.exit_code) from None
         except TracerError as exc:
             _report(exc, str(exc))
             raise typer.Exit(exc.exit_code) from None

@@ -1,7 +1,15 @@
-"""``tracer finetune RECIPE``: train with the shared TRACER engine and evaluate at the end."""
+"""``tracer finetune RECIPE``: train with the shared TRACER engine and evaluate at the end.
+
+``--resume auto|PATH`` continues a run exactly where a checkpoint left it; ``--nproc N`` trains on N
+local processes through torchrun (DDP). While training, SIGINT and SIGTERM save a checkpoint at the
+next step boundary and exit 130 / 143 with the command that resumes the run.
+"""
 
 from __future__ import annotations
 
+import os
+import shlex
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -17,10 +25,53 @@ from tracer_cli.cli.common import (
     result_console,
 )
 from tracer_cli.cli.progress import make_reporter
-from tracer_cli.events import use_reporter
+from tracer_cli.errors import Interrupted, UsageError
+from tracer_cli.events import Reporter, use_reporter
 from tracer_cli.report import accuracy_table
 
 app = typer.Typer()
+NPROC_ENV = "TRACER_NPROC"
+
+ResumeOpt = Annotated[Optional[str], typer.Option(
+    "--resume", metavar="auto|PATH", show_default=False,
+    help="Continue a run exactly where a checkpoint left it: 'auto' takes the run directory's "
+    "last.pt, or give a checkpoint file. The recipe must match the checkpoint's in the keys that "
+    "define the run.")]
+NprocOpt = Annotated[Optional[int], typer.Option(
+    "--nproc", min=1, show_default=False,
+    help="Train on N processes of this machine with DDP (one per GPU; gloo on CPU) by launching "
+    "torch.distributed.run. train.batch_size stays the global batch. For several nodes run "
+    "torchrun yourself: torchrun ... -m tracer_cli finetune RECIPE.")]
+
+
+def _overrides(recipe: Path, overrides: list[str] | None, max_steps: int | None) -> list[str]:
+    """The --set list, plus train.steps (and a warm-up clipped to fit) for --max-steps."""
+    sets = list(overrides or [])
+    if max_steps is not None:
+        raw = recipe_mod.apply_overrides(recipe_mod.read_toml(recipe), sets)
+        train = raw.get("train")
+        warmup = train.get("warmup_steps", 0) if isinstance(train, dict) else 0
+        sets += [f"train.steps={max_steps}"]
+        if isinstance(warmup, int) and not isinstance(warmup, bool) and warmup > max_steps:
+            sets += [f"train.warmup_steps={max_steps}"]
+    return sets
+
+
+def _command(recipe: Path, overrides: list[str], output_dir: Path | None, resume: str | None,
+             as_json: bool = False, overwrite: bool = False) -> list[str]:
+    """``finetune`` arguments that repeat this invocation (for workers and for the resume hint)."""
+    args = ["finetune", str(recipe)]
+    for item in overrides:
+        args += ["--set", item]
+    if output_dir is not None:
+        args += ["--output-dir", str(output_dir)]
+    if overwrite:
+        args.append("--overwrite")
+    if resume is not None:
+        args += ["--resume", resume]
+    if as_json:
+        args.append("--json")
+    return args
 
 
 @app.command()
@@ -34,24 +85,59 @@ def finetune(
         show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace an existing run directory of the same name.")] = False,
+    resume: ResumeOpt = None,
+    nproc: NprocOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Finetune a model as RECIPE describes; writes a run directory and prints the evaluation."""
+    from tracer_cli.engine import distributed
     from tracer_cli.engine.run import finetune as run_finetune
+    from tracer_cli.engine.signals import SignalTrap
 
-    sets = list(overrides or [])
-    if max_steps is not None:
-        raw = recipe_mod.apply_overrides(recipe_mod.read_toml(recipe), sets)
-        warmup = raw.get("train", {}).get("warmup_steps", 0)
-        sets += [f"train.steps={max_steps}"]
-        if isinstance(warmup, int) and warmup > max_steps:
-            sets += [f"train.warmup_steps={max_steps}"]
+    sets = _overrides(recipe, overrides, max_steps)
     rec = recipe_mod.load(recipe, sets)
+    if resume is not None and overwrite:
+        raise UsageError("--resume continues a run directory and --overwrite deletes it; use one")
+    if nproc is not None and nproc > 1:
+        _launch(nproc, rec, _command(recipe, sets, output_dir, resume, as_json, overwrite))
+        return
+    main_rank = os.environ.get("RANK", "0") == "0"
     console = result_console(as_json)
-    with use_reporter(make_reporter()) as reporter:
-        result = run_finetune(rec, output_dir=output_dir, overwrite=overwrite, reporter=reporter)
+    with use_reporter(make_reporter() if main_rank else Reporter()) as reporter:
+        try:
+            result = run_finetune(rec, output_dir=output_dir, overwrite=overwrite,
+                                  reporter=reporter, resume=resume,
+                                  interrupt=SignalTrap(notice=reporter.notice))
+        except Interrupted as exc:
+            if not main_rank:  # rank 0 says it once for all
+                raise typer.Exit(exc.exit_code) from None
+            again = _command(recipe, sets, output_dir, "auto")
+            hint = "resume with: tracer " + shlex.join(again)
+            if os.environ.get(NPROC_ENV):
+                hint += f" --nproc {os.environ[NPROC_ENV]}"
+            elif distributed.launched_world_size() > 1:
+                hint += " (started by the same torchrun command)"
+            raise Interrupted(exc.signum, exc.step, exc.checkpoint, hint) from None
+    if result.rank != 0:
+        return
     if rec.run.eval:
         console.print(accuracy_table(result.summary["eval"]))
     console.print(f"run directory: {result.run_dir}")
     if as_json:
         emit_json(result.summary)
+
+
+def _launch(nproc: int, rec: recipe_mod.Recipe, args: list[str]) -> None:
+    """Check what can be checked here, then run the workers and exit with their code."""
+    from tracer_cli.engine import distributed
+
+    if "LOCAL_RANK" in os.environ:
+        raise UsageError("--nproc starts torchrun, but this process was already started by "
+                         "torchrun; drop --nproc")
+    if rec.train.batch_size % nproc:
+        raise UsageError(f"train.batch_size = {rec.train.batch_size} (the global batch) must be a "
+                         f"multiple of --nproc {nproc}")
+    os.environ[NPROC_ENV] = str(nproc)  # the workers' resume hint repeats --nproc
+    code = distributed.launch(nproc, args)
+    if code:
+        raise typer.Exit(code)

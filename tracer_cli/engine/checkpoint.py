@@ -1,5 +1,9 @@
 """Checkpoints: atomic writes and RNG capture, loadable with ``torch.load(weights_only=True)``.
 
+A training checkpoint holds everything an exact resume needs: the student, the teacher (with its
+weight sum), optimizer, schedule, grad scaler, the text and global RNG states (python, numpy,
+torch, CUDA; one set per rank under DDP), the data position, the bad-data log and the recipe.
+
 A checkpoint's ``state_dict`` key holds the student's weights, so open_clip's own loader reads a
 tracer checkpoint as it is (``open_clip.create_model(arch, pretrained="runs/x/last.pt")``).
 """
@@ -29,6 +33,13 @@ def capture_rng() -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def rng_for_rank(state: dict[str, Any], rank: int) -> dict[str, Any]:
+    """The RNG states a checkpoint holds for ``rank`` (rank 0's when it was saved by fewer ranks
+    or by a single process)."""
+    ranks = state.get("rng_ranks") or []
+    return ranks[rank] if rank < len(ranks) else state["rng"]
 
 
 def restore_rng(state: dict[str, Any]) -> None:

@@ -3,6 +3,12 @@
 One :class:`Trainer` owns the student, the teacher, the optimizer, the schedule and the grad scaler.
 :meth:`Trainer.step` does one optimizer step and returns the numbers worth logging; nothing here
 knows about the CLI, the run directory or how progress is shown.
+
+Under DDP the student's forward goes through :class:`FeatureForward` wrapped in
+DistributedDataParallel; the features of all ranks are gathered so the contrastive loss, the
+distillation views and the logged statistics are those of the global batch, and the gradient is
+scaled so that the averaged gradient equals the single-process one (see
+:func:`tracer_cli.engine.losses.gather_features`).
 """
 
 from __future__ import annotations
@@ -22,13 +28,44 @@ from tracer_cli.engine.distill import (
     teacher_student_kl,
     top1_agreement,
 )
-from tracer_cli.engine.losses import clip_loss, gather_features
+from tracer_cli.engine.distributed import Shard
+from tracer_cli.engine.losses import clip_loss, gather_features, scale_grad
 from tracer_cli.engine.precision import Precision
 from tracer_cli.engine.teachers import Teacher
 from tracer_cli.errors import RunError
 from tracer_cli.recipe import DistillConfig, TrainConfig
 
 MAX_LOGIT_SCALE = math.log(100.0)
+
+
+class NonFiniteLoss(RunError):
+    """The loss of a step was NaN or infinite; raised before any update, so the batch can be
+    skipped (``train.on_nonfinite = "skip"``) or the run stopped ("stop")."""
+
+    def __init__(self, step: int, value: float):
+        self.step, self.value = step, value
+        super().__init__(f"non-finite loss ({value}) at step {step}")
+
+
+class FeatureForward(nn.Module):
+    """The student's training forward, (f_i, f_t, s) in one call, as a module DDP can wrap.
+
+    DDP synchronizes gradients only for computations that run through its own ``forward``, while a
+    backbone exposes its encoders as methods that take the module. This adapter routes both
+    encoders and the logit scale through one ``forward``, so wrapping it covers them for any
+    backbone plugin; its only submodule is the student itself (parameters shared, not copied).
+    """
+
+    def __init__(self, backbone: Backbone):
+        super().__init__()
+        self.model = backbone.model
+        object.__setattr__(self, "_backbone", backbone)  # not a submodule: no parameters twice
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b = self._backbone
+        return (b.encode_image(self.model, images), b.encode_text(self.model, tokens),
+                b.logit_scale(self.model))
 
 
 def set_train_mode(module: nn.Module, freeze_bn_stats: bool) -> None:
@@ -112,9 +149,11 @@ class Trainer:
     def __init__(self, backbone: Backbone, task: Task, bundle: DatasetBundle, teacher: Teacher,
                  train: TrainConfig, distill: DistillConfig, precision: Precision,
                  freeze_bn_stats: bool, seed: int, notice=lambda msg: None,
-                 track_drift: bool = True):
+                 track_drift: bool = True, forward: nn.Module | None = None):
         self.backbone, self.task, self.bundle, self.teacher = backbone, task, bundle, teacher
         self.student = backbone.model
+        # The student's training forward: FeatureForward, in DDP when distributed.
+        self.forward = forward if forward is not None else FeatureForward(backbone)
         self.train_cfg, self.precision = train, precision
         self.device = precision.device
         self.freeze_bn_stats = freeze_bn_stats
@@ -148,14 +187,16 @@ class Trainer:
         penalty, parts = projection_penalty(v, t, w)
         return penalty, {f"reg_{k}": float(x) for k, x in parts.items()}
 
-    def _teacher_terms(self, step: int, images, tokens, fi, ft, s) -> tuple[torch.Tensor | None,
-                                                                           dict[str, float]]:
+    def _teacher_terms(self, step: int, images, tokens, fi, ft, s, shard: Shard
+                       ) -> tuple[torch.Tensor | None, dict[str, float]]:
         """Distillation loss and teacher-student statistics; nothing at step 0 (φ = θ)."""
         if not self.teacher.active or step == 0:
             return None, {}
         with torch.no_grad(), self.precision.autocast():
             gi, gt, st = self._features(self.teacher.module, images, tokens)
         gi, gt, st = gi.float(), gt.float(), st.float()
+        if shard.world_size > 1:
+            gi, gt = gather_features(gi, gt, shard.sizes)
         with torch.no_grad():
             S, T = s.detach() * fi.detach() @ ft.detach().T, st * gi @ gt.T
             kl_i2t, kl_t2i = teacher_student_kl(S, T)
@@ -167,28 +208,49 @@ class Trainer:
         stats.update({f"sd_{k}": float(v) for k, v in parts.items()})
         return loss, stats
 
-    def step(self, step: int, batch: dict[str, Any]) -> dict[str, float]:
-        """One optimizer step (``step`` counts completed steps before this one)."""
+    def _train_texts(self, batch: dict[str, Any], shard: Shard) -> list[str]:
+        """This rank's captions, drawn for the whole global batch as one process would draw them
+        (the text RNG advances identically on every rank)."""
+        if shard.meta is None:
+            return self.task.train_texts(batch, self.bundle, self.text_rng)
+        texts = self.task.train_texts(shard.meta, self.bundle, self.text_rng)
+        return list(texts[shard.offset:shard.offset + shard.size])
+
+    def step(self, step: int, batch: dict[str, Any], shard: Shard | None = None
+             ) -> dict[str, float]:
+        """One optimizer step (``step`` counts completed steps before this one).
+
+        ``shard`` places ``batch`` in the global batch under DDP. Returns the numbers to log. A
+        non-finite loss raises :class:`NonFiniteLoss` before anything is updated (no backward
+        pass, no optimizer, schedule or teacher step), so the caller may skip the batch.
+        """
+        shard = shard or Shard((len(batch["image"]),))
+        world = shard.world_size
         images = batch["image"].to(self.device, non_blocking=True)
-        tokens = self.backbone.tokenize(self.task.train_texts(batch, self.bundle, self.text_rng))
+        tokens = self.backbone.tokenize(self._train_texts(batch, shard))
         tokens = tokens.to(self.device, non_blocking=True)
         with self.precision.autocast():
-            fi, ft, s = self._features(self.student, images, tokens)
-        fi, ft, s = fi.float(), ft.float(), s.float()
-        fi_all, ft_all = gather_features(fi, ft)
-        loss_clip = clip_loss(fi_all, ft_all, s)
-        loss = loss_clip
-        sd, record = self._teacher_terms(step, images, tokens, fi, ft, s)
+            fi, ft, s = self.forward(images, tokens)
+        fi, ft, s = fi.float(), ft.float(), scale_grad(s.float(), 1.0 / world)
+        if world > 1:
+            fi, ft = gather_features(fi, ft, shard.sizes)
+        loss_clip = clip_loss(fi, ft, s)
+        data_loss = loss_clip
+        sd, record = self._teacher_terms(step, images, tokens, fi, ft, s, shard)
         if sd is not None:
-            loss = loss + sd
+            data_loss = data_loss + sd
             record["loss_sd"] = float(sd.detach())
         penalty, reg_parts = self._regularizers()
-        if penalty is not None:
-            loss = loss + penalty
-            record.update(reg_parts)
+        loss = data_loss if penalty is None else data_loss + penalty
+        record.update(reg_parts)
         if not torch.isfinite(loss):
-            raise RunError(f"non-finite loss ({float(loss)}) at step {step + 1}")
-        self._optimize(loss)
+            raise NonFiniteLoss(step + 1, float(loss.detach()))
+        # Every rank's data loss is the global loss, back-propagated through its local features
+        # only: ×world makes DDP's average the full gradient. The penalty depends on θ alone, so
+        # it is already the same on every rank.
+        objective = loss if world == 1 else \
+            data_loss * world + (penalty if penalty is not None else 0.0)
+        self._optimize(objective)
         self.teacher.update(step + 1, self.student)
         record.update(loss=float(loss.detach()), loss_clip=float(loss_clip.detach()),
                       logit_scale=float(s.detach()),

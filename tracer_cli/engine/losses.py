@@ -8,7 +8,7 @@ the diagonal, ``arange(B)``.
 from __future__ import annotations
 
 import functools
-from typing import Callable, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -69,27 +69,49 @@ def clip_loss(fi: torch.Tensor, ft: torch.Tensor, scale) -> torch.Tensor:
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
 
 
-def gather_features(fi: torch.Tensor, ft: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate the features of all ranks so negatives span the global batch.
+def gather_features(fi: torch.Tensor, ft: torch.Tensor, sizes: Sequence[int] | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate the features of all ranks, in rank order, so negatives span the global batch.
 
     Without an initialized process group this returns its inputs unchanged. Otherwise it
     all-gathers without gradient and puts this rank's own tensors (which do carry the gradient) back
     in their slot, the open_clip ``gather_with_grad=False`` pattern: every rank then computes the
-    same global loss but back-propagates only through its local features. DDP averages gradients
-    over ranks, so the result is the global gradient divided by the world size, a constant factor
-    that AdamW is insensitive to; all_gather with autograd would instead need an extra collective
-    in the backward pass.
+    same global loss but back-propagates only through its local features. ``sizes`` are the local
+    batch sizes of all ranks when they may differ (unreadable images dropped); slices are padded
+    to the largest for the collective and cut back after it.
+
+    Gradient scaling: with this pattern rank r's gradient is ∂L/∂f_r·∂f_r/∂θ plus the full term of
+    every parameter the loss reaches directly on each rank (the logit scale), and DDP averages over
+    the W ranks. The training loop therefore multiplies the data loss by W and divides the gradient
+    of the logit scale by W (:func:`scale_grad`), which makes the averaged gradient equal the
+    single-process gradient of the global batch exactly, not up to a factor: gradient clipping and
+    AdamW's epsilon would notice a factor.
     """
     if not (dist.is_available() and dist.is_initialized()):
         return fi, ft
+    return _gather_one(fi, sizes), _gather_one(ft, sizes)
+
+
+def _gather_one(local: torch.Tensor, sizes: Sequence[int] | None) -> torch.Tensor:
     world, rank = dist.get_world_size(), dist.get_rank()
-    gathered = []
-    for local in (fi, ft):
-        parts = [torch.empty_like(local) for _ in range(world)]
-        dist.all_gather(parts, local.detach().contiguous())
-        parts[rank] = local
-        gathered.append(torch.cat(parts, dim=0))
-    return gathered[0], gathered[1]
+    longest = max(sizes) if sizes else local.shape[0]
+    send = local.detach()
+    if send.shape[0] < longest:
+        send = torch.cat([send, send.new_zeros(longest - send.shape[0], *send.shape[1:])])
+    parts = [torch.empty_like(send) for _ in range(world)]
+    dist.all_gather(parts, send.contiguous())
+    if sizes:
+        parts = [part[:n] for part, n in zip(parts, sizes)]
+    parts[rank] = local
+    return torch.cat(parts, dim=0)
+
+
+def scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``x`` with its value unchanged (bit for bit) and its gradient multiplied by ``factor``."""
+    if factor == 1.0:
+        return x
+    detached = x.detach()
+    return detached + (x - detached) * factor
 
 
 def contrastive_loss(fi: torch.Tensor, ft: torch.Tensor, scale) -> torch.Tensor:

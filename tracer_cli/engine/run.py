@@ -1,5 +1,9 @@
 """One finetuning run, start to finish: resolve plugins, train, checkpoint, evaluate, write results.
 
+Launched by torchrun, every process runs :func:`finetune`; rank 0 alone evaluates and writes
+(see :mod:`tracer_cli.engine.distributed`). The training phase, with checkpoints, exact resume,
+signals, bad data and non-finite losses, is :mod:`tracer_cli.engine.training`.
+
 The run directory is the contract between commands::
 
     runs/<name>/recipe.lock.toml      resolved recipe + versions + git hash
@@ -13,6 +17,7 @@ The run directory is the contract between commands::
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import subprocess
@@ -27,26 +32,28 @@ import torch
 import tracer_cli
 from tracer_cli import recipe as recipe_mod
 from tracer_cli.contracts import Backbone, DatasetBundle, Task
-from tracer_cli.engine import checkpoint
-from tracer_cli.engine.data import TrainStream, eval_loader
-from tracer_cli.engine.loop import Trainer
+from tracer_cli.engine import distributed
+from tracer_cli.engine.data import eval_loader
+from tracer_cli.engine.distributed import DistContext
 from tracer_cli.engine.precision import Precision, resolve_device, resolve_precision
-from tracer_cli.engine.teachers import make_teacher
+from tracer_cli.engine.signals import SignalTrap
+from tracer_cli.engine.training import Resume, RunWriter, Trained, load_resume, train
 from tracer_cli.errors import UsageError
 from tracer_cli.events import Reporter, current_reporter
-from tracer_cli.io import append_jsonl, atomic_write_json
+from tracer_cli.io import atomic_write_json
 from tracer_cli.plugins import get_host
 from tracer_cli.recipe import Recipe
-
-TRAIN_TASK = "train"
 
 
 @dataclass
 class RunResult:
+    """Where the run went and its summary; ``summary`` is empty on ranks other than 0."""
+
     run_dir: Path
     steps: int
     wall_time_s: float
     summary: dict[str, Any] = field(default_factory=dict)
+    rank: int = 0
 
 
 def seed_everything(seed: int) -> None:
@@ -108,13 +115,22 @@ def versions() -> dict[str, Any]:
             "open_clip": open_clip.__version__, "git": git_hash()}
 
 
-def prepare_run_dir(recipe: Recipe, output_dir: Path | None, overwrite: bool) -> Path:
-    """Create the run folder (or refuse to clobber one) and prove it is writable, before training."""
-    run_dir = Path(output_dir or recipe.run.output_dir) / recipe.run.name
-    if run_dir.exists() and any(run_dir.iterdir()):
+def run_dir_of(recipe: Recipe, output_dir: Path | None) -> Path:
+    return Path(output_dir or recipe.run.output_dir) / recipe.run.name
+
+
+def prepare_run_dir(recipe: Recipe, output_dir: Path | None, overwrite: bool,
+                    resuming: bool = False) -> Path:
+    """Create the run folder (or refuse to clobber one) and prove it is writable, before training.
+
+    A resumed run keeps its folder as it is.
+    """
+    run_dir = run_dir_of(recipe, output_dir)
+    if not resuming and run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             raise UsageError(f"run directory '{run_dir}' already exists and is not empty; pass "
-                             "--overwrite, or choose another --output-dir or run.name")
+                             "--overwrite (or --resume auto to continue it), or choose another "
+                             "--output-dir or run.name")
         shutil.rmtree(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -122,7 +138,8 @@ def prepare_run_dir(recipe: Recipe, output_dir: Path | None, overwrite: bool) ->
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise UsageError(f"cannot write to run directory '{run_dir}': {exc.strerror}") from None
+        raise UsageError(f"cannot write to run directory '{run_dir}': "
+                         f"{exc.strerror or exc}") from None
     return run_dir
 
 
@@ -147,121 +164,156 @@ def summarize(recipe: Recipe, evals: dict[str, dict[str, Any]]) -> dict[str, Any
     return table
 
 
-class _Run:
-    """State of one run while it trains (kept small: the Trainer owns the model state)."""
-
-    def __init__(self, recipe: Recipe, run_dir: Path, reporter: Reporter):
-        self.recipe, self.run_dir, self.reporter = recipe, run_dir, reporter
-        self.metrics_path = run_dir / "metrics.jsonl"
-
-    def log(self, record: dict[str, Any]) -> None:
-        record = {"time": round(time.time(), 3), **record}
-        append_jsonl(self.metrics_path, record)
-
-    def eval_record(self, tag: str, metrics: dict[str, Any], step: int) -> None:
-        atomic_write_json(self.run_dir / "eval" / f"{tag}.json", metrics)
-        self.log({"event": "eval", "model": tag, "step": step,
-                  **{f"{n}/accuracy": m["accuracy"] for n, m in metrics.items()}})
-
-
 def finetune(recipe: Recipe, output_dir: Path | None = None, overwrite: bool = False,
-             reporter: Reporter | None = None, stop_after: int | None = None) -> RunResult:
+             reporter: Reporter | None = None, stop_after: int | None = None,
+             resume: str | Path | None = None, interrupt: SignalTrap | None = None) -> RunResult:
     """Run ``recipe`` end to end and return where it went and its summary.
 
     ``stop_after`` trains only the first N steps of the planned run: the schedule and the teacher
     kernel still span ``train.steps`` (``tracer distill-check --steps`` looks at the start of the
     real run this way). A stopped run gets no final checkpoint, only those of
     ``train.checkpoint_every``.
+
+    ``resume`` ("auto" for the run directory's ``last.pt``, or a checkpoint path) continues a run
+    exactly where the checkpoint left it: same weights, teacher, optimizer, schedule, RNG and data
+    position, appending to metrics.jsonl and reusing ``eval/zeroshot.json``. ``interrupt``, a
+    :class:`SignalTrap` the caller provides, is entered while training: SIGINT/SIGTERM then save a
+    checkpoint at the next step boundary and raise :class:`tracer_cli.errors.Interrupted`.
+
+    Under torchrun every rank calls this; rank 0 evaluates and writes, the others return a
+    result with an empty summary as soon as training is over.
     """
-    reporter = reporter or current_reporter()
+    if resume is not None and overwrite:
+        raise UsageError("--resume continues a run directory and --overwrite deletes it; use one")
     start = time.time()
-    device = resolve_device(recipe.run.device)
-    precision = resolve_precision(recipe.run.precision, device)
+    ctx = distributed.setup(recipe.run.device)
+    reporter = (reporter or current_reporter()) if ctx.is_main else Reporter()
+    try:
+        run = _setup(recipe, ctx, output_dir, overwrite, resume, reporter)
+        trained = train(run.writer, run.backbone, run.task, run.bundle, run.precision,
+                        run.resume, _last_step(recipe, stop_after), interrupt)
+    finally:
+        distributed.teardown(ctx)
+    if not ctx.is_main:
+        return RunResult(run.writer.run_dir, trained.steps, round(time.time() - start, 2), {},
+                         ctx.rank)
+    return _finish(run, trained, start)
+
+
+@dataclass
+class _Setup:
+    """A run ready to train: its writer, plugins, data and (when resuming) the checkpoint."""
+
+    writer: RunWriter
+    backbone: Backbone
+    task: Task
+    bundle: DatasetBundle
+    precision: Precision
+    sets: dict[str, tuple[DatasetBundle, Any]]
+    resume: Resume | None
+    evals: dict[str, dict[str, Any]]
+
+
+def _setup(recipe: Recipe, ctx: DistContext, output_dir: Path | None, overwrite: bool,
+           resume: str | Path | None, reporter: Reporter) -> _Setup:
+    precision = resolve_precision(recipe.run.precision, ctx.device)
+    run_dir = run_dir_of(recipe, output_dir)
+    # The checkpoint and its recipe are checked first: a mismatch fails in seconds.
+    resumed = load_resume(recipe, run_dir, resume) if resume is not None else None
     seed_everything(recipe.run.seed)
-    backbone = build_backbone(recipe)
+    with distributed.main_first(ctx):  # downloads and the embedded build happen once
+        backbone = build_backbone(recipe)
     task = build_task(recipe)
-    train_bundle = build_dataset(recipe.data.train, "data.train", "train", backbone.preprocess_train)
-    sets = eval_sets(recipe, backbone) if recipe.run.eval else {}
-    run_dir = prepare_run_dir(recipe, output_dir, overwrite)
-    run = _Run(recipe, run_dir, reporter)
-    recipe_mod.write_lock(recipe, run_dir / "recipe.lock.toml",
-                          {**versions(), "device": str(device), "precision": precision.name,
-                           "backbone": backbone.describe()})
-    backbone.model.to(device)
-    torch.manual_seed(recipe.run.seed)
-    evals: dict[str, dict[str, Any]] = {}
+    bundle = build_dataset(recipe.data.train, "data.train", "train", backbone.preprocess_train)
+    sets = eval_sets(recipe, backbone) if recipe.run.eval and ctx.is_main else {}
+    if ctx.is_main:
+        prepare_run_dir(recipe, output_dir, overwrite, resuming=resumed is not None)
+        lock = run_dir / "recipe.lock.toml"
+        if resumed is None or not lock.is_file():  # a resumed run keeps its lock file
+            _write_lock(recipe, lock, ctx, precision, backbone)
+        if resumed is not None:
+            _end_partial_line(run_dir / "metrics.jsonl")
+    writer = RunWriter(recipe, run_dir, ctx, reporter)
+    backbone.model.to(ctx.device)
+    # Each rank its own stream for model-internal randomness (dropout); rank 0 matches a single
+    # process. Data augmentation does not use this RNG (see engine.data).
+    torch.manual_seed(recipe.run.seed + ctx.rank)
+    run = _Setup(writer, backbone, task, bundle, precision, sets, resumed, {})
     if sets:
-        reporter.notice(f"evaluating the pretrained model on {', '.join(sets)}")
-        evals["zeroshot"] = evaluate(task, backbone, backbone.model, sets, precision)
-        run.eval_record("zeroshot", evals["zeroshot"], 0)
-    trainer = _train(recipe, run, backbone, task, train_bundle, precision, stop_after)
-    steps = _last_step(recipe, stop_after)
-    if sets:
-        reporter.notice("evaluating the finetuned model")
-        evals["student"] = evaluate(task, backbone, backbone.model, sets, precision)
-        if trainer.teacher.active and recipe.teacher.kind != "static":
-            evals["teacher"] = evaluate(task, backbone, trainer.teacher.module, sets, precision)
-        final = {k: v for k, v in evals.items() if k != "zeroshot"}
-        for tag, metrics in final.items():
-            run.eval_record(f"final_{tag}", metrics, steps)
-    summary = {"run_dir": str(run_dir), "steps": steps,
+        run.evals["zeroshot"] = _zeroshot(run)
+    distributed.barrier(ctx)  # the others wait while rank 0 evaluates the pretrained model
+    return run
+
+
+def _write_lock(recipe: Recipe, path: Path, ctx: DistContext, precision: Precision,
+                backbone: Backbone) -> None:
+    recipe_mod.write_lock(recipe, path, {**versions(), "device": str(ctx.device),
+                                         "world_size": ctx.world_size,
+                                         "precision": precision.name,
+                                         "backbone": backbone.describe()})
+
+
+def _end_partial_line(path: Path) -> None:
+    """A process killed mid-write may leave a line without its newline; appending to it would
+    corrupt the next record too."""
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb+") as fh:
+            fh.seek(-1, 2)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
+
+
+def _zeroshot(run: _Setup) -> dict[str, Any]:
+    """The pretrained model's metrics; a resumed run reuses those it wrote before."""
+    saved = run.writer.run_dir / "eval" / "zeroshot.json"
+    if run.resume is not None and saved.is_file():
+        return json.loads(saved.read_text(encoding="utf-8"))
+    run.writer.reporter.notice(f"evaluating the pretrained model on {', '.join(run.sets)}")
+    metrics = _evaluate(run, "zeroshot", run.backbone.model)
+    run.writer.eval_record("zeroshot", metrics, 0)
+    return metrics
+
+
+def _evaluate(run: _Setup, tag: str, module: torch.nn.Module) -> dict[str, Any]:
+    metrics = evaluate(run.task, run.backbone, module, run.sets, run.precision)
+    for name, (_, loader) in run.sets.items():
+        skipped = getattr(loader, "bad", [])
+        if skipped:
+            run.writer.log({"event": "bad_data", "split": "eval", "model": tag, "dataset": name,
+                            "skipped": len(skipped),
+                            "examples": [i.describe() for i in skipped[:20]]})
+            run.writer.reporter.notice(f"{name}: skipped {len(skipped)} unreadable item(s) "
+                                       f"evaluating {tag} (first: {skipped[0].describe()})")
+    return metrics
+
+
+def _finish(run: _Setup, trained: Trained, start: float) -> RunResult:
+    recipe, writer = run.writer.recipe, run.writer
+    if trained.bad.skipped:
+        writer.log({"event": "bad_data", "split": "train", "final": True,
+                    **trained.bad.summary()})
+        first = next(iter(trained.bad.items.values()))
+        writer.reporter.notice(f"training: {len(trained.bad.items)} unreadable item(s), "
+                               f"{100 * trained.bad.fraction:.2f}% of the training set, skipped "
+                               f"{trained.bad.skipped} time(s) in all (first: {first.describe()})")
+    evals = dict(run.evals)
+    if run.sets:
+        writer.reporter.notice("evaluating the finetuned model")
+        evals["student"] = _evaluate(run, "student", run.backbone.model)
+        teacher = trained.trainer.teacher
+        if teacher.active and recipe.teacher.kind != "static":
+            evals["teacher"] = _evaluate(run, "teacher", teacher.module)
+        for tag, metrics in evals.items():
+            if tag != "zeroshot":
+                writer.eval_record(f"final_{tag}", metrics, trained.steps)
+    summary = {"run_dir": str(writer.run_dir), "steps": trained.steps,
                "wall_time_s": round(time.time() - start, 2), "eval": summarize(recipe, evals)}
-    atomic_write_json(run_dir / "summary.json", summary)
-    return RunResult(run_dir, steps, summary["wall_time_s"], summary)
+    if trained.bad.skipped:
+        summary["bad_data"] = trained.bad.summary()
+    atomic_write_json(writer.run_dir / "summary.json", summary)
+    return RunResult(writer.run_dir, trained.steps, summary["wall_time_s"], summary)
 
 
 def _last_step(recipe: Recipe, stop_after: int | None) -> int:
     total = recipe.train.steps
     return total if stop_after is None else max(0, min(stop_after, total))
-
-
-def _train(recipe: Recipe, run: _Run, backbone: Backbone, task: Task, bundle: DatasetBundle,
-           precision: Precision, stop_after: int | None = None) -> Trainer:
-    t = recipe.teacher
-    teacher = make_teacher(t.kind, backbone.model, recipe.train.steps, **_teacher_params(recipe))
-    trainer = Trainer(backbone, task, bundle, teacher, recipe.train, recipe.distill, precision,
-                      recipe.model.freeze_bn_stats, recipe.run.seed, notice=run.reporter.notice,
-                      track_drift=recipe.run.track_drift)
-    stream = TrainStream(bundle.dataset, recipe.train.batch_size, recipe.run.seed,
-                         recipe.data.num_workers, pin_memory=precision.device.type == "cuda")
-    total, every = recipe.train.steps, recipe.run.log_every
-    last = _last_step(recipe, stop_after)
-    run.reporter.start(TRAIN_TASK, last)
-    window_start, window_images = time.perf_counter(), 0
-    batches = iter(stream)
-    for step in range(last):
-        batch = next(batches)
-        record = trainer.step(step, batch)
-        window_images += len(batch["label"])
-        done = step + 1
-        run.reporter.advance(TRAIN_TASK, done, {k: record.get(k) for k in ("loss", "lr", "kl_i2t")})
-        if done % every == 0 or done == last:
-            elapsed = time.perf_counter() - window_start
-            record = {"event": "train", "step": done, **record, **trainer.drift_stats(),
-                      "img_per_s": round(window_images / max(elapsed, 1e-9), 2)}
-            run.log(record)
-            run.reporter.log(TRAIN_TASK, record)
-            window_start, window_images = time.perf_counter(), 0
-        ckpt_every = recipe.train.checkpoint_every
-        if done == total or (ckpt_every and done % ckpt_every == 0):
-            _save(run, trainer, stream, done)
-    run.reporter.finish(TRAIN_TASK)
-    return trainer
-
-
-def _teacher_params(recipe: Recipe) -> dict[str, Any]:
-    t = recipe.teacher
-    if t.kind == "wma":
-        return {"beta": t.beta, "update_every": t.resolved_update_every()}
-    if t.kind == "ema":
-        return {"momentum_start": t.momentum_start, "momentum_end": t.momentum_end,
-                "warmup": t.momentum_warmup, "update_every": t.resolved_update_every()}
-    return {}
-
-
-def _save(run: _Run, trainer: Trainer, stream: TrainStream, step: int) -> None:
-    payload = {"step": step, **trainer.state_dict(), "data_position": stream.state_dict(),
-               "rng": checkpoint.capture_rng(), "recipe": run.recipe.to_dict()}
-    path = checkpoint.save_checkpoint(run.run_dir, step, payload)
-    run.log({"event": "checkpoint", "step": step, "path": str(path.relative_to(run.run_dir))})
-

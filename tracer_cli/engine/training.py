@@ -1,0 +1,297 @@
+"""The training phase of a run: the loop around :meth:`Trainer.step` that never loses a run.
+
+It checkpoints every ``train.checkpoint_every`` steps and at the end, resumes bit-exactly from a
+checkpoint, stops at a step boundary with a checkpoint on SIGINT/SIGTERM, skips unreadable items
+(and stops once more than ``data.max_bad_fraction`` of the training set is unreadable), and stops on
+a non-finite loss naming the last good checkpoint, or skips that batch (``train.on_nonfinite``).
+Under DDP every decision is taken from information all ranks share, so ranks never diverge; only
+rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tracer_cli import recipe as recipe_mod
+from tracer_cli.contracts import Backbone, DatasetBundle, Task
+from tracer_cli.engine import checkpoint, distributed
+from tracer_cli.engine.data import BadDataLog, BadItem, TrainStream
+from tracer_cli.engine.distributed import DistContext, Shard
+from tracer_cli.engine.loop import FeatureForward, NonFiniteLoss, Trainer
+from tracer_cli.engine.precision import Precision
+from tracer_cli.engine.signals import SignalTrap
+from tracer_cli.engine.teachers import make_teacher
+from tracer_cli.errors import Interrupted, RunError, UsageError
+from tracer_cli.events import Reporter
+from tracer_cli.io import append_jsonl, atomic_write_json
+from tracer_cli.recipe import Recipe
+
+TRAIN_TASK = "train"
+# With on_nonfinite = "skip", this many non-finite batches in a row mean the run itself is broken
+# (weights or learning rate), not an odd batch: stop instead of skipping the rest of the data.
+MAX_NONFINITE_IN_A_ROW = 10
+RESUME_KEYS = ("step", "state_dict", "teacher", "optimizer", "scheduler", "scaler", "text_rng",
+               "rng", "data_position", "recipe")
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A checkpoint to continue from, checked against the recipe."""
+
+    path: Path
+    state: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+
+def load_resume(recipe: Recipe, run_dir: Path, resume: str | Path) -> Resume:
+    """The checkpoint ``--resume`` names ("auto": the run directory's last.pt), checked to be a
+    complete training checkpoint of a run with the same run-defining recipe keys."""
+    path = run_dir / "last.pt" if str(resume) == "auto" else Path(resume)
+    if str(resume) == "auto" and not path.is_file():
+        raise UsageError(f"--resume auto: '{run_dir}' has no last.pt to resume from (the run "
+                         "wrote no checkpoint yet; train.checkpoint_every = "
+                         f"{recipe.train.checkpoint_every}); start it again with --overwrite")
+    state = checkpoint.load(path)
+    missing = [k for k in RESUME_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise UsageError(f"'{path}' is not a tracer training checkpoint that can be resumed "
+                         f"(it has no {', '.join(missing)})")
+    diffs = recipe_mod.resume_differences(state["recipe"], recipe)
+    if diffs:
+        raise UsageError(f"cannot resume from '{path}': the recipe differs from the checkpoint's "
+                         f"in {'; '.join(diffs)}. These keys define the run; resume with the "
+                         "checkpoint's values or start a new run")
+    return Resume(path, state)
+
+
+class RunWriter:
+    """Everything a run writes, on rank 0 only: metrics.jsonl records, eval/*.json, checkpoints."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, ctx: DistContext, reporter: Reporter):
+        self.recipe, self.run_dir, self.ctx, self.reporter = recipe, run_dir, ctx, reporter
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.last_checkpoint: Path | None = None
+        self.last_saved_step: int | None = None
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.ctx.is_main:
+            append_jsonl(self.metrics_path, {"time": round(time.time(), 3), **record})
+
+    def eval_record(self, tag: str, metrics: dict[str, Any], step: int) -> None:
+        if self.ctx.is_main:
+            atomic_write_json(self.run_dir / "eval" / f"{tag}.json", metrics)
+            self.log({"event": "eval", "model": tag, "step": step,
+                      **{f"{n}/accuracy": m["accuracy"] for n, m in metrics.items()}})
+
+    def save(self, trainer: Trainer, position: dict[str, int], bad: BadDataLog, step: int) -> Path:
+        """A checkpoint of the state after ``step`` steps (a collective under DDP: every rank
+        contributes its RNG states, rank 0 writes)."""
+        rngs = distributed.gather_objects(self.ctx, checkpoint.capture_rng())
+        path = self.run_dir / "checkpoints" / f"step_{step}.pt"
+        if self.ctx.is_main:
+            payload = {"step": step, **trainer.state_dict(), "data_position": dict(position),
+                       "rng": rngs[0], "recipe": self.recipe.to_dict(),
+                       "bad_data": bad.state_dict(), "world_size": self.ctx.world_size}
+            if self.ctx.distributed:
+                payload["rng_ranks"] = rngs
+            path = checkpoint.save_checkpoint(self.run_dir, step, payload)
+            self.log({"event": "checkpoint", "step": step,
+                      "path": str(path.relative_to(self.run_dir))})
+        self.last_checkpoint, self.last_saved_step = path, step
+        return path
+
+
+def build_trainer(recipe: Recipe, ctx: DistContext, backbone: Backbone, task: Task,
+                  bundle: DatasetBundle, precision: Precision, notice) -> Trainer:
+    """The Trainer, its student forward in DDP when distributed, and a teacher built from θ₀."""
+    backbone.model = distributed.sync_batchnorm(backbone.model, ctx, recipe.model.freeze_bn_stats)
+    # DDP first: its construction broadcasts rank 0's weights, which the teacher then copies.
+    forward = distributed.wrap(FeatureForward(backbone), ctx)
+    teacher = make_teacher(recipe.teacher.kind, backbone.model, recipe.train.steps,
+                           **teacher_params(recipe))
+    return Trainer(backbone, task, bundle, teacher, recipe.train, recipe.distill, precision,
+                   recipe.model.freeze_bn_stats, recipe.run.seed, notice=notice,
+                   track_drift=recipe.run.track_drift, forward=forward)
+
+
+def teacher_params(recipe: Recipe) -> dict[str, Any]:
+    t = recipe.teacher
+    if t.kind == "wma":
+        return {"beta": t.beta, "update_every": t.resolved_update_every()}
+    if t.kind == "ema":
+        return {"momentum_start": t.momentum_start, "momentum_end": t.momentum_end,
+                "warmup": t.momentum_warmup, "update_every": t.resolved_update_every()}
+    return {}
+
+
+@dataclass
+class Trained:
+    trainer: Trainer
+    bad: BadDataLog
+    steps: int
+
+
+def train(writer: RunWriter, backbone: Backbone, task: Task, bundle: DatasetBundle,
+          precision: Precision, resume: Resume | None = None, last_step: int | None = None,
+          interrupt: SignalTrap | None = None) -> Trained:
+    """Train from step 0, or from ``resume``, up to ``last_step`` (default ``train.steps``).
+
+    Build the backbone (θ₀) before calling: the drift tracker and the teacher are built from it
+    before the checkpoint's weights are loaded.
+    """
+    recipe, ctx = writer.recipe, writer.ctx
+    trainer = build_trainer(recipe, ctx, backbone, task, bundle, precision,
+                            writer.reporter.notice)
+    stream = TrainStream(bundle.dataset, recipe.train.batch_size, recipe.run.seed,
+                         recipe.data.num_workers, pin_memory=precision.device.type == "cuda",
+                         rank=ctx.rank, world_size=ctx.world_size)
+    bad = BadDataLog(len(bundle.dataset), recipe.data.max_bad_fraction)
+    first = 0 if resume is None else _restore(writer, trainer, stream, bad, resume)
+    last = recipe.train.steps if last_step is None else last_step
+    loop = _Loop(writer, trainer, stream, bad, interrupt)
+    with interrupt if interrupt is not None else contextlib.nullcontext():
+        steps = loop.run(first, last)
+    return Trained(trainer, bad, steps)
+
+
+def _restore(writer: RunWriter, trainer: Trainer, stream: TrainStream, bad: BadDataLog,
+             resume: Resume) -> int:
+    state = resume.state
+    trainer.load_state_dict(state)
+    stream.load_state_dict(state["data_position"])
+    if "bad_data" in state:
+        bad.load_state_dict(state["bad_data"])
+    writer.last_checkpoint, writer.last_saved_step = resume.path, resume.step
+    writer.log({"event": "resume", "step": resume.step, "checkpoint": str(resume.path)})
+    writer.reporter.notice(f"resuming from {resume.path} at step {resume.step} of "
+                           f"{writer.recipe.train.steps}")
+    # Last: nothing may draw from the global RNG between here and the next step.
+    checkpoint.restore_rng(checkpoint.rng_for_rank(state, writer.ctx.rank))
+    return resume.step
+
+
+class _Loop:
+    """The step loop with its policies; every method runs on all ranks in the same order."""
+
+    def __init__(self, writer: RunWriter, trainer: Trainer, stream: TrainStream,
+                 bad: BadDataLog, interrupt: SignalTrap | None):
+        self.writer, self.trainer, self.stream, self.bad = writer, trainer, stream, bad
+        self.interrupt = interrupt
+        self.ctx, self.cfg = writer.ctx, writer.recipe
+        self.window_start, self.window_images = time.perf_counter(), 0
+
+    def run(self, step: int, last: int) -> int:
+        reporter = self.writer.reporter
+        reporter.start(TRAIN_TASK, last, completed=step)
+        try:
+            step = self._steps(step, last)
+            signum = self._agreed_signal()
+            if signum:  # arrived during the last step: training is done, but honour it
+                self._stop(signum, step, self.stream.state_dict())
+        finally:
+            reporter.finish(TRAIN_TASK)
+        return step
+
+    def _steps(self, step: int, last: int) -> int:
+        batches = iter(self.stream)
+        in_a_row = 0
+        while step < last:
+            position = self.stream.state_dict()
+            batch, local_bad = next(batches)
+            signum = self.interrupt.signum if self.interrupt is not None else 0
+            shared = distributed.exchange(self.ctx, batch, local_bad, signum)
+            if shared.stop_signal:
+                self._stop(shared.stop_signal, step, position)
+            self._track_bad(shared.bad, step)
+            if min(shared.shard.sizes) == 0:
+                continue  # a rank has no readable item in this batch: every rank skips it
+            try:
+                record = self.trainer.step(step, batch, shared.shard)
+            except NonFiniteLoss as exc:
+                in_a_row = self._nonfinite(exc, in_a_row + 1)
+                continue
+            in_a_row = 0
+            step += 1
+            self._after_step(step, last, record, shared.shard)
+        return step
+
+    def _after_step(self, done: int, last: int, record: dict[str, Any], shard: Shard) -> None:
+        cfg, reporter = self.cfg, self.writer.reporter
+        self.window_images += sum(shard.sizes)
+        reporter.advance(TRAIN_TASK, done, {k: record.get(k) for k in ("loss", "lr", "kl_i2t")})
+        if done % cfg.run.log_every == 0 or done == last:
+            elapsed = time.perf_counter() - self.window_start
+            drift = self.trainer.drift_stats() if self.ctx.is_main else {}
+            record = {"event": "train", "step": done, **record, **drift,
+                      "img_per_s": round(self.window_images / max(elapsed, 1e-9), 2)}
+            self.writer.log(record)
+            reporter.log(TRAIN_TASK, record)
+            self.window_start, self.window_images = time.perf_counter(), 0
+            self._log_new_bad(done)
+        every = cfg.train.checkpoint_every
+        if done == cfg.train.steps or (every and done % every == 0):
+            self.writer.save(self.trainer, self.stream.state_dict(), self.bad, done)
+
+    def _agreed_signal(self) -> int:
+        if self.interrupt is None:
+            return 0
+        return max(distributed.gather_objects(self.ctx, self.interrupt.signum))
+
+    def _stop(self, signum: int, step: int, position: dict[str, int]) -> None:
+        writer = self.writer
+        if writer.last_saved_step == step and writer.last_checkpoint is not None:
+            path = writer.last_checkpoint
+        else:
+            path = writer.save(self.trainer, position, self.bad, step)
+        distributed.barrier(self.ctx)  # rank 0's file is complete before any rank exits
+        writer.log({"event": "interrupted", "step": step, "signal": signum,
+                    "checkpoint": str(path)})
+        raise Interrupted(signum, step, str(path))
+
+    def _nonfinite(self, exc: NonFiniteLoss, in_a_row: int) -> int:
+        policy = self.cfg.train.on_nonfinite
+        self.writer.log({"event": "nonfinite", "step": exc.step, "loss": str(exc.value),
+                         "action": policy})
+        if policy == "stop":
+            raise RunError(f"{exc}; {self._last_good()}") from None
+        if in_a_row >= MAX_NONFINITE_IN_A_ROW:
+            raise RunError(f"{exc}, the {in_a_row}th non-finite loss in a row (train.on_nonfinite "
+                           f"= 'skip' skips single batches, not a broken run); "
+                           f"{self._last_good()}") from None
+        self.writer.reporter.notice(f"{exc}: batch skipped (train.on_nonfinite = 'skip')")
+        return in_a_row
+
+    def _last_good(self) -> str:
+        path, step = self.writer.last_checkpoint, self.writer.last_saved_step
+        if path is None:
+            return ("no checkpoint was written before it (train.checkpoint_every = "
+                    f"{self.cfg.train.checkpoint_every})")
+        return (f"the last good checkpoint is {path} (step {step}); continue from it with "
+                f"--resume {path}, e.g. with a lower train.lr or train.on_nonfinite = 'skip'")
+
+    def _track_bad(self, items: list[BadItem], step: int) -> None:
+        if not items:
+            return
+        if not self.bad.items:
+            self.writer.reporter.notice(
+                f"skipping unreadable training items (first: {items[0].describe()}); they are "
+                "counted, logged to metrics.jsonl and reported at the end")
+        self.bad.add(items)
+        if self.bad.exceeded():
+            self.writer.log({"event": "bad_data", "split": "train", "step": step,
+                             **self.bad.summary()})
+            raise RunError(self.bad.message())
+
+    def _log_new_bad(self, step: int) -> None:
+        new = self.bad.unreported()
+        if new:
+            self.writer.log({"event": "bad_data", "split": "train", "step": step,
+                             "new": [i.describe() for i in new[:20]],
+                             "skipped": self.bad.skipped, "distinct": len(self.bad.items)})
