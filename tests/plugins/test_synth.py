@@ -184,7 +184,8 @@ def test_narrow_slice_draws_only_its_colours_and_backgrounds(factories):
 
 def test_narrow_defaults(factories):
     bundle = factories["synth-photo-narrow"]({"size": 10}, "test", None)
-    assert bundle.info["colours"] == ["red", "blue"] and bundle.info["backgrounds"] == ["plain"]
+    assert bundle.info["colours"] == ["red", "blue", "green", "yellow"]
+    assert bundle.info["backgrounds"] == ["plain", "gradient", "texture"]
 
 
 @pytest.mark.parametrize("name, spec, key", [
