@@ -110,7 +110,7 @@ def test_shipped_recipes_validate(path):
 
 
 def test_lock_file_round_trips(tmp_path):
-    rec = R.load(RECIPES / "quickstart.toml", ["train.steps=42"])
+    rec = R.load(RECIPES / "quickstart.toml", ["train.steps=420"])
     lock = tmp_path / "recipe.lock.toml"
     R.write_lock(rec, lock, {"torch": "x", "git": None})
     doc = tomllib.loads(lock.read_text())
@@ -118,5 +118,5 @@ def test_lock_file_round_trips(tmp_path):
     doc.pop("lock")
     again = R.from_dict(doc)
     assert again.to_dict() == rec.to_dict()
-    assert again.train.steps == 42
+    assert again.train.steps == 420
     assert not list(tmp_path.glob(".*.tmp"))

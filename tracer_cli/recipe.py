@@ -117,6 +117,11 @@ class TrainConfig:
     # A non-finite loss either stops the run (naming the step and the last good checkpoint) or
     # skips that batch without an optimizer step.
     on_nonfinite: Literal["stop", "skip"] = "stop"
+    # Speed options that do not change the arithmetic's meaning: torch.compile of the student's
+    # training forward (worth it on GPUs; compile time dominates short CPU runs), and the
+    # channels_last memory format for convolutional towers.
+    compile: bool = False
+    channels_last: bool = False
 
     def validate(self, path: str) -> None:
         for key in ("steps", "batch_size"):
@@ -328,7 +333,8 @@ RESUME_FREE_KEYS = (
     "run.name", "run.output_dir", "run.device", "run.precision", "run.eval", "run.log_every",
     "run.track_drift", "model.cache_dir", "data.id", "data.ood", "data.eval_batch_size",
     "data.num_workers", "data.max_bad_fraction", "data.options", "task.templates",
-    "task.templates_file", "train.checkpoint_every", "train.on_nonfinite",
+    "task.templates_file", "train.checkpoint_every", "train.on_nonfinite", "train.compile",
+    "train.channels_last",
 )
 _ABSENT = "(absent)"
 

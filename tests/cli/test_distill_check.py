@@ -62,7 +62,8 @@ def test_quickstart_is_persistent(runner, private_tmp):
     result = runner.invoke(app, ["distill-check", QUICKSTART, "--strict"])
     assert result.exit_code == 0, result.stderr
     assert "verdict: persistent" in result.stdout
-    assert "ρ(300) = 0.5 ≥ 0.05" in result.stdout
+    horizon = recipe_mod.load(QUICKSTART).train.steps
+    assert f"ρ({horizon}) = 0.5 ≥ 0.05" in result.stdout
     result = runner.invoke(app, ["distill-check", QUICKSTART, *QUICKSTART_TINY, "--steps", "2",
                                  "--strict", "--json"])
     assert result.exit_code == 0, result.stderr

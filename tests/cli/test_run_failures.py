@@ -65,8 +65,9 @@ def test_nonfinite_loss_skipped(runner, tiny_recipe, tmp_path, monkeypatch):
     run_dir = tmp_path / "tiny"
     assert [r["step"] for r in _records(run_dir, "train")] == [1, 2, 3]
     assert [(r["step"], r["action"]) for r in _records(run_dir, "nonfinite")] == [(2, "skip")]
-    # The skipped batch is consumed: 4 batches for 3 optimizer steps.
-    assert checkpoint.load(run_dir / "last.pt")["data_position"] == {"epoch": 0, "batch": 4}
+    # The skipped batch is consumed: 4 batches for 3 optimizer steps, i.e. the whole first epoch
+    # of 64 images at batch 16, so the position is the start of epoch 1.
+    assert checkpoint.load(run_dir / "last.pt")["data_position"] == {"epoch": 1, "batch": 0}
 
 
 def test_skipping_gives_up_on_a_broken_run(runner, tiny_recipe, tmp_path, monkeypatch):

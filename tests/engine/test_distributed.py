@@ -105,8 +105,13 @@ def test_two_gloo_ranks_give_the_gradients_of_one_process(tiny_recipe, tmp_path)
     for step, (g1, g2) in enumerate(zip(one["grads"], two["grads"])):
         assert g1.keys() == g2.keys()
         for name, expected in g1.items():
-            # Summation order differs between one batch of 8 and two gathered halves of 4.
-            tol = 1e-4 * float(expected.abs().max()) + 1e-8
+            # Summation order differs between one batch of 8 and two gathered halves of 4. From
+            # step 2 on the two runs also start from slightly different weights: AdamW's first
+            # steps divide by |g|, which turns rounding-level gradient differences into weight
+            # differences of order lr. So step 1 is held to 1e-4 and later steps to 1e-3: a
+            # wrong 1/W gradient scaling would be off by 100%, far outside either.
+            rel = 1e-4 if step == 0 else 1e-3
+            tol = rel * float(expected.abs().max()) + 1e-8
             diff = float((g2[name] - expected).abs().max())
             assert diff <= tol, f"step {step + 1} {name}: {diff} > {tol}"
     for r1, r2 in zip(one["records"], two["records"]):

@@ -128,27 +128,44 @@ class TrainStream:
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
 
-    def _epoch_batches(self) -> list[list[tuple[int, int]]]:
-        """This rank's slice of every global batch of the current epoch, as (epoch, index) keys."""
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+    def _epoch_batches(self, epoch: int) -> list[list[tuple[int, int]]]:
+        """This rank's slice of every global batch of ``epoch``, as (epoch, index) keys."""
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(len(self.dataset), generator=gen).tolist()
         start = self.rank * self.local_batch
-        return [[(self.epoch, i) for i in order[b + start:b + start + self.local_batch]]
+        return [[(epoch, i) for i in order[b + start:b + start + self.local_batch]]
                 for b in range(0, self.batches_per_epoch * self.batch_size, self.batch_size)]
 
-    def __iter__(self) -> Iterator[tuple[dict[str, Any] | None, list[BadItem]]]:
+    def keys_from(self, epoch: int, batch: int) -> Iterator[list[tuple[int, int]]]:
+        """Batches of item keys from position (epoch, batch) on, across epoch boundaries."""
         while True:
-            batches = self._epoch_batches()[self.batch:]
-            # Its own generator: creating a loader would otherwise draw a seed from the global
-            # RNG, and a resumed run creates one at a point where the original run did not.
-            gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            loader = DataLoader(_SeededItems(self.dataset, self.seed), batch_sampler=batches,
-                                num_workers=self.num_workers, pin_memory=self.pin_memory,
-                                collate_fn=collate_skipping, generator=gen)
-            for item in loader:
-                self.batch += 1
-                yield item
-            self.epoch, self.batch = self.epoch + 1, 0
+            yield from self._epoch_batches(epoch)[batch:]
+            epoch, batch = epoch + 1, 0
+
+    def __iter__(self) -> Iterator[tuple[dict[str, Any] | None, list[BadItem]]]:
+        # One loader for the whole run: its workers start once and keep prefetching across epoch
+        # boundaries instead of being restarted, with the pipeline drained, every epoch. Each
+        # item's augmentation is seeded by its key, so which worker reads it does not matter.
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        loader = DataLoader(_SeededItems(self.dataset, self.seed),
+                            batch_sampler=_KeyBatches(self, self.epoch, self.batch),
+                            num_workers=self.num_workers, pin_memory=self.pin_memory,
+                            collate_fn=collate_skipping, generator=gen)
+        for item in loader:
+            self.batch += 1
+            if self.batch == self.batches_per_epoch:
+                self.epoch, self.batch = self.epoch + 1, 0
+            yield item
+
+
+class _KeyBatches:
+    """The endless batch sampler of :class:`TrainStream`, starting at a fixed position."""
+
+    def __init__(self, stream: TrainStream, epoch: int, batch: int):
+        self.stream, self.epoch, self.batch = stream, epoch, batch
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return self.stream.keys_from(self.epoch, self.batch)
 
 
 class _IndexedItems(Dataset):

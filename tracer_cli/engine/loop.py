@@ -227,6 +227,8 @@ class Trainer:
         shard = shard or Shard((len(batch["image"]),))
         world = shard.world_size
         images = batch["image"].to(self.device, non_blocking=True)
+        if self.train_cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         tokens = self.backbone.tokenize(self._train_texts(batch, shard))
         tokens = tokens.to(self.device, non_blocking=True)
         with self.precision.autocast():

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from tracer_cli import recipe as recipe_mod
 from tracer_cli.contracts import Backbone, DatasetBundle, Task
 from tracer_cli.engine import checkpoint, distributed
@@ -112,8 +114,12 @@ def build_trainer(recipe: Recipe, ctx: DistContext, backbone: Backbone, task: Ta
                   bundle: DatasetBundle, precision: Precision, notice) -> Trainer:
     """The Trainer, its student forward in DDP when distributed, and a teacher built from θ₀."""
     backbone.model = distributed.sync_batchnorm(backbone.model, ctx, recipe.model.freeze_bn_stats)
+    if recipe.train.channels_last:
+        backbone.model.to(memory_format=torch.channels_last)
     # DDP first: its construction broadcasts rank 0's weights, which the teacher then copies.
     forward = distributed.wrap(FeatureForward(backbone), ctx)
+    if recipe.train.compile:
+        forward = torch.compile(forward)
     teacher = make_teacher(recipe.teacher.kind, backbone.model, recipe.train.steps,
                            **teacher_params(recipe))
     return Trainer(backbone, task, bundle, teacher, recipe.train, recipe.distill, precision,
