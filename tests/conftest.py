@@ -61,6 +61,24 @@ def tiny_recipe(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def make_tiny_run(tmp_path_factory):
+    """``make(name, *finetune_args) -> run dir``: a 2-step finetune of TINY_RECIPE, for modules
+    that read one run in many tests (use it from a module-scoped fixture)."""
+    from tracer_cli.cli import app
+
+    def make(name: str, *args: str) -> Path:
+        base = tmp_path_factory.mktemp(name)
+        recipe = base / "tiny.toml"
+        recipe.write_text(TINY_RECIPE)
+        result = CliRunner().invoke(app, ["finetune", str(recipe), "--output-dir",
+                                          str(base / "runs"), "--max-steps", "2", *args])
+        assert result.exit_code == 0, result.stderr
+        return base / "runs" / "tiny"
+
+    return make
+
+
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()

@@ -27,24 +27,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, request) -> Path:
-    base = tmp_path_factory.mktemp("eval-run")
-    recipe = base / "tiny.toml"
-    recipe.write_text(_tiny_recipe_text(request))
-    result = CliRunner().invoke(app, ["finetune", str(recipe), "--output-dir", str(base / "runs"),
-                                      "--max-steps", "2"])
-    assert result.exit_code == 0, result.stderr
-    return base / "runs" / "tiny"
-
-
-def _tiny_recipe_text(request) -> str:
-    """conftest's TINY_RECIPE (conftest modules are not importable by name under importlib mode;
-    a module-scoped fixture cannot use the function-scoped ``tiny_recipe``)."""
-    for plugin in request.config.pluginmanager.get_plugins():
-        text = getattr(plugin, "TINY_RECIPE", None)
-        if isinstance(text, str):
-            return text
-    raise LookupError("tests/conftest.py defines no TINY_RECIPE")
+def run_dir(make_tiny_run) -> Path:
+    return make_tiny_run("eval-run")
 
 
 def _eval(runner, *args: str):

@@ -32,14 +32,8 @@ TEXTS = ["a photo of a circle.", "a sketch of a red triangle on grass.", "a star
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, request) -> Path:
-    base = tmp_path_factory.mktemp("export-run")
-    recipe = base / "tiny.toml"
-    recipe.write_text(_tiny_recipe_text(request))
-    result = CliRunner().invoke(app, ["finetune", str(recipe), "--output-dir", str(base / "runs"),
-                                      "--max-steps", "2", "--set", "run.eval=false"])
-    assert result.exit_code == 0, result.stderr
-    return base / "runs" / "tiny"
+def run_dir(make_tiny_run) -> Path:
+    return make_tiny_run("export-run", "--set", "run.eval=false")
 
 
 @pytest.fixture(scope="module")
@@ -47,15 +41,6 @@ def tracer_model(run_dir):
     """(backbone, student module) as tracer itself loads the run."""
     backbone, module = RunDir(run_dir).model("student")
     return backbone, module.eval()
-
-
-def _tiny_recipe_text(request) -> str:
-    """conftest's TINY_RECIPE (conftest modules are not importable by name under importlib mode)."""
-    for plugin in request.config.pluginmanager.get_plugins():
-        text = getattr(plugin, "TINY_RECIPE", None)
-        if isinstance(text, str):
-            return text
-    raise LookupError("tests/conftest.py defines no TINY_RECIPE")
 
 
 def _export(runner, run_dir: Path, out: Path, *args: str):
