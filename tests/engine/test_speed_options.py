@@ -46,3 +46,13 @@ def test_compile_wraps_the_training_forward(tiny_recipe):
     plain, _ = _trainer(tiny_recipe)
     a, b = plain.step(1, copy.deepcopy(batch)), compiled.step(1, copy.deepcopy(batch))
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_freeze_bn_stats_keeps_running_statistics(tiny_recipe, frozen):
+    trainer, batch = _trainer(tiny_recipe, f"model.freeze_bn_stats={str(frozen).lower()}")
+    bn = trainer.student.visual.bn1
+    before = bn.running_mean.clone()
+    trainer.step(1, batch)
+    assert torch.equal(bn.running_mean, before) is frozen
+    assert bn.weight.requires_grad  # the affine parameters still train either way
