@@ -1,14 +1,20 @@
-"""Classification metrics computed once over a whole evaluation set.
+"""Metrics computed once over a whole evaluation set: classification, retrieval and VQA.
 
-Inputs are logits or probabilities (N×C, torch tensor or numpy array) and integer labels (N). All
-metrics are dataset-level: ECE in particular must be computed on the concatenated predictions,
-since averaging per-batch ECEs weighs bins by batch and biases the result upward for small batches.
-Everything runs in float64 numpy, so results do not depend on the evaluation precision.
+Classification inputs are logits or probabilities (N×C, torch tensor or numpy array) and integer
+labels (N). All metrics are dataset-level: ECE in particular must be computed on the concatenated
+predictions, since averaging per-batch ECEs weighs bins by batch and biases the result upward for
+small batches. Classification and VQA metrics run in float64 numpy, so results do not depend on
+the evaluation precision; retrieval (:func:`retrieval_metrics`) scores on the features' own device
+in blocks, because its similarity matrix is too large for float64 on the CPU.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from collections import Counter
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    import torch
 
 import numpy as np
 
@@ -146,4 +152,145 @@ def classification_metrics(logits: Any, labels: Any) -> dict[str, float | int]:
         "macro_f1": macro_f1(z, y),
         "n": int(len(y)),
         "accuracy_se": standard_error(acc, len(y)),
+    }
+
+
+# --- image-text retrieval -----------------------------------------------------------------------
+
+RETRIEVAL_KS = (1, 5, 10)
+# Similarity rows per chunk: a 25k x 125k problem never holds more than this many scores at once.
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def _features(x: Any) -> torch.Tensor:
+    """``x`` as a 2-D torch tensor on its own device: float64 stays float64, everything else
+    (float16, bfloat16, float32, integer) is scored in float32."""
+    import torch
+
+    t = torch.as_tensor(x) if not isinstance(x, torch.Tensor) else x.detach()
+    if t.ndim != 2:
+        raise ValueError(f"features must be a 2-D N×D array, got shape {tuple(t.shape)}")
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def _ranks(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """0-based rank of column ``target[r]`` in each row of ``scores``, sorted by descending score
+    with ties broken by column index (lower first): #higher + #equal-with-lower-index."""
+    import torch
+
+    chosen = scores.gather(1, target[:, None])
+    columns = torch.arange(scores.shape[1], device=scores.device)[None, :]
+    ahead = (scores > chosen) | ((scores == chosen) & (columns < target[:, None]))
+    return ahead.sum(dim=1)
+
+
+def _best_own(scores: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """Per row, the column of the highest score among the ``own`` columns (lowest index on a
+    tie): the caption of an image that ranks best, since rank order is (score desc, index)."""
+    import torch
+
+    masked = torch.where(own, scores, torch.full_like(scores, -torch.inf))
+    best = masked.max(dim=1, keepdim=True).values
+    columns = torch.arange(scores.shape[1], device=scores.device)[None, :]
+    return torch.where(own & (masked == best), columns, scores.shape[1]).min(dim=1).values
+
+
+def retrieval_metrics(image_features: Any, text_features: Any, text_image: Any,
+                      ks: tuple[int, ...] = RETRIEVAL_KS) -> dict[str, float | int]:
+    """Recall@k for image-to-text and text-to-image retrieval (COCO / Flickr30k protocol).
+
+    ``image_features`` (N×D) and ``text_features`` (M×D) are L2-normalized, so the dot product is
+    the cosine similarity; ``text_image[j]`` is the index of the image caption ``j`` describes.
+    Image-to-text: an image is retrieved at k when *any* of its captions is among its k most
+    similar texts. Text-to-image: a caption is retrieved at k when its image is among its k most
+    similar images. ``k`` larger than the candidate count counts every query as retrieved.
+
+    Ties are broken by index: among equal scores the candidate listed first ranks first, so the
+    result never depends on sort stability or the device. Scores are computed on the features'
+    device (float32 unless the features are float64), a block of queries at a time, so memory
+    stays bounded for any N, M. An image with no caption counts as never retrieved.
+
+    Returns ``i2t_r{k}`` and ``t2i_r{k}`` for each k (fractions in [0, 1]), ``mean_recall`` (their
+    mean), ``n_images`` and ``n_texts``.
+    """
+    import torch
+
+    images, texts = _features(image_features), _features(text_features)
+    texts = texts.to(device=images.device, dtype=images.dtype)
+    if isinstance(text_image, torch.Tensor):
+        owner = text_image.detach().reshape(-1).to(device=images.device, dtype=torch.long)
+    else:
+        owner = torch.as_tensor(np.asarray(text_image, dtype=np.int64).reshape(-1),
+                                device=images.device)
+    n, m = images.shape[0], texts.shape[0]
+    if images.shape[1] != texts.shape[1] or len(owner) != m or n == 0 or m == 0:
+        raise ValueError(f"need N×D image and M×D text features with one text_image entry per "
+                         f"text, N, M > 0; got {tuple(images.shape)}, {tuple(texts.shape)} and "
+                         f"{len(owner)} entries")
+    if int(owner.min()) < 0 or int(owner.max()) >= n:
+        raise ValueError(f"text_image holds image indices outside 0..{n - 1}")
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive integers, got {ks!r}")
+    never = torch.iinfo(torch.long).max  # the rank of an image that has no caption
+    i2t = torch.empty(n, dtype=torch.long, device=images.device)
+    rows = max(1, _CHUNK_ELEMENTS // m)
+    for start in range(0, n, rows):
+        scores = images[start:start + rows] @ texts.T
+        ids = torch.arange(start, start + len(scores), device=images.device)
+        own = owner[None, :] == ids[:, None]
+        best = _best_own(scores, own).clamp(max=m - 1)
+        i2t[start:start + len(scores)] = torch.where(own.any(dim=1), _ranks(scores, best), never)
+    t2i = torch.empty(m, dtype=torch.long, device=images.device)
+    rows = max(1, _CHUNK_ELEMENTS // n)
+    for start in range(0, m, rows):
+        scores = texts[start:start + rows] @ images.T
+        t2i[start:start + len(scores)] = _ranks(scores, owner[start:start + len(scores)])
+    out: dict[str, float | int] = {}
+    for k in ks:
+        out[f"i2t_r{k}"] = float((i2t < k).double().mean())
+    for k in ks:
+        out[f"t2i_r{k}"] = float((t2i < k).double().mean())
+    out["mean_recall"] = float(np.mean([out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in ks]))
+    out["n_images"], out["n_texts"] = n, m
+    return out
+
+
+# --- visual question answering ------------------------------------------------------------------
+
+
+def vqa_metrics(logits: Any, answers: Any, vocab: Any) -> dict[str, float | int]:
+    """Closed-vocabulary VQA scores from answer logits.
+
+    ``logits`` is N×A over ``vocab`` (A answer strings); ``answers[i]`` lists the annotators'
+    answers to question i (normalized strings; one element for synthetic data). The prediction is
+    the argmax (lowest index on a tie).
+
+    - ``accuracy``: share of questions whose prediction equals their canonical answer, the most
+      common annotator answer (a tie goes to the one listed first);
+    - ``vqa_score``: mean of min(#annotators who gave the predicted answer / 3, 1), the VQA
+      accuracy without the official average over the ten leave-one-out subsets of the annotators
+      (which differs from it by well under a point on VQAv2);
+    - ``coverage``: share of questions whose canonical answer is in ``vocab`` at all (the
+      ceiling on ``accuracy``); also ``n`` and ``accuracy_se`` (:func:`standard_error`).
+    """
+    scores = _to_numpy(logits)
+    vocab = [str(v) for v in vocab]
+    answers = [[answers_i] if isinstance(answers_i, str) else list(answers_i)
+               for answers_i in answers]
+    if scores.ndim != 2 or scores.shape != (len(answers), len(vocab)):
+        raise ValueError(f"logits must be N×A with N = {len(answers)} questions and A = "
+                         f"{len(vocab)} vocabulary answers, got shape {scores.shape}")
+    if not answers or any(not a for a in answers):
+        raise ValueError("every question needs at least one annotator answer")
+    predicted = [vocab[i] for i in scores.argmax(axis=1)]
+    canonical = [Counter(a).most_common(1)[0][0] for a in answers]
+    known = set(vocab)
+    acc = float(np.mean([p == c for p, c in zip(predicted, canonical)]))
+    return {
+        "accuracy": acc,
+        "vqa_score": float(np.mean([min(a.count(p) / 3.0, 1.0)
+                                    for p, a in zip(predicted, answers)])),
+        "coverage": float(np.mean([c in known for c in canonical])),
+        "n": len(answers),
+        "accuracy_se": standard_error(acc, len(answers)),
     }

@@ -7,9 +7,14 @@ image file exists, so a bad path fails before training starts rather than mid-ep
 exists but cannot be decoded (truncated, corrupt, not an image) comes back as a
 :class:`~tracer_cli.contracts.SkippedItem`, which the engine drops and counts.
 
+``csv`` with ``mode = "captions"`` is an image-text retrieval set instead (COCO/Flickr30k style):
+rows are (image, caption) pairs, several per image allowed, grouped by image path in order of
+first appearance; each image is one item carrying all its captions (:func:`caption_item`).
+
 The public helpers (:func:`options_for`, :func:`read_templates`, :func:`resolve_transform`,
 :func:`check_classnames`, :func:`split_path`, :func:`labels_from_values`, :func:`open_rgb`,
-``UNREADABLE_IMAGE_ERRORS``) are shared with the ``hf`` dataset plugin.
+:func:`caption_item`, :func:`reject_class_options`, ``UNREADABLE_IMAGE_ERRORS``) are shared with
+the ``hf`` dataset plugin.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ IMAGEFOLDER_LAYOUT = ("expected layout: <root>/<class name>/<image>.jpg, or one 
                       "<root>/test/<class name>/<image>.jpg ('val/' also works for test); "
                       "'root' may also contain '{split}'")
 _MAX_LISTED = 5
+MODES = ("classification", "captions")
+# Options that only make sense for data with classes.
+_CLASS_OPTIONS = ("label_column", "classnames", "templates")
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -100,6 +108,22 @@ def open_rgb(source: Any) -> Image.Image:
         return image.convert("RGB")
 
 
+def caption_item(image: Any, captions: Sequence[str], index: int) -> dict[str, Any]:
+    """The item of a caption (retrieval) dataset: the image, its first caption, all its captions
+    and its index as ``image_id`` (retrieval metrics map each caption to its image by it)."""
+    return {"image": image, "caption": captions[0], "captions": list(captions),
+            "image_id": int(index)}
+
+
+def reject_class_options(opts: Options, source: str) -> None:
+    """Caption mode reads no classes: name the first class-only option that was set anyway."""
+    for name in _CLASS_OPTIONS:
+        if opts.has(name):
+            raise RecipeError(opts.key(name), f'is not used with mode = "captions": a caption '
+                                              f"{source} dataset has no classes; remove it, or "
+                                              'use mode = "classification"')
+
+
 def _preview(values: Sequence[Any]) -> str:
     shown = ", ".join(str(v) for v in values[:_MAX_LISTED])
     more = len(values) - _MAX_LISTED
@@ -126,6 +150,26 @@ class ImageListDataset(Dataset):
         if caption is not None:
             item["caption"] = caption
         return item
+
+
+class CaptionListDataset(Dataset):
+    """Images with all their captions (one item per image), opened lazily like
+    :class:`ImageListDataset`."""
+
+    def __init__(self, images: list[Path], captions: list[list[str]],
+                 transform: Callable[[Any], Any]):
+        self.images, self.captions = images, captions
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | SkippedItem:
+        try:
+            image = open_rgb(self.images[index])
+        except UNREADABLE_IMAGE_ERRORS as exc:
+            return skipped_item(self.images[index], exc)
+        return caption_item(self.transform(image), self.captions[index], index)
 
 
 # --------------------------------------------------------------------------- imagefolder
@@ -300,18 +344,25 @@ def _image_paths(rows: list[dict[str, str]], column: str, base: Path, path: Path
 
 def _read_csv_options(opts: Options, split: str) -> dict[str, Any]:
     """Every csv option, read (and unknown keys rejected) before the file is opened."""
+    mode = opts.str("mode", default="classification", choices=MODES)
     path = split_path(opts.str("path"), split)
     delimiter = opts.str("delimiter", default=",")
     if len(delimiter) != 1:
         raise RecipeError(opts.key("delimiter"), f"must be one character, got {delimiter!r}")
     root = opts.str("root", default=None)
-    out = {"path": path, "delimiter": delimiter,
-           "base": split_path(root, split) if root is not None else path.parent,
-           "templates": read_templates(opts),
-           "image_column": opts.str("image_column", default="filepath"),
-           "label_column": opts.str("label_column", default=None),
-           "caption_column": opts.str("caption_column", default=None),
-           "classnames": opts.str_list("classnames", default=None)}
+    out = {"mode": mode, "path": path, "delimiter": delimiter,
+           "base": split_path(root, split) if root is not None else path.parent}
+    if mode == "captions":
+        reject_class_options(opts, "csv")
+        out.update(image_column=opts.str("image_column", default="filepath"),
+                   caption_column=opts.str("caption_column", default="caption"))
+        opts.done()
+        return out
+    out.update({"templates": read_templates(opts),
+                "image_column": opts.str("image_column", default="filepath"),
+                "label_column": opts.str("label_column", default=None),
+                "caption_column": opts.str("caption_column", default=None),
+                "classnames": opts.str_list("classnames", default=None)})
     opts.done()
     if out["label_column"] is None and out["caption_column"] is None:
         raise RecipeError(opts.key("label_column"), "set label_column or caption_column (or both)")
@@ -321,11 +372,46 @@ def _read_csv_options(opts: Options, split: str) -> dict[str, Any]:
     return out
 
 
+def _blank_cells(rows: list[dict[str, str]], column: str, path: Path, need: str) -> None:
+    blank = [i + 2 for i, row in enumerate(rows) if not (row.get(column) or "").strip()]
+    if blank:  # +2 above: line numbers are 1-based and the header is line 1
+        raise MissingResourceError(f"csv dataset: {path} has an empty '{column}' cell on line(s) "
+                                   f"{_preview(blank)}; {need}")
+
+
+def _caption_groups(rows: list[dict[str, str]], o: dict[str, Any],
+                    path: Path) -> tuple[list[Path], list[list[str]]]:
+    """Image paths in order of first appearance, and the captions of each (in row order)."""
+    _blank_cells(rows, o["image_column"], path, "every row needs an image path")
+    _blank_cells(rows, o["caption_column"], path, "every row of a captions CSV needs a caption")
+    groups: dict[Path, list[str]] = {}
+    for image, row in zip(_image_paths(rows, o["image_column"], o["base"], path), rows):
+        groups.setdefault(image, []).append(row[o["caption_column"]].strip())
+    return list(groups), list(groups.values())
+
+
+def _make_csv_captions(opts: Options, o: dict[str, Any], split: str,
+                       transform: Callable[[Any], Any] | None) -> DatasetBundle:
+    path = o["path"]
+    columns, rows = _read_csv(path, o["delimiter"])
+    _check_columns(opts, {k: o[k] for k in ("image_column", "caption_column")}, columns, path)
+    images, captions = _caption_groups(rows, o, path)
+    return DatasetBundle(
+        dataset=CaptionListDataset(images, captions, resolve_transform(transform)),
+        classnames=[], templates=[], has_captions=True,
+        info={"kind": "captions", "captions": captions, "source": "csv", "path": str(path),
+              "root": str(o["base"]), "split": split, "num_rows": len(rows),
+              "num_images": len(images)})
+
+
 def make_csv(spec: dict[str, Any], split: str,
              transform: Callable[[Any], Any] | None) -> DatasetBundle:
-    """A dataset indexed by a CSV file: one row per (image, label and/or caption)."""
+    """A dataset indexed by a CSV file: one row per (image, label and/or caption); with
+    ``mode = "captions"`` one item per image with all its captions."""
     opts = options_for(spec)
     o = _read_csv_options(opts, split)
+    if o["mode"] == "captions":
+        return _make_csv_captions(opts, o, split, transform)
     path = o["path"]
     columns, rows = _read_csv(path, o["delimiter"])
     _check_columns(opts, {k: o[k] for k in ("image_column", "label_column", "caption_column")},

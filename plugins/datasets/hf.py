@@ -15,6 +15,11 @@ tracer process loads this plugin just to list it.
 
 A row whose image cannot be decoded comes back as a :class:`~tracer_cli.contracts.SkippedItem`
 named ``row N``, which the engine drops and counts.
+
+With ``mode = "captions"`` the dataset is an image-text retrieval set: one item per row with all
+the row's captions, read from ``caption_column`` (default ``"caption"``), which holds either one
+string or a list of strings per row (as in Flickr30k/COCO-style sets such as
+``nlphuji/flickr30k``). The captions are read once, up front, without decoding any image.
 """
 
 from __future__ import annotations
@@ -33,8 +38,8 @@ from tracer_cli.contracts import DatasetBundle, SkippedItem, skipped_item
 from tracer_cli.errors import MissingResourceError, RecipeError
 from tracer_cli.options import Options
 from tracer_plugins.datasets.files import (
-    UNREADABLE_IMAGE_ERRORS, check_classnames, labels_from_values, open_rgb, options_for,
-    read_templates, resolve_transform, split_path)
+    MODES, UNREADABLE_IMAGE_ERRORS, caption_item, check_classnames, labels_from_values, open_rgb,
+    options_for, read_templates, reject_class_options, resolve_transform, split_path)
 
 # Dataset split names tried, in order, for each tracer split unless ``split_map`` says otherwise.
 DEFAULT_SPLITS = {"train": ("train",), "test": ("test", "validation")}
@@ -220,22 +225,50 @@ class HFImageDataset(Dataset):
         return item
 
 
+class HFCaptionDataset(Dataset):
+    """Rows of a ``datasets.Dataset`` as caption items (captions read up front, images per row)."""
+
+    def __init__(self, data: Any, image_column: str, captions: list[list[str]],
+                 transform: Callable[[Any], Any]):
+        self.data = data
+        self.image_column = image_column
+        self.captions = captions
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | SkippedItem:
+        try:
+            image = to_rgb(self.data[int(index)][self.image_column])
+        except UNREADABLE_IMAGE_ERRORS as exc:
+            return skipped_item(f"row {index}", exc)
+        return caption_item(self.transform(image), self.captions[index], index)
+
+
 def _read_options(opts: Options, split: str) -> dict[str, Any]:
     """Every hf option, read (and unknown keys rejected) before anything is loaded."""
     if opts.has("name"):
         raise RecipeError(opts.key("name"), "'name' selects the dataset plugin; give the hub id "
                                             "or local path of the data as 'path'")
+    mode = opts.str("mode", default="classification", choices=MODES)
     source = opts.str("path")
     cache_dir = opts.path("cache_dir", default=None)
-    out = {"source": str(split_path(source, split)) if "{split}" in source else source,
+    out = {"mode": mode,
+           "source": str(split_path(source, split)) if "{split}" in source else source,
            "config": opts.str("config", default=None),
            "cache_dir": str(cache_dir) if cache_dir is not None else None,
            "split_map": _read_split_map(opts),
-           "templates": read_templates(opts),
-           "image_column": opts.str("image_column", default="image"),
-           "label_column": opts.str("label_column", default=None),
-           "caption_column": opts.str("caption_column", default=None),
-           "classnames": opts.str_list("classnames", default=None)}
+           "image_column": opts.str("image_column", default="image")}
+    if mode == "captions":
+        reject_class_options(opts, "hf")
+        out["caption_column"] = opts.str("caption_column", default="caption")
+        opts.done()
+        return out
+    out.update({"templates": read_templates(opts),
+                "label_column": opts.str("label_column", default=None),
+                "caption_column": opts.str("caption_column", default=None),
+                "classnames": opts.str_list("classnames", default=None)})
     opts.done()
     return out
 
@@ -277,6 +310,51 @@ def _classes(data: Any, column: str | None, classnames: list[str] | None, key: s
     return labels_from_values(values, classnames, key, f"hf dataset '{source}'")
 
 
+def _caption_lists(values: list[Any], opts: Options, column: str,
+                   source: str) -> list[list[str]]:
+    """Each row's captions from a column of strings or of lists of strings; blanks are errors."""
+    captions, blank = [], []
+    for row, value in enumerate(values):
+        texts = [value] if isinstance(value, str) else value
+        if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
+            raise RecipeError(opts.key("caption_column"),
+                              f"column '{column}' of hf dataset '{source}' holds "
+                              f"{type(value).__name__} values (row {row}: {value!r}); it must "
+                              "hold a string or a list of strings per row")
+        texts = [t.strip() for t in texts]
+        if not texts or not all(texts):
+            blank.append(row)
+        captions.append(texts)
+    if blank:
+        shown = ", ".join(map(str, blank[:5])) + (f", ... ({len(blank) - 5} more)"
+                                                  if len(blank) > 5 else "")
+        raise MissingResourceError(f"hf dataset '{source}': caption column '{column}' has no "
+                                   f"caption or an empty one in row(s) {shown}; every row needs "
+                                   "at least one non-empty caption")
+    return captions
+
+
+def _captions_bundle(opts: Options, o: dict[str, Any], data: Any, split: str,
+                     transform: Callable[[Any], Any] | None) -> DatasetBundle:
+    source = o["source"]
+    present = list(data.column_names)
+    for option in ("image_column", "caption_column"):
+        if o[option] not in present:
+            raise RecipeError(opts.key(option), f"column '{o[option]}' is not in hf dataset "
+                                                f"'{source}'; columns present: "
+                                                f"{', '.join(present)}")
+    captions = _caption_lists(data[o["caption_column"]], opts, o["caption_column"], source)
+    data = data.select_columns([o["image_column"]])
+    to_rgb(data[0][o["image_column"]])  # fail now, not in a worker, if the column holds no images
+    return DatasetBundle(
+        dataset=HFCaptionDataset(data, o["image_column"], captions, resolve_transform(transform)),
+        classnames=[], templates=[], has_captions=True,
+        info={"kind": "captions", "captions": captions, "source": "hf", "path": source,
+              "config": o["config"], "split": split,
+              "hf_split": str(data.split) if data.split is not None else None,
+              "num_rows": len(data)})
+
+
 def make_hf(spec: dict[str, Any], split: str,
             transform: Callable[[Any], Any] | None) -> DatasetBundle:
     """A dataset from the Hugging Face hub or a local ``datasets`` folder/file."""
@@ -287,6 +365,8 @@ def make_hf(spec: dict[str, Any], split: str,
                          split, o["split_map"], source, opts)
     if len(data) == 0:
         raise MissingResourceError(f"hf dataset '{source}' split '{split}' has no rows")
+    if o["mode"] == "captions":
+        return _captions_bundle(opts, o, data, split, transform)
     columns = _pick_columns(opts, o, data)
     labels, classnames = _classes(data, columns["label"], o["classnames"],
                                   opts.key("classnames"), source)

@@ -30,7 +30,8 @@ def factories():
 
 def test_registers_every_dataset(factories):
     assert sorted(factories) == sorted(["synth-world", "synth-photo", "synth-photo-narrow",
-                                        "synth-sketch", "synth-cartoon", "synth-noisy"])
+                                        "synth-sketch", "synth-cartoon", "synth-noisy",
+                                        "synth-mono", "synth-captions", "synth-vqa"])
 
 
 def test_hook_loads_through_the_plugin_host():
@@ -219,3 +220,33 @@ def test_render_rejects_bad_arguments():
         synth.render("painting", 5, seed=0)
     with pytest.raises(ValueError, match="allowed: stripes, dots"):
         synth.render("cartoon", 5, seed=0, backgrounds=["plain"])
+
+
+def test_mono_is_a_tinted_monochrome_validation_domain(factories):
+    images, labels, captions = synth.render("mono", 250, seed=1)
+    assert "mono" not in synth.DOMAINS and "mono" in synth.RENDER_DOMAINS
+    assert np.bincount(labels, minlength=10).tolist() == [25] * 10
+    # Every pixel of a print lies on one line of colours (dark tint -> light tint): the centred
+    # pixel matrix is rank one up to rounding. Photos are not.
+    def second_to_first(batch):
+        ratios = []
+        for image in batch.reshape(len(batch), -1, 3).astype(np.float64):
+            s = np.linalg.svd(image - image.mean(0), compute_uv=False)
+            ratios.append(s[1] / s[0])
+        return np.array(ratios)
+    assert second_to_first(images[:40]).max() < 0.05
+    assert np.median(second_to_first(synth.render("photo", 40, seed=1)[0])) > 0.1
+    assert images.reshape(250, -1).std(axis=1).min() > 5
+    assert all(c.startswith(("a monochrome photo of", "a tinted photo of")) for c in captions)
+    assert not any(set(c.split()) & set(synth.COLOURS) for c in captions)
+    bundle = factories["synth-mono"]({"size": 20}, "test", None)
+    assert bundle.info["validation_only"] is True and bundle.info["domain"] == "mono"
+    assert list(bundle.classnames) == list(synth.CLASSNAMES)
+    assert list(bundle.templates) == list(synth.TEMPLATES)
+    assert "validation_only" not in factories["synth-photo"]({"size": 5}, "test", None).info
+
+
+def test_world_never_mixes_in_the_validation_domain(factories):
+    with pytest.raises(RecipeError) as info:
+        factories["synth-world"]({"mix": {"mono": 1}}, "train", None)
+    assert info.value.key == "data.mix.mono"
