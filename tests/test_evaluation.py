@@ -110,3 +110,30 @@ def test_reported_alpha_is_one_else_the_largest():
 def test_safe_filename():
     assert evaluation.safe_filename("imagenet-r") == "imagenet-r"
     assert evaluation.safe_filename("my set/v2 (test)") == "my_set_v2_test"
+
+
+def test_gates_and_summaries_follow_the_tasks_metric_spec():
+    from tracer_cli.contracts import TaskMetrics
+
+    spec = TaskMetrics(primary="score", columns=("score", "error", "n"),
+                       higher_is_better=frozenset({"score", "n"}),
+                       fractions=frozenset({"score", "error"}), averaged=("score", "error"),
+                       id_averaged=("score",))
+    assert spec.summary_keys == ("avg_ood_score", "avg_ood_error", "id_score")
+    evaluation.validate_gates([Gate("avg_ood_error", 0.2, "over"), Gate("id_score", 0.5, "under"),
+                               Gate("my.set.v2.n", 10, "under")], ["in"], ["my.set.v2"], spec)
+    with pytest.raises(UsageError, match="use --fail-over avg_ood_error=0.2"):
+        evaluation.validate_gates([Gate("avg_ood_error", 0.2, "under")], ["in"], ["r"], spec)
+    with pytest.raises(UsageError, match="no ID datasets to average"):
+        evaluation.validate_gates([Gate("id_score", 0.5, "under")], [], ["r"], spec)
+    with pytest.raises(UsageError, match=r"use one of avg_ood_score, avg_ood_error, id_score"):
+        evaluation.validate_gates([Gate("avg_ood_accuracy", 0.5, "under")], ["in"], ["r"], spec)
+    metrics = {"in": {"score": 0.9, "error": 0.1}, "a": {"score": 0.5, "error": 0.3},
+               "b": {"score": 0.7, "error": 0.1}}
+    summary = evaluation.summarize(metrics, ["in"], ["a", "b"], spec)
+    assert list(summary) == ["datasets", "avg_ood_score", "avg_ood_error", "id_score"]
+    assert summary["avg_ood_score"] == pytest.approx(0.6) and summary["id_score"] == 0.9
+    # Classification (the default) keeps its keys.
+    assert list(evaluation.summarize(metrics | {"in": {"accuracy": 1, "ece": 0}},
+                                     ["in"], [])) == ["datasets", "avg_ood_accuracy",
+                                                      "avg_ood_ece", "id_accuracy"]

@@ -29,7 +29,7 @@ def test_minimal_recipe_gets_defaults():
 
 @pytest.mark.parametrize("raw, key, fragment", [
     ({**MINIMAL, "bogus": {}}, "bogus", "unknown section"),
-    ({**MINIMAL, "train": {"stpes": 3}}, "train.stpes", "unknown key; allowed: steps"),
+    ({**MINIMAL, "train": {"stpes": 3}}, "train.stpes", "unknown key; allowed: method, steps"),
     ({**MINIMAL, "train": {"steps": "ten"}}, "train.steps", "expected an integer, got 'ten'"),
     ({**MINIMAL, "train": {"steps": True}}, "train.steps", "expected an integer"),
     ({**MINIMAL, "train": {"steps": 0}}, "train.steps", "must be >= 1"),

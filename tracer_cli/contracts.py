@@ -13,6 +13,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+# Re-exported: a task plugin declares its metrics with these (defined apart, free of torch, so the
+# CLI can read a spec without importing torch).
+from tracer_cli.metric_spec import CLASSIFICATION_METRICS, TaskMetrics, task_metrics
+
+__all__ = ["Backbone", "CLASSIFICATION_METRICS", "DatasetBundle", "SkippedItem", "Task",
+           "TaskMetrics", "skipped_item", "task_metrics"]
+
 
 @dataclass
 class DatasetBundle:
@@ -83,7 +90,15 @@ class Backbone(Protocol):
 
 
 class Task(Protocol):
-    """What is learned and how it is measured, on top of the shared engine."""
+    """What is learned and how it is measured, on top of the shared engine.
+
+    Optional members the engine reads when present: ``metrics`` (a :class:`TaskMetrics`; default
+    :data:`CLASSIFICATION_METRICS`), ``objective`` (``"contrastive"``, the default, or ``"head"``:
+    the task trains its own head with its own loss), and for tasks with a head
+    ``make_head(backbone, module, bundle, device, autocast) -> nn.Module``,
+    ``load_head(state) -> nn.Module`` and ``head_loss(head_output, batch) -> Tensor``; then
+    ``evaluate`` also takes ``head=`` (None: evaluate without a trained head, e.g. zero-shot).
+    """
 
     def train_texts(self, batch: dict[str, Any], bundle: DatasetBundle,
                     rng: torch.Generator) -> list[str]:
@@ -95,5 +110,7 @@ class Task(Protocol):
         """Evaluate ``module`` on each ``name -> (bundle, loader)``.
 
         Returns ``name -> {"metrics": {...}, "logits": Tensor, "labels": Tensor}``; heads shared by
-        datasets with the same label space are computed once per call.
+        datasets with the same label space are computed once per call. ``logits`` and ``labels``
+        are optional (retrieval has none): without them no reliability diagram or predictions
+        file is written for the dataset.
         """

@@ -9,17 +9,27 @@ milliseconds); :func:`run_plan` evaluates it into an :class:`EvalReport`, whose 
 :func:`check_gates` enforces ``--fail-under`` / ``--fail-over``.
 
 The document (``datasets`` and the averages describe the reported model: the one model, or for
-WiSE-FT the entry with α = 1, else the largest α asked for)::
+WiSE-FT the entry with α = 1, else the largest α asked for), for the ``classification`` task::
 
     {"datasets": {NAME: {"accuracy", "top5", "ece", "nll", "brier", "macro_f1", "n",
                          "accuracy_se"}},
      "avg_ood_accuracy", "avg_ood_ece", "id_accuracy",   # null without OOD / ID sets
      "id": [NAME, ...], "ood": [NAME, ...],
      "model": {"source", "path", "spec", "checkpoint", "step", "which", "backbone", "arch",
-               "pretrained", "wise_alpha"},
+               "pretrained", "wise_alpha"[, "head": true]},
      "wise": [{"alpha", "datasets", "avg_ood_accuracy", "avg_ood_ece", "id_accuracy"}, ...],
      "gates": [{"metric", "flag", "threshold", "value", "passed"}, ...],
      "runtime": {"device", "precision", "wall_time_s"}}
+
+Other tasks fill ``datasets`` with their own metrics and the averages with their own keys, from
+the task's :class:`~tracer_cli.contracts.TaskMetrics`: ``avg_ood_<m>`` for each averaged metric,
+then ``id_<m>`` (the same keys in every ``wise`` entry). ``retrieval``: per dataset ``i2t_r1``,
+``i2t_r5``, ``i2t_r10``, ``t2i_r1``, ``t2i_r5``, ``t2i_r10``, ``mean_recall``, ``n_images``,
+``n_texts``; averages ``avg_ood_mean_recall``, ``avg_ood_i2t_r1``, ``avg_ood_t2i_r1``,
+``id_mean_recall``, ``id_i2t_r1``, ``id_t2i_r1``. ``vqa``: per dataset ``accuracy``,
+``vqa_score``, ``ece``, ``coverage``, ``n``, ``accuracy_se``; averages ``avg_ood_accuracy``,
+``avg_ood_vqa_score``, ``avg_ood_ece``, ``id_accuracy``, ``id_vqa_score``. ``"head": true`` marks a
+model read through the run's trained task head.
 """
 
 from __future__ import annotations
@@ -37,22 +47,19 @@ import numpy as np
 import torch
 
 from tracer_cli import recipe as recipe_mod
+from tracer_cli.contracts import CLASSIFICATION_METRICS, TaskMetrics, task_metrics
 from tracer_cli.errors import GateError, RecipeError, UsageError
 from tracer_cli.events import Reporter, current_reporter
 from tracer_cli.recipe import Recipe
 from tracer_cli.runs import (
-    WHICH, RunDir, checkpoint_weights, interpolate, load_weights, pretrained_backbone,
-    read_checkpoint)
+    WHICH, RunDir, build_head, checkpoint_head, checkpoint_weights, interpolate, load_weights,
+    pretrained_backbone, read_checkpoint)
 
 SOURCES = ("run", "checkpoint", "model", "recipe")
-DATASET_METRICS = ("accuracy", "top5", "ece", "nll", "brier", "macro_f1", "n", "accuracy_se")
-SUMMARY_METRICS = ("avg_ood_accuracy", "avg_ood_ece", "id_accuracy")
-# Gate directions: a higher-is-better metric fails *under* its threshold, the others *over* it.
-HIGHER_IS_BETTER = frozenset({"accuracy", "top5", "macro_f1", "n", "avg_ood_accuracy",
-                              "id_accuracy"})
-# Metrics that are fractions: a threshold of 70 for accuracy is a typo for 0.70, not a gate.
-FRACTIONS = frozenset({"accuracy", "top5", "macro_f1", "ece", "accuracy_se", "avg_ood_accuracy",
-                       "avg_ood_ece", "id_accuracy"})
+# The classification task's metrics; every task declares its own (TaskMetrics), and gates, tables
+# and summaries read that declaration.
+DATASET_METRICS = CLASSIFICATION_METRICS.dataset_metrics
+SUMMARY_METRICS = CLASSIFICATION_METRICS.summary_keys
 MODEL_SPEC_GRAMMAR = ("BACKBONE:ARCH[:PRETRAINED], e.g. openclip:ViT-B-16:openai, "
                       "openclip:RN50:/path/to/weights.pt, openclip:local-dir:/path/to/folder")
 SCHEMA_ARCHS = ("local-dir", "hf-hub")  # open_clip archs whose "name" is a location
@@ -120,7 +127,8 @@ def parse_alphas(text: str | None) -> list[float] | None:
 class Gate:
     """``--fail-under KEY=VALUE`` (kind ``under``) or ``--fail-over KEY=VALUE`` (kind ``over``).
 
-    KEY is a summary metric (``avg_ood_accuracy``) or ``DATASET.METRIC`` (``imagenet-r.ece``).
+    KEY is a summary metric (``avg_ood_accuracy``, ``avg_ood_mean_recall``: no dot) or
+    ``DATASET.METRIC`` (``imagenet-r.ece``; the last dot splits, so dataset labels may hold dots).
     """
 
     key: str
@@ -132,8 +140,12 @@ class Gate:
         return f"--fail-{self.kind}"
 
     @property
+    def summary(self) -> bool:
+        return "." not in self.key
+
+    @property
     def metric(self) -> str:
-        return self.key if self.key in SUMMARY_METRICS else self.key.rsplit(".", 1)[-1]
+        return self.key if self.summary else self.key.rsplit(".", 1)[-1]
 
     def failed(self, value: float) -> bool:
         return value < self.threshold if self.kind == "under" else value > self.threshold
@@ -161,35 +173,38 @@ def _close(word: str, choices: Sequence[str]) -> str:
     return f"did you mean {', '.join(close)}? " if close else ""
 
 
-def validate_gates(gates: Sequence[Gate], id_names: Sequence[str],
-                   ood_names: Sequence[str]) -> None:
-    """Check gate keys, directions and thresholds before any evaluation runs."""
+def validate_gates(gates: Sequence[Gate], id_names: Sequence[str], ood_names: Sequence[str],
+                   spec: TaskMetrics = CLASSIFICATION_METRICS) -> None:
+    """Check gate keys, directions and thresholds against the task's metrics (``spec``) before
+    any evaluation runs."""
     datasets = [*id_names, *ood_names]
-    available = [k for k in SUMMARY_METRICS if _summary_defined(k, id_names, ood_names)]
-    keys = available + [f"{d}.{m}" for d in datasets for m in DATASET_METRICS]
+    summary = spec.summary_keys
+    available = [k for k in summary if _summary_defined(k, id_names, ood_names, spec)]
+    keys = available + [f"{d}.{m}" for d in datasets for m in spec.dataset_metrics]
     for gate in gates:
         if gate.key not in keys:
-            if gate.key in SUMMARY_METRICS:
-                role = "ID" if gate.key == "id_accuracy" else "OOD"
+            if gate.key in summary:
+                role = "ID" if gate.key in spec.id_keys else "OOD"
                 raise UsageError(f"{gate.flag} {gate.key}: there are no {role} datasets to "
                                  "average")
             raise UsageError(f"{gate.flag} '{gate.key}': unknown metric; {_close(gate.key, keys)}"
-                             f"use one of {', '.join(SUMMARY_METRICS)} or DATASET.METRIC with "
-                             f"METRIC in {', '.join(DATASET_METRICS)} and DATASET in "
+                             f"use one of {', '.join(summary)} or DATASET.METRIC with "
+                             f"METRIC in {', '.join(spec.dataset_metrics)} and DATASET in "
                              f"{', '.join(datasets)}")
-        higher = gate.metric in HIGHER_IS_BETTER
+        higher = spec.higher(gate.metric)
         if higher != (gate.kind == "under"):
             other = "under" if higher else "over"
             better = "higher" if higher else "lower"
             raise UsageError(f"{gate.flag} {gate.key}: {gate.metric} is better when {better}; "
                              f"use --fail-{other} {gate.key}={gate.threshold:g}")
-        if gate.metric in FRACTIONS and not 0.0 <= gate.threshold <= 1.0:
+        if spec.fraction(gate.metric) and not 0.0 <= gate.threshold <= 1.0:
             raise UsageError(f"{gate.flag} {gate.key}={gate.threshold:g}: {gate.metric} is a "
                              f"fraction in [0, 1] (write 0.7 for 70%)")
 
 
-def _summary_defined(key: str, id_names: Sequence[str], ood_names: Sequence[str]) -> bool:
-    return bool(id_names) if key == "id_accuracy" else bool(ood_names)
+def _summary_defined(key: str, id_names: Sequence[str], ood_names: Sequence[str],
+                     spec: TaskMetrics) -> bool:
+    return bool(id_names) if key in spec.id_keys else bool(ood_names)
 
 
 # --------------------------------------------------------------------------- the request and plan
@@ -212,13 +227,22 @@ class EvalRequest:
 
 
 @dataclass
+class Loaded:
+    """Finetuned weights, their step, and (trained head, head at θ₀) when the run has a head."""
+
+    weights: dict[str, torch.Tensor]
+    step: int | None
+    head: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
+
+
+@dataclass
 class _Source:
     """Where the model comes from: base recipe tables, finetuned weights, description."""
 
     kind: str
     raw: dict[str, Any]
     recipe_source: str
-    load_weights: Callable[[], tuple[dict[str, torch.Tensor], int | None]] | None
+    load_weights: Callable[[], Loaded] | None
     info: dict[str, Any]
 
 
@@ -228,9 +252,10 @@ class EvalPlan:
 
     recipe: Recipe
     model: dict[str, Any]
-    load_weights: Callable[[], tuple[dict[str, torch.Tensor], int | None]] | None
+    load_weights: Callable[[], Loaded] | None
     alphas: list[float] | None
     gates: list[Gate]
+    metrics: TaskMetrics = CLASSIFICATION_METRICS  # the task's, read by gates and tables
 
     @property
     def id_names(self) -> list[str]:
@@ -279,8 +304,9 @@ def _run_source(req: EvalRequest, which: str) -> _Source:
     run = RunDir(req.run_dir, checkpoint=checkpoint)
     raw = {k: v for k, v in run.lock.items() if k != "lock"}
 
-    def load() -> tuple[dict[str, torch.Tensor], int | None]:
-        return run.weights(which), run.checkpoint.get("step")
+    def load() -> Loaded:
+        return Loaded(run.weights(which), run.checkpoint.get("step"),
+                      checkpoint_head(run.checkpoint))
 
     return _Source("run", raw, str(run.lock_path), load,
                    {"path": str(run.path), "checkpoint": str(run.checkpoint_path), "which": which})
@@ -296,8 +322,9 @@ def _checkpoint_source(req: EvalRequest, which: str) -> _Source:
         raise UsageError(f"checkpoint '{req.checkpoint}' carries no recipe; pass --recipe FILE "
                          "with the recipe it was trained with")
 
-    def load() -> tuple[dict[str, torch.Tensor], int | None]:
-        return checkpoint_weights(state, which, f"checkpoint '{req.checkpoint}'"), state.get("step")
+    def load() -> Loaded:
+        return Loaded(checkpoint_weights(state, which, f"checkpoint '{req.checkpoint}'"),
+                      state.get("step"), checkpoint_head(state))
 
     return _Source("checkpoint", raw, origin, load,
                    {"path": str(req.checkpoint), "checkpoint": str(req.checkpoint),
@@ -383,9 +410,12 @@ def prepare(req: EvalRequest) -> EvalPlan:
     host.backbones.get(recipe.model.backbone)
     for spec in recipe.data.id + recipe.data.ood:
         host.datasets.get(spec["name"])  # unknown names fail here, listing close matches
+    # The run's task decides what is measured (and so which gate keys exist); building it also
+    # checks the [task] options before any weights are read.
+    task = host.tasks.get(recipe.task.name).factory(dict(recipe.task.options))
     plan = EvalPlan(recipe, _describe(source, recipe), source.load_weights, req.wise_alphas,
-                    list(req.gates))
-    validate_gates(plan.gates, plan.id_names, plan.ood_names)
+                    list(req.gates), task_metrics(task))
+    validate_gates(plan.gates, plan.id_names, plan.ood_names, plan.metrics)
     return plan
 
 
@@ -407,31 +437,38 @@ class EvalReport:
 
     document: dict[str, Any]
     predictions: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    metrics: TaskMetrics = CLASSIFICATION_METRICS
 
 
 def summarize(metrics: dict[str, dict[str, Any]], id_names: Sequence[str],
-              ood_names: Sequence[str]) -> dict[str, Any]:
-    """Per-dataset metrics plus the mean OOD accuracy and ECE and the mean ID accuracy."""
+              ood_names: Sequence[str],
+              spec: TaskMetrics = CLASSIFICATION_METRICS) -> dict[str, Any]:
+    """Per-dataset metrics plus the task's averages: ``avg_ood_<m>`` over the OOD sets, then
+    ``id_<m>`` over the ID sets (None without such sets); classification: the mean OOD accuracy
+    and ECE and the mean ID accuracy."""
 
     def mean(names: Sequence[str], key: str) -> float | None:
         return float(np.mean([metrics[n][key] for n in names])) if names else None
 
-    return {"datasets": metrics, "avg_ood_accuracy": mean(ood_names, "accuracy"),
-            "avg_ood_ece": mean(ood_names, "ece"), "id_accuracy": mean(id_names, "accuracy")}
+    out: dict[str, Any] = {"datasets": metrics}
+    for key in spec.summary_keys:
+        out[key] = mean(id_names if key in spec.id_keys else ood_names, spec.base(key))
+    return out
 
 
 def run_plan(plan: EvalPlan, reporter: Reporter | None = None) -> EvalReport:
     """Evaluate the plan's model (or each WiSE-FT mix) on every dataset of the plan."""
     from tracer_cli.engine.precision import resolve_device, resolve_precision
-    from tracer_cli.engine.run import build_task, eval_sets
+    from tracer_cli.engine.run import build_task, eval_sets, task_evaluate
 
     reporter = reporter or current_reporter()
     start = time.time()
     recipe, model = plan.recipe, dict(plan.model)
     device = resolve_device(recipe.run.device)
     precision = resolve_precision(recipe.run.precision, device)
-    tuned, step = plan.load_weights() if plan.load_weights else (None, None)
-    model["step"] = step
+    loaded = plan.load_weights() if plan.load_weights else None
+    tuned = loaded.weights if loaded is not None else None
+    model["step"] = loaded.step if loaded is not None else None
     backbone = pretrained_backbone(recipe)
     module = backbone.model
     theta0 = ({k: v.detach().clone() for k, v in module.state_dict().items()}
@@ -439,6 +476,13 @@ def run_plan(plan: EvalPlan, reporter: Reporter | None = None) -> EvalReport:
     if tuned is not None:  # also for WiSE-FT: a foreign checkpoint fails before data is read
         load_weights(module, tuned, model["checkpoint"])
     task = build_task(recipe)
+    # A run that trained a head (lp/ft/lpft, vqa) is read through it; WiSE-FT mixes the head too,
+    # from its θ₀ initialisation (the zero-shot head for classification) to the trained one.
+    head_states = loaded.head if loaded is not None else None
+    head = build_head(task, head_states[0], model["checkpoint"]) if head_states else None
+    if head is not None:
+        model["head"] = True
+        head.to(device)
     sets = eval_sets(recipe, backbone)
     module.to(device)
     reported = plan.reported_alpha
@@ -446,12 +490,17 @@ def run_plan(plan: EvalPlan, reporter: Reporter | None = None) -> EvalReport:
     for alpha in plan.alphas or [None]:
         if alpha is not None:
             load_weights(module, interpolate(theta0, tuned, alpha), model["checkpoint"])
+            if head is not None:
+                head.load_state_dict(interpolate(head_states[1], head_states[0], alpha))
         reporter.notice(f"evaluating {_what(model, alpha)} on {', '.join(sets)}")
-        results = task.evaluate(backbone, module, sets, precision.device, precision.autocast)
+        results = task_evaluate(task, backbone, module, sets, precision.device,
+                                precision.autocast, head)
         metrics = {name: r["metrics"] for name, r in results.items()}
-        entries.append({"alpha": alpha, **summarize(metrics, plan.id_names, plan.ood_names)})
-        if alpha == reported:
-            predictions = {n: (r["logits"], r["labels"]) for n, r in results.items()}
+        entries.append({"alpha": alpha, **summarize(metrics, plan.id_names, plan.ood_names,
+                                                    plan.metrics)})
+        if alpha == reported:  # tasks without logits and labels (retrieval) have no predictions
+            predictions = {n: (r["logits"], r["labels"]) for n, r in results.items()
+                           if r.get("logits") is not None and r.get("labels") is not None}
         del results
     top = next(e for e in entries if e["alpha"] == reported)
     document = {**{k: v for k, v in top.items() if k != "alpha"},
@@ -461,7 +510,7 @@ def run_plan(plan: EvalPlan, reporter: Reporter | None = None) -> EvalReport:
                 "runtime": {"device": str(device), "precision": precision.name,
                             "wall_time_s": round(time.time() - start, 2)}}
     document["gates"] = gate_results(plan.gates, document)
-    return EvalReport(document, predictions)
+    return EvalReport(document, predictions, plan.metrics)
 
 
 def _what(model: dict[str, Any], alpha: float | None) -> str:
@@ -476,7 +525,7 @@ def _what(model: dict[str, Any], alpha: float | None) -> str:
 
 
 def _value(document: dict[str, Any], gate: Gate) -> float:
-    if gate.key in SUMMARY_METRICS:
+    if gate.summary:
         return document[gate.key]
     dataset, metric = gate.key.rsplit(".", 1)
     return document["datasets"][dataset][metric]
@@ -513,17 +562,23 @@ def safe_filename(name: str) -> str:
 def write_outputs(report: EvalReport, output_dir: Path, save_predictions: bool = False
                   ) -> list[Path]:
     """``eval.json`` (written last, so its presence means the folder is complete), one
-    reliability diagram per dataset, the WiSE-FT curve, and optionally the predictions."""
+    reliability diagram per dataset whose task returned logits and labels (classification, vqa;
+    not retrieval), the WiSE-FT curve of the task's primary metric, and optionally the predictions
+    (vqa: a label of -1 is an answer outside the scored vocabulary)."""
     from tracer_cli import plots
     from tracer_cli.io import atomic_path, atomic_write_json
+    from tracer_cli.metrics import ece as expected_calibration_error
     from tracer_cli.metrics import reliability_bins, softmax
 
     output_dir = Path(output_dir)
-    doc, written = report.document, []
+    doc, written, spec = report.document, [], report.metrics
     for name, (logits, labels) in report.predictions.items():
-        ece = doc["datasets"][name]["ece"]
+        probs = softmax(logits)
+        ece = doc["datasets"][name].get("ece")
+        if ece is None:
+            ece = expected_calibration_error(probs, labels)
         written.append(plots.reliability_diagram(
-            reliability_bins(softmax(logits), labels),
+            reliability_bins(probs, labels),
             output_dir / f"reliability_{safe_filename(name)}.png", f"{name}: ECE {ece:.3f}"))
         if save_predictions:
             path = output_dir / "predictions" / f"{safe_filename(name)}.npz"
@@ -532,11 +587,14 @@ def write_outputs(report: EvalReport, output_dir: Path, save_predictions: bool =
                          labels=labels.numpy().astype(np.int64))
             written.append(path)
     wise = doc.get("wise") or []
-    if wise and doc["id"] and doc["ood"]:
+    primary = spec.primary
+    curve = f"id_{primary}" in spec.id_keys and f"avg_ood_{primary}" in spec.ood_keys
+    if wise and doc["id"] and doc["ood"] and curve:
         written.append(plots.wise_curve([e["alpha"] for e in wise],
-                                        [e["id_accuracy"] for e in wise],
-                                        [e["avg_ood_accuracy"] for e in wise],
-                                        output_dir / "wise_curve.png"))
+                                        [e[f"id_{primary}"] for e in wise],
+                                        [e[f"avg_ood_{primary}"] for e in wise],
+                                        output_dir / "wise_curve.png",
+                                        metric=primary.replace("_", " ")))
     atomic_write_json(output_dir / "eval.json", doc)
     written.append(output_dir / "eval.json")
     return written

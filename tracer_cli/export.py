@@ -185,11 +185,47 @@ def export(req: ExportRequest, reporter: Reporter | None = None) -> ExportResult
                        req.format)
     with atomic_dir(req.output) as tmp:
         details = WRITERS[req.format](tmp, subject, reporter)
+        head = _write_head(tmp, run, req, subject.dtype)
+        if head is not None:
+            details["head"] = head
         card = build_card(req, run, subject, tmp, details)
         write_card(tmp, card)
         _usual_permissions(tmp)
     reporter.notice(f"wrote {req.format} export to {req.output}")
     return ExportResult(req.output, card)
+
+
+HEAD_WEIGHTS = "head.safetensors"
+HEAD_CONFIG = "head.json"
+
+
+def _write_head(folder: Path, run: RunDir, req: ExportRequest, dtype: torch.dtype
+                ) -> dict[str, Any] | None:
+    """A run that trained a task head (lp/ft/lpft, vqa) exports it beside the backbone, in every
+    format: ``head.safetensors`` (its tensors; WiSE-FT mixes it from its θ₀ initialisation like
+    the backbone) and ``head.json`` (what it computes from which features, and what each output
+    means: class names or the answer vocabulary). None for runs without a head."""
+    from safetensors.torch import save_file
+
+    from tracer_cli.engine.run import build_task
+    from tracer_cli.runs import build_head, checkpoint_head, interpolate
+
+    states = checkpoint_head(run.checkpoint)
+    if states is None:
+        return None
+    trained, init = states
+    state = trained if req.wise_alpha is None else interpolate(init, trained, req.wise_alpha)
+    head = build_head(build_task(run.recipe), state, run.checkpoint_path)
+    tensors = {name: (t.detach().cpu().to(dtype) if t.is_floating_point() else t.detach().cpu())
+               .contiguous() for name, t in head.state_dict().items()
+               if isinstance(t, torch.Tensor)}
+    save_file(tensors, str(folder / HEAD_WEIGHTS),
+              metadata={"format": "pt", "producer": f"tracer {tracer_cli.__version__}"})
+    describe = head.describe() if hasattr(head, "describe") else {"kind": type(head).__name__}
+    config = {"task": run.recipe.task.name, "which": req.which, "wise_alpha": req.wise_alpha,
+              **describe, "tensors": {n: list(t.shape) for n, t in tensors.items()}}
+    (folder / HEAD_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return {"weights": HEAD_WEIGHTS, "config": HEAD_CONFIG, "kind": config.get("kind")}
 
 
 def _usual_permissions(folder: Path) -> None:
@@ -481,7 +517,15 @@ def file_entries(folder: Path) -> list[dict[str, Any]]:
 def method_name(recipe: Recipe) -> str:
     """What the recipe trains, in words: ``TRACER (WMA teacher β=0.5, views crd/fd/icl/xkd)``,
     ``FLYP`` (contrastive finetuning without a teacher term), ..."""
-    t, d = recipe.teacher, recipe.distill
+    t, d, train = recipe.teacher, recipe.distill, recipe.train
+    if train.method == "zeroshot":
+        return "zero-shot (pretrained weights, not trained)"
+    if train.method == "lp":
+        return "LP (linear probe on frozen features, head initialised from the zero-shot head)"
+    if train.method == "ft":
+        return "FT (cross-entropy through a head initialised from the zero-shot head)"
+    if train.method == "lpft":
+        return f"LP-FT ({train.resolved_lp_steps()} probing steps, then the whole model)"
     extras = [f"λ_fn={d.lambda_fn:g}"] * (d.lambda_fn > 0) + \
         [f"λ_orth={d.lambda_orth:g}"] * (d.lambda_orth > 0)
     if t.kind == "none" or d.lambda_sd == 0:
@@ -603,6 +647,7 @@ def run_eval(run: RunDir, req: ExportRequest) -> dict[str, Any] | None:
     found = _summary_eval(run.path) or _eval_files(run)
     if found is None:
         return None
+    found["metrics"] = _metrics_of(run)
     alpha = req.wise_alpha
     describes = None
     if alpha == 0.0:
@@ -611,6 +656,20 @@ def run_eval(run: RunDir, req: ExportRequest) -> dict[str, Any] | None:
         describes = req.which
     found["describes"] = describes if describes in found["models"] else None
     return found
+
+
+def _metrics_of(run: RunDir) -> dict[str, Any]:
+    """How to read the run's numbers: its task's headline metric and the metrics it averages
+    over the OOD sets (from the task's :class:`~tracer_cli.contracts.TaskMetrics`)."""
+    from tracer_cli.contracts import task_metrics
+    from tracer_cli.engine.run import build_task
+
+    spec = task_metrics(build_task(run.recipe))
+    shown = [spec.primary, *spec.averaged]
+    return {"task": run.recipe.task.name, "primary": spec.primary,
+            "averaged": list(spec.averaged),
+            "headers": {m: spec.header(m) for m in dict.fromkeys(shown)},
+            "percent": sorted(m for m in dict.fromkeys(shown) if m in spec.percent)}
 
 
 def _read_json(path: Path) -> Any:
@@ -745,17 +804,30 @@ def _eval_lines(ev: dict[str, Any] | None) -> list[str]:
         return ["## Evaluation", "", "The run has no evaluation; measure this model with "
                 "`tracer eval RUN_DIR` (add `--which` / `--wise-alpha` as exported).", ""]
     names = list(ev["id"]) + list(ev["ood"])
+    spec = ev.get("metrics") or _CLASSIFICATION_CARD
+    primary, averaged = spec["primary"], list(spec["averaged"])
+    headers, percent = spec["headers"], set(spec["percent"])
+
+    def cell(metric: str, value: Any) -> str:
+        return _pct(value) if metric in percent else _num(value)
+
     lines = ["## Evaluation (from the run)", "",
              f"Source: `{ev['source']}`; the exported model is "
              + (f"`{ev['describes']}`." if ev["describes"] else
                 "none of these (evaluate it with `tracer eval`)."), "",
-             "| model | " + " | ".join(f"{n} acc %" for n in names) + " | avg OOD acc % | "
-             "avg OOD ECE |", "|---|" + "---:|" * (len(names) + 2)]
+             "| model | " + " | ".join(f"{n} {headers[primary]}" for n in names)
+             + "".join(f" | avg OOD {headers[m]}" for m in averaged) + " |",
+             "|---|" + "---:|" * (len(names) + len(averaged))]
     for tag, metrics in ev["models"].items():
-        cells = [_pct((metrics.get(n) or {}).get("accuracy")) for n in names]
-        cells += [_pct(metrics.get("avg_ood_accuracy")), _num(metrics.get("avg_ood_ece"))]
+        cells = [cell(primary, (metrics.get(n) or {}).get(primary)) for n in names]
+        cells += [cell(m, metrics.get(f"avg_ood_{m}")) for m in averaged]
         lines.append(f"| {tag} | " + " | ".join(cells) + " |")
     return lines + [""]
+
+
+# How a card without a "metrics" entry (written before tasks declared metrics) reads its numbers.
+_CLASSIFICATION_CARD = {"primary": "accuracy", "averaged": ["accuracy", "ece"],
+                        "headers": {"accuracy": "acc %", "ece": "ECE"}, "percent": ["accuracy"]}
 
 
 def _pct(value: Any) -> str:

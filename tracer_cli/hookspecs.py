@@ -42,5 +42,7 @@ def tracer_register_tasks(registry) -> None:
     Called once when the plugin host loads. Call ``registry.add(name, factory)`` for each task.
     ``factory(task_section: dict)`` receives the recipe's ``[task]`` table without ``name`` and
     returns an object satisfying :class:`tracer_cli.contracts.Task`: it owns its head, the texts
-    paired with training images, and its metrics.
+    paired with training images, and its metrics. A task declares what it reports with a class
+    attribute ``metrics = TaskMetrics(...)`` (:class:`tracer_cli.contracts.TaskMetrics`; summaries,
+    tables and gates follow it); without one it is read as classification.
     """

@@ -49,8 +49,10 @@ def reliability_diagram(bins: Sequence[ReliabilityBin], path: Path, title: str) 
 
 
 def wise_curve(alphas: Sequence[float], id_accuracy: Sequence[float],
-               ood_accuracy: Sequence[float], path: Path, title: str = "WiSE-FT") -> Path:
-    """Average OOD accuracy against ID accuracy, one point per mixing coefficient α."""
+               ood_accuracy: Sequence[float], path: Path, title: str = "WiSE-FT",
+               metric: str = "accuracy") -> Path:
+    """Average OOD ``metric`` (accuracy, or a task's primary metric such as mean recall) against
+    its ID value, one point per mixing coefficient α."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(4.8, 4.2))
@@ -62,6 +64,6 @@ def wise_curve(alphas: Sequence[float], id_accuracy: Sequence[float],
         # Alternate above/below: neighbouring α often land almost on the same point.
         axes.annotate(f"α={alpha:g}", (x, y), textcoords="offset points",
                       xytext=(5, 4 if i % 2 == 0 else -11), fontsize="small")
-    axes.set(xlabel="ID accuracy (%)", ylabel="average OOD accuracy (%)", title=title)
+    axes.set(xlabel=f"ID {metric} (%)", ylabel=f"average OOD {metric} (%)", title=title)
     axes.grid(alpha=0.3)
     return _save(figure, path)

@@ -28,6 +28,27 @@ from tracer_cli.errors import RecipeError, UsageError
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 TEACHERS = ("wma", "ema", "static", "none")
+# What a run trains (``train.method``); see METHOD_DEFAULTS and docs/methods.md.
+METHODS = ("zeroshot", "lp", "ft", "lpft", "flyp", "carot", "tracer")
+# Methods that train a task head with its supervised loss (cross-entropy for classification)
+# instead of the contrastive image-text loss, and take no teacher.
+HEAD_METHODS = ("lp", "ft", "lpft")
+# Each method's values for the [teacher] and [distill] keys a recipe leaves unset. TRACER: the
+# paper's ViT-B/16 defaults; CaRot: EMA teacher (0.05 -> 0.9 over the first 20% of steps, every 500
+# steps), plain soft-label distillation λ_sd = 1.5 and orthogonality λ_orth = 0.2 (Oh et al. 2024);
+# every other method: no teacher and no regularizer. Explicit keys always win. update_every is
+# left to the teacher kind's own default (1 for wma, 500 for ema), so a tracer recipe that switches
+# to an EMA teacher gets the EMA interval.
+METHOD_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "tracer": {"teacher": {"kind": "wma", "beta": 0.5},
+               "distill": {"lambda_sd": 0.9, "crd": 1.0, "fd": 2000.0, "icl": 1.0, "xkd": 1.0,
+                           "lambda_fn": 0.05, "lambda_orth": 0.0}},
+    "carot": {"teacher": {"kind": "ema", "momentum_start": 0.05, "momentum_end": 0.9,
+                          "momentum_warmup": 0.2},
+              "distill": {"lambda_sd": 1.5, "crd": 0.0, "fd": 0.0, "icl": 0.0, "xkd": 0.0,
+                          "lambda_fn": 0.0, "lambda_orth": 0.2}},
+    **{m: {"teacher": {"kind": "none"}} for m in ("zeroshot", "lp", "ft", "lpft", "flyp")},
+}
 NONFINITE_ACTIONS = ("stop", "skip")
 # numpy seeds its global generator from an unsigned 32-bit value.
 MAX_SEED = 2**32 - 1
@@ -47,6 +68,9 @@ class RunConfig:
     device: str = "auto"
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
     eval: bool = True
+    # Evaluate the pretrained model too before training (eval/zeroshot.json); false skips it when
+    # a batch of runs shares one pretrained model (benchmarks/robustness.py evaluates it once).
+    eval_zeroshot: bool = True
     log_every: int = 10
     # Keep a frozen copy of the initial student to log ‖θ − θ₀‖ and ‖θ − φ‖ / ‖θ − θ₀‖ (one extra
     # parameter copy in memory while a teacher is active); false drops it for very large models.
@@ -107,6 +131,7 @@ class TaskConfig:
 
 @dataclass
 class TrainConfig:
+    method: Literal["zeroshot", "lp", "ft", "lpft", "flyp", "carot", "tracer"] = "tracer"
     steps: int = 100
     batch_size: int = 64
     lr: float = 1e-5
@@ -122,6 +147,19 @@ class TrainConfig:
     # channels_last memory format for convolutional towers.
     compile: bool = False
     channels_last: bool = False
+    # Learning rate of a task head (lp, ft, lpft, and tasks with a head such as vqa); 0: train.lr.
+    head_lr: float = 0.0
+    # lpft: steps of the linear-probe phase (head only, at head_lr) before the whole model trains;
+    # 0: half of train.steps.
+    lp_steps: int = 0
+
+    def resolved_head_lr(self) -> float:
+        return self.head_lr or self.lr
+
+    def resolved_lp_steps(self) -> int:
+        if self.method != "lpft":
+            return self.steps if self.method == "lp" else 0
+        return self.lp_steps or self.steps // 2
 
     def validate(self, path: str) -> None:
         for key in ("steps", "batch_size"):
@@ -132,6 +170,13 @@ class TrainConfig:
                f"got {self.warmup_steps}; must be between 0 and train.steps ({self.steps})")
         _check(f"{path}.checkpoint_every", self.checkpoint_every >= 0,
                "must be >= 0 (0: only the final checkpoint)")
+        _check(f"{path}.head_lr", self.head_lr >= 0, "must be >= 0 (0: train.lr)")
+        _check(f"{path}.lp_steps", 0 <= self.lp_steps < self.steps,
+               f"got {self.lp_steps}; must be >= 0 and < train.steps ({self.steps}) (0: half of "
+               "the steps)")
+        if self.lp_steps and self.method != "lpft":
+            raise RecipeError(f"{path}.lp_steps", f"only applies to train.method = 'lpft' (got "
+                              f"'{self.method}')")
 
 
 @dataclass
@@ -310,9 +355,10 @@ def from_dict(raw: dict[str, Any], source: str = "<memory>") -> Recipe:
     if unknown:
         raise RecipeError(unknown[0], f"unknown section; allowed: {', '.join(SECTIONS)}")
     _check("data", "data" in raw, "section is required")
+    raw = with_method_defaults(raw)
     model = _section(ModelConfig, raw.get("model", {}), "model", extra="options")
     task = _section(TaskConfig, raw.get("task", {}), "task", extra="options")
-    return Recipe(
+    recipe = Recipe(
         run=_section(RunConfig, raw.get("run", {}), "run"),
         model=model,
         data=_data_section(raw["data"], "data"),
@@ -322,6 +368,44 @@ def from_dict(raw: dict[str, Any], source: str = "<memory>") -> Recipe:
         distill=_section(DistillConfig, raw.get("distill", {}), "distill"),
         source=source,
     )
+    _check_method(recipe)
+    return recipe
+
+
+def with_method_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with the [teacher] and [distill] keys it leaves unset filled from its method's
+    defaults (:data:`METHOD_DEFAULTS`); a copy, the input is not changed."""
+    train = raw.get("train", {})
+    method = train.get("method", "tracer") if isinstance(train, dict) else "tracer"
+    if method not in METHODS:
+        raise RecipeError("train.method", f"got {method!r}; allowed: {', '.join(METHODS)}")
+    raw = copy.deepcopy(raw)
+    for section, defaults in METHOD_DEFAULTS[method].items():
+        table = raw.setdefault(section, {})
+        if isinstance(table, dict):  # anything else fails in _section with its key path
+            for key, value in defaults.items():
+                table.setdefault(key, value)
+    return raw
+
+
+def _check_method(recipe: Recipe) -> None:
+    """Methods without a teacher term refuse teacher and distillation keys instead of silently
+    ignoring them."""
+    method = recipe.train.method
+    if method in ("flyp", "carot", "tracer"):
+        return
+    what = ("trains a task head with cross-entropy" if method in HEAD_METHODS
+            else "evaluates the pretrained model without training")
+    _check("teacher.kind", recipe.teacher.kind == "none",
+           f"got {recipe.teacher.kind!r}, but train.method = '{method}' {what} and takes no "
+           "teacher; set teacher.kind = 'none' or use train.method 'tracer' or 'carot'")
+    for f in dataclasses.fields(recipe.distill):
+        if f.name == "temperature":
+            continue
+        value = getattr(recipe.distill, f.name)
+        _check(f"distill.{f.name}", value == 0,
+               f"got {value:g}, but train.method = '{method}' {what} and has no distillation or "
+               "projection regularizer; remove it or use train.method 'tracer' or 'carot'")
 
 
 # --------------------------------------------------------------------------- resuming
@@ -330,7 +414,8 @@ def from_dict(raw: dict[str, Any], source: str = "<memory>") -> Recipe:
 # checkpoints, and how it treats bad data or a non-finite loss (resuming with on_nonfinite = "skip"
 # after a stop is the point of that key). Every other key shapes the training trajectory.
 RESUME_FREE_KEYS = (
-    "run.name", "run.output_dir", "run.device", "run.precision", "run.eval", "run.log_every",
+    "run.name", "run.output_dir", "run.device", "run.precision", "run.eval", "run.eval_zeroshot",
+    "run.log_every",
     "run.track_drift", "model.cache_dir", "data.id", "data.ood", "data.eval_batch_size",
     "data.num_workers", "data.max_bad_fraction", "data.options", "task.templates",
     "task.templates_file", "train.checkpoint_every", "train.on_nonfinite", "train.compile",

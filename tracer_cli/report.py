@@ -1,4 +1,5 @@
-"""Result tables for people: zero-shot vs finetuned accuracy per dataset and the OOD average."""
+"""Result tables for people: zero-shot vs finetuned results per dataset and the OOD average, in
+the task's headline metric (accuracy for classification, mean recall for retrieval)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,27 @@ from typing import Any
 
 from rich.table import Table
 
+from tracer_cli.metric_spec import CLASSIFICATION_METRICS, TaskMetrics
+
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
-def accuracy_table(summary: dict[str, Any], title: str = "accuracy (%)") -> Table:
-    """Rows: datasets (ID first, then OOD, then the OOD average); columns: evaluated models."""
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def accuracy_table(summary: dict[str, Any], title: str | None = None,
+                   metrics: TaskMetrics = CLASSIFICATION_METRICS) -> Table:
+    """Rows: datasets (ID first, then OOD, then the OOD average); columns: evaluated models;
+    cells: the task's primary metric (``metrics.primary``), in % when it is a percentage."""
+    primary = metrics.primary
+    percent = primary in metrics.percent
+    show = _pct if percent else _num
+    words = primary.replace("_", " ")
     models = summary.get("models", {})
-    table = Table(title=title)
+    table = Table(title=title or (f"{words} (%)" if percent else words))
     table.add_column("dataset")
     table.add_column("role")
     for model in models:
@@ -22,8 +35,8 @@ def accuracy_table(summary: dict[str, Any], title: str = "accuracy (%)") -> Tabl
     for role in ("id", "ood"):
         for name in summary.get(role, []):
             table.add_row(name, role.upper(),
-                          *(_pct(models[m].get(name, {}).get("accuracy")) for m in models))
-    if summary.get("ood"):
-        table.add_row("average OOD", "", *(_pct(models[m].get("avg_ood_accuracy")) for m in models),
-                      style="bold")
+                          *(show(models[m].get(name, {}).get(primary)) for m in models))
+    if summary.get("ood") and primary in metrics.averaged:
+        table.add_row("average OOD", "",
+                      *(show(models[m].get(f"avg_ood_{primary}")) for m in models), style="bold")
     return table

@@ -6,6 +6,7 @@ and every command gives the same clear error for a missing or truncated checkpoi
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from functools import cached_property
@@ -41,7 +42,9 @@ def interpolate(theta0: dict[str, torch.Tensor], theta1: dict[str, torch.Tensor]
     out = {}
     for name, t1 in theta1.items():
         t0 = theta0[name]
-        if alpha == 0.0:
+        if not isinstance(t1, torch.Tensor):  # a module's extra state (a head's class names)
+            out[name] = copy.deepcopy(t1)
+        elif alpha == 0.0:
             out[name] = t0.clone()
         elif alpha == 1.0 or not t1.is_floating_point():
             out[name] = t1.clone()
@@ -114,6 +117,27 @@ class RunDir:
                 yield json.loads(line)
             except json.JSONDecodeError:
                 continue
+
+
+def checkpoint_head(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor],
+                                                    dict[str, torch.Tensor]] | None:
+    """(trained head, head at θ₀) of a run that trained a task head (lp/ft/lpft, vqa), or None.
+
+    The teacher has no head of its own; it is read with the student's."""
+    head = state.get("head")
+    if not isinstance(head, dict):
+        return None
+    init = state.get("head_init")
+    return head, (init if isinstance(init, dict) else head)
+
+
+def build_head(task: Any, state: dict[str, torch.Tensor], source: Path | str) -> nn.Module:
+    """The task's head rebuilt from a checkpoint's head state."""
+    load = getattr(task, "load_head", None)
+    if load is None:
+        raise UsageError(f"'{source}' holds a trained task head, but this task cannot load one "
+                         "(it has no load_head)")
+    return load(state)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -34,22 +34,26 @@ def pretrain_recipe_text() -> str:
     return resources.files("tracer_cli.recipes").joinpath(PRETRAIN_RECIPE).read_text("utf-8")
 
 
-def embedded_path(arch: str) -> Path:
+def embedded_path(arch: str, seed: int = 0) -> Path:
+    """The cache file of ``arch`` pretrained with ``run.seed = seed`` (seed 0: the recipe's own)."""
     digest = hashlib.sha256(f"{arch}\n{pretrain_recipe_text()}".encode()).hexdigest()[:12]
-    return cache_dir() / "embedded" / f"{arch}-{digest}.pt"
+    suffix = f"-seed{seed}" if seed else ""
+    return cache_dir() / "embedded" / f"{arch}-{digest}{suffix}.pt"
 
 
-def embedded_weights(arch: str) -> Path:
-    """Path of the embedded weights for ``arch``, building them first if needed."""
-    path = embedded_path(arch)
+def embedded_weights(arch: str, seed: int = 0) -> Path:
+    """Path of the embedded weights for ``arch`` (pretraining seed ``seed``), building them first
+    if needed."""
+    path = embedded_path(arch, seed)
     if path.is_file():
         return path
-    build_embedded(arch, path)
+    build_embedded(arch, path, seed)
     return path
 
 
-def build_embedded(arch: str, path: Path) -> None:
-    """Pretrain ``arch`` with the packaged recipe and store the student's weights at ``path``."""
+def build_embedded(arch: str, path: Path, seed: int = 0) -> None:
+    """Pretrain ``arch`` with the packaged recipe (``run.seed = seed``: initialisation, data order
+    and augmentation; the synthetic world itself is the same) and store the student's weights."""
     from tracer_cli import recipe as recipe_mod
     from tracer_cli.engine.run import finetune
 
@@ -61,7 +65,7 @@ def build_embedded(arch: str, path: Path) -> None:
         src = Path(tmp) / PRETRAIN_RECIPE
         src.write_text(pretrain_recipe_text(), encoding="utf-8")
         recipe = recipe_mod.load(src, [f"model.arch={arch}", "run.eval=false",
-                                       "train.checkpoint_every=0"])
+                                       "train.checkpoint_every=0", f"run.seed={seed}"])
         result = finetune(recipe, output_dir=Path(tmp) / "runs", reporter=reporter)
         state = checkpoint.load(result.run_dir / "last.pt")["state_dict"]
         checkpoint.save(path, {"state_dict": state})

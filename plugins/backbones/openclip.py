@@ -93,7 +93,8 @@ def _quiet_root_logger():
         root.setLevel(level)
 
 
-def _create(arch: str, pretrained: str, cache_dir: str | None, image_size: int | None) -> nn.Module:
+def _create(arch: str, pretrained: str, cache_dir: str | None, image_size: int | None,
+            embedded_seed: int = 0) -> nn.Module:
     kwargs: dict[str, Any] = {"cache_dir": cache_dir}
     if image_size:
         kwargs["force_image_size"] = image_size
@@ -109,7 +110,8 @@ def _create(arch: str, pretrained: str, cache_dir: str | None, image_size: int |
         if arch not in TINY_ARCHS:
             raise RecipeError("model.pretrained", f"'embedded' weights exist only for the tiny "
                               f"archs ({', '.join(TINY_ARCHS)}), not '{arch}'")
-        return open_clip.create_model(arch, pretrained=str(embedded_weights(arch)), **kwargs)
+        weights = embedded_weights(arch, embedded_seed)
+        return open_clip.create_model(arch, pretrained=str(weights), **kwargs)
     if os.path.isfile(pretrained):
         return open_clip.create_model(arch, pretrained=pretrained, **kwargs)
     tags = open_clip.list_pretrained_tags_by_model(arch)
@@ -133,7 +135,7 @@ class OpenClipBackbone:
     """An open_clip CLIP with the tokenizer and transforms of its own config."""
 
     def __init__(self, arch: str, pretrained: str, cache_dir: str | None = None,
-                 image_size: int | None = None):
+                 image_size: int | None = None, embedded_seed: int = 0):
         register_tiny_configs()
         if not arch.startswith(("local-dir:", "hf-hub:")) and \
                 arch not in open_clip.list_models():
@@ -142,8 +144,8 @@ class OpenClipBackbone:
             close = difflib.get_close_matches(arch, open_clip.list_models(), n=3)
             raise RecipeError("model.arch", f"unknown open_clip architecture '{arch}'"
                               + (f"; did you mean {', '.join(close)}?" if close else ""))
-        self.arch, self.pretrained = arch, pretrained
-        self.model = _create(arch, pretrained, cache_dir, image_size)
+        self.arch, self.pretrained, self.embedded_seed = arch, pretrained, embedded_seed
+        self.model = _create(arch, pretrained, cache_dir, image_size, embedded_seed)
         self._tokenizer = open_clip.get_tokenizer(arch, cache_dir=cache_dir)
         cfg = PreprocessCfg(**open_clip.get_model_preprocess_cfg(self.model))
         self.preprocess_cfg = cfg
@@ -166,8 +168,9 @@ class OpenClipBackbone:
         return visual_text_projections(module)
 
     def describe(self) -> dict[str, Any]:
+        extra = {"embedded_seed": self.embedded_seed} if self.pretrained == "embedded" else {}
         return {"backbone": "openclip", "arch": self.arch, "pretrained": self.pretrained,
-                "open_clip": open_clip.__version__,
+                **extra, "open_clip": open_clip.__version__,
                 "preprocess": {k: v for k, v in vars(self.preprocess_cfg).items()}}
 
 
@@ -194,8 +197,15 @@ def make_backbone(options: dict[str, Any]) -> OpenClipBackbone:
     pretrained = opts.str("pretrained", default="none")
     cache_dir = opts.str("cache_dir", default=None)
     image_size = opts.int("image_size", default=None, minimum=8)
+    # Which pretraining run of the embedded tiny CLIP (its run.seed): robustness results should
+    # hold across pretraining seeds, not just finetuning seeds.
+    embedded_seed = opts.int("embedded_seed", default=0, minimum=0)
+    if embedded_seed and pretrained != "embedded":
+        raise RecipeError("model.embedded_seed", f"only applies to pretrained = \"embedded\" "
+                          f"(got pretrained = {pretrained!r})")
     opts.done()
-    return OpenClipBackbone(arch, pretrained, cache_dir=cache_dir, image_size=image_size)
+    return OpenClipBackbone(arch, pretrained, cache_dir=cache_dir, image_size=image_size,
+                            embedded_seed=embedded_seed)
 
 
 @hookimpl

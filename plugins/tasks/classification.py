@@ -13,6 +13,12 @@ dataset covering a subset of a parent label space, such as ImageNet-R, also acce
 list), ``train_templates`` (training prompts, same forms as ``templates``), ``train_text``
 (``"templates"`` or ``"captions"``).
 
+Methods ``lp``, ``ft`` and ``lpft`` train a :class:`LinearHead` instead of the contrastive loss:
+logits = f_i Wᵀ + b with W initialised to s times the zero-shot head of the training set's classes
+and b = 0 (WiSE-FT's initialisation), trained with cross-entropy. A run with such a head is evaluated
+through it (a dataset covering a subset of the head's label space reads its columns); without one,
+through the zero-shot text head.
+
 Heads are cached per evaluation call by (class names, templates). A dataset that covers a subset of
 a parent label space (``DatasetBundle.class_subset``, ImageNet-R/-A) takes its rows from the
 parent's head when a dataset of the same call has that parent space with the same templates: each
@@ -26,10 +32,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tracer_cli import hookimpl
-from tracer_cli.contracts import Backbone, DatasetBundle
+from tracer_cli.contracts import CLASSIFICATION_METRICS, Backbone, DatasetBundle
 from tracer_cli.errors import RecipeError, UsageError
 from tracer_cli.metrics import classification_metrics
 from tracer_cli.options import Options
@@ -160,10 +167,49 @@ class _HeadCache:
         return self.heads[key]
 
 
+class LinearHead(nn.Module):
+    """A linear classifier on normalized image features: logits = f_i Wᵀ + b.
+
+    Its class names travel in its state dict (``_extra_state``), so a checkpoint or an export
+    says what each output means.
+    """
+
+    uses_text = False
+
+    def __init__(self, weight: torch.Tensor, classnames: Sequence[str] = ()):
+        super().__init__()
+        classes, dim = weight.shape
+        self.linear = nn.Linear(dim, classes)
+        self.classnames = list(classnames)
+        with torch.no_grad():
+            self.linear.weight.copy_(weight)
+            self.linear.bias.zero_()
+
+    @property
+    def classes(self) -> int:
+        return self.linear.out_features
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"classnames": list(self.classnames)}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.classnames = list(state.get("classnames", []))
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "linear", "input": "L2-normalized image features f_i (D)",
+                "formula": "logits = f_i @ linear.weight.T + linear.bias",
+                "outputs": self.classes, "classnames": list(self.classnames)}
+
+    def forward(self, image_features: torch.Tensor, text_features: Any = None) -> torch.Tensor:
+        return self.linear(image_features.to(self.linear.weight.dtype))
+
+
 class ClassificationTask:
     """Zero-shot-head classification on top of a CLIP backbone."""
 
     name = "classification"
+    objective = "contrastive"
+    metrics = CLASSIFICATION_METRICS
 
     def __init__(self, templates: Sequence[str] | None = None,
                  train_templates: Sequence[str] | None = None, train_text: str = "templates",
@@ -191,11 +237,45 @@ class ClassificationTask:
         picks = torch.randint(len(templates), (len(labels),), generator=rng).tolist()
         return [templates[p].format(names[y]) for y, p in zip(labels, picks)]
 
+    # --- a trained head (lp, ft, lpft) ----------------------------------------------------------
+
+    @torch.no_grad()
+    def make_head(self, backbone: Backbone, module: nn.Module, bundle: DatasetBundle,
+                  device: torch.device, autocast: Any) -> LinearHead:
+        """A linear head over the training set's classes, initialised as the zero-shot head
+        (its evaluation templates) times the logit scale, so at step 0 it predicts exactly what
+        zero-shot evaluation predicts."""
+        names = self._names(bundle, "the training set")
+        templates = self.templates or list(bundle.templates)
+        if not names or not templates:
+            raise UsageError("a classification head needs the training set's class names and "
+                             "prompt templates (task.classnames_file / task.templates)")
+        weights = zero_shot_head(backbone, module, names, templates, device, autocast)
+        return LinearHead(backbone.logit_scale(module).float() * weights, names)
+
+    def load_head(self, state: dict[str, torch.Tensor]) -> LinearHead:
+        """A head rebuilt from a checkpoint's ``head`` state."""
+        weight = state.get("linear.weight")
+        if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
+            raise UsageError("the checkpoint's head is not a classification head (no 2-D "
+                             "'linear.weight')")
+        head = LinearHead(torch.zeros_like(weight, dtype=torch.float32))
+        head.load_state_dict(state)
+        return head
+
+    def head_loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), batch["label"].to(logits.device))
+
+    # --- evaluation -------------------------------------------------------------------------------
+
     @torch.no_grad()
     def evaluate(self, backbone: Backbone, module: nn.Module,
                  datasets: Mapping[str, tuple[DatasetBundle, Any]], device: torch.device,
-                 autocast: Any) -> dict[str, dict[str, Any]]:
-        """Metrics, logits and labels per dataset; one head per (classes, templates) pair."""
+                 autocast: Any, head: LinearHead | None = None) -> dict[str, dict[str, Any]]:
+        """Metrics, logits and labels per dataset: through ``head`` when a run trained one, else
+        through zero-shot heads, one per (classes, templates) pair."""
+        if head is not None:
+            return self._evaluate_head(backbone, module, datasets, device, autocast, head)
         keys = {name: (self._names(bundle, name), tuple(self.templates or bundle.templates))
                 for name, (bundle, _) in datasets.items()}
 
@@ -209,9 +289,36 @@ class ClassificationTask:
         try:
             scale = backbone.logit_scale(module).float()
             for name, (bundle, loader) in datasets.items():
-                head = heads.get(keys[name], bundle.class_subset)
-                logits, labels = self._logits(backbone, module, head, scale, loader, device,
-                                              autocast, name)
+                weights = heads.get(keys[name], bundle.class_subset)
+
+                def classify(feats: torch.Tensor, weights=weights) -> torch.Tensor:
+                    return scale * feats.float() @ weights.T
+
+                logits, labels = self._logits(backbone, module, classify, len(weights), loader,
+                                              device, autocast, name)
+                out[name] = {"metrics": classification_metrics(logits, labels),
+                             "logits": logits, "labels": labels}
+        finally:
+            module.train(was_training)
+        return out
+
+    def _evaluate_head(self, backbone: Backbone, module: nn.Module,
+                       datasets: Mapping[str, tuple[DatasetBundle, Any]], device: torch.device,
+                       autocast: Any, head: LinearHead) -> dict[str, dict[str, Any]]:
+        was_training = module.training
+        module.eval()
+        out = {}
+        try:
+            for name, (bundle, loader) in datasets.items():
+                columns = _head_columns(head.classes, bundle, name)
+
+                def classify(feats: torch.Tensor, columns=columns) -> torch.Tensor:
+                    logits = head(feats).float()
+                    return logits if columns is None else logits[:, columns]
+
+                classes = head.classes if columns is None else len(columns)
+                logits, labels = self._logits(backbone, module, classify, classes, loader,
+                                              device, autocast, name)
                 out[name] = {"metrics": classification_metrics(logits, labels),
                              "logits": logits, "labels": labels}
         finally:
@@ -219,18 +326,32 @@ class ClassificationTask:
         return out
 
     @staticmethod
-    def _logits(backbone: Backbone, module: nn.Module, head: torch.Tensor, scale: torch.Tensor,
+    def _logits(backbone: Backbone, module: nn.Module, classify: Any, classes: int,
                 loader: Any, device: torch.device, autocast: Any,
                 dataset: str = "dataset") -> tuple[torch.Tensor, torch.Tensor]:
         all_logits, all_labels = [], []
         for batch in loader:
-            _check_labels(batch["label"], len(head), dataset)
+            _check_labels(batch["label"], classes, dataset)
             images = batch["image"].to(device, non_blocking=True)
             with autocast():
                 feats = backbone.encode_image(module, images)
-            all_logits.append((scale * feats.float() @ head.T).cpu())
+            all_logits.append(classify(feats).cpu())
             all_labels.append(batch["label"])
         return torch.cat(all_logits), torch.cat(all_labels)
+
+
+def _head_columns(classes: int, bundle: DatasetBundle, dataset: str) -> list[int] | None:
+    """Which of a trained head's outputs score ``bundle``'s classes: all of them (None) when the
+    label spaces agree, the subset's columns for a subset dataset (ImageNet-R of ImageNet)."""
+    if len(bundle.classnames) == classes:
+        return None
+    subset = bundle.class_subset
+    if subset is not None and len(subset) == len(bundle.classnames) and \
+            max(subset, default=-1) < classes:
+        return list(subset)
+    raise UsageError(f"dataset '{dataset}' has {len(bundle.classnames)} classes but the run's "
+                     f"trained head predicts the training set's {classes}; a head trained by "
+                     "lp/ft/lpft scores only that label space (or a subset of it)")
 
 
 def _check_labels(labels: torch.Tensor, classes: int, dataset: str) -> None:

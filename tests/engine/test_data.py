@@ -103,3 +103,32 @@ def test_bad_data_log_counts_distinct_items_against_the_limit():
     again.load_state_dict(log.state_dict())
     assert again.summary() == log.summary() and again.reported == log.reported
     assert BadDataLog(10, 0.0).exceeded() is False
+
+
+class Captioned(Dataset):
+    """Caption / VQA style items: list-valued fields of different lengths per item."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int):
+        return {"image": torch.full((2,), float(i)), "label": i, "caption": f"c{i}",
+                "captions": [f"c{i}.{j}" for j in range(i + 1)], "answers": (f"a{i}",)}
+
+
+def test_list_fields_stay_one_list_per_item():
+    from tracer_cli.engine.distributed import merge_meta
+
+    [batch] = list(eval_loader(Captioned(), 4))
+    assert list(batch) == ["image", "label", "caption", "captions", "answers"]  # item order
+    assert batch["image"].shape == (4, 2) and batch["label"].tolist() == [0, 1, 2, 3]
+    assert batch["caption"] == ["c0", "c1", "c2", "c3"]
+    assert batch["captions"] == [["c0.0"], ["c1.0", "c1.1"], ["c2.0", "c2.1", "c2.2"],
+                                 ["c3.0", "c3.1", "c3.2", "c3.3"]]
+    assert batch["answers"] == [["a0"], ["a1"], ["a2"], ["a3"]]
+    [(train, bad)] = _take(TrainStream(Captioned(), 2, seed=0), 1)
+    assert not bad and all(len(c) == int(i) + 1 for c, i in zip(train["captions"],
+                                                                  train["label"]))
+    # Under DDP the ranks' metadata is concatenated item by item, lists of lists included.
+    meta = [{"captions": batch["captions"][:1]}, {"captions": batch["captions"][1:]}]
+    assert merge_meta(meta)["captions"] == batch["captions"]

@@ -7,6 +7,7 @@ The fast tests fake installed distributions with ``*.dist-info`` folders on ``sy
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import json
@@ -17,6 +18,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tracer_cli.plugins import DISABLE_ENV, PluginError, PluginHost
@@ -26,15 +28,44 @@ DIST = "tracer-plugin-example"
 
 _LIST_AND_BUILD = textwrap.dedent("""
     import json
+    from tracer_cli.contracts import task_metrics
     from tracer_cli.plugins import PluginHost
     host = PluginHost()
     bundle = host.datasets.get("example-stripes").factory(
         {"_path": "data.train", "size": 7, "image_size": 16}, "train", None)
     item = bundle.dataset[5]
+    task = host.tasks.get("example-balanced").factory({})
     print(json.dumps({"listing": host.listing(), "len": len(bundle.dataset),
                       "classnames": list(bundle.classnames), "templates": list(bundle.templates),
-                      "shape": list(item["image"].shape), "label": item["label"]}))
+                      "shape": list(item["image"].shape), "label": item["label"],
+                      "primary": task_metrics(task).primary}))
 """)
+
+# A 2-step run of the example task on the example dataset, through the installed `tracer` command.
+_TASK_RECIPE = """
+[run]
+name = "balanced"
+device = "cpu"
+log_every = 1
+
+[model]
+arch = "tracer-tiny-rn"
+pretrained = "none"
+
+[data]
+train = { name = "example-stripes", size = 16 }
+id = [{ name = "example-stripes", size = 12 }]
+ood = [{ name = "example-stripes", label = "stripes-small", size = 12, image_size = 16 }]
+eval_batch_size = 12
+
+[task]
+name = "example-balanced"
+
+[train]
+method = "flyp"
+steps = 2
+batch_size = 8
+"""
 
 
 def _installed_version(dist: str) -> str | None:
@@ -78,6 +109,28 @@ def test_example_package_is_discovered_through_entry_points(example_installed):
     assert out["len"] == 7 and out["shape"] == [3, 16, 16] and out["label"] == 2
     assert out["classnames"] == ["horizontal stripes", "vertical stripes", "checkerboard"]
     assert out["templates"] == ["a picture of {}."]
+    task = {e["name"]: e for e in out["listing"]["tasks"]}["example-balanced"]
+    assert task == {"name": "example-balanced", "plugin": "example", "distribution": DIST,
+                    "version": "0.1.0"}
+    assert out["primary"] == "balanced_accuracy"
+
+
+@pytest.mark.slow
+def test_example_task_runs_through_the_cli(example_installed, tmp_path):
+    recipe = tmp_path / "balanced.toml"
+    recipe.write_text(_TASK_RECIPE)
+    env = {k: v for k, v in os.environ.items() if k != DISABLE_ENV}
+    env["OMP_NUM_THREADS"] = "1"
+    done = subprocess.run([sys.executable, "-m", "tracer_cli", "finetune", str(recipe),
+                           "--output-dir", str(tmp_path / "runs"), "--json"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    models = json.loads(done.stdout)["eval"]["models"]
+    student = models["student"]
+    assert 0.0 <= student["example-stripes"]["balanced_accuracy"] <= 1.0
+    assert student["avg_ood_balanced_accuracy"] == \
+        student["stripes-small"]["balanced_accuracy"]
+    assert "balanced accuracy (%)" in done.stderr  # the finetune table's headline metric
 
 
 # --------------------------------------------------------------------------- fake distributions
@@ -143,3 +196,42 @@ def test_duplicate_name_from_two_distributions_names_both(fake_site):
     message = str(err.value)
     assert "'dup-data'" in message
     assert "dist-alpha 1.0" in message and "dist-beta 2.0" in message
+
+
+def test_example_task_is_discovered_and_usable(fake_site, monkeypatch, request):
+    """The example package's module, exposed by a fake distribution (the installed one, if any,
+    blocked by its plugin name): its task is listed and evaluates with its own metric."""
+    import torch
+
+    from tracer_cli.contracts import task_metrics
+    from tracer_cli.engine.data import eval_loader
+
+    monkeypatch.syspath_prepend(str(EXAMPLE_DIR))
+    request.addfinalizer(lambda: sys.modules.pop("tracer_plugin_example", None))
+    monkeypatch.setenv(DISABLE_ENV, "example")
+    info = fake_site / "tracer_plugin_example_local-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tracer-plugin-example-local\n"
+                                   "Version: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[tracer]\nexample-local = tracer_plugin_example\n")
+    importlib.invalidate_caches()
+    host = PluginHost()
+    entry = host.tasks.get("example-balanced")
+    assert entry.as_dict() == {"name": "example-balanced", "plugin": "example-local",
+                               "distribution": "tracer-plugin-example-local", "version": "0.1.0"}
+    assert "classification" in host.tasks and "example-stripes" in host.datasets
+
+    task = entry.factory({})
+    spec = task_metrics(task)
+    assert spec.primary == "balanced_accuracy" and "avg_ood_balanced_accuracy" in spec.ood_keys
+    backbone = host.backbones.get("openclip").factory({"arch": "tracer-tiny-rn",
+                                                        "pretrained": "none"})
+    bundle = host.datasets.get("example-stripes").factory({"size": 12}, "test",
+                                                          backbone.preprocess_eval)
+    sets = {"stripes": (bundle, eval_loader(bundle.dataset, 6))}
+    cpu = torch.device("cpu")
+    [result] = task.evaluate(backbone, backbone.model, sets, cpu, contextlib.nullcontext).values()
+    predicted, labels = result["logits"].argmax(1), result["labels"]
+    by_hand = np.mean([(predicted[labels == c] == c).float().mean().item() for c in range(3)])
+    assert result["metrics"]["balanced_accuracy"] == pytest.approx(by_hand)
+    assert result["metrics"]["n"] == 12 and "accuracy" in result["metrics"]

@@ -2,6 +2,8 @@
 
 The work happens in :mod:`tracer_cli.evaluation`; this module parses flags, draws the tables and
 maps a failed gate to exit 3 (after the results are printed, so a failing CI job still shows them).
+The tables show the metrics the run's task declares (classification: accuracy, top-5, ECE, ...;
+retrieval: recall@1/5/10 both ways; vqa: accuracy, VQA score, ...).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from tracer_cli.cli.common import (
     result_console,
 )
 from tracer_cli.cli.progress import make_reporter
+from tracer_cli.metric_spec import CLASSIFICATION_METRICS, TaskMetrics
 from tracer_cli.errors import UsageError
 from tracer_cli.events import use_reporter
 
@@ -50,7 +53,8 @@ EvalOutputOpt = Annotated[Optional[Path], typer.Option(
 FailUnderOpt = Annotated[Optional[list[str]], typer.Option(
     "--fail-under", metavar="METRIC=VALUE", show_default=False,
     help="Exit 3 when a metric is below VALUE (repeatable): avg_ood_accuracy=0.55, "
-    "imagenet-r.accuracy=0.7.")]
+    "imagenet-r.accuracy=0.7; the run's task names its metrics (retrieval: "
+    "avg_ood_mean_recall=0.5, coco.t2i_r5=0.6).")]
 FailOverOpt = Annotated[Optional[list[str]], typer.Option(
     "--fail-over", metavar="METRIC=VALUE", show_default=False,
     help="Exit 3 when a lower-is-better metric (ECE, NLL, Brier) is above VALUE (repeatable): "
@@ -79,7 +83,8 @@ def eval_command(
         "0,0.25,0.5,0.75,1.", show_default=False)] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Evaluate a model on ID and OOD datasets: accuracy, top-5, ECE, NLL, Brier, macro-F1."""
+    """Evaluate a model on ID and OOD datasets with its task's metrics (classification: accuracy,
+    top-5, ECE, NLL, Brier, macro-F1; retrieval: recall@k; vqa: accuracy, VQA score)."""
     from tracer_cli import evaluation  # imported here: it pulls in torch, which --help does not need
 
     if save_predictions and output_dir is None:
@@ -97,9 +102,9 @@ def eval_command(
                    if output_dir is not None else [])
     doc = report.document
     console = result_console(as_json)
-    console.print(metrics_table(doc))
+    console.print(metrics_table(doc, report.metrics))
     if doc["wise"]:
-        console.print(wise_table(doc["wise"]))
+        console.print(wise_table(doc["wise"], report.metrics))
     for gate in doc["gates"]:
         verdict = "passed" if gate["passed"] else "FAILED"
         console.print(f"gate {verdict}: {gate['metric']} = {gate['value']:.4g} "
@@ -119,31 +124,45 @@ def _num(value: Any) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def metrics_table(doc: dict[str, Any]) -> Table:
-    """One row per dataset (ID, then OOD), then the OOD average."""
+def _cell(spec: TaskMetrics, metric: str, value: Any) -> str:
+    """A metric as the task shows it: ×100 for percentages, integers as they are."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return _pct(value) if metric in spec.percent else _num(value)
+
+
+def metrics_table(doc: dict[str, Any], spec: TaskMetrics = CLASSIFICATION_METRICS) -> Table:
+    """One row per dataset (ID, then OOD) with the task's columns, then the OOD average of the
+    metrics the task averages."""
     alpha = doc["model"].get("wise_alpha")
     title = "evaluation" + (f" (WiSE-FT α={alpha:g})" if alpha is not None else "")
     table = Table(title=title)
-    for column in ("dataset", "role", "acc %", "top-5 %", "ECE", "NLL", "Brier", "macro-F1", "n"):
-        table.add_column(column, justify="left" if column in ("dataset", "role") else "right")
+    table.add_column("dataset")
+    table.add_column("role")
+    for metric in spec.columns:
+        table.add_column(spec.header(metric), justify="right")
     for role in ("id", "ood"):
         for name in doc[role]:
             m = doc["datasets"][name]
-            table.add_row(name, role.upper(), _pct(m["accuracy"]), _pct(m["top5"]),
-                          _num(m["ece"]), _num(m["nll"]), _num(m["brier"]), _num(m["macro_f1"]),
-                          str(m["n"]))
+            table.add_row(name, role.upper(),
+                          *(_cell(spec, c, m.get(c)) for c in spec.columns))
     if doc["ood"]:
-        table.add_row("average OOD", "", _pct(doc["avg_ood_accuracy"]), "",
-                      _num(doc["avg_ood_ece"]), "", "", "", "", style="bold")
+        table.add_row("average OOD", "",
+                      *(_cell(spec, c, doc.get(f"avg_ood_{c}")) if c in spec.averaged else ""
+                        for c in spec.columns), style="bold")
     return table
 
 
-def wise_table(entries: list[dict[str, Any]]) -> Table:
-    """The WiSE-FT sweep: ID accuracy, OOD accuracy and OOD ECE per α."""
+def wise_table(entries: list[dict[str, Any]],
+               spec: TaskMetrics = CLASSIFICATION_METRICS) -> Table:
+    """The WiSE-FT sweep: the task's ID and OOD averages per α (classification: ID accuracy,
+    OOD accuracy and OOD ECE)."""
     table = Table(title="WiSE-FT: θ = (1-α)·θ₀ + α·θ_ft")
-    for column in ("α", "ID acc %", "avg OOD acc %", "avg OOD ECE"):
-        table.add_column(column, justify="right")
+    keys = [*spec.id_keys, *spec.ood_keys]
+    table.add_column("α", justify="right")
+    for key in keys:
+        role = "ID" if key in spec.id_keys else "avg OOD"
+        table.add_column(f"{role} {spec.header(spec.base(key))}", justify="right")
     for e in entries:
-        table.add_row(f"{e['alpha']:g}", _pct(e["id_accuracy"]), _pct(e["avg_ood_accuracy"]),
-                      _num(e["avg_ood_ece"]))
+        table.add_row(f"{e['alpha']:g}", *(_cell(spec, spec.base(k), e.get(k)) for k in keys))
     return table

@@ -121,7 +121,7 @@ def finetune(
     if result.rank != 0:
         return
     if rec.run.eval:
-        console.print(accuracy_table(result.summary["eval"]))
+        console.print(accuracy_table(result.summary["eval"], metrics=result.metrics))
     console.print(f"run directory: {result.run_dir}")
     if as_json:
         emit_json(result.summary)

@@ -55,11 +55,27 @@ def read_item(dataset: Dataset, index: int) -> dict[str, Any] | BadItem:
     return item
 
 
+def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """``default_collate``, except that list-valued fields stay one list per item.
+
+    A field such as ``captions`` (several per image) or ``answers`` (one per annotator) holds a
+    list per item; ``default_collate`` would transpose those lists (and fail on lists of different
+    lengths), so the batch keeps ``[item[key] for item in items]`` for them instead.
+    """
+    listed = {key for key, value in items[0].items() if isinstance(value, (list, tuple))}
+    batch = default_collate([{k: v for k, v in item.items() if k not in listed}
+                             for item in items]) if len(listed) < len(items[0]) else {}
+    for key in items[0]:
+        if key in listed:
+            batch[key] = [list(item[key]) for item in items]
+    return {key: batch[key] for key in items[0]}
+
+
 def collate_skipping(items: list[Any]) -> tuple[dict[str, Any] | None, list[BadItem]]:
     """Collate the readable items and set the bad ones aside: (batch or None, bad items)."""
     bad = [item for item in items if isinstance(item, BadItem)]
     good = [item for item in items if not isinstance(item, BadItem)]
-    return (default_collate(good) if good else None), bad
+    return (collate_items(good) if good else None), bad
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:

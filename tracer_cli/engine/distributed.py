@@ -184,15 +184,19 @@ def gather_objects(ctx: DistContext, obj: Any) -> list[Any]:
     return [torch.load(io.BytesIO(raw), weights_only=False) for raw in out]
 
 
-def wrap(module: nn.Module, ctx: DistContext) -> nn.Module:
+def wrap(module: nn.Module, ctx: DistContext, find_unused: bool = False) -> nn.Module:
     """``module`` in DistributedDataParallel when distributed (its construction broadcasts rank
-    0's parameters and buffers, so every rank starts from the same weights); else unchanged."""
+    0's parameters and buffers, so every rank starts from the same weights); else unchanged.
+
+    ``find_unused``: some parameters get no gradient in some steps (a frozen backbone while a
+    head is probed, a text tower a head method never runs), which DDP must be told about.
+    """
     if not ctx.distributed:
         return module
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids)
+    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused)
 
 
 def sync_batchnorm(module: nn.Module, ctx: DistContext, freeze_bn_stats: bool) -> nn.Module:

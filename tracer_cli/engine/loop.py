@@ -13,9 +13,11 @@ scaled so that the averaged gradient equals the single-process one (see
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 from dataclasses import asdict, replace
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -48,24 +50,32 @@ class NonFiniteLoss(RunError):
 
 
 class FeatureForward(nn.Module):
-    """The student's training forward, (f_i, f_t, s) in one call, as a module DDP can wrap.
+    """The student's training forward, (f_i, f_t, s, head output) in one call, as a module DDP
+    can wrap.
 
     DDP synchronizes gradients only for computations that run through its own ``forward``, while a
     backbone exposes its encoders as methods that take the module. This adapter routes both
-    encoders and the logit scale through one ``forward``, so wrapping it covers them for any
-    backbone plugin; its only submodule is the student itself (parameters shared, not copied).
+    encoders, the logit scale and the task head (if any) through one ``forward``, so wrapping it
+    covers them for any backbone plugin; its submodules are the student itself and the head
+    (parameters shared, not copied). ``tokens`` may be None when no text is needed (f_t is None
+    then), and ``frozen`` runs the backbone without gradients (linear probing).
     """
 
-    def __init__(self, backbone: Backbone):
+    def __init__(self, backbone: Backbone, head: nn.Module | None = None):
         super().__init__()
         self.model = backbone.model
+        self.head = head
         object.__setattr__(self, "_backbone", backbone)  # not a submodule: no parameters twice
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor | None, frozen: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, Any]:
         b = self._backbone
-        return (b.encode_image(self.model, images), b.encode_text(self.model, tokens),
-                b.logit_scale(self.model))
+        with torch.no_grad() if frozen else contextlib.nullcontext():
+            fi = b.encode_image(self.model, images)
+            ft = b.encode_text(self.model, tokens) if tokens is not None else None
+            s = b.logit_scale(self.model)
+        out = self.head(fi, ft) if self.head is not None else None
+        return fi, ft, s, out
 
 
 def set_train_mode(module: nn.Module, freeze_bn_stats: bool) -> None:
@@ -105,6 +115,32 @@ def cosine_with_warmup(warmup: int, total: int):
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
+
+
+def phased_schedules(train: TrainConfig, head_ratio: float
+                     ) -> tuple[Callable[[int], float], Callable[[int], float]]:
+    """LR multipliers (backbone, head) for ``train.method``.
+
+    Every method but lpft: warm-up + cosine over the run for both. lpft: the backbone's multiplier
+    is 0 during the ``lp`` probing steps (it gets no gradient then either), after which both
+    follow warm-up + cosine over the remaining steps at ``train.lr``; the head first follows its
+    own warm-up + cosine over the probing steps at ``head_lr``. ``head_ratio`` = lr / head_lr
+    turns the head group's base rate into ``train.lr`` for the second phase.
+    """
+    lp, total, warmup = train.resolved_lp_steps(), train.steps, train.warmup_steps
+    if train.method != "lpft":
+        factor = cosine_with_warmup(warmup, total)
+        return factor, factor
+    probe = cosine_with_warmup(min(warmup, lp), lp)
+    tune = cosine_with_warmup(min(warmup, total - lp), total - lp)
+
+    def backbone(step: int) -> float:
+        return 0.0 if step < lp else tune(step - lp)
+
+    def head(step: int) -> float:
+        return probe(step) if step < lp else head_ratio * tune(step - lp)
+
+    return backbone, head
 
 
 def _distance(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
@@ -149,12 +185,23 @@ class Trainer:
     def __init__(self, backbone: Backbone, task: Task, bundle: DatasetBundle, teacher: Teacher,
                  train: TrainConfig, distill: DistillConfig, precision: Precision,
                  freeze_bn_stats: bool, seed: int, notice=lambda msg: None,
-                 track_drift: bool = True, forward: nn.Module | None = None):
+                 track_drift: bool = True, forward: nn.Module | None = None,
+                 head: nn.Module | None = None):
         self.backbone, self.task, self.bundle, self.teacher = backbone, task, bundle, teacher
         self.student = backbone.model
+        # A task head (lp/ft/lpft, or a task whose loss is its head's, such as vqa): trained with
+        # the task's head_loss instead of the contrastive loss. head_init is θ₀'s head (WiSE-FT).
+        self.head = head
+        self.head_init = None if head is None else \
+            {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+             for k, v in head.state_dict().items()}
+        self.head_uses_text = bool(getattr(head, "uses_text", False))
         # The student's training forward: FeatureForward, in DDP when distributed.
-        self.forward = forward if forward is not None else FeatureForward(backbone)
+        self.forward = forward if forward is not None else FeatureForward(backbone, head)
         self.train_cfg, self.precision = train, precision
+        # Steps during which the backbone is frozen and only the head learns (lp: all of them).
+        self.probe_steps = train.resolved_lp_steps() if head is not None else 0
+        self._frozen: bool | None = None
         self.device = precision.device
         self.freeze_bn_stats = freeze_bn_stats
         self.weights = DistillWeights(**asdict(distill))
@@ -162,14 +209,43 @@ class Trainer:
             notice("distill.lambda_fn / lambda_orth disabled: this backbone exposes no projection "
                    "matrices")
             self.weights = replace(self.weights, lambda_fn=0.0, lambda_orth=0.0)
-        self.optimizer = torch.optim.AdamW(param_groups(self.student, train.weight_decay),
-                                           lr=train.lr)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, cosine_with_warmup(train.warmup_steps, train.steps))
+        self.optimizer, self.scheduler = self._optimizer(train)
         self.scaler = precision.grad_scaler()
         self.text_rng = torch.Generator().manual_seed(seed)
         self.drift = DriftTracker(self.student, teacher) if teacher.active and track_drift else None
         set_train_mode(self.student, freeze_bn_stats)
+
+    def _optimizer(self, train: TrainConfig):
+        """AdamW over the backbone (unless it never trains: lp) and the head (at head_lr), with
+        the method's schedule per group (see :func:`phased_schedules`)."""
+        groups, lambdas = [], []
+        head_lr = train.resolved_head_lr()
+        backbone_factor, head_factor = phased_schedules(train, train.lr / head_lr)
+        if self.probe_steps < train.steps:
+            for group in param_groups(self.student, train.weight_decay):
+                groups.append({**group, "lr": train.lr})
+                lambdas.append(backbone_factor)
+        if self.head is not None:
+            for group in param_groups(self.head, train.weight_decay):
+                groups.append({**group, "lr": head_lr})
+                lambdas.append(head_factor)
+        optimizer = torch.optim.AdamW(groups, lr=train.lr)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+
+    def frozen(self, step: int) -> bool:
+        """Whether the backbone is frozen at ``step`` (linear probing)."""
+        return step < self.probe_steps
+
+    def _set_modes(self, frozen: bool) -> None:
+        """A frozen backbone runs in eval mode (its features are fixed, BatchNorm included);
+        otherwise train mode as configured."""
+        if frozen == self._frozen:
+            return
+        if frozen:
+            self.student.eval()
+        else:
+            set_train_mode(self.student, self.freeze_bn_stats)
+        self._frozen = frozen
 
     def drift_stats(self) -> dict[str, float]:
         """Parameter distances to θ₀ and to the teacher (see :class:`DriftTracker`), or {}."""
@@ -226,44 +302,68 @@ class Trainer:
         """
         shard = shard or Shard((len(batch["image"]),))
         world = shard.world_size
+        frozen = self.frozen(step)
+        self._set_modes(frozen)
         images = batch["image"].to(self.device, non_blocking=True)
         if self.train_cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        tokens = self.backbone.tokenize(self._train_texts(batch, shard))
-        tokens = tokens.to(self.device, non_blocking=True)
+        # Text is encoded only when something uses it: the contrastive loss, a head that reads
+        # the text (vqa: the question), or the teacher's views. Probing and plain cross-entropy
+        # finetuning leave the text tower alone.
+        tokens = None
+        if self.head is None or self.head_uses_text or self.teacher.active:
+            tokens = self.backbone.tokenize(self._train_texts(batch, shard))
+            tokens = tokens.to(self.device, non_blocking=True)
         with self.precision.autocast():
-            fi, ft, s = self.forward(images, tokens)
-        fi, ft, s = fi.float(), ft.float(), scale_grad(s.float(), 1.0 / world)
-        if world > 1:
+            fi, ft, s, out = self.forward(images, tokens, frozen)
+        fi, s = fi.float(), scale_grad(s.float(), 1.0 / world)
+        ft = ft.float() if ft is not None else None
+        if world > 1 and ft is not None:
             fi, ft = gather_features(fi, ft, shard.sizes)
-        loss_clip = clip_loss(fi, ft, s)
-        data_loss = loss_clip
-        sd, record = self._teacher_terms(step, images, tokens, fi, ft, s, shard)
-        if sd is not None:
-            data_loss = data_loss + sd
-            record["loss_sd"] = float(sd.detach())
+        record: dict[str, float] = {}
+        # Global terms (computed on gathered features, equal on every rank) and local ones (this
+        # rank's head loss, a mean over its slice that DDP's gradient averaging completes).
+        global_loss, local_loss = None, None
+        if self.head is None:
+            global_loss = clip_loss(fi, ft, s)
+            record["loss_clip"] = float(global_loss.detach())
+        else:
+            local_loss = self.task.head_loss(out, batch)
+            record["loss_head"] = float(local_loss.detach())
+        if ft is not None:
+            sd, stats = self._teacher_terms(step, images, tokens, fi, ft, s, shard)
+            record.update(stats)
+            if sd is not None:
+                global_loss = sd if global_loss is None else global_loss + sd
+                record["loss_sd"] = float(sd.detach())
         penalty, reg_parts = self._regularizers()
-        loss = data_loss if penalty is None else data_loss + penalty
         record.update(reg_parts)
+        loss = sum(t for t in (global_loss, local_loss, penalty) if t is not None)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(step + 1, float(loss.detach()))
-        # Every rank's data loss is the global loss, back-propagated through its local features
-        # only: ×world makes DDP's average the full gradient. The penalty depends on θ alone, so
-        # it is already the same on every rank.
-        objective = loss if world == 1 else \
-            data_loss * world + (penalty if penalty is not None else 0.0)
-        self._optimize(objective)
+        # Every rank's global loss is the loss of the whole batch, back-propagated through its
+        # local features only: ×world makes DDP's average the full gradient. The penalty depends
+        # on θ alone, so it is already the same on every rank.
+        objective = loss if world == 1 else sum(
+            t for t in (None if global_loss is None else global_loss * world, local_loss, penalty)
+            if t is not None)
+        self._optimize(objective, frozen)
         self.teacher.update(step + 1, self.student)
-        record.update(loss=float(loss.detach()), loss_clip=float(loss_clip.detach()),
-                      logit_scale=float(s.detach()),
+        record.update(loss=float(loss.detach()), logit_scale=float(s.detach()),
                       lr=self.optimizer.param_groups[0]["lr"])
+        if self.head is not None:
+            record["lr_head"] = self.optimizer.param_groups[-1]["lr"]
         return record
 
-    def _optimize(self, loss: torch.Tensor) -> None:
+    def _trainable(self, frozen: bool) -> list[torch.Tensor]:
+        params = [] if frozen else list(self.student.parameters())
+        return params + (list(self.head.parameters()) if self.head is not None else [])
+
+    def _optimize(self, loss: torch.Tensor, frozen: bool = False) -> None:
         self.scaler.scale(loss).backward()
         if self.train_cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.train_cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self._trainable(frozen), self.train_cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -274,12 +374,19 @@ class Trainer:
                 logit_scale.clamp_(0, MAX_LOGIT_SCALE)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"state_dict": self.student.state_dict(), "teacher": self.teacher.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "text_rng": self.text_rng.get_state()}
+        state = {"state_dict": self.student.state_dict(), "teacher": self.teacher.state_dict(),
+                 "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                 "text_rng": self.text_rng.get_state()}
+        if self.head is not None:
+            state["head"] = self.head.state_dict()
+            state["head_init"] = self.head_init
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.student.load_state_dict(state["state_dict"])
+        if self.head is not None:
+            self.head.load_state_dict(state["head"])
         self.teacher.load_state_dict(state["teacher"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

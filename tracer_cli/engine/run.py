@@ -31,13 +31,15 @@ import torch
 
 import tracer_cli
 from tracer_cli import recipe as recipe_mod
-from tracer_cli.contracts import Backbone, DatasetBundle, Task
+from tracer_cli.contracts import (
+    CLASSIFICATION_METRICS, Backbone, DatasetBundle, Task, TaskMetrics, task_metrics)
 from tracer_cli.engine import distributed
 from tracer_cli.engine.data import eval_loader
 from tracer_cli.engine.distributed import DistContext
 from tracer_cli.engine.precision import Precision, resolve_device, resolve_precision
 from tracer_cli.engine.signals import SignalTrap
-from tracer_cli.engine.training import Resume, RunWriter, Trained, load_resume, train
+from tracer_cli.engine.training import (
+    Resume, RunWriter, Trained, check_task_head, load_resume, train)
 from tracer_cli.errors import UsageError
 from tracer_cli.events import Reporter, current_reporter
 from tracer_cli.io import atomic_write_json
@@ -54,6 +56,8 @@ class RunResult:
     wall_time_s: float
     summary: dict[str, Any] = field(default_factory=dict)
     rank: int = 0
+    # How to read the summary's metrics (the task's declared spec): which one is the headline.
+    metrics: TaskMetrics = CLASSIFICATION_METRICS
 
 
 def seed_everything(seed: int) -> None:
@@ -143,23 +147,42 @@ def prepare_run_dir(recipe: Recipe, output_dir: Path | None, overwrite: bool,
     return run_dir
 
 
+def task_evaluate(task: Task, backbone: Backbone, module: torch.nn.Module,
+                  sets: dict[str, tuple[DatasetBundle, Any]], device: torch.device, autocast: Any,
+                  head: torch.nn.Module | None = None) -> dict[str, dict[str, Any]]:
+    """``task.evaluate``, passing the trained head only when there is one (task plugins without
+    heads need not accept the argument)."""
+    if head is None:
+        return task.evaluate(backbone, module, sets, device, autocast)
+    was_training = head.training
+    head.eval()
+    try:
+        return task.evaluate(backbone, module, sets, device, autocast, head=head)
+    finally:
+        head.train(was_training)
+
+
 def evaluate(task: Task, backbone: Backbone, module: torch.nn.Module,
-             sets: dict[str, tuple[DatasetBundle, Any]], precision: Precision) -> dict[str, Any]:
+             sets: dict[str, tuple[DatasetBundle, Any]], precision: Precision,
+             head: torch.nn.Module | None = None) -> dict[str, Any]:
     """name -> metrics (logits dropped: the run keeps metrics only)."""
-    results = task.evaluate(backbone, module, sets, precision.device, precision.autocast)
+    results = task_evaluate(task, backbone, module, sets, precision.device, precision.autocast,
+                            head)
     return {name: r["metrics"] for name, r in results.items()}
 
 
-def summarize(recipe: Recipe, evals: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Per dataset accuracy of each evaluated model, and the average over the OOD sets."""
+def summarize(recipe: Recipe, evals: dict[str, dict[str, Any]],
+              spec: TaskMetrics = CLASSIFICATION_METRICS) -> dict[str, Any]:
+    """Per dataset metrics of each evaluated model, and ``avg_ood_<m>``, the average over the OOD
+    sets, of each metric the task averages (classification: accuracy and ECE)."""
     ood = [s.get("label") or s["name"] for s in recipe.data.ood]
     ids = [s.get("label") or s["name"] for s in recipe.data.id]
     table: dict[str, Any] = {"id": ids, "ood": ood, "models": {}}
     for model, metrics in evals.items():
         entry = {name: m for name, m in metrics.items()}
         if ood:
-            entry["avg_ood_accuracy"] = float(np.mean([metrics[n]["accuracy"] for n in ood]))
-            entry["avg_ood_ece"] = float(np.mean([metrics[n]["ece"] for n in ood]))
+            for m, key in zip(spec.averaged, spec.ood_keys):
+                entry[key] = float(np.mean([metrics[n][m] for n in ood]))
         table["models"][model] = entry
     return table
 
@@ -220,10 +243,11 @@ def _setup(recipe: Recipe, ctx: DistContext, output_dir: Path | None, overwrite:
     run_dir = run_dir_of(recipe, output_dir)
     # The checkpoint and its recipe are checked first: a mismatch fails in seconds.
     resumed = load_resume(recipe, run_dir, resume) if resume is not None else None
+    task = build_task(recipe)
+    check_task_head(recipe, task)  # in seconds, before weights are downloaded or built
     seed_everything(recipe.run.seed)
     with distributed.main_first(ctx):  # downloads and the embedded build happen once
         backbone = build_backbone(recipe)
-    task = build_task(recipe)
     bundle = build_dataset(recipe.data.train, "data.train", "train", backbone.preprocess_train)
     sets = eval_sets(recipe, backbone) if recipe.run.eval and ctx.is_main else {}
     if ctx.is_main:
@@ -239,7 +263,7 @@ def _setup(recipe: Recipe, ctx: DistContext, output_dir: Path | None, overwrite:
     # process. Data augmentation does not use this RNG (see engine.data).
     torch.manual_seed(recipe.run.seed + ctx.rank)
     run = _Setup(writer, backbone, task, bundle, precision, sets, resumed, {})
-    if sets:
+    if sets and (recipe.run.eval_zeroshot or recipe.train.method == "zeroshot"):
         run.evals["zeroshot"] = _zeroshot(run)
     distributed.barrier(ctx)  # the others wait while rank 0 evaluates the pretrained model
     return run
@@ -270,12 +294,13 @@ def _zeroshot(run: _Setup) -> dict[str, Any]:
         return json.loads(saved.read_text(encoding="utf-8"))
     run.writer.reporter.notice(f"evaluating the pretrained model on {', '.join(run.sets)}")
     metrics = _evaluate(run, "zeroshot", run.backbone.model)
-    run.writer.eval_record("zeroshot", metrics, 0)
+    run.writer.eval_record("zeroshot", metrics, 0, task_metrics(run.task).primary)
     return metrics
 
 
-def _evaluate(run: _Setup, tag: str, module: torch.nn.Module) -> dict[str, Any]:
-    metrics = evaluate(run.task, run.backbone, module, run.sets, run.precision)
+def _evaluate(run: _Setup, tag: str, module: torch.nn.Module,
+              head: torch.nn.Module | None = None) -> dict[str, Any]:
+    metrics = evaluate(run.task, run.backbone, module, run.sets, run.precision, head)
     for name, (_, loader) in run.sets.items():
         skipped = getattr(loader, "bad", [])
         if skipped:
@@ -289,6 +314,7 @@ def _evaluate(run: _Setup, tag: str, module: torch.nn.Module) -> dict[str, Any]:
 
 def _finish(run: _Setup, trained: Trained, start: float) -> RunResult:
     recipe, writer = run.writer.recipe, run.writer
+    spec = task_metrics(run.task)
     if trained.bad.skipped:
         writer.log({"event": "bad_data", "split": "train", "final": True,
                     **trained.bad.summary()})
@@ -297,21 +323,28 @@ def _finish(run: _Setup, trained: Trained, start: float) -> RunResult:
                                f"{100 * trained.bad.fraction:.2f}% of the training set, skipped "
                                f"{trained.bad.skipped} time(s) in all (first: {first.describe()})")
     evals = dict(run.evals)
-    if run.sets:
+    if run.sets and recipe.train.method == "zeroshot" and "zeroshot" in evals:
+        evals["student"] = evals["zeroshot"]  # the same weights: no second evaluation
+        writer.eval_record("final_student", evals["student"], trained.steps, spec.primary)
+    elif run.sets:
         writer.reporter.notice("evaluating the finetuned model")
-        evals["student"] = _evaluate(run, "student", run.backbone.model)
+        head = trained.trainer.head
+        evals["student"] = _evaluate(run, "student", run.backbone.model, head)
         teacher = trained.trainer.teacher
         if teacher.active and recipe.teacher.kind != "static":
-            evals["teacher"] = _evaluate(run, "teacher", teacher.module)
+            # A head has no teacher of its own: the teacher's backbone is read with the student's.
+            evals["teacher"] = _evaluate(run, "teacher", teacher.module, head)
         for tag, metrics in evals.items():
             if tag != "zeroshot":
-                writer.eval_record(f"final_{tag}", metrics, trained.steps)
+                writer.eval_record(f"final_{tag}", metrics, trained.steps, spec.primary)
     summary = {"run_dir": str(writer.run_dir), "steps": trained.steps,
-               "wall_time_s": round(time.time() - start, 2), "eval": summarize(recipe, evals)}
+               "wall_time_s": round(time.time() - start, 2),
+               "eval": summarize(recipe, evals, spec)}
     if trained.bad.skipped:
         summary["bad_data"] = trained.bad.summary()
     atomic_write_json(writer.run_dir / "summary.json", summary)
-    return RunResult(writer.run_dir, trained.steps, summary["wall_time_s"], summary)
+    return RunResult(writer.run_dir, trained.steps, summary["wall_time_s"], summary,
+                     metrics=spec)
 
 
 def _last_step(recipe: Recipe, stop_after: int | None) -> int:

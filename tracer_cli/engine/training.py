@@ -86,11 +86,14 @@ class RunWriter:
         if self.ctx.is_main:
             append_jsonl(self.metrics_path, {"time": round(time.time(), 3), **record})
 
-    def eval_record(self, tag: str, metrics: dict[str, Any], step: int) -> None:
+    def eval_record(self, tag: str, metrics: dict[str, Any], step: int,
+                    primary: str = "accuracy") -> None:
+        """``eval/<tag>.json``, and the task's headline metric per dataset in metrics.jsonl
+        (``<dataset>/<primary>``: ``synth-photo/accuracy``, ``coco/mean_recall``)."""
         if self.ctx.is_main:
             atomic_write_json(self.run_dir / "eval" / f"{tag}.json", metrics)
             self.log({"event": "eval", "model": tag, "step": step,
-                      **{f"{n}/accuracy": m["accuracy"] for n, m in metrics.items()}})
+                      **{f"{n}/{primary}": m.get(primary) for n, m in metrics.items()}})
 
     def save(self, trainer: Trainer, position: dict[str, int], bad: BadDataLog, step: int) -> Path:
         """A checkpoint of the state after ``step`` steps (a collective under DDP: every rank
@@ -116,15 +119,53 @@ def build_trainer(recipe: Recipe, ctx: DistContext, backbone: Backbone, task: Ta
     backbone.model = distributed.sync_batchnorm(backbone.model, ctx, recipe.model.freeze_bn_stats)
     if recipe.train.channels_last:
         backbone.model.to(memory_format=torch.channels_last)
+    head = build_head(recipe, task, backbone, bundle, precision)
     # DDP first: its construction broadcasts rank 0's weights, which the teacher then copies.
-    forward = distributed.wrap(FeatureForward(backbone), ctx)
+    forward = distributed.wrap(FeatureForward(backbone, head), ctx,
+                               find_unused=head is not None)
     if recipe.train.compile:
         forward = torch.compile(forward)
     teacher = make_teacher(recipe.teacher.kind, backbone.model, recipe.train.steps,
                            **teacher_params(recipe))
     return Trainer(backbone, task, bundle, teacher, recipe.train, recipe.distill, precision,
                    recipe.model.freeze_bn_stats, recipe.run.seed, notice=notice,
-                   track_drift=recipe.run.track_drift, forward=forward)
+                   track_drift=recipe.run.track_drift, forward=forward, head=head)
+
+
+def task_objective(task: Task) -> str:
+    """``"contrastive"`` (image-text pairs; classification, retrieval) or ``"head"`` (the task's
+    own head and loss; vqa). Task plugins without the attribute are contrastive."""
+    return getattr(task, "objective", "contrastive")
+
+
+def uses_head(recipe: Recipe, task: Task) -> bool:
+    """Whether this run trains a task head: the head methods, or a task whose objective is one.
+
+    A zero-shot run trains nothing, so it gets no head either: an untrained head in its
+    checkpoint would make ``tracer eval RUN`` disagree with the run's own zero-shot numbers.
+    """
+    if recipe.train.method == "zeroshot":
+        return False
+    return recipe.train.method in recipe_mod.HEAD_METHODS or task_objective(task) == "head"
+
+
+def build_head(recipe: Recipe, task: Task, backbone: Backbone, bundle: DatasetBundle,
+               precision: Precision) -> torch.nn.Module | None:
+    """The task's head for this run, built from θ₀ (a zero-shot head for classification), or
+    None for the contrastive methods."""
+    if not uses_head(recipe, task):
+        return None
+    check_task_head(recipe, task)
+    head = task.make_head(backbone, backbone.model, bundle, precision.device, precision.autocast)
+    return head.to(precision.device)
+
+
+def check_task_head(recipe: Recipe, task: Task) -> None:
+    """Refuse a head method for a task without a head (retrieval), before any work is done."""
+    if uses_head(recipe, task) and getattr(task, "make_head", None) is None:
+        raise UsageError(f"train.method = '{recipe.train.method}' trains a task head, but task "
+                         f"'{recipe.task.name}' has none; use train.method 'zeroshot', 'flyp', "
+                         "'carot' or 'tracer' with this task")
 
 
 def teacher_params(recipe: Recipe) -> dict[str, Any]:
@@ -161,6 +202,11 @@ def train(writer: RunWriter, backbone: Backbone, task: Task, bundle: DatasetBund
     bad = BadDataLog(len(bundle.dataset), recipe.data.max_bad_fraction)
     first = 0 if resume is None else _restore(writer, trainer, stream, bad, resume)
     last = recipe.train.steps if last_step is None else last_step
+    if recipe.train.method == "zeroshot":
+        # Nothing to train: the run's checkpoint holds θ₀, so eval, export and WiSE-FT read a
+        # zero-shot run like any other.
+        writer.save(trainer, stream.state_dict(), bad, 0)
+        return Trained(trainer, bad, 0)
     loop = _Loop(writer, trainer, stream, bad, interrupt)
     with interrupt if interrupt is not None else contextlib.nullcontext():
         steps = loop.run(first, last)

@@ -1,12 +1,21 @@
-"""An example third-party tracer plugin: the ``example-stripes`` dataset.
+"""An example third-party tracer plugin: the ``example-stripes`` dataset and the
+``example-balanced`` task.
 
-Three procedurally drawn classes (horizontal stripes, vertical stripes, checkerboard) in random
-colours. Every image is drawn from a generator seeded by (seed, split, index), so the data is
-identical across runs and processes and needs no files. Recipe options: ``size`` (images per
-split, default 60), ``image_size`` (pixels per side, default 32) and ``seed`` (default 0).
+``example-stripes``: three procedurally drawn classes (horizontal stripes, vertical stripes,
+checkerboard) in random colours. Every image is drawn from a generator seeded by (seed, split,
+index), so the data is identical across runs and processes and needs no files. Recipe options:
+``size`` (images per split, default 60), ``image_size`` (pixels per side, default 32) and ``seed``
+(default 0).
+
+``example-balanced``: tracer's classification task (same training texts, zero-shot and trained
+heads, same ``[task]`` keys) with one more metric, ``balanced_accuracy`` (the mean over classes of
+each class's recall), declared as the task's headline metric through
+:class:`tracer_cli.contracts.TaskMetrics`, so run summaries, ``tracer eval`` tables and gates
+(``--fail-under avg_ood_balanced_accuracy=0.6``) use it.
 
 tracer finds this module through the ``tracer`` entry-point group declared in pyproject.toml and
-calls :func:`tracer_register_datasets` once, when its plugin host loads.
+calls :func:`tracer_register_datasets` and :func:`tracer_register_tasks` once each, when its
+plugin host loads.
 """
 
 from __future__ import annotations
@@ -19,8 +28,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from tracer_cli import hookimpl
-from tracer_cli.contracts import DatasetBundle
+from tracer_cli.contracts import DatasetBundle, TaskMetrics
 from tracer_cli.options import Options
+from tracer_plugins.tasks.classification import ClassificationTask
+from tracer_plugins.tasks.classification import make_task as make_classification
 
 CLASSNAMES = ["horizontal stripes", "vertical stripes", "checkerboard"]
 TEMPLATES = ["a picture of {}."]
@@ -90,3 +101,50 @@ def make_stripes(spec: dict[str, Any], split: str,
 @hookimpl
 def tracer_register_datasets(registry) -> None:
     registry.add("example-stripes", make_stripes)
+
+
+# --- the example-balanced task --------------------------------------------------------------------
+
+BALANCED_METRICS = TaskMetrics(
+    primary="balanced_accuracy",
+    columns=("balanced_accuracy", "accuracy", "ece", "n"),
+    higher_is_better=frozenset({"balanced_accuracy", "accuracy", "n"}),
+    fractions=frozenset({"balanced_accuracy", "accuracy", "ece"}),
+    averaged=("balanced_accuracy", "accuracy", "ece"),   # avg_ood_<m> (and id_<m> in tracer eval)
+    headers={"balanced_accuracy": "bal. acc %", "accuracy": "acc %", "ece": "ECE", "n": "n"},
+    percent=frozenset({"balanced_accuracy", "accuracy"}),
+)
+
+
+def balanced_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean over the classes present in ``labels`` of the share of their items predicted right."""
+    predicted, labels = logits.argmax(dim=1), labels.long()
+    recalls = [float((predicted[labels == c] == c).float().mean()) for c in labels.unique()]
+    return float(np.mean(recalls))
+
+
+class BalancedClassificationTask(ClassificationTask):
+    """Classification with ``balanced_accuracy`` as its headline metric."""
+
+    name = "example-balanced"
+    metrics = BALANCED_METRICS
+
+    def evaluate(self, backbone, module, datasets, device, autocast, head=None):
+        results = super().evaluate(backbone, module, datasets, device, autocast, head=head)
+        for result in results.values():
+            result["metrics"] = {
+                "balanced_accuracy": balanced_accuracy(result["logits"], result["labels"]),
+                **result["metrics"]}
+        return results
+
+
+def make_balanced(options: dict[str, Any]) -> BalancedClassificationTask:
+    """The task factory: ``factory(task_section) -> task``; the classification keys apply."""
+    base = make_classification(options)  # reads and checks the [task] keys
+    return BalancedClassificationTask(base.templates, base.train_templates, base.train_text,
+                                      base.classnames)
+
+
+@hookimpl
+def tracer_register_tasks(registry) -> None:
+    registry.add("example-balanced", make_balanced)

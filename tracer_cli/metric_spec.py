@@ -1,0 +1,98 @@
+"""What a task measures, declared once: :class:`TaskMetrics`.
+
+Run summaries, ``tracer eval`` documents, gates, result tables, WiSE-FT curves and model cards all
+read a task's metrics through this declaration instead of assuming classification. It lives apart
+from :mod:`tracer_cli.contracts` (which re-exports it) because it needs no torch: the CLI reads it
+while drawing tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class TaskMetrics:
+    """What a task reports per dataset, and how tables, summaries and gates should read it.
+
+    A task declares one as its class attribute ``metrics``; tasks that declare none are read as
+    classification (:data:`CLASSIFICATION_METRICS`). From it the engine and ``tracer eval``
+    derive:
+
+    - summary keys ``avg_ood_<m>`` (mean over the OOD sets) for each ``m`` of ``averaged``, and
+      in eval documents also ``id_<m>`` (mean over the ID sets) for each ``m`` of ``id_averaged``
+      (default: ``averaged``);
+    - gate keys: every summary key and ``DATASET.<m>`` for ``m`` in ``columns`` + ``hidden``,
+      failing *under* the threshold for ``higher_is_better`` metrics and *over* it for the others;
+      thresholds of ``fractions`` must lie in [0, 1]. A summary key inherits both from its ``m``;
+    - table columns (``columns``, titled by ``headers``, shown ×100 when in ``percent``) and the
+      headline ``primary`` metric (the finetune table, WiSE-FT curves, the model card).
+    """
+
+    primary: str
+    columns: tuple[str, ...]
+    higher_is_better: frozenset[str] = frozenset()
+    fractions: frozenset[str] = frozenset()
+    averaged: tuple[str, ...] = ()
+    id_averaged: tuple[str, ...] | None = None
+    hidden: tuple[str, ...] = ()
+    headers: Mapping[str, str] = field(default_factory=dict)
+    percent: frozenset[str] = frozenset()
+
+    @property
+    def dataset_metrics(self) -> tuple[str, ...]:
+        """Every per-dataset metric a gate may name: the columns, then the hidden ones."""
+        return (*self.columns, *self.hidden)
+
+    @property
+    def ood_keys(self) -> tuple[str, ...]:
+        return tuple(f"avg_ood_{m}" for m in self.averaged)
+
+    @property
+    def id_keys(self) -> tuple[str, ...]:
+        ids = self.averaged if self.id_averaged is None else self.id_averaged
+        return tuple(f"id_{m}" for m in ids)
+
+    @property
+    def summary_keys(self) -> tuple[str, ...]:
+        """Keys of an eval document's averages, OOD first: ``avg_ood_<m>``..., ``id_<m>``..."""
+        return (*self.ood_keys, *self.id_keys)
+
+    def base(self, name: str) -> str:
+        """The per-dataset metric behind ``name`` (``avg_ood_ece`` -> ``ece``)."""
+        if name in self.ood_keys:
+            return name.removeprefix("avg_ood_")
+        if name in self.id_keys:
+            return name.removeprefix("id_")
+        return name
+
+    def higher(self, name: str) -> bool:
+        return self.base(name) in self.higher_is_better
+
+    def fraction(self, name: str) -> bool:
+        return self.base(name) in self.fractions
+
+    def header(self, name: str) -> str:
+        return self.headers.get(name, name)
+
+
+CLASSIFICATION_METRICS = TaskMetrics(
+    primary="accuracy",
+    columns=("accuracy", "top5", "ece", "nll", "brier", "macro_f1", "n"),
+    hidden=("accuracy_se",),
+    higher_is_better=frozenset({"accuracy", "top5", "macro_f1", "n"}),
+    # A threshold of 70 for accuracy is a typo for 0.70, not a gate.
+    fractions=frozenset({"accuracy", "top5", "macro_f1", "ece", "accuracy_se"}),
+    averaged=("accuracy", "ece"),
+    id_averaged=("accuracy",),
+    headers={"accuracy": "acc %", "top5": "top-5 %", "ece": "ECE", "nll": "NLL",
+             "brier": "Brier", "macro_f1": "macro-F1", "n": "n"},
+    percent=frozenset({"accuracy", "top5"}),
+)
+
+
+def task_metrics(task: Any) -> TaskMetrics:
+    """The task's declared :class:`TaskMetrics`, or the classification spec when it has none."""
+    spec = getattr(task, "metrics", None)
+    return spec if isinstance(spec, TaskMetrics) else CLASSIFICATION_METRICS
