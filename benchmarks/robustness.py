@@ -1,0 +1,1728 @@
+"""Is TRACER more robust than its baselines? Methods x seeds through the real CLI, with statistics.
+
+Runs every recipe (one per method: zero-shot, LP, FT, LP-FT, FLYP, CaRot, TRACER) for several
+finetuning seeds and pretraining seeds through the real CLI, evaluates ID and every OOD domain,
+and writes a results JSON, four figures and a Markdown section of BENCHMARKS.md.
+
+    python benchmarks/robustness.py               # recipes/synth_*.toml, seeds 0 1 2, pretrain 0 1
+    python benchmarks/robustness.py --quick       # short runs, one pretraining seed
+    python benchmarks/robustness.py --dry-run     # the plan: commands, number of runs, estimate
+    python benchmarks/robustness.py --recipes my_ft.toml my_flyp.toml my_tracer.toml \\
+        --sweep-recipe my_tracer.toml --val my-val-set --pretrain-seeds 0
+
+Methods and datasets come from the recipes: a method's name is the recipe's ``train.method``, else
+the file stem; the ID and OOD sets are the recipe's ``data.id`` / ``data.ood``.
+
+Phases
+  1. Validation sweep: the sweep recipe over the β values (λ_sd at the recipe's value) and the λ_sd
+     values (β at the recipe's value), on the first pretraining seed and the first two finetuning
+     seeds (one with --quick); each run is evaluated on the validation set(s) (``--val``, which
+     must not be a reported test domain) with ``tracer eval RUN --ood VAL``. β and λ_sd are each
+     chosen to maximise the mean validation accuracy; ties go to the recipe's own value.
+  2. Main table: every recipe x pretraining seed x finetuning seed; the sweep recipe runs with the
+     chosen β and λ_sd. A run with the same command as one already made is reused.
+  3. WiSE-FT: ``tracer eval RUN --wise-alpha ...`` on every run of the methods in ``--wise``; the
+     curve is averaged over runs.
+  4. Teacher-student KL: the sweep recipe as it is (WMA teacher) against the same recipe with an
+     EMA teacher updated every max(1, steps // 50) steps (as many updates per run as CaRot's 500
+     of 25k steps), one seed, plus the CaRot run of that seed when there is one.
+
+Each finetune child gets OMP_NUM_THREADS = MKL_NUM_THREADS = max(1, cpu_count // jobs). Every
+result is cached next to its run (``OUT/runs/NAME.robustness.json``, ``NAME.val.json``,
+``NAME.wise.json``, keyed by the full command and the recipe file's hash), so a second invocation
+resumes instead of recomputing. Finished runs keep their numbers but, unless --keep-weights, lose
+their checkpoints once every evaluation that needs them is done (about 190 MB per tiny run).
+
+Statistics: per method and dataset, the mean over runs with standard error
+sqrt(var_between_runs / n + mean binomial variance / n) (benchmarks/phenomenon.py); for an average
+over K sets the binomial variance of one run is sum_k p_k (1 - p_k) / n_k / K^2. Runs at different
+pretraining seeds are pooled (and also reported per pretraining seed in the JSON). Differences
+between methods are paired by (pretraining seed, seed): mean ± SE of the paired differences, within
+noise when |mean| < 2 SE. The WiSE-FT frontier check interpolates a curve (sorted by ID accuracy)
+at a method's mean ID accuracy: above / below / within noise (|gap| < 2 SE of the method's OOD).
+
+Outputs: ``OUT/results.json``; ``FIGURES/robustness_{id_vs_ood,beta_sweep,lambda_sweep,
+kl_ema_vs_wma}.png``; the block between ``<!-- robustness:begin -->`` and
+``<!-- robustness:end -->`` of ``--report`` (replaced when present, else appended with a place for
+a hand-written interpretation after it; the rest of the file is left untouched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import datetime
+import hashlib
+import json
+import math
+import os
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("zeroshot", "lp", "ft", "lpft", "flyp", "carot", "tracer")
+DEFAULT_RECIPES = [f"recipes/synth_{m}.toml" for m in METHODS]
+DEFAULT_SWEEP = "recipes/synth_tracer.toml"
+BETAS = [0.2, 0.5, 1.0, 1.5]
+LAMBDAS = [0.1, 0.9, 1.5, 5.0]
+QUICK_LAMBDAS = [0.1, 0.9, 5.0]
+QUICK_STEPS = 150
+# Interior points only: α = 1 is the run itself (its summary) and α = 0 the pretrained model (the
+# zeroshot recipe's run of the same pretraining seed), so neither is evaluated again.
+WISE_ALPHAS = [0.25, 0.5, 0.75]
+QUICK_WISE_ALPHAS = [0.5]
+REFERENCES = ("flyp", "tracer")
+PRETRAINED_ROW = "zero-shot (pretrained)"
+BEGIN, END = "<!-- robustness:begin -->", "<!-- robustness:end -->"
+INTERPRETATION = ("\n### Robustness: interpretation (hand-written)\n\n"
+                  "_Add the reading of the generated section above here. benchmarks/robustness.py "
+                  "rewrites only the text between the robustness markers._\n")
+# CaRot updates its EMA teacher every 500 of 25k steps: 50 updates per run.
+EMA_UPDATES_PER_RUN = 50
+# Rough single-thread cost of one tiny-CLIP run on the embedded world when no cached run says
+# better, measured on a busy 2-core machine at 1 thread: recipes/synth_tracer.toml at 150 steps
+# took 196 s, synth_zeroshot 38 s (start-up, rendering, evaluations of 4 x 7,000 images), a
+# validation evaluation 21 s; quickstart's steps cost 0.63-0.95 s each. Building an embedded CLIP:
+# ~10 min on 2 cores.
+EST_OVERHEAD_S, EST_STEP_S = 50.0, 0.8
+EST_EVAL_S, EST_EVAL_PER_MODEL_S, EST_BUILD_S = 8.0, 13.0, 600.0
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def binomial_var(p: float, n: int) -> float:
+    """Variance of an accuracy ``p`` measured on ``n`` examples."""
+    return p * (1.0 - p) / n
+
+
+def mean_se(values: Sequence[float], binom_vars: Sequence[float] | None = None
+            ) -> tuple[float, float]:
+    """Mean over runs and its standard error sqrt(var_between / n + mean(binom_vars) / n).
+
+    The spread term is 0 for a single run; without ``binom_vars`` (ECE, NLL, wall time) only the
+    spread counts.
+    """
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        return math.nan, math.nan
+    spread = float(v.var(ddof=1)) / v.size if v.size > 1 else 0.0
+    has_binom = binom_vars is not None and len(binom_vars) > 0
+    binom = float(np.mean(binom_vars)) / v.size if has_binom else 0.0
+    return float(v.mean()), math.sqrt(spread + binom)
+
+
+def average_binomial_var(accuracies: Sequence[float], ns: Sequence[int]) -> float:
+    """Binomial variance of the mean of K accuracies measured on independent sets."""
+    k = len(accuracies)
+    return sum(binomial_var(p, n) for p, n in zip(accuracies, ns)) / k ** 2 if k else 0.0
+
+
+def noise_verdict(diff: float, se: float | None) -> str:
+    """"within noise" when |diff| < 2 SE (or no difference at all), else "beyond noise"."""
+    if se is None or not math.isfinite(se):
+        return "undetermined (one pair)"
+    return "within noise" if diff == 0 or abs(diff) < 2 * se else "beyond noise"
+
+
+def paired_difference(a: dict[Any, float], b: dict[Any, float]) -> dict[str, Any]:
+    """a − b paired by key (pretraining seed, seed): mean ± SE of the differences and a verdict.
+
+    The SE is the spread of the paired differences over pairs (std / sqrt(n)); the test sets are
+    shared, so their sampling noise largely cancels in a paired difference and is not added.
+    """
+    keys = sorted(set(a) & set(b))
+    if not keys:
+        return {"n": 0, "mean": None, "se": None, "verdict": "no common runs"}
+    d = np.array([a[k] - b[k] for k in keys], dtype=float)
+    se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else None
+    mean = float(d.mean())
+    return {"n": int(d.size), "mean": mean, "se": se, "verdict": noise_verdict(mean, se)}
+
+
+def frontier_gap(curve: Sequence[tuple[float, float]], id_acc: float, ood_acc: float,
+                 ood_se: float) -> dict[str, Any]:
+    """Where a method's (ID, OOD) point lies against a WiSE-FT curve of (ID, OOD) points.
+
+    The curve is sorted by ID accuracy (points with equal ID are averaged) and interpolated
+    linearly at ``id_acc``; gap = ``ood_acc`` − curve. "above" / "below" when |gap| ≥ 2 ``ood_se``,
+    else "within noise"; "outside the curve's ID range" when ``id_acc`` is beyond its ends.
+    """
+    by_id: dict[float, list[float]] = {}
+    for i, o in curve:
+        by_id.setdefault(float(i), []).append(float(o))
+    xs = sorted(by_id)
+    ys = [float(np.mean(by_id[x])) for x in xs]
+    if not xs or id_acc < xs[0] or id_acc > xs[-1]:
+        return {"curve_ood": None, "gap": None, "se": ood_se,
+                "verdict": "outside the curve's ID range"}
+    curve_ood = float(np.interp(id_acc, xs, ys))
+    gap = ood_acc - curve_ood
+    if abs(gap) < 2 * ood_se or gap == 0:
+        verdict = "within noise"
+    else:
+        verdict = "above" if gap > 0 else "below"
+    return {"curve_ood": curve_ood, "gap": gap, "se": ood_se, "verdict": verdict}
+
+
+def choose_value(values: Sequence[float], means: Sequence[float], own: float) -> float:
+    """The value with the highest mean; among ties the recipe's own value, else the first."""
+    best = max(means)
+    tied = [v for v, m in zip(values, means) if abs(m - best) <= 1e-12]
+    return own if any(math.isclose(v, own) for v in tied) else tied[0]
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+@dataclass(frozen=True)
+class RecipeInfo:
+    """What the benchmark needs to know about one recipe (after the user's --set overrides)."""
+
+    path: str
+    name: str
+    sha256: str
+    embedded: bool
+    embedded_seed: int
+    steps: int
+    warmup_steps: int
+    lp_steps: int
+    beta: float
+    lambda_sd: float
+    datasets: tuple[str, ...]
+    arch: str
+    method: str = "tracer"  # the engine's train.method (its default when the recipe has none)
+
+
+def read_recipe(path: str, overrides: Sequence[str]) -> RecipeInfo:
+    """Read and validate a recipe with tracer's own loader (raises tracer's UsageError); the name
+    is ``train.method`` or the file stem."""
+    from tracer_cli import recipe as recipe_mod
+
+    raw = recipe_mod.read_toml(Path(path))
+    recipe = recipe_mod.from_dict(recipe_mod.apply_overrides(raw, list(overrides)), path)
+    train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+    options = recipe.model.options
+    names = tuple(s.get("label") or s["name"] for s in recipe.data.id + recipe.data.ood)
+    return RecipeInfo(
+        path=path, name=str(train.get("method") or Path(path).stem),
+        sha256=hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+        embedded=options.get("pretrained") == "embedded",
+        embedded_seed=int(options.get("embedded_seed", 0) or 0), steps=recipe.train.steps,
+        warmup_steps=recipe.train.warmup_steps, lp_steps=recipe.train.lp_steps,
+        beta=recipe.teacher.beta, lambda_sd=recipe.distill.lambda_sd, datasets=names,
+        arch=str(options.get("arch")), method=str(getattr(recipe.train, "method", "tracer")))
+
+
+def distinct_names(infos: list[RecipeInfo]) -> list[RecipeInfo]:
+    """Recipes sharing a method name are told apart by their file stems (then by position)."""
+    counts: dict[str, int] = {}
+    for info in infos:
+        counts[info.name] = counts.get(info.name, 0) + 1
+    out, seen = [], set()
+    for i, info in enumerate(infos):
+        name = info.name if counts[info.name] == 1 else Path(info.path).stem
+        if name in seen:
+            name = f"{name}-{i}"
+        seen.add(name)
+        out.append(RecipeInfo(**{**info.__dict__, "name": name}))
+    return out
+
+
+def steps_overrides(info: RecipeInfo, steps: int | None, always: bool = False) -> list[str]:
+    """``train.steps=N`` plus the warm-up and LP-phase lengths scaled to it (the same schedule,
+    shorter), so a recipe's own warm-up never exceeds the shortened run. Nothing when ``steps``
+    is the recipe's own (unless ``always``)."""
+    if steps is None or (steps == info.steps and not always):
+        return []
+    out = [f"train.steps={steps}"]
+    if info.warmup_steps:
+        warmup = min(steps, round(info.warmup_steps * steps / info.steps))
+        out.append(f"train.warmup_steps={warmup}")
+    if info.lp_steps:
+        lp = max(1, min(steps - 1, round(info.lp_steps * steps / info.steps)))
+        out.append(f"train.lp_steps={lp}")
+    return out
+
+
+def _float(value: float) -> str:
+    """A float as TOML reads it back as a float (1 -> 1.0)."""
+    return repr(float(value))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "run"
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class Run:
+    """One finetune: a recipe at a pretraining seed, a seed and a variant of overrides."""
+
+    name: str
+    recipe: RecipeInfo
+    pseed: int
+    seed: int
+    variant: tuple[str, ...]
+    argv: list[str]
+    run_dir: Path
+    roles: set[str] = field(default_factory=set)
+    summary: dict[str, Any] | None = None
+
+
+@dataclass
+class Task:
+    """One CLI call (a finetune or an evaluation) with the record that caches its result."""
+
+    name: str
+    argv: list[str]
+    record: Path
+    run: Run
+    kind: str  # "finetune" | "val" | "wise"
+    deps: tuple[str, ...] = ()
+    result: Any = None
+    cached: bool = False
+
+    def key(self) -> dict[str, Any]:
+        key = {"argv": self.argv, "recipe_sha256": self.run.recipe.sha256}
+        if self.kind != "finetune":
+            summary = self.run.run_dir / "summary.json"
+            key["summary_sha256"] = (hashlib.sha256(summary.read_bytes()).hexdigest()
+                                     if summary.is_file() else None)
+        return key
+
+    def load_cached(self) -> bool:
+        """Take the cached result when its record matches this exact command."""
+        try:
+            record = json.loads(self.record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        if record.get("key") != self.key():
+            return False
+        if self.kind == "finetune":
+            summary = self.run.run_dir / "summary.json"
+            if not summary.is_file():
+                return False
+            self.result = json.loads(summary.read_text(encoding="utf-8"))
+        else:
+            self.result = record.get("result")
+        self.cached = True
+        return True
+
+
+@dataclass
+class Config:
+    recipes: list[RecipeInfo]
+    sweep: RecipeInfo | None
+    seeds: list[int]
+    pseeds: list[int]
+    sweep_seeds: list[int]
+    steps: int | None
+    user_sets: list[str]
+    val: list[str]
+    betas: list[float]
+    lambdas: list[float]
+    wise: list[str]
+    wise_alphas: list[float]
+    kl_steps: int | None
+    out: Path
+    jobs: int
+    keep_weights: bool
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.out / "runs"
+
+    def pseeds_of(self, recipe: RecipeInfo) -> list[int]:
+        """Pretraining seeds only vary the embedded tiny CLIP; other models run at the first."""
+        return self.pseeds if recipe.embedded else self.pseeds[:1]
+
+    def steps_of(self, recipe: RecipeInfo) -> int:
+        return self.steps or recipe.steps
+
+    def tuned(self, recipe: RecipeInfo) -> bool:
+        """Whether ``recipe`` is the one the sweep tunes (it runs with the chosen β and λ_sd)."""
+        if self.sweep is None:
+            return False
+        same = Path(recipe.path).resolve() == Path(self.sweep.path).resolve()
+        return same or (recipe.name == self.sweep.name and not any(
+            Path(r.path).resolve() == Path(self.sweep.path).resolve() for r in self.recipes))
+
+
+class Plan:
+    """Runs and tasks by name; asking twice for the same run returns the same object."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.runs: dict[str, Run] = {}
+        self.tasks: dict[str, Task] = {}
+
+    def run(self, recipe: RecipeInfo, pseed: int, seed: int, variant: Sequence[str], tag: str,
+            role: str) -> Run:
+        name = f"{_slug(recipe.name)}{'-' + tag if tag else ''}_p{pseed}_s{seed}"
+        if name not in self.runs:
+            sets = [f"run.name={name}", f"run.seed={seed}", "train.checkpoint_every=0",
+                    *self.cfg.user_sets, *steps_overrides(recipe, self.cfg.steps)]
+            if recipe.embedded and pseed != recipe.embedded_seed:
+                sets.append(f"model.embedded_seed={pseed}")
+            if recipe.method != "zeroshot" and any(r.method == "zeroshot"
+                                                   for r in self.cfg.recipes):
+                # The zeroshot recipe's run evaluates the pretrained model once per pretraining
+                # seed; every other run would only repeat that evaluation.
+                sets.append("run.eval_zeroshot=false")
+            sets += variant
+            argv = ["finetune", recipe.path, "--output-dir", str(self.cfg.runs_dir),
+                    "--overwrite", "--json", *[a for s in sets for a in ("--set", s)]]
+            run = Run(name, recipe, pseed, seed, tuple(variant), argv, self.cfg.runs_dir / name)
+            self.runs[name] = run
+            self.tasks[name] = Task(name, argv, self.cfg.runs_dir / f"{name}.robustness.json",
+                                    run, "finetune")
+        self.runs[name].roles.add(role)
+        return self.runs[name]
+
+    def evaluation(self, run: Run, kind: str) -> Task:
+        name = f"{run.name}.{kind}"
+        if name not in self.tasks:
+            extra = (["--ood", ",".join(self.cfg.val)] if kind == "val" else
+                     ["--wise-alpha", ",".join(f"{a:g}" for a in self.cfg.wise_alphas)])
+            argv = ["eval", str(run.run_dir), *extra, "--json"]
+            self.tasks[name] = Task(name, argv, self.cfg.runs_dir / f"{name}.json", run, kind,
+                                    deps=(run.name,))
+        return self.tasks[name]
+
+    # ----- the phases
+
+    def tracer_variant(self, beta: float, lam: float) -> tuple[list[str], str]:
+        return ([f"teacher.beta={_float(beta)}", f"distill.lambda_sd={_float(lam)}"],
+                f"b{beta:g}-l{lam:g}")
+
+    def sweep(self) -> list[tuple[str, float, Run]]:
+        """Phase 1: (axis, value, run) for every sweep run, each with its validation task."""
+        cfg, rec = self.cfg, self.cfg.sweep
+        if rec is None:
+            return []
+        points = [("beta", b, b, rec.lambda_sd) for b in cfg.betas]
+        points += [("lambda_sd", lam, rec.beta, lam) for lam in cfg.lambdas]
+        out = []
+        for axis, value, beta, lam in points:
+            variant, tag = self.tracer_variant(beta, lam)
+            for seed in cfg.sweep_seeds:
+                run = self.run(rec, cfg.pseeds[0], seed, variant, tag, "sweep")
+                self.evaluation(run, "val")
+                out.append((axis, value, run))
+        return out
+
+    def main(self, choice: dict[str, float] | None, tuned: bool) -> list[Run]:
+        """Phase 2 (and 3 for the runs it adds): the untuned recipes when ``tuned`` is False,
+        the tuned one at ``choice`` when True."""
+        cfg, out = self.cfg, []
+        for recipe in cfg.recipes:
+            if cfg.tuned(recipe) != tuned:
+                continue
+            variant, tag = ([], "") if choice is None else self.tracer_variant(
+                choice["beta"], choice["lambda_sd"])
+            for pseed in cfg.pseeds_of(recipe):
+                for seed in cfg.seeds:
+                    run = self.run(recipe, pseed, seed, variant, tag, "main")
+                    if recipe.name in cfg.wise:
+                        self.evaluation(run, "wise")
+                    out.append(run)
+        return out
+
+    def kl(self) -> KlPlan | None:
+        """Phase 4: the sweep recipe with its own WMA teacher and with an EMA teacher."""
+        cfg = self.cfg
+        rec = cfg.sweep or next((r for r in cfg.recipes if r.name == "tracer"), None)
+        if rec is None or cfg.kl_steps == 0:
+            return None
+        steps = cfg.kl_steps or cfg.steps_of(rec)
+        extra, suffix = [], ""
+        if steps != cfg.steps_of(rec):
+            extra, suffix = steps_overrides(rec, steps, always=True), f"-n{steps}"
+        every = max(1, steps // EMA_UPDATES_PER_RUN)
+        pseed, seed = cfg.pseeds[0], cfg.seeds[0]
+        variant, tag = self.tracer_variant(rec.beta, rec.lambda_sd) if cfg.sweep else ([], "")
+        wma = self.run(rec, pseed, seed, [*variant, *extra], f"{tag}{suffix}".strip("-"), "kl")
+        ema_variant = [f"distill.lambda_sd={_float(rec.lambda_sd)}", "teacher.kind=ema",
+                       f"teacher.update_every={every}", *extra]
+        ema = self.run(rec, pseed, seed, ema_variant, f"ema-k{every}{suffix}", "kl")
+        return KlPlan(rec, wma, ema, every, steps)
+
+
+@dataclass
+class KlPlan:
+    """The two runs of phase 4 and the EMA teacher's update interval."""
+
+    recipe: RecipeInfo
+    wma: Run
+    ema: Run
+    update_every: int
+    steps: int
+
+
+# --------------------------------------------------------------------------- execution
+
+
+class BenchmarkFailed(Exception):
+    """A child command failed; the message has its command and the tail of its stderr."""
+
+
+def resolve_cache(tasks: Sequence[Task]) -> None:
+    """Mark every pending task whose result is cached for exactly its command.
+
+    A finished run whose weights were pruned is run again when an evaluation of it is still to
+    do (and its cached evaluations with it: they describe the old run directory).
+    """
+    fresh = [t for t in tasks if not t.cached and t.result is None]
+    for task in fresh:
+        if task.kind == "finetune":
+            task.load_cached()
+    finished = {t.name for t in tasks if t.kind == "finetune" and t.result is not None}
+    for task in fresh:
+        if task.kind != "finetune" and task.run.name in finished:
+            task.load_cached()
+    for task in tasks:
+        if task.kind != "finetune" or task.result is None:
+            continue
+        evals = [t for t in tasks if t.kind != "finetune" and t.run is task.run]
+        if any(t.result is None for t in evals) and not (task.run.run_dir / "last.pt").is_file():
+            for t in [task, *evals]:
+                t.cached, t.result = False, None
+
+
+def embedded_cached(arch_seed: tuple[str, int]) -> bool:
+    """Whether the embedded tiny CLIP of this pretraining seed is already built (False when
+    tracer cannot tell)."""
+    try:
+        from tracer_plugins.backbones.embedded import embedded_path
+    except ImportError:
+        return False
+    try:
+        return embedded_path(*arch_seed).is_file()
+    except Exception:  # an engine older or newer than this script: assume a build
+        return False
+
+
+def add_build_barriers(tasks: Sequence[Task]) -> list[tuple[str, int]]:
+    """Two children must not build the same embedded CLIP at once: the first pending finetune of
+    each unbuilt (architecture, pretraining seed) runs before the others. Returns those builds."""
+    pending = [t for t in tasks if t.kind == "finetune" and not t.cached and t.run.recipe.embedded]
+    builds = []
+    for build in sorted({(t.run.recipe.arch, t.run.pseed) for t in pending}):
+        group = [t for t in pending if (t.run.recipe.arch, t.run.pseed) == build]
+        if embedded_cached(build):
+            continue
+        builds.append(build)
+        for task in group[1:]:
+            task.deps = (*task.deps, group[0].name)
+    return builds
+
+
+class Ui:
+    """A rich progress bar on stderr (runs done / total, running names, elapsed, ETA), plus one
+    line per finished command; only the lines when stderr is not a terminal or CI is set."""
+
+    def __init__(self, total: int):
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+            TimeRemainingColumn)
+
+        self.console = Console(stderr=True)
+        plain = not self.console.is_terminal or bool(os.environ.get("CI"))
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
+                                 TimeRemainingColumn(), console=self.console, disable=plain)
+        self.bar = self.progress.add_task("starting", total=max(total, 1))
+        self.running: dict[str, float] = {}
+        self.done = 0
+
+    def __enter__(self) -> "Ui":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.stop()
+
+    def set_total(self, total: int) -> None:
+        self.progress.update(self.bar, total=max(total, self.done, 1))
+
+    def started(self, task: Task) -> None:
+        self.running[task.name] = time.time()
+        self._describe()
+
+    def finished(self, task: Task) -> None:
+        took = time.time() - self.running.pop(task.name, time.time())
+        self.done += 1
+        self.progress.update(self.bar, advance=1)
+        total = int(self.progress.tasks[0].total or 0)
+        self.console.print(f"[{self.done}/{total}] {task.name} ({took:.0f} s)")
+        self._describe()
+
+    def _describe(self) -> None:
+        self.progress.update(self.bar, description=", ".join(self.running) or "waiting")
+
+
+def threads_per_job(jobs: int) -> int:
+    """max(1, cpu_count // jobs), never above an OMP_NUM_THREADS the caller already set (a
+    shared machine's limit)."""
+    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    try:
+        return max(1, min(threads, int(os.environ.get("OMP_NUM_THREADS", threads))))
+    except ValueError:
+        return threads
+
+
+class Executor:
+    """Runs tasks as child processes, ``jobs`` at a time, in dependency order."""
+
+    def __init__(self, cfg: Config, ui: Ui, on_done: Any = None):
+        threads = str(threads_per_job(cfg.jobs))
+        self.on_done = on_done or (lambda task: None)
+        self.env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+                    "CI": "1"}
+        self.jobs, self.ui = cfg.jobs, ui
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.lock = threading.Lock()
+        self.stopping = False
+        self.counts = {"finetune": 0, "val": 0, "wise": 0}
+
+    def execute(self, tasks: Sequence[Task]) -> None:
+        todo = {t.name: t for t in tasks if not t.cached and t.result is None}
+        running: dict[cf.Future, Task] = {}
+        with cf.ThreadPoolExecutor(self.jobs) as pool:
+            while todo or running:
+                busy = set(todo) | {t.name for t in running.values()}
+                ready = [t for t in todo.values() if not any(d in busy for d in t.deps)]
+                ready.sort(key=lambda t: t.kind == "finetune")  # evaluations first
+                if not ready and not running:
+                    raise BenchmarkFailed(f"nothing can start: {', '.join(todo)} wait on each "
+                                          "other")
+                for task in ready[: self.jobs - len(running)]:
+                    del todo[task.name]
+                    self.ui.started(task)
+                    running[pool.submit(self._call, task)] = task
+                finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for future in finished:
+                    task = running.pop(future)
+                    error = future.result()
+                    if error:
+                        self._stop(running)
+                        raise BenchmarkFailed(error)
+                    self.counts[task.kind] += 1
+                    self.ui.finished(task)
+                    self.on_done(task)
+
+    def _stop(self, running: dict[cf.Future, Task]) -> None:
+        """Stop the other children (SIGTERM: a finetune checkpoints and exits) and wait."""
+        with self.lock:
+            self.stopping = True
+            for proc in self.procs.values():
+                proc.terminate()
+        cf.wait(running)
+
+    def _call(self, task: Task) -> str | None:
+        cmd = [sys.executable, "-m", "tracer_cli", *task.argv]
+        log = task.record.with_suffix(".log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with self.lock:
+            if self.stopping:
+                return None
+            with open(log, "w", encoding="utf-8") as err:
+                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
+                                        env=self.env)
+            self.procs[task.name] = proc
+        out, _ = proc.communicate()
+        with self.lock:
+            self.procs.pop(task.name, None)
+        tail = log.read_text(encoding="utf-8", errors="replace")[-2000:]
+        if proc.returncode != 0:
+            return f"{shlex.join(cmd)}\nfailed with exit code {proc.returncode}:\n{tail}"
+        try:
+            task.result = json.loads(out)
+        except ValueError:
+            return f"{shlex.join(cmd)}\nprinted no JSON document; stderr:\n{tail}"
+        _write_json(task.record, {"key": task.key(), "result": task.result})
+        return None
+
+
+def prune_weights(runs: Iterable[Run], keep_last: bool = False) -> None:
+    """Delete a finished run's checkpoints (its numbers, metrics and lock file stay);
+    ``keep_last`` keeps last.pt, which evaluations read."""
+    for run in runs:
+        paths = list((run.run_dir / "checkpoints").glob("*.pt"))
+        for path in paths + ([] if keep_last else [run.run_dir / "last.pt"]):
+            path.unlink(missing_ok=True)
+
+
+class Pruner:
+    """Deletes a run's weights as soon as nothing planned (or still to be planned) reads them."""
+
+    def __init__(self, cfg: Config, plan: Plan):
+        self.cfg, self.plan, self.final = cfg, plan, False
+
+    def __call__(self, task: Task) -> None:
+        run = task.run
+        if self.cfg.keep_weights:
+            return
+        # The tuned recipe's runs may get a WiSE-FT evaluation once the choice is made.
+        later = (not self.final and self.cfg.tuned(run.recipe)
+                 and run.recipe.name in self.cfg.wise)
+        done = all(t.result is not None for t in self.plan.tasks.values() if t.run is run)
+        prune_weights([run], keep_last=later or not done)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from tracer_cli.io import atomic_write_json
+
+    atomic_write_json(path, data)
+
+
+def _write_text(path: Path, text: str) -> None:
+    from tracer_cli.io import atomic_write_text
+
+    atomic_write_text(path, text)
+
+
+# --------------------------------------------------------------------------- collecting numbers
+
+
+def model_numbers(summary: dict[str, Any], model: str) -> dict[str, Any] | None:
+    """One model's numbers in a run's summary.json, with the ID mean, the OOD averages and the
+    binomial variances of both."""
+    ev = summary["eval"]
+    metrics = ev["models"].get(model)
+    if metrics is None:
+        return None
+    ids, oods = list(ev["id"]), list(ev["ood"])
+    datasets = {d: {k: metrics[d][k] for k in ("accuracy", "ece", "nll", "n")}
+                for d in ids + oods}
+
+    def acc(names: list[str]) -> tuple[float | None, float]:
+        if not names:
+            return None, 0.0
+        values = [datasets[d]["accuracy"] for d in names]
+        return (float(np.mean(values)),
+                average_binomial_var(values, [datasets[d]["n"] for d in names]))
+
+    id_acc, id_var = acc(ids)
+    ood_acc, ood_var = acc(oods)
+    return {"datasets": datasets, "id_accuracy": id_acc, "id_binom_var": id_var,
+            "avg_ood_accuracy": metrics.get("avg_ood_accuracy", ood_acc),
+            "avg_ood_binom_var": ood_var,
+            "avg_ood_ece": metrics.get("avg_ood_ece"),
+            "avg_ood_nll": float(np.mean([datasets[d]["nll"] for d in oods])) if oods else None}
+
+
+def val_numbers(doc: dict[str, Any] | None, names: Sequence[str]) -> dict[str, Any] | None:
+    """Validation accuracy (mean over the validation sets) from a ``tracer eval --json`` doc."""
+    if not doc:
+        return None
+    sets = {v: {"accuracy": doc["datasets"][v]["accuracy"], "n": doc["datasets"][v]["n"]}
+            for v in names}
+    accs = [s["accuracy"] for s in sets.values()]
+    return {"datasets": sets, "accuracy": float(np.mean(accs)),
+            "binom_var": average_binomial_var(accs, [s["n"] for s in sets.values()])}
+
+
+def run_record(run: Run, plan: Plan) -> dict[str, Any]:
+    s = run.summary or {}
+    val = plan.tasks.get(f"{run.name}.val")
+    return {"name": run.name, "method": run.recipe.name, "recipe": run.recipe.path,
+            "roles": sorted(run.roles), "pretrain_seed": run.pseed, "seed": run.seed,
+            "overrides": list(run.variant),
+            "command": shlex.join(["python", "-m", "tracer_cli", *run.argv]),
+            "run_dir": str(run.run_dir), "steps": s.get("steps"),
+            "wall_time_s": s.get("wall_time_s"),
+            "models": {m: model_numbers(s, m) for m in s.get("eval", {}).get("models", {})},
+            "val": val_numbers(val.result if val else None, plan.cfg.val)}
+
+
+def _pair(values: tuple[float, float]) -> list[float]:
+    return [values[0], values[1]]
+
+
+def _spread(values: Sequence[float]) -> list[float | None]:
+    """Mean ± SE of a metric without a binomial term; one run has no SE (None)."""
+    mean, se = mean_se(values)
+    return [mean, se if len(values) > 1 else None]
+
+
+def aggregate(records: Sequence[dict[str, Any]], model: str) -> dict[str, Any] | None:
+    """Mean ± SE over runs of one model's numbers (accuracy with the binomial term)."""
+    entries = [(r, r["models"].get(model)) for r in records]
+    entries = [(r, e) for r, e in entries if e]
+    if not entries:
+        return None
+    out: dict[str, Any] = {"n_runs": len(entries), "datasets": {}}
+    for d in entries[0][1]["datasets"]:
+        rows = [e["datasets"][d] for _, e in entries]
+        out["datasets"][d] = {
+            "accuracy": _pair(mean_se([x["accuracy"] for x in rows],
+                                      [binomial_var(x["accuracy"], x["n"]) for x in rows])),
+            "ece": _spread([x["ece"] for x in rows]),
+            "nll": _spread([x["nll"] for x in rows]), "n": rows[0]["n"]}
+    for key, var in (("id_accuracy", "id_binom_var"), ("avg_ood_accuracy", "avg_ood_binom_var")):
+        pairs = [(e[key], e[var]) for _, e in entries if e[key] is not None]
+        out[key] = _pair(mean_se(*zip(*pairs))) if pairs else None
+    for key in ("avg_ood_ece", "avg_ood_nll"):
+        values = [e[key] for _, e in entries if e[key] is not None]
+        out[key] = _spread(values) if values else None
+    out["wall_time_s"] = (_spread([r["wall_time_s"] for r, _ in entries])
+                          if model != "zeroshot" else None)
+    return out
+
+
+@dataclass
+class Row:
+    """A line of the main table: one model (student, its teacher, or the pretrained model)."""
+
+    label: str
+    method: str
+    model: str
+    records: list[dict[str, Any]]
+
+    def values(self, key: str) -> dict[tuple[int, int], float]:
+        return {(r["pretrain_seed"], r["seed"]): r["models"][self.model][key]
+                for r in self.records if r["models"].get(self.model)
+                and r["models"][self.model][key] is not None}
+
+
+def table_rows(records: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[Row]:
+    """The pretrained model (one run per pretraining seed; omitted when a zeroshot recipe is
+    there), then each method's student and, when it has one, its teacher."""
+    rows = []
+    if "zeroshot" not in methods:
+        first = {}
+        for r in records:
+            first.setdefault(r["pretrain_seed"], r)
+        rows.append(Row(PRETRAINED_ROW, "zeroshot", "zeroshot", list(first.values())))
+    for method in methods:
+        mine = [r for r in records if r["method"] == method]
+        rows.append(Row(method, method, "student", mine))
+        if any(r["models"].get("teacher") for r in mine):
+            rows.append(Row(f"teacher of {method}", method, "teacher", mine))
+    return rows
+
+
+def paired_table(rows: Sequence[Row], pseeds: Sequence[int]) -> list[dict[str, Any]]:
+    """Each method's student against flyp and tracer: ID and avg OOD, pooled and per
+    pretraining seed."""
+    students = {r.method: r for r in rows if r.model == "student"}
+    out, seen = [], set()
+    for ref in REFERENCES:
+        if ref not in students:
+            continue
+        for row in rows:
+            if row.model != "student" or row.method == ref or (ref, row.method) in seen:
+                continue
+            seen.add((row.method, ref))
+            entry: dict[str, Any] = {"method": row.label, "reference": ref}
+            for key in ("id_accuracy", "avg_ood_accuracy", "avg_ood_ece"):
+                a, b = row.values(key), students[ref].values(key)
+                entry[key] = paired_difference(a, b)
+                entry[key]["by_pretrain_seed"] = {
+                    str(p): paired_difference({k: v for k, v in a.items() if k[0] == p}, b)
+                    for p in pseeds}
+            out.append(entry)
+    return out
+
+
+def wise_endpoints(task: Task, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """α = 1 (the run's own student) and α = 0 (the pretrained model of the same pretraining
+    seed: the zeroshot run's, else the run's own zero-shot evaluation) for a WiSE-FT task whose
+    α list leaves them out, so they are not evaluated twice."""
+    asked = {float(e["alpha"]) for e in (task.result or {}).get("wise", [])}
+    run = next((r for r in records if r["name"] == task.run.name), None)
+    if run is None:
+        return []
+    zero = next((r["models"].get("student") for r in records
+                 if r["method"] == "zeroshot" and r["pretrain_seed"] == run["pretrain_seed"]),
+                None) or run["models"].get("zeroshot")
+    out = []
+    for alpha, numbers in ((0.0, zero), (1.0, run["models"].get("student"))):
+        if alpha not in asked and numbers:
+            out.append({"alpha": alpha, **{k: numbers.get(k) for k in
+                                           ("id_accuracy", "avg_ood_accuracy", "avg_ood_ece")}})
+    return out
+
+
+def wise_curve(tasks: Sequence[Task], records: Sequence[dict[str, Any]] = ()
+               ) -> list[dict[str, Any]]:
+    """The WiSE-FT curve averaged over runs: per α, mean ± SE of ID, avg OOD accuracy and ECE."""
+    by_alpha: dict[float, list[dict[str, Any]]] = {}
+    for task in tasks:
+        for entry in [*(task.result or {}).get("wise", []), *wise_endpoints(task, records)]:
+            by_alpha.setdefault(float(entry["alpha"]), []).append(entry)
+    points = []
+    for alpha in sorted(by_alpha):
+        entries = by_alpha[alpha]
+        point = {"alpha": alpha, "n_runs": len(entries)}
+        for key in ("id_accuracy", "avg_ood_accuracy", "avg_ood_ece"):
+            values = [e[key] for e in entries if e.get(key) is not None]
+            point[key] = _spread(values) if values else None
+        points.append(point)
+    return points
+
+
+def frontier_table(rows: Sequence[Row], aggregates: dict[str, Any],
+                   curves: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Every trained model's point against every WiSE-FT curve but its own."""
+    out = []
+    for curve_method, points in curves.items():
+        curve = [(p["id_accuracy"][0], p["avg_ood_accuracy"][0]) for p in points
+                 if p["id_accuracy"] and p["avg_ood_accuracy"]]
+        for row in rows:
+            agg = aggregates.get(row.label)
+            if (row.method in ("zeroshot", curve_method) or not agg or not agg["id_accuracy"]
+                    or not agg["avg_ood_accuracy"]):
+                continue
+            (id_m, _), (ood_m, ood_se) = agg["id_accuracy"], agg["avg_ood_accuracy"]
+            out.append({"row": row.label, "curve": curve_method, "id_accuracy": id_m,
+                        "avg_ood_accuracy": ood_m, **frontier_gap(curve, id_m, ood_m, ood_se)})
+    return out
+
+
+def sweep_table(points: Sequence[tuple[str, float, Run]], plan: Plan
+                ) -> dict[str, list[dict[str, Any]]]:
+    """Per swept axis and value: validation, ID and avg OOD accuracy over the sweep seeds."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for axis in ("beta", "lambda_sd"):
+        values = list(dict.fromkeys(v for a, v, _ in points if a == axis))
+        rows = []
+        for value in values:
+            records = [run_record(r, plan) for a, v, r in points if a == axis and v == value]
+            vals = [r["val"] for r in records if r["val"]]
+            student = aggregate(records, "student") or {}
+            rows.append({
+                "value": value, "runs": [r["name"] for r in records],
+                "val_accuracy": (_pair(mean_se([v["accuracy"] for v in vals],
+                                               [v["binom_var"] for v in vals])) if vals else None),
+                "val_by_seed": {str(r["seed"]): r["val"]["accuracy"] for r in records
+                                if r["val"]},
+                "val_binom_var": float(np.mean([v["binom_var"] for v in vals])) if vals else None,
+                "id_accuracy": student.get("id_accuracy"),
+                "avg_ood_accuracy": student.get("avg_ood_accuracy")})
+        if rows:
+            out[axis] = rows
+    return out
+
+
+def choose(sweep: dict[str, list[dict[str, Any]]], recipe: RecipeInfo) -> dict[str, Any]:
+    """β and λ_sd, each maximising the mean validation accuracy on its own axis; with the
+    chosen value's difference to the recipe's own value (paired by seed)."""
+    own = {"beta": recipe.beta, "lambda_sd": recipe.lambda_sd}
+    out: dict[str, Any] = {"beta": recipe.beta, "lambda_sd": recipe.lambda_sd, "vs_own": {}}
+    for axis, rows in sweep.items():
+        rows = [r for r in rows if r["val_accuracy"]]
+        if not rows:
+            continue
+        best = choose_value([r["value"] for r in rows], [r["val_accuracy"][0] for r in rows],
+                            own[axis])
+        out[axis] = best
+        mine = next(r for r in rows if r["value"] == best)
+        base = next((r for r in rows if math.isclose(r["value"], own[axis])), None)
+        if base is not None:
+            diff = paired_difference(mine["val_by_seed"], base["val_by_seed"])
+            if diff["n"] == 1:  # one seed: the binomial error of the two evaluations
+                diff["se"] = math.sqrt(mine["val_binom_var"] + base["val_binom_var"])
+                diff["verdict"] = noise_verdict(diff["mean"], diff["se"])
+                diff["se_from"] = "binomial (one seed)"
+            out["vs_own"][axis] = diff
+    return out
+
+
+def kl_curves(kl: KlPlan | None, carot: Run | None) -> dict[str, Any]:
+    """kl_i2t and param_ratio against step from each run's metrics.jsonl, with summaries."""
+    if kl is None:
+        return {}
+    runs = {"WMA (tracer)": kl.wma, "EMA": kl.ema}
+    if carot is not None:
+        runs["CaRot"] = carot
+    out: dict[str, Any] = {}
+    for label, run in runs.items():
+        points = []
+        path = run.run_dir / "metrics.jsonl"
+        for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("event") == "train":
+                points.append({k: rec.get(k) for k in ("step", "kl_i2t", "kl_t2i",
+                                                       "param_ratio")})
+        last = max((p["step"] for p in points), default=0)
+        tail = [p["kl_i2t"] for p in points
+                if p["kl_i2t"] is not None and p["step"] >= 0.75 * last]
+        ratio = [p["param_ratio"] for p in points if p["param_ratio"] is not None]
+        out[label] = {"run": run.name, "points": points,
+                      "kl_i2t_last_quarter": float(np.mean(tail)) if tail else None,
+                      "param_ratio_end": ratio[-1] if ratio else None}
+    return out
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _pct(pair: Sequence[float | None] | None) -> tuple[float, float]:
+    """(mean, SE) in %; no SE draws no error bar."""
+    if not pair:
+        return math.nan, math.nan
+    return 100 * pair[0], 100 * (pair[1] or 0.0)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    from tracer_cli.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    return path
+
+
+def plot_id_vs_ood(results: dict[str, Any], path: Path) -> Path:
+    """Each model's mean point with SE bars, the WiSE-FT curves with α markers, zero-shot."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    for method, points in results["wise"].items():
+        pts = [p for p in points if p["id_accuracy"] and p["avg_ood_accuracy"]]
+        xs = [100 * p["id_accuracy"][0] for p in pts]
+        ys = [100 * p["avg_ood_accuracy"][0] for p in pts]
+        ax.plot(xs, ys, "-", marker=".", alpha=0.7, label=f"WiSE-FT of {method}")
+        for p, x, y in zip(pts, xs, ys):
+            if p["alpha"] in (0.0, 0.5, 1.0):
+                ax.annotate(f"α={p['alpha']:g}", (x, y), xytext=(3, -10),
+                            textcoords="offset points", fontsize=7, alpha=0.7)
+    for row in results["rows"]:
+        agg = results["aggregates"].get(row["label"])
+        if not agg or not agg["id_accuracy"] or not agg["avg_ood_accuracy"]:
+            continue
+        (x, xe), (y, ye) = _pct(agg["id_accuracy"]), _pct(agg["avg_ood_accuracy"])
+        marker = ("*" if row["method"] == "zeroshot" else "s" if row["model"] == "teacher"
+                  else "o")
+        ax.errorbar(x, y, xerr=xe, yerr=ye, fmt=marker, capsize=3,
+                    markersize=11 if marker == "*" else 6,
+                    mfc="none" if row["model"] == "teacher" else None)
+        ax.annotate(row["label"], (x, y), xytext=(4, -11 if row["model"] == "teacher" else 4),
+                    textcoords="offset points", fontsize=8)
+    ax.set_xlabel("ID accuracy (%)")
+    ax.set_ylabel("average OOD accuracy (%)")
+    ax.set_title("ID vs OOD accuracy (mean ± SE over runs)")
+    if results["wise"]:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_sweep(rows: Sequence[dict[str, Any]], axis: str, chosen: float, own: float,
+               path: Path) -> Path:
+    """Validation, ID and avg OOD accuracy against the swept value; chosen value marked."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    xs = [r["value"] for r in rows]
+    for key, label in (("val_accuracy", "validation (chooses)"), ("id_accuracy", "ID"),
+                       ("avg_ood_accuracy", "avg OOD (test)")):
+        pts = [(x, *_pct(r[key])) for x, r in zip(xs, rows) if r[key]]
+        if pts:
+            px, py, pe = zip(*pts)
+            ax.errorbar(px, py, yerr=pe, marker="o", capsize=3, label=label)
+    ax.axvline(chosen, ls="--", color="k", lw=1, label=f"chosen {chosen:g}")
+    if not math.isclose(chosen, own):
+        ax.axvline(own, ls=":", color="grey", lw=1, label=f"recipe {own:g}")
+    symbol = "β (WMA)" if axis == "beta" else "λ_sd"
+    if axis == "lambda_sd" and min(xs) > 0:
+        ax.set_xscale("log")
+    ax.set_xlabel(symbol)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"TRACER {symbol} sweep (mean ± SE over sweep seeds)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_kl(curves: dict[str, Any], path: Path) -> Path:
+    """Teacher-student KL (image to text) and ‖θ−φ‖/‖θ−θ₀‖ against step."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, curve in curves.items():
+        kl = [(p["step"], p["kl_i2t"]) for p in curve["points"] if p["kl_i2t"] is not None]
+        ratio = [(p["step"], p["param_ratio"]) for p in curve["points"]
+                 if p["param_ratio"] is not None]
+        marker = "." if len(kl) < 30 else None  # short runs: a few points, still visible
+        if kl:
+            left.plot(*zip(*kl), marker=marker, label=label)
+        if ratio:
+            right.plot(*zip(*ratio), marker=marker, label=label)
+    if all(p > 0 for c in curves.values() for p in
+           (q["kl_i2t"] for q in c["points"] if q["kl_i2t"] is not None)):
+        left.set_yscale("log")
+    left.set(xlabel="step", ylabel="KL(teacher ‖ student), image→text",
+             title="teacher-student KL")
+    right.set(xlabel="step", ylabel="‖θ − φ‖ / ‖θ − θ₀‖", title="teacher lag")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_all(results: dict[str, Any], folder: Path) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = {"id_vs_ood": plot_id_vs_ood(results, folder / "robustness_id_vs_ood.png")}
+    choice = results.get("choice") or {}
+    own = results.get("sweep_recipe_values") or {}
+    for axis, name in (("beta", "robustness_beta_sweep.png"),
+                       ("lambda_sd", "robustness_lambda_sweep.png")):
+        rows = results["sweep"].get(axis)
+        if rows:
+            out[axis] = plot_sweep(rows, axis, choice[axis], own[axis], folder / name)
+    if results["kl"]:
+        out["kl"] = plot_kl(results["kl"], folder / "robustness_kl_ema_vs_wma.png")
+    return out
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def _f(pair: Sequence[float] | None, signed: bool = False) -> str:
+    """A fraction pair (mean, SE) in %."""
+    if not pair or pair[0] is None or not math.isfinite(pair[0]):
+        return "—"
+    mean = f"{100 * pair[0]:+.2f}" if signed else f"{100 * pair[0]:.2f}"
+    return mean if pair[1] is None else f"{mean} ± {100 * pair[1]:.2f}"
+
+
+def _g(pair: Sequence[float] | None, digits: int = 3) -> str:
+    if not pair or pair[0] is None:
+        return "—"
+    mean = f"{pair[0]:.{digits}f}"
+    return mean if pair[1] is None else f"{mean} ± {pair[1]:.{digits}f}"
+
+
+def _diff(entry: dict[str, Any]) -> str:
+    """A paired difference in % points."""
+    if entry.get("mean") is None:
+        return "—"
+    if entry.get("se") is None:
+        return f"{100 * entry['mean']:+.2f}"
+    return _f((entry["mean"], entry["se"]), signed=True)
+
+
+def insert_block(text: str, block: str) -> str:
+    """``text`` with the robustness block replaced, or appended (followed by a place for a
+    hand-written interpretation) when the markers are absent."""
+    begin, end = text.find(BEGIN), text.find(END)
+    if begin != -1 and end > begin:
+        return text[:begin] + block + text[end + len(END):]
+    if begin != -1 or end != -1:
+        raise BenchmarkFailed(f"the report has an unmatched {BEGIN} / {END} pair; fix it by hand")
+    sep = "" if not text else "\n" if text.endswith("\n\n") else "\n\n" if not text.endswith(
+        "\n") else "\n"
+    return text + sep + block + "\n" + INTERPRETATION
+
+
+def _header(res: dict[str, Any]) -> list[str]:
+    m = res["machine"]
+    return [
+        "## Robustness: TRACER against its baselines", "",
+        f"Generated by `{res['command']}` on {res['date']}. Machine: {m['cpu_count']} CPU cores, "
+        f"torch {m['torch']}, {m['jobs']} run(s) in parallel with {m['threads_per_job']} "
+        f"thread(s) each; the benchmark took {res['execution']['wall_s'] / 60:.1f} min "
+        f"({res['execution']['finetunes_run']} finetune(s) and {res['execution']['evals_run']} "
+        f"evaluation(s) run, {res['execution']['finetunes_cached']} finetune(s) reused from "
+        f"`{res['setting']['out']}`). Everything between the robustness markers is rewritten by "
+        f"the script; every number is in `{res['setting']['out']}/results.json`.", ""]
+
+
+def _setting(res: dict[str, Any]) -> list[str]:
+    st = res["setting"]
+    recipes = ", ".join(f"`{r['path']}` ({r['name']}, {r['steps']} steps)" for r in st["recipes"])
+    sets = ", ".join(f"{d} ({'ID' if d in st['id'] else 'OOD'}, n = {n:,})"
+                     for d, n in st["eval_sizes"].items())
+    lines = ["### Setting", "",
+             f"- Recipes: {recipes}.",
+             f"- Finetuning seeds {st['seeds']}; pretraining seeds of the tiny CLIP "
+             f"{st['pretrain_seeds']}; every method runs at every (pretraining seed, seed) pair.",
+             f"- Evaluation sets: {sets}. Binomial SE of one accuracy: "
+             f"{st['binomial_se_at_half']:.2f}% at 50%, {st['binomial_se_at_id']:.2f}% at the mean "
+             "ID accuracy.",
+             "- Errors: mean ± SE over runs, SE = sqrt(var between runs / n + mean binomial "
+             "variance / n) (for an average over K sets the binomial variance is "
+             "Σ p(1−p)/n_k / K²); ECE, NLL and wall time use the spread over runs only. Runs at "
+             "different pretraining seeds are pooled here; `results.json` has each pretraining "
+             "seed separately.",
+             "- Paired differences: per (pretraining seed, seed), mean ± SE (std / sqrt(pairs)) "
+             "of the paired differences; **within noise** when |mean| < 2 SE."]
+    lines += [f"- Note: {note}" for note in res["notes"]]
+    return lines + [""]
+
+
+def _choice(res: dict[str, Any]) -> list[str]:
+    sweep, choice = res["sweep"], res.get("choice")
+    if not sweep or not choice:
+        return ["### Hyperparameters", "", "No validation sweep was run (no sweep recipe, or "
+                "no β / λ_sd values): the tuned recipe ran with its own values.", ""]
+    own = res["sweep_recipe_values"]
+    lines = ["### Hyperparameter choice", "",
+             f"Validation domain: {', '.join(res['setting']['val'])} (not a reported test "
+             f"domain). Sweep recipe `{res['setting']['sweep_recipe']}`, pretraining seed "
+             f"{res['setting']['pretrain_seeds'][0]}, seeds {res['setting']['sweep_seeds']}. "
+             "Rule: β is chosen on the β sweep (λ_sd at the recipe's value) and λ_sd on the "
+             "λ_sd sweep (β at the recipe's value), each as the value with the highest mean "
+             "validation accuracy; a tie goes to the recipe's own value. The ID and OOD columns "
+             "are the test domains, shown for the plots; they did not enter the choice.", ""]
+    for axis, symbol in (("beta", "β"), ("lambda_sd", "λ_sd")):
+        rows = sweep.get(axis)
+        if not rows:
+            continue
+        lines += [f"| {symbol} | validation acc | ID acc | avg OOD acc | runs |",
+                  "|---|---|---|---|---|"]
+        for r in rows:
+            mark = " **(chosen)**" if math.isclose(r["value"], choice[axis]) else ""
+            mark += " (recipe)" if math.isclose(r["value"], own[axis]) else ""
+            lines.append(f"| {r['value']:g}{mark} | {_f(r['val_accuracy'])} | "
+                         f"{_f(r['id_accuracy'])} | {_f(r['avg_ood_accuracy'])} | "
+                         f"{len(r['runs'])} |")
+        lines.append("")
+    lines += [f"Chosen: β = {choice['beta']:g} (recipe {own['beta']:g}), λ_sd = "
+              f"{choice['lambda_sd']:g} (recipe {own['lambda_sd']:g}).", ""]
+    return lines
+
+
+def _main_table(res: dict[str, Any]) -> list[str]:
+    st = res["setting"]
+    cols = [*st["id"], *st["ood"]]
+    head = ("| model | " + " | ".join(f"{d} ({'ID' if d in st['id'] else 'OOD'})" for d in cols)
+            + " | avg OOD acc | avg OOD ECE | avg OOD NLL | wall s/run | runs |")
+    lines = ["### Main table", "", "Accuracy and ECE in %, mean ± SE over runs.", "", head,
+             "|---" * (len(cols) + 6) + "|"]
+    for row in res["rows"]:
+        agg = res["aggregates"].get(row["label"])
+        if not agg:
+            continue
+        cells = [_f(agg["datasets"][d]["accuracy"]) if d in agg["datasets"] else "—" for d in cols]
+        wall = agg["wall_time_s"] if row["model"] == "student" else None
+        cells += [_f(agg["avg_ood_accuracy"]), _f(agg["avg_ood_ece"]), _g(agg["avg_ood_nll"]),
+                  _g(wall, 0), str(agg["n_runs"])]
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _paired(res: dict[str, Any]) -> list[str]:
+    if not res["paired_differences"]:
+        return []
+    lines = ["### Paired differences", "",
+             "Method − reference in % points, paired by (pretraining seed, seed).", "",
+             "| method | reference | Δ ID acc | | Δ avg OOD acc | | Δ avg OOD ECE | | pairs |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for e in res["paired_differences"]:
+        cells = []
+        for key in ("id_accuracy", "avg_ood_accuracy", "avg_ood_ece"):
+            cells += [_diff(e[key]), e[key]["verdict"]]
+        lines.append(f"| {e['method']} | {e['reference']} | " + " | ".join(cells)
+                     + f" | {e['avg_ood_accuracy']['n']} |")
+    return lines + [""]
+
+
+def _frontier(res: dict[str, Any]) -> list[str]:
+    if not res["frontier"]:
+        return ["### ID vs OOD against WiSE-FT", "", "No WiSE-FT curve was measured.", ""]
+    lines = ["### ID vs OOD against WiSE-FT", "",
+             "Each model's mean (ID, avg OOD) point against the WiSE-FT curve "
+             "(1 − α)·θ₀ + α·θ_ft of a baseline, averaged over its runs and interpolated at the "
+             "model's mean ID accuracy; above / below when the gap exceeds 2 SE of the model's "
+             "avg OOD accuracy.", "",
+             "| model | curve | ID acc | avg OOD acc | curve at that ID | gap | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for e in res["frontier"]:
+        curve = "—" if e["curve_ood"] is None else f"{100 * e['curve_ood']:.2f}"
+        gap = "—" if e["gap"] is None else _f((e["gap"], e["se"]), signed=True)
+        lines.append(f"| {e['row']} | WiSE-FT of {e['curve']} | {100 * e['id_accuracy']:.2f} | "
+                     f"{100 * e['avg_ood_accuracy']:.2f} | {curve} | {gap} | {e['verdict']} |")
+    return lines + [""]
+
+
+def _kl(res: dict[str, Any]) -> list[str]:
+    kl = res["kl"]
+    if not kl:
+        return []
+    info = res["kl_setting"]
+    lines = ["### Teacher-student KL: WMA vs EMA", "",
+             f"`{info['recipe']}` at its own β and λ_sd (WMA teacher) against the same recipe "
+             "with an EMA teacher (`teacher.kind=ema`, "
+             f"`teacher.update_every={info['update_every']}` = max(1, {info['steps']} // "
+             f"{EMA_UPDATES_PER_RUN}): as many teacher updates per run as CaRot's 500 of 25k "
+             f"steps), pretraining seed {info['pretrain_seed']}, seed {info['seed']}, one run "
+             "each.", "",
+             "| run | KL image→text, mean over the last quarter | ‖θ−φ‖/‖θ−θ₀‖ at the end |",
+             "|---|---|---|"]
+    for label, c in kl.items():
+        tail = "—" if c["kl_i2t_last_quarter"] is None else f"{c['kl_i2t_last_quarter']:.3g}"
+        ratio = "—" if c["param_ratio_end"] is None else f"{c['param_ratio_end']:.3g}"
+        lines.append(f"| {label} (`{c['run']}`) | {tail} | {ratio} |")
+    return lines + [""]
+
+
+def _figures(res: dict[str, Any], report: Path) -> list[str]:
+    titles = {"id_vs_ood": "ID vs OOD with the WiSE-FT curves", "beta": "β sweep",
+              "lambda_sd": "λ_sd sweep", "kl": "teacher-student KL, EMA vs WMA"}
+    lines = ["### Figures", ""]
+    for key, path in res["figures"].items():
+        rel = Path(os.path.relpath(Path(path).resolve(), report.resolve().parent)).as_posix()
+        lines.append(f"- {titles[key]}: [{rel}]({rel})")
+    return lines + [""]
+
+
+def _vs(new: Sequence[float], old: Sequence[float]) -> str:
+    """An unpaired difference of two means with its combined SE and verdict."""
+    diff, se = new[0] - old[0], math.hypot(new[1], old[1])
+    return f"{_f((diff, se), signed=True)} ({noise_verdict(diff, se)})"
+
+
+def _choice_facts(res: dict[str, Any]) -> list[str]:
+    out, choice, own = [], res.get("choice"), res.get("sweep_recipe_values")
+    if not choice or not res["sweep"]:
+        return out
+    for axis, symbol in (("beta", "β"), ("lambda_sd", "λ_sd")):
+        d, values = choice["vs_own"].get(axis), [r["value"] for r in res["sweep"].get(axis, [])]
+        if not values:
+            continue
+        tried = ", ".join(f"{v:g}" for v in values)
+        if math.isclose(choice[axis], own[axis]):
+            out.append(f"Validation kept the recipe's {symbol} = {own[axis]:g} (highest mean "
+                       f"validation accuracy among {tried}).")
+        elif d and d["n"]:
+            out.append(f"Validation chose {symbol} = {choice[axis]:g} over the recipe's "
+                       f"{own[axis]:g} (tried {tried}): validation accuracy {_diff(d)} "
+                       f"({d['verdict']}).")
+        else:
+            out.append(f"Validation chose {symbol} = {choice[axis]:g} (tried {tried}; the "
+                       f"recipe's {own[axis]:g} was not among them).")
+    return out
+
+
+def facts(res: dict[str, Any]) -> list[str]:
+    """Statements read off the numbers; no hand-written claims."""
+    out = _choice_facts(res)
+    aggs = res["aggregates"]
+    students = [r["label"] for r in res["rows"] if r["model"] == "student" and aggs.get(r["label"])
+                and aggs[r["label"]]["avg_ood_accuracy"]]
+    if students:
+        ranked = sorted(students, key=lambda s: -aggs[s]["avg_ood_accuracy"][0])
+        low = min(students, key=lambda s: aggs[s]["avg_ood_ece"][0])
+        line = (f"Highest mean avg OOD accuracy: {ranked[0]} "
+                f"({_f(aggs[ranked[0]]['avg_ood_accuracy'])})")
+        if len(ranked) > 1:
+            top, nxt = (aggs[r]["avg_ood_accuracy"] for r in ranked[:2])
+            line += f"; next {ranked[1]}, difference {_vs(top, nxt)} unpaired"
+        out.append(f"{line}. Lowest mean avg OOD ECE: {low} ({_f(aggs[low]['avg_ood_ece'])}).")
+    zero = next((aggs.get(r["label"]) for r in res["rows"] if r["method"] == "zeroshot"), None)
+    if zero and zero["avg_ood_accuracy"]:
+        parts = [f"{s} {_vs(aggs[s]['avg_ood_accuracy'], zero['avg_ood_accuracy'])}"
+                 for s in students if s != "zeroshot"]
+        if parts:
+            out.append("Avg OOD accuracy against zero-shot (unpaired): " + "; ".join(parts) + ".")
+    for e in res["paired_differences"]:
+        ood, ida, ece = e["avg_ood_accuracy"], e["id_accuracy"], e["avg_ood_ece"]
+        line = (f"{e['method']} vs {e['reference']}: avg OOD {_diff(ood)} ({ood['verdict']}), "
+                f"ID {_diff(ida)} ({ida['verdict']}), avg OOD ECE {_diff(ece)} "
+                f"({ece['verdict']}); {ood['n']} pair(s)")
+        seeds = {p: d for p, d in ood["by_pretrain_seed"].items() if d["n"]}
+        if len(seeds) > 1:
+            line += ("; avg OOD per pretraining seed: "
+                     + ", ".join(f"{p}: {_diff(d)} ({d['verdict']})" for p, d in seeds.items()))
+        out.append(line + ".")
+    for e in res["frontier"]:
+        if e["gap"] is None:
+            out.append(f"{e['row']} is outside the ID range of the WiSE-FT curve of {e['curve']}.")
+        else:
+            out.append(f"{e['row']} against the WiSE-FT curve of {e['curve']} at matched ID "
+                       f"accuracy: {_f((e['gap'], e['se']), signed=True)} ({e['verdict']}).")
+    kl = res["kl"]
+    if kl:
+        parts = [f"{k} {v['kl_i2t_last_quarter']:.3g}" for k, v in kl.items()
+                 if v["kl_i2t_last_quarter"] is not None]
+        if parts:
+            out.append("Teacher-student KL (image→text), mean over the last quarter of training: "
+                       + ", ".join(parts) + " (one run each).")
+    return out
+
+
+def render_report(res: dict[str, Any], report: Path) -> str:
+    lines = [BEGIN, *_header(res), *_setting(res), *_choice(res), *_main_table(res),
+             *_paired(res), *_frontier(res), *_kl(res), *_figures(res, report),
+             "### What this shows (generated from the numbers above)", ""]
+    lines += [f"- {fact}" for fact in facts(res)] + ["", END]
+    return "\n".join(lines)
+
+
+def write_report(res: dict[str, Any], report: Path) -> None:
+    text = report.read_text(encoding="utf-8") if report.is_file() else ""
+    _write_text(report, insert_block(text, render_report(res, report)))
+
+
+# --------------------------------------------------------------------------- assembling
+
+
+def _torch_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _setting_numbers(cfg: Config, first: Run, rows: Sequence[Row], aggs: dict[str, Any]
+                     ) -> dict[str, Any]:
+    ev = first.summary["eval"]
+    sizes = {d: ev["models"]["student"][d]["n"] for d in [*ev["id"], *ev["ood"]]}
+    id_means = [aggs[r.label]["id_accuracy"][0] for r in rows
+                if r.model == "student" and aggs.get(r.label) and aggs[r.label]["id_accuracy"]]
+    id_mean, n_min = float(np.mean(id_means or [0.5])), min(sizes.values())
+    return {"recipes": [{"path": r.path, "name": r.name, "steps": cfg.steps_of(r)}
+                        for r in cfg.recipes],
+            "seeds": cfg.seeds, "pretrain_seeds": cfg.pseeds, "sweep_seeds": cfg.sweep_seeds,
+            "sweep_recipe": cfg.sweep.path if cfg.sweep else None, "val": cfg.val,
+            "id": list(ev["id"]), "ood": list(ev["ood"]), "eval_sizes": sizes,
+            "binomial_se_at_half": 100 * math.sqrt(binomial_var(0.5, n_min)),
+            "binomial_se_at_id": 100 * math.sqrt(binomial_var(id_mean, n_min)),
+            "steps": cfg.steps, "user_sets": cfg.user_sets, "out": str(cfg.out),
+            "wise_alphas": cfg.wise_alphas}
+
+
+def assemble(cfg: Config, plan: Plan, sweep_points: Sequence[tuple[str, float, Run]],
+             choice: dict[str, Any] | None, kl: KlPlan | None, execution: dict[str, Any]
+             ) -> dict[str, Any]:
+    """Everything results.json holds, and what the report and figures are made from."""
+    records = {name: run_record(run, plan) for name, run in plan.runs.items()}
+    main_runs = [r for r in plan.runs.values() if "main" in r.roles]
+    main = [records[r.name] for r in main_runs]
+    methods = [r.name for r in cfg.recipes]
+    rows = table_rows(main, methods)
+    aggs = {row.label: aggregate(row.records, row.model) for row in rows}
+    by_seed = {str(p): {row.label: aggregate([r for r in row.records if r["pretrain_seed"] == p],
+                                             row.model) for row in rows} for p in cfg.pseeds}
+    curves = {m: wise_curve([t for t in plan.tasks.values() if t.kind == "wise"
+                             and t.run.recipe.name == m], list(records.values()))
+              for m in cfg.wise}
+    carot = next((r for r in main_runs if r.recipe.name == "carot"
+                  and (r.pseed, r.seed) == (cfg.pseeds[0], cfg.seeds[0])), None)
+    res = {
+        "date": datetime.date.today().isoformat(),
+        "command": "python benchmarks/robustness.py " + shlex.join(execution.pop("argv")),
+        "machine": {"cpu_count": os.cpu_count(), "torch": _torch_version(), "jobs": cfg.jobs,
+                    "threads_per_job": threads_per_job(cfg.jobs)},
+        "setting": _setting_numbers(cfg, main_runs[0], rows, aggs), "notes": cfg.notes,
+        "execution": execution,
+        "sweep": sweep_table(sweep_points, plan) if sweep_points else {},
+        "choice": choice,
+        "sweep_recipe_values": ({"beta": cfg.sweep.beta, "lambda_sd": cfg.sweep.lambda_sd}
+                                if cfg.sweep else None),
+        "rows": [{"label": r.label, "method": r.method, "model": r.model} for r in rows],
+        "aggregates": aggs, "aggregates_by_pretrain_seed": by_seed,
+        "paired_differences": paired_table(rows, cfg.pseeds),
+        "wise": curves, "frontier": frontier_table(rows, aggs, curves),
+        "kl": kl_curves(kl, carot),
+        "kl_setting": ({"recipe": kl.recipe.path, "update_every": kl.update_every,
+                        "steps": kl.steps, "pretrain_seed": kl.wma.pseed, "seed": kl.wma.seed}
+                       if kl else None),
+        "runs": list(records.values())}
+    return res
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+class BenchmarkUsage(Exception):
+    """Bad options or recipes: exit 2 with one line."""
+
+
+def _recipe(path: str, sets: Sequence[str]) -> RecipeInfo:
+    from tracer_cli.errors import TracerError
+
+    try:
+        return read_recipe(path, sets)
+    except TracerError as exc:
+        raise BenchmarkUsage(f"{path}: {exc}") from None
+
+
+def _sweep_recipe(args: argparse.Namespace, infos: list[RecipeInfo]) -> RecipeInfo | None:
+    """--sweep-recipe, else the default one when it is among the recipes, else the recipe named
+    tracer; "none" switches the sweep off."""
+    if args.sweep_recipe == "none":
+        return None
+    path = args.sweep_recipe
+    if path is None:
+        target = Path(DEFAULT_SWEEP).resolve()
+        default = next((r for r in infos if Path(r.path).resolve() == target), None)
+        return default or next((r for r in infos if r.name == "tracer"), None)
+    same = next((r for r in infos if Path(r.path).resolve() == Path(path).resolve()), None)
+    return same or _recipe(path, args.sets)
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    quick = args.quick
+    infos = distinct_names([_recipe(p, args.sets) for p in (args.recipes or DEFAULT_RECIPES)])
+    sweep = _sweep_recipe(args, infos)
+    betas = BETAS if args.betas is None else args.betas
+    lambdas = (QUICK_LAMBDAS if quick else LAMBDAS) if args.lambdas is None else args.lambdas
+    if not betas and not lambdas:
+        sweep = None
+    seeds = list(dict.fromkeys(args.seeds))
+    cfg = Config(
+        recipes=infos, sweep=sweep, seeds=seeds,
+        pseeds=list(dict.fromkeys(args.pretrain_seeds or ([0] if quick else [0, 1]))),
+        sweep_seeds=seeds[:1],
+        steps=args.steps if args.steps is not None else (QUICK_STEPS if quick else None),
+        user_sets=list(args.sets), val=list(args.val), betas=betas, lambdas=lambdas,
+        wise=[m for m in args.wise if m in {r.name for r in infos}],
+        wise_alphas=args.wise_alphas or (QUICK_WISE_ALPHAS if quick else WISE_ALPHAS),
+        kl_steps=args.kl_steps, out=args.out, jobs=max(1, args.jobs),
+        keep_weights=args.keep_weights)
+    _check(cfg, args)
+    return cfg
+
+
+def _check(cfg: Config, args: argparse.Namespace) -> None:
+    """Refuse a validation set that is a reported test domain; note what was skipped."""
+    for info in [*cfg.recipes, *([cfg.sweep] if cfg.sweep else [])]:
+        clash = sorted(set(cfg.val) & set(info.datasets))
+        if clash and cfg.sweep is not None:
+            raise BenchmarkUsage(f"--val {','.join(clash)} is a reported test domain of "
+                                 f"{info.path}; hyperparameters must be chosen on a domain that "
+                                 "is not reported (use another --val)")
+    if cfg.sweep is not None:
+        from tracer_cli.errors import TracerError
+        from tracer_cli.plugins import get_host
+
+        for name in cfg.val:
+            try:
+                get_host().datasets.get(name)
+            except TracerError as exc:
+                raise BenchmarkUsage(f"--val {name}: {exc}") from None
+    if cfg.steps is not None and cfg.steps < 1:
+        raise BenchmarkUsage(f"--steps {cfg.steps}: must be >= 1")
+    missing = [m for m in args.wise if m not in cfg.wise]
+    if missing:
+        cfg.notes.append(f"WiSE-FT skipped for {', '.join(missing)}: no such recipe.")
+    flat = [r.name for r in cfg.recipes if not r.embedded]
+    if flat and len(cfg.pseeds) > 1:
+        cfg.notes.append(f"{', '.join(flat)}: model.pretrained is not \"embedded\", so "
+                         "pretraining seeds do not apply; run at pretraining seed "
+                         f"{cfg.pseeds[0]} only.")
+    if cfg.sweep is None:
+        cfg.notes.append("No validation sweep: no sweep recipe (or no β / λ_sd values).")
+    if cfg.steps is not None:
+        cfg.notes.append(f"Every run trains {cfg.steps} steps (`--steps`; warm-up and LP phase "
+                         "scaled to match), not its recipe's own number.")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help=f"one pretraining seed, {QUICK_STEPS}-step runs, λ_sd sweep "
+                        f"{' '.join(map(str, QUICK_LAMBDAS))} on one seed, WiSE-FT at 6 α")
+    p.add_argument("--recipes", nargs="+", metavar="FILE",
+                   help="one recipe per method (default: recipes/synth_<method>.toml)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="finetuning seeds")
+    p.add_argument("--pretrain-seeds", type=int, nargs="+", metavar="P",
+                   help="pretraining seeds of the embedded tiny CLIP (default 0 1; --quick: 0)")
+    p.add_argument("--out", type=Path, default=Path("runs/robustness"),
+                   help="runs, caches and results.json (default runs/robustness)")
+    p.add_argument("--jobs", type=int, default=2, help="runs in parallel (default 2)")
+    p.add_argument("--set", dest="sets", action="extend", nargs="+", default=[],
+                   metavar="KEY=VALUE", help="override a recipe key in every run")
+    p.add_argument("--steps", type=int, help=f"train.steps of every run (--quick: {QUICK_STEPS})")
+    p.add_argument("--val", nargs="+", default=["synth-mono"], metavar="DATASET",
+                   help="validation set(s) for the sweep; not a reported test domain")
+    p.add_argument("--sweep-recipe", metavar="FILE",
+                   help=f"recipe whose β and λ_sd are tuned (default {DEFAULT_SWEEP}, else the "
+                        "recipe named tracer; 'none': no sweep)")
+    p.add_argument("--betas", type=float, nargs="*", help="β values (default 0.2 0.5 1 1.5)")
+    p.add_argument("--lambdas", type=float, nargs="*",
+                   help="λ_sd values (default 0.1 0.3 0.9 1.5 5; --quick: 0.1 0.9 5)")
+    p.add_argument("--wise", nargs="*", default=["ft", "flyp"], metavar="METHOD",
+                   help="methods whose WiSE-FT curve is measured (default ft flyp)")
+    p.add_argument("--wise-alphas", type=float, nargs="+", metavar="A",
+                   help="WiSE-FT mixing coefficients (default 0 0.1 ... 1; --quick 0 0.2 ... 1)")
+    p.add_argument("--kl-steps", type=int, metavar="N",
+                   help="train.steps of the WMA-vs-EMA runs (default: as the main runs; 0: skip)")
+    p.add_argument("--report", type=Path, default=Path("BENCHMARKS.md"))
+    p.add_argument("--figures", type=Path, default=Path("benchmarks/figures"))
+    p.add_argument("--keep-weights", action="store_true",
+                   help="keep every run's checkpoints (default: deleted once evaluated)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the planned commands, the number of runs and an estimate")
+    return p.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- running it all
+
+
+def _pending(tasks: Iterable[Task]) -> list[Task]:
+    return [t for t in tasks if not t.cached and t.result is None]
+
+
+def estimate_s(tasks: Sequence[Task], cfg: Config, builds: int) -> tuple[float, str]:
+    """Rough wall time of the pending tasks: a per-run model (start-up and evaluations plus a
+    cost per step), calibrated on the cached runs when there are any."""
+    def guess(task: Task) -> float:
+        if task.kind == "val":
+            return EST_EVAL_S + EST_EVAL_PER_MODEL_S
+        if task.kind == "wise":
+            return EST_EVAL_S + EST_EVAL_PER_MODEL_S * len(cfg.wise_alphas)
+        trains = task.run.recipe.method != "zeroshot"
+        steps = task.result["steps"] if task.result else _run_steps(task.run, cfg) * trains
+        return EST_OVERHEAD_S + EST_STEP_S * steps
+
+    done = [t for t in tasks if t.kind == "finetune" and t.cached and t.result]
+    scale = (float(np.mean([t.result["wall_time_s"] / guess(t) for t in done])) if done else 1.0)
+    basis = (f"calibrated on {len(done)} cached run(s)" if done else
+             f"tiny-CLIP model: ~{EST_OVERHEAD_S:.0f} s start-up and evaluations + "
+             f"{EST_STEP_S} s/step per run at 1 thread")
+    threads = threads_per_job(cfg.jobs)
+    speedup = 1.0 + 0.6 * (threads - 1)  # more threads per run help less than more runs
+    work = sum(guess(t) for t in _pending(tasks)) * scale / speedup
+    return work / cfg.jobs + builds * EST_BUILD_S, basis
+
+
+def _run_steps(run: Run, cfg: Config) -> int:
+    """train.steps of a run: the last ``--set train.steps=N`` of its command, else its recipe's."""
+    sets = [a.split("=", 1)[1] for a in run.argv if a.startswith("train.steps=")]
+    return int(sets[-1]) if sets else cfg.steps_of(run.recipe)
+
+
+def dry_run(cfg: Config, plan: Plan) -> int:
+    """Print every planned command, the run counts and an estimate; run nothing."""
+    wave1 = list(plan.tasks.values())
+    before = set(plan.tasks)
+    own = {"beta": cfg.sweep.beta, "lambda_sd": cfg.sweep.lambda_sd} if cfg.sweep else None
+    tuned = plan.main(own, tuned=True)  # placeholder: the choice is made after phase 1
+    wave2 = [t for n, t in plan.tasks.items() if n not in before]
+    resolve_cache(list(plan.tasks.values()))
+    worst = len({r.name for r in tuned if "sweep" in r.roles or "kl" in r.roles})
+    print("# phase 1 (sweep), 2 (untuned recipes), 3 (WiSE-FT), 4 (KL)")
+    for t in wave1:
+        print(f"{'(cached) ' if t.cached else ''}python -m tracer_cli {shlex.join(t.argv)}")
+    print("# phase 2, the tuned recipe at the chosen β and λ_sd (shown at the recipe's values)")
+    for run in tuned:
+        same = " (the same command as a phase-1 run)" if run.name in before else ""
+        print(f"python -m tracer_cli {shlex.join(run.argv)}{same}")
+    for t in wave2:
+        if t.kind != "finetune":
+            print(f"{'(cached) ' if t.cached else ''}python -m tracer_cli {shlex.join(t.argv)}")
+    finetunes = [t for t in plan.tasks.values() if t.kind == "finetune"]
+    evals = [t for t in plan.tasks.values() if t.kind != "finetune"]
+    builds = len({(t.run.recipe.arch, t.run.pseed) for t in _pending(finetunes)
+                  if t.run.recipe.embedded and not embedded_cached((t.run.recipe.arch,
+                                                                   t.run.pseed))})
+    seconds, basis = estimate_s(list(plan.tasks.values()), cfg, builds)
+    print(f"\nfinetune runs: {len(finetunes)} ({len(finetunes) - len(_pending(finetunes))} "
+          f"cached), up to {worst} more if the chosen β and λ_sd both differ from the recipe's; "
+          f"evaluations: {len(evals)} ({len(evals) - len(_pending(evals))} cached); embedded "
+          f"CLIP builds: {builds}")
+    print(f"estimate: {seconds / 60:.0f} min with --jobs {cfg.jobs} on {os.cpu_count()} cores "
+          f"({basis}; rough)")
+    for note in cfg.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def _finish_wave(tasks: Iterable[Task]) -> None:
+    for task in tasks:
+        if task.kind == "finetune" and task.result is not None:
+            task.run.summary = task.result
+
+
+def execute(cfg: Config, plan: Plan, ui: Ui, ex: Executor, pruner: Pruner
+            ) -> tuple[list[tuple[str, float, Run]], dict[str, Any] | None, KlPlan | None]:
+    """Phases 1-4: the untuned work first, then the tuned recipe at the chosen values."""
+    sweep_points = plan.sweep()
+    plan.main(None, tuned=False)
+    kl = plan.kl()
+    wave1 = list(plan.tasks.values())
+    resolve_cache(wave1)
+    add_build_barriers(wave1)
+    n_tuned = sum(len(cfg.pseeds_of(r)) * len(cfg.seeds) * (2 if r.name in cfg.wise else 1)
+                  for r in cfg.recipes if cfg.tuned(r))
+    ui.set_total(len(_pending(wave1)) + n_tuned)
+    ex.execute(wave1)
+    _finish_wave(wave1)
+    choice = choose(sweep_table(sweep_points, plan), cfg.sweep) if cfg.sweep else None
+    plan.main(choice, tuned=True)
+    pruner.final = True
+    resolve_cache(list(plan.tasks.values()))
+    wave2 = _pending(plan.tasks.values())
+    ui.set_total(ui.done + len(wave2))
+    ex.execute(wave2)
+    _finish_wave(plan.tasks.values())
+    return sweep_points, choice, kl
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.time()
+    try:
+        cfg = build_config(args)
+    except BenchmarkUsage as exc:
+        print(f"robustness: {exc}", file=sys.stderr)
+        return 2
+    plan = Plan(cfg)
+    if args.dry_run:
+        plan.sweep()
+        plan.main(None, tuned=False)
+        plan.kl()
+        return dry_run(cfg, plan)
+    pruner = Pruner(cfg, plan)
+    with Ui(0) as ui:
+        ex = Executor(cfg, ui, pruner)
+        try:
+            sweep_points, choice, kl = execute(cfg, plan, ui, ex, pruner)
+        except BenchmarkFailed as exc:
+            ui.console.print(f"robustness: a run failed; finished runs stay cached in {cfg.out}")
+            print(f"robustness: {exc}", file=sys.stderr)
+            return 1
+    if not cfg.keep_weights:
+        prune_weights(plan.runs.values())
+    finetunes = [t for t in plan.tasks.values() if t.kind == "finetune"]
+    execution = {"argv": list(sys.argv[1:] if argv is None else argv),
+                 "wall_s": round(time.time() - started, 1),
+                 "finetunes_run": ex.counts["finetune"],
+                 "finetunes_cached": sum(t.cached for t in finetunes),
+                 "evals_run": ex.counts["val"] + ex.counts["wise"],
+                 "evals_cached": sum(t.cached for t in plan.tasks.values()
+                                     if t.kind != "finetune")}
+    res = assemble(cfg, plan, sweep_points, choice, kl, execution)
+    res["figures"] = {k: str(v) for k, v in plot_all(res, args.figures).items()}
+    _write_json(cfg.out / "results.json", res)
+    write_report(res, args.report)
+    print(f"robustness: {cfg.out / 'results.json'}, {args.report}, figures in {args.figures}",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

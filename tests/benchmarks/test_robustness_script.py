@@ -1,0 +1,268 @@
+"""benchmarks/robustness.py: its statistics by hand-computed numbers, and one end-to-end run on
+two tiny recipes (random init, 2 steps) that checks the results against the runs' own summaries,
+the report block between its markers, the figures, and that a second invocation reuses every run.
+
+The end-to-end run uses --quick (one sweep seed) with --steps 2: every CLI call costs a few
+seconds of imports, and --quick halves the sweep's calls."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_RECIPE
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "robustness.py"
+
+
+@pytest.fixture(scope="module")
+def rb():
+    spec = importlib.util.spec_from_file_location("robustness_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def test_mean_se_combines_spread_and_binomial_error(rb):
+    mean, se = rb.mean_se([0.8, 0.9], [0.8 * 0.2 / 100, 0.9 * 0.1 / 100])
+    # spread: var(ddof=1) 0.005 / 2 = 0.0025; binomial: mean(0.0016, 0.0009) / 2 = 0.000625
+    assert mean == pytest.approx(0.85)
+    assert se == pytest.approx(math.sqrt(0.0025 + 0.000625))
+    assert rb.mean_se([0.5], [rb.binomial_var(0.5, 100)]) == pytest.approx((0.5, 0.05))
+    assert rb.mean_se([1.0, 3.0]) == pytest.approx((2.0, 1.0))  # no binomial term
+    assert rb.average_binomial_var([0.5, 0.9], [100, 100]) == pytest.approx(
+        (0.0025 + 0.0009) / 4)
+
+
+def test_paired_difference_pairs_by_key_and_judges_noise(rb):
+    a = {(0, 0): 0.80, (0, 1): 0.84, (1, 0): 0.82}
+    b = {(0, 0): 0.78, (0, 1): 0.80, (1, 0): 0.79, (1, 1): 0.50}  # (1, 1) has no partner
+    d = rb.paired_difference(a, b)
+    assert d["n"] == 3 and d["mean"] == pytest.approx(0.03)
+    assert d["se"] == pytest.approx(0.01 / math.sqrt(3))  # diffs .02 .04 .03: std 0.01
+    assert d["verdict"] == "beyond noise"
+    # diffs .02, .00: mean .01, SE .01 -> |mean| < 2 SE
+    near = rb.paired_difference({1: 0.52, 2: 0.50}, {1: 0.50, 2: 0.50})
+    assert near["mean"] == pytest.approx(0.01) and near["se"] == pytest.approx(0.01)
+    assert near["verdict"] == "within noise"
+    assert rb.paired_difference({1: 0.6}, {1: 0.5})["verdict"] == "undetermined (one pair)"
+    assert rb.paired_difference({1: 0.6}, {2: 0.5})["verdict"] == "no common runs"
+    assert rb.noise_verdict(0.0, 0.0) == "within noise"
+
+
+def test_frontier_gap_interpolates_along_the_curve_sorted_by_id(rb):
+    curve = [(0.90, 0.80), (0.80, 0.85), (0.85, 0.83)]  # unsorted on purpose
+    above = rb.frontier_gap(curve, 0.875, 0.84, 0.01)
+    assert above["curve_ood"] == pytest.approx(0.815)  # halfway between .83 and .80
+    assert above["gap"] == pytest.approx(0.025) and above["verdict"] == "above"
+    assert rb.frontier_gap(curve, 0.875, 0.84, 0.02)["verdict"] == "within noise"
+    assert rb.frontier_gap(curve, 0.875, 0.78, 0.01)["verdict"] == "below"
+    assert rb.frontier_gap(curve, 0.90, 0.80, 0.01)["curve_ood"] == pytest.approx(0.80)
+    for outside in (0.95, 0.79):
+        far = rb.frontier_gap(curve, outside, 0.9, 0.01)
+        assert far["verdict"] == "outside the curve's ID range" and far["gap"] is None
+    # equal ID accuracies are averaged before interpolating
+    assert rb.frontier_gap([(0.8, 0.7), (0.8, 0.9), (0.9, 0.8)], 0.8, 0.8, 0.01)[
+        "curve_ood"] == pytest.approx(0.8)
+
+
+def test_choose_value_prefers_the_recipe_value_among_ties(rb):
+    assert rb.choose_value([0.2, 0.5, 1.0], [0.7, 0.8, 0.8], own=0.5) == 0.5
+    assert rb.choose_value([0.2, 0.5, 1.0], [0.7, 0.8, 0.8], own=0.2) == 0.5
+    assert rb.choose_value([0.2, 0.5, 1.0], [0.9, 0.8, 0.8], own=0.5) == 0.2
+
+
+def test_insert_block_replaces_between_markers_and_keeps_the_rest(rb):
+    block = f"{rb.BEGIN}\nnew\n{rb.END}"
+    first = rb.insert_block("# Title\n\ntext\n", block)
+    assert first.startswith("# Title\n\ntext\n\n" + block) and "interpretation" in first
+    edited = first + "\nhuman note\n"
+    second = rb.insert_block(edited.replace("new", "old"), block.replace("new", "newer"))
+    assert second.count(rb.BEGIN) == 1 and "newer" in second and "old" not in second
+    assert second.startswith("# Title\n\ntext\n") and second.endswith("human note\n")
+    with pytest.raises(rb.BenchmarkFailed):
+        rb.insert_block(f"{rb.BEGIN}\nno end\n", block)
+
+
+def test_steps_overrides_scale_the_schedule(rb):
+    info = rb.RecipeInfo(path="x.toml", name="lpft", sha256="", embedded=True, embedded_seed=0,
+                         steps=500, warmup_steps=50, lp_steps=250, beta=0.5, lambda_sd=0.9,
+                         datasets=(), arch="tracer-tiny-rn")
+    assert rb.steps_overrides(info, 150) == ["train.steps=150", "train.warmup_steps=15",
+                                             "train.lp_steps=75"]
+    assert rb.steps_overrides(info, None) == [] and rb.steps_overrides(info, 500) == []
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def _recipes(folder: Path) -> list[Path]:
+    """ft (no teacher, no regularizer) and tracer (WMA), 2 steps, 48-image sets. synth-photo is
+    the validation set here, so the ID set is cartoons (a validation set must not be reported)."""
+    base = (TINY_RECIPE
+            .replace('id = [{ name = "synth-photo", size = 48 }]',
+                     'id = [{ name = "synth-cartoon", size = 48 }]\noptions = { size = 48 }')
+            .replace("steps = 3", "steps = 2").replace("checkpoint_every = 2",
+                                                       "checkpoint_every = 0"))
+    ft = base.replace('kind = "wma"', 'kind = "none"')
+    for key in ("lambda_sd", "crd", "fd", "icl", "xkd", "lambda_fn"):
+        ft = "\n".join(f"{key} = 0.0" if line.startswith(f"{key} =") else line
+                       for line in ft.splitlines()) + "\n"
+    paths = [folder / "ft.toml", folder / "tracer.toml"]
+    paths[0].write_text(ft + "lambda_orth = 0.0\n")
+    paths[1].write_text(base)
+    return paths
+
+
+def _bench(tmp: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {"OMP_NUM_THREADS": "1", "CI": "1"}
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--steps", "2",
+         "--recipes", "ft.toml", "tracer.toml", "--seeds", "0", "1",
+         "--pretrain-seeds", "0", "--betas", "0.5", "1", "--lambdas", "0.1", "0.9", "--val",
+         "synth-photo", "--jobs", "1", "--wise", "ft", "--wise-alphas", "0", "0.5", "1",
+         "--out", "out", "--report", "REPORT.md", "--figures", "figs", *extra],
+        cwd=tmp, capture_output=True, text=True, timeout=600, env={**os.environ, **env})
+
+
+def _summary(tmp: Path, record: dict) -> dict:
+    return json.loads((tmp / record["run_dir"] / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("robustness")
+    _recipes(tmp)
+    (tmp / "REPORT.md").write_text("# Benchmarks\n\nbefore\n")
+    first = _bench(tmp)
+    assert first.returncode == 0, first.stderr[-3000:]
+    return tmp, json.loads((tmp / "out" / "results.json").read_text()), first
+
+
+@pytest.mark.slow
+def test_results_agree_with_the_runs_summaries(bench):
+    tmp, res, _ = bench
+    runs = {r["name"]: r for r in res["runs"]}
+    assert {r["method"] for r in runs.values()} == {"ft", "tracer"}
+    for record in runs.values():
+        summary = _summary(tmp, record)
+        assert record["wall_time_s"] == summary["wall_time_s"]
+        for model, numbers in record["models"].items():
+            for name, metrics in numbers["datasets"].items():
+                assert metrics["accuracy"] == summary["eval"]["models"][model][name]["accuracy"]
+    main_ft = [r for r in runs.values() if r["method"] == "ft" and "main" in r["roles"]]
+    assert sorted(r["seed"] for r in main_ft) == [0, 1]
+    accs = [_summary(tmp, r)["eval"]["models"]["student"]["avg_ood_accuracy"] for r in main_ft]
+    assert res["aggregates"]["ft"]["avg_ood_accuracy"][0] == pytest.approx(sum(accs) / 2)
+    assert "teacher of tracer" in res["aggregates"] and "teacher of ft" not in res["aggregates"]
+
+
+@pytest.mark.slow
+def test_sweep_choice_wise_and_kl_are_recorded(bench):
+    tmp, res, _ = bench
+    assert [r["value"] for r in res["sweep"]["beta"]] == [0.5, 1.0]
+    assert [r["value"] for r in res["sweep"]["lambda_sd"]] == [0.1, 0.9]
+    assert all(len(r["runs"]) == 1 and r["val_accuracy"] for r in res["sweep"]["beta"])
+    for axis, own in (("beta", 0.5), ("lambda_sd", 0.9)):  # the recipe's values
+        means = {r["value"]: r["val_accuracy"][0] for r in res["sweep"][axis]}
+        top = max(means.values())
+        expected = own if means[own] == top else max(means, key=means.get)
+        assert res["choice"][axis] == expected
+    tuned = [r for r in res["runs"] if r["method"] == "tracer" and "main" in r["roles"]]
+    assert len(tuned) == 2 and all(f"teacher.beta={res['choice']['beta']!r}" in r["overrides"]
+                                   for r in tuned)
+    sweep_runs = [r for r in res["runs"] if "sweep" in r["roles"]]
+    assert len(sweep_runs) == 3 and all(r["val"]["datasets"]["synth-photo"]["n"] == 48
+                                        for r in sweep_runs)
+    assert [p["alpha"] for p in res["wise"]["ft"]] == [0.0, 0.5, 1.0]
+    assert all(p["n_runs"] == 2 for p in res["wise"]["ft"])
+    assert {e["row"] for e in res["frontier"]} == {"tracer", "teacher of tracer"}
+    assert set(res["kl"]) == {"WMA (tracer)", "EMA"}
+    assert any(p["kl_i2t"] is not None for p in res["kl"]["EMA"]["points"])
+    assert res["paired_differences"][0]["reference"] == "tracer"
+    # weights are pruned once evaluated; the numbers stay
+    assert not any((tmp / r["run_dir"] / "last.pt").exists() for r in res["runs"])
+    assert all(r["steps"] == 2 for r in res["runs"])
+
+
+@pytest.mark.slow
+def test_report_and_figures_and_a_second_invocation_reuses_every_run(bench):
+    tmp, res, _ = bench
+    report = (tmp / "REPORT.md").read_text()
+    assert report.startswith("# Benchmarks\n\nbefore\n")
+    assert report.count("<!-- robustness:begin -->") == 1
+    block = report.split("<!-- robustness:begin -->")[1].split("<!-- robustness:end -->")[0]
+    assert "| ft |" in block and "| teacher of tracer |" in block and "within noise" in block
+    assert "(figs/robustness_id_vs_ood.png)" in block
+    for name in ("id_vs_ood", "beta_sweep", "lambda_sweep", "kl_ema_vs_wma"):
+        png = tmp / "figs" / f"robustness_{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp / "REPORT.md").write_text(report + "\nhand-written reading\n")
+    stamps = {r["name"]: (tmp / r["run_dir"] / "summary.json").stat().st_mtime_ns
+              for r in res["runs"]}
+    second = _bench(tmp)
+    assert second.returncode == 0, second.stderr[-3000:]
+    again = json.loads((tmp / "out" / "results.json").read_text())
+    assert again["execution"]["finetunes_run"] == 0 and again["execution"]["evals_run"] == 0
+    assert {r["name"]: (tmp / r["run_dir"] / "summary.json").stat().st_mtime_ns
+            for r in again["runs"]} == stamps
+    assert again["aggregates"] == res["aggregates"]
+    text = (tmp / "REPORT.md").read_text()
+    assert text.count("<!-- robustness:begin -->") == 1
+    assert text.count("<!-- robustness:end -->") == 1
+    assert text.startswith("# Benchmarks\n\nbefore\n") and text.endswith("hand-written reading\n")
+
+
+@pytest.mark.slow
+def test_dry_run_counts_and_a_failed_run_stops_the_benchmark(bench, tmp_path):
+    tmp, _, _ = bench
+    dry = _bench(tmp, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    # sweep 3 + ft 2 + EMA 1 + tuned tracer at seed 1 (at seed 0 it is a sweep run)
+    assert "finetune runs: 7 (" in dry.stdout and "evaluations: 5 (5 cached)" in dry.stdout
+    _recipes(tmp_path)
+    broken = tmp_path / "ft.toml"
+    broken.write_text(broken.read_text().replace('size = 64', 'size = 0'))
+    failed = _bench(tmp_path, "--sweep-recipe", "none", "--kl-steps", "0")
+    assert failed.returncode == 1
+    assert "tracer_cli finetune ft.toml" in failed.stderr and "size" in failed.stderr
+
+
+def test_wise_curve_takes_its_end_points_from_the_runs(rb):
+    """α = 1 is the run's own student and α = 0 the zeroshot run of the same pretraining seed:
+    neither is evaluated again, and the averaged curve still spans 0..1."""
+    from types import SimpleNamespace
+
+    def numbers(id_acc, ood):
+        return {"id_accuracy": id_acc, "avg_ood_accuracy": ood, "avg_ood_ece": 0.05}
+
+    records = [
+        {"name": "zs_p0", "method": "zeroshot", "pretrain_seed": 0, "models": {
+            "student": numbers(0.90, 0.85)}},
+        {"name": "ft_p0_s0", "method": "ft", "pretrain_seed": 0, "models": {
+            "student": numbers(0.94, 0.80)}},
+        {"name": "ft_p0_s1", "method": "ft", "pretrain_seed": 0, "models": {
+            "student": numbers(0.96, 0.78)}},
+    ]
+    tasks = [SimpleNamespace(run=SimpleNamespace(name=name), result={"wise": [
+        {"alpha": 0.5, **numbers(0.95, 0.86)}]}) for name in ("ft_p0_s0", "ft_p0_s1")]
+    curve = rb.wise_curve(tasks, records)
+    assert [p["alpha"] for p in curve] == [0.0, 0.5, 1.0]
+    assert curve[0]["id_accuracy"][0] == pytest.approx(0.90)
+    assert curve[2]["id_accuracy"][0] == pytest.approx(0.95)
+    assert curve[2]["avg_ood_accuracy"][0] == pytest.approx(0.79)
+    assert all(p["n_runs"] == 2 for p in curve)
+    # An α the evaluation did cover is not added a second time.
+    tasks[0].result["wise"].append({"alpha": 1.0, **numbers(0.5, 0.5)})
+    assert rb.wise_curve(tasks, records)[2]["n_runs"] == 2
