@@ -294,10 +294,8 @@ class ClassificationTask:
                 def classify(feats: torch.Tensor, weights=weights) -> torch.Tensor:
                     return scale * feats.float() @ weights.T
 
-                logits, labels = self._logits(backbone, module, classify, len(weights), loader,
-                                              device, autocast, name)
-                out[name] = {"metrics": classification_metrics(logits, labels),
-                             "logits": logits, "labels": labels}
+                out[name] = self._score(backbone, module, classify, len(weights), loader,
+                                        device, autocast, name)
         finally:
             module.train(was_training)
         return out
@@ -317,13 +315,21 @@ class ClassificationTask:
                     return logits if columns is None else logits[:, columns]
 
                 classes = head.classes if columns is None else len(columns)
-                logits, labels = self._logits(backbone, module, classify, classes, loader,
-                                              device, autocast, name)
-                out[name] = {"metrics": classification_metrics(logits, labels),
-                             "logits": logits, "labels": labels}
+                out[name] = self._score(backbone, module, classify, classes, loader, device,
+                                        autocast, name)
         finally:
             module.train(was_training)
         return out
+
+    @classmethod
+    def _score(cls, backbone: Backbone, module: nn.Module, classify: Any, classes: int,
+               loader: Any, device: torch.device, autocast: Any, dataset: str
+               ) -> dict[str, Any]:
+        """Metrics, logits and labels of one dataset scored by ``classify(features)``."""
+        logits, labels = cls._logits(backbone, module, classify, classes, loader, device,
+                                     autocast, dataset)
+        return {"metrics": classification_metrics(logits, labels), "logits": logits,
+                "labels": labels}
 
     @staticmethod
     def _logits(backbone: Backbone, module: nn.Module, classify: Any, classes: int,
