@@ -233,3 +233,13 @@ def test_export_carries_the_head(ft_run, runner, tmp_path):
     card = json.loads((out / "model_card.json").read_text())
     assert card["details"]["head"]["weights"] == "head.safetensors"
     assert card["method"].startswith("FT")
+
+
+def test_eval_zeroshot_false_skips_only_the_pretrained_evaluation(tiny_recipe, tmp_path):
+    recipe = _recipe(tiny_recipe, "flyp", "train.steps=2", "run.eval_zeroshot=false")
+    result = _run(recipe, tmp_path)
+    assert set(result.summary["eval"]["models"]) == {"student"}
+    assert not (result.run_dir / "eval" / "zeroshot.json").exists()
+    # A zeroshot run has nothing else to report: it evaluates the pretrained model regardless.
+    zero = _run(_recipe(tiny_recipe, "zeroshot", "run.eval_zeroshot=false"), tmp_path / "z")
+    assert zero.summary["eval"]["models"]["student"] == zero.summary["eval"]["models"]["zeroshot"]

@@ -68,3 +68,27 @@ def test_recipe_change_means_new_cache_file(monkeypatch, tmp_path):
     monkeypatch.setattr(embedded, "pretrain_recipe_text", lambda: TINY_PRETRAIN)
     assert embedded.embedded_path("tracer-tiny-rn") != first
     assert embedded.embedded_path("tracer-tiny-vit") != embedded.embedded_path("tracer-tiny-rn")
+
+
+def test_embedded_seed_builds_its_own_pretraining(tmp_path, monkeypatch):
+    """``model.embedded_seed`` is a separate pretraining run (its own file, its own weights);
+    seed 0 keeps the recipe's file name, and the key is refused for non-embedded weights."""
+    import pytest
+
+    from tracer_cli.errors import RecipeError
+
+    monkeypatch.setenv(embedded.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(embedded, "pretrain_recipe_text", lambda: TINY_PRETRAIN)
+    with use_reporter(_Notices()):
+        zero = make_backbone({"arch": "tracer-tiny-rn", "pretrained": "embedded"})
+        one = make_backbone({"arch": "tracer-tiny-rn", "pretrained": "embedded",
+                             "embedded_seed": 1})
+    assert embedded.embedded_path("tracer-tiny-rn", 0) == embedded.embedded_path("tracer-tiny-rn")
+    assert embedded.embedded_path("tracer-tiny-rn", 1).name.endswith("-seed1.pt")
+    assert embedded.embedded_path("tracer-tiny-rn", 1).is_file()
+    a, b = zero.model.state_dict(), one.model.state_dict()
+    assert not torch.equal(a["text_projection"], b["text_projection"])
+    assert one.describe()["embedded_seed"] == 1
+    with pytest.raises(RecipeError) as err:
+        make_backbone({"arch": "tracer-tiny-rn", "pretrained": "none", "embedded_seed": 1})
+    assert err.value.key == "model.embedded_seed"
