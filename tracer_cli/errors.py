@@ -6,6 +6,8 @@ errors stay catchable when tracer is used as a library.
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 
 EXIT_OK = 0
@@ -40,6 +42,21 @@ class MissingResourceError(UsageError):
 
 class RunError(TracerError):
     """The run itself failed (non-finite loss, I/O failure during training)."""
+
+
+class DiskFullError(RunError):
+    """A write failed for lack of space; ``path`` is the file that could not be written (nothing
+    partial of it is left). The caller adds where the run can continue from."""
+
+    def __init__(self, path: str | os.PathLike, hint: str | None = None):
+        self.path, self.hint = str(path), hint
+        super().__init__(f"no space left on device writing '{self.path}'"
+                         + (f"; {hint}" if hint else ""))
+
+
+def no_space(exc: OSError) -> bool:
+    """Whether an OSError means the disk (or the user's quota) is full."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class Interrupted(TracerError):

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from tracer_cli.errors import DiskFullError, no_space
+
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
@@ -21,6 +23,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        if no_space(exc):
+            raise DiskFullError(exc.filename or path) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -53,5 +59,10 @@ def atomic_dir(path: Path) -> Iterator[Path]:
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON object per line; each line is written with a single write call."""
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, sort_keys=True) + "\n")
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, sort_keys=True) + "\n")
+    except OSError as exc:
+        if no_space(exc):
+            raise DiskFullError(path) from None
+        raise

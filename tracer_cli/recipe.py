@@ -139,6 +139,11 @@ class TrainConfig:
     warmup_steps: int = 0
     grad_clip: float = 1.0
     checkpoint_every: int = 0
+    # Retention: the newest N full step checkpoints stay (0: all of them); older ones are removed
+    # only once a newer one is completely written. Every keep_every steps (0: never) a
+    # weights-only milestone (no optimizer state; for eval / export, not resume) stays for good.
+    keep_checkpoints: int = 2
+    keep_every: int = 0
     # A non-finite loss either stops the run (naming the step and the last good checkpoint) or
     # skips that batch without an optimizer step.
     on_nonfinite: Literal["stop", "skip"] = "stop"
@@ -170,6 +175,10 @@ class TrainConfig:
                f"got {self.warmup_steps}; must be between 0 and train.steps ({self.steps})")
         _check(f"{path}.checkpoint_every", self.checkpoint_every >= 0,
                "must be >= 0 (0: only the final checkpoint)")
+        _check(f"{path}.keep_checkpoints", self.keep_checkpoints >= 0,
+               f"got {self.keep_checkpoints}; must be >= 0 (0: keep every step checkpoint)")
+        _check(f"{path}.keep_every", self.keep_every >= 0,
+               f"got {self.keep_every}; must be >= 0 (0: no weights-only milestones)")
         _check(f"{path}.head_lr", self.head_lr >= 0, "must be >= 0 (0: train.lr)")
         _check(f"{path}.lp_steps", 0 <= self.lp_steps < self.steps,
                f"got {self.lp_steps}; must be >= 0 and < train.steps ({self.steps}) (0: half of "
@@ -418,7 +427,8 @@ RESUME_FREE_KEYS = (
     "run.log_every",
     "run.track_drift", "model.cache_dir", "data.id", "data.ood", "data.eval_batch_size",
     "data.num_workers", "data.max_bad_fraction", "data.options", "task.templates",
-    "task.templates_file", "train.checkpoint_every", "train.on_nonfinite", "train.compile",
+    "task.templates_file", "train.checkpoint_every", "train.keep_checkpoints",
+    "train.keep_every", "train.on_nonfinite", "train.compile",
     "train.channels_last",
 )
 _ABSENT = "(absent)"

@@ -178,7 +178,7 @@ def test_resume_refuses_a_checkpoint_of_another_run(runner, tiny_recipe, tmp_pat
 def test_resume_usage_errors(runner, tiny_recipe, tmp_path):
     base = ["finetune", str(tiny_recipe), "--output-dir", str(tmp_path)]
     result = runner.invoke(app, [*base, "--resume", "auto"])
-    assert result.exit_code == 2 and "has no last.pt to resume from" in result.stderr
+    assert result.exit_code == 2 and "has no checkpoint to resume from" in result.stderr
     result = runner.invoke(app, [*base, "--resume", "auto", "--overwrite"])
     assert result.exit_code == 2 and "use one" in result.stderr
     weights = tmp_path / "weights.pt"

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 from rich.console import Console
 
-from tracer_cli.errors import EXIT_RUN_FAILED, Interrupted, TracerError
+from tracer_cli.errors import EXIT_RUN_FAILED, Interrupted, TracerError, no_space
 
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe TOML file, e.g. recipes/quickstart.toml.",
                                            show_default=False)]
@@ -76,6 +76,14 @@ def boundary(func: Callable[..., Any]) -> Callable[..., Any]:
         except TracerError as exc:
             _report(exc, str(exc))
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:
+            if not no_space(exc):
+                _report(exc, f"{type(exc).__name__}: {exc} (set TRACER_DEBUG=1 for the "
+                        "traceback)")
+                raise typer.Exit(EXIT_RUN_FAILED) from None
+            where = f" writing '{exc.filename}'" if exc.filename else ""
+            _report(exc, f"no space left on device{where}")
+            raise typer.Exit(EXIT_RUN_FAILED) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise typer.Exit(130) from None

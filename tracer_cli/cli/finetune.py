@@ -25,7 +25,7 @@ from tracer_cli.cli.common import (
     result_console,
 )
 from tracer_cli.cli.progress import make_reporter
-from tracer_cli.errors import Interrupted, UsageError
+from tracer_cli.errors import DiskFullError, Interrupted, UsageError
 from tracer_cli.events import Reporter, use_reporter
 from tracer_cli.report import accuracy_table
 
@@ -90,7 +90,6 @@ def finetune(
     as_json: JsonOpt = False,
 ) -> None:
     """Finetune a model as RECIPE describes; writes a run directory and prints the evaluation."""
-    from tracer_cli.engine import distributed
     from tracer_cli.engine.run import finetune as run_finetune
     from tracer_cli.engine.signals import SignalTrap
 
@@ -108,16 +107,14 @@ def finetune(
             result = run_finetune(rec, output_dir=output_dir, overwrite=overwrite,
                                   reporter=reporter, resume=resume,
                                   interrupt=SignalTrap(notice=reporter.notice))
-        except Interrupted as exc:
+        except (Interrupted, DiskFullError) as exc:
             if not main_rank:  # rank 0 says it once for all
                 raise typer.Exit(exc.exit_code) from None
-            again = _command(recipe, sets, output_dir, "auto")
-            hint = "resume with: tracer " + shlex.join(again)
-            if os.environ.get(NPROC_ENV):
-                hint += f" --nproc {os.environ[NPROC_ENV]}"
-            elif distributed.launched_world_size() > 1:
-                hint += " (started by the same torchrun command)"
-            raise Interrupted(exc.signum, exc.step, exc.checkpoint, hint) from None
+            again = "resume with: " + _resume_command(recipe, sets, output_dir)
+            if isinstance(exc, DiskFullError):
+                raise DiskFullError(exc.path, f"{exc.hint}; free some space, then {again}"
+                                    ) from None
+            raise Interrupted(exc.signum, exc.step, exc.checkpoint, again) from None
     if result.rank != 0:
         return
     if rec.run.eval:
@@ -125,6 +122,17 @@ def finetune(
     console.print(f"run directory: {result.run_dir}")
     if as_json:
         emit_json(result.summary)
+
+
+def _resume_command(recipe: Path, sets: list[str], output_dir: Path | None) -> str:
+    from tracer_cli.engine import distributed
+
+    command = "tracer " + shlex.join(_command(recipe, sets, output_dir, "auto"))
+    if os.environ.get(NPROC_ENV):
+        command += f" --nproc {os.environ[NPROC_ENV]}"
+    elif distributed.launched_world_size() > 1:
+        command += " (started by the same torchrun command)"
+    return command
 
 
 def _launch(nproc: int, rec: recipe_mod.Recipe, args: list[str]) -> None:

@@ -4,20 +4,24 @@ A training checkpoint holds everything an exact resume needs: the student, the t
 weight sum), optimizer, schedule, grad scaler, the text and global RNG states (python, numpy,
 torch, CUDA; one set per rank under DDP), the data position, the bad-data log and the recipe.
 
-A checkpoint's ``state_dict`` key holds the student's weights, so open_clip's own loader reads a
-tracer checkpoint as it is (``open_clip.create_model(arch, pretrained="runs/x/last.pt")``).
+Every checkpoint is written with its SHA-256 beside it (see :mod:`tracer_cli.rundir`), so a
+resume trusts only what it verified. A checkpoint's ``state_dict`` key holds the student's
+weights, so open_clip's own loader reads a tracer checkpoint as it is
+(``open_clip.create_model(arch, pretrained="runs/x/last.pt")``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from tracer_cli import rundir
 from tracer_cli.errors import UsageError
 from tracer_cli.io import atomic_path
 
@@ -59,18 +63,66 @@ def _to_tuples(value: Any) -> Any:
     return tuple(_to_tuples(v) for v in value) if isinstance(value, list) else value
 
 
-def save(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` so that ``path`` is either absent, the old file, or complete."""
+# What a weights-only milestone keeps: enough for eval / export / WiSE-FT, not for resuming.
+WEIGHTS_ONLY_KEYS = ("step", "state_dict", "teacher", "head", "head_init", "recipe")
+
+
+class _HashingWriter:
+    """The file object torch.save writes to: hashes the bytes on their way to disk (no second
+    read of a multi-GB file) and keeps the OSError of a failed write, which torch's zip writer
+    would otherwise turn into "unexpected pos ..."."""
+
+    def __init__(self, fh: Any):
+        self.fh, self.digest, self.error = fh, hashlib.sha256(), None
+
+    def write(self, data: bytes) -> int:
+        try:
+            written = self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+        self.digest.update(data)
+        return written
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def save(path: Path, payload: dict[str, Any]) -> str:
+    """Write ``payload`` so that ``path`` is either absent, the old file, or complete, with its
+    SHA-256 recorded beside it (``<path>.sha256``) before the file appears; returns the digest.
+
+    A write that fails for lack of space raises :class:`DiskFullError` naming the file, and
+    leaves nothing behind."""
+    path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        with open(tmp, "wb") as fh:
+            writer = _HashingWriter(fh)
+            try:
+                torch.save(payload, writer)
+            except RuntimeError:
+                if writer.error is not None:
+                    raise writer.error from None
+                raise
+            fh.flush()
+            os.fsync(fh.fileno())
+        digest = writer.digest.hexdigest()
+        rundir.write_sha(path, digest)
+    return digest
 
 
-def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any]) -> Path:
-    """``checkpoints/step_N.pt`` plus ``last.pt`` (a copy, so deleting old steps is safe)."""
-    path = run_dir / "checkpoints" / f"step_{step}.pt"
+def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], keep: int = 0,
+                    keep_every: int = 0) -> Path:
+    """``checkpoints/step_N.pt``, then ``last.pt`` pointed at it, then all but the newest ``keep``
+    step checkpoints removed (0: none), then a weights-only milestone when ``keep_every`` divides
+    ``step``. Until the new file is complete the previous checkpoints stay untouched."""
+    path = rundir.step_path(run_dir, step)
     save(path, payload)
-    with atomic_path(run_dir / "last.pt") as tmp:
-        shutil.copyfile(path, tmp)
+    rundir.publish_last(run_dir, path)
+    rundir.prune(run_dir, keep)
+    if keep_every and step % keep_every == 0:
+        save(rundir.weights_path(run_dir, step),
+             {k: payload[k] for k in WEIGHTS_ONLY_KEYS if k in payload})
     return path
 
 

@@ -31,6 +31,7 @@ import torch
 
 import tracer_cli
 from tracer_cli import recipe as recipe_mod
+from tracer_cli import rundir
 from tracer_cli.contracts import (
     CLASSIFICATION_METRICS, Backbone, DatasetBundle, Task, TaskMetrics, task_metrics)
 from tracer_cli.engine import distributed
@@ -125,17 +126,24 @@ def run_dir_of(recipe: Recipe, output_dir: Path | None) -> Path:
 
 def prepare_run_dir(recipe: Recipe, output_dir: Path | None, overwrite: bool,
                     resuming: bool = False) -> Path:
-    """Create the run folder (or refuse to clobber one) and prove it is writable, before training.
+    """Make the run folder ready (or refuse to clobber one) and prove it is writable, before
+    training. Call it holding the folder's :class:`~tracer_cli.rundir.RunLock`.
 
-    A resumed run keeps its folder as it is.
+    A resumed run keeps its folder as it is; ``--overwrite`` empties it but keeps the folder
+    itself (a symbolic link stays a link) and the lock.
     """
     run_dir = run_dir_of(recipe, output_dir)
-    if not resuming and run_dir.exists() and any(run_dir.iterdir()):
+    contents = [p for p in run_dir.iterdir() if p.name != rundir.LOCK] if run_dir.is_dir() else []
+    if not resuming and contents:
         if not overwrite:
             raise UsageError(f"run directory '{run_dir}' already exists and is not empty; pass "
                              "--overwrite (or --resume auto to continue it), or choose another "
                              "--output-dir or run.name")
-        shutil.rmtree(run_dir)
+        for path in contents:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -211,16 +219,26 @@ def finetune(recipe: Recipe, output_dir: Path | None = None, overwrite: bool = F
     start = time.time()
     ctx = distributed.setup(recipe.run.device)
     reporter = (reporter or current_reporter()) if ctx.is_main else Reporter()
+    # One writer per run directory, for the whole run: rank 0 holds the lock until the summary
+    # is written (the other ranks write nothing).
+    lock = rundir.RunLock(run_dir_of(recipe, output_dir))
     try:
-        run = _setup(recipe, ctx, output_dir, overwrite, resume, reporter)
-        trained = train(run.writer, run.backbone, run.task, run.bundle, run.precision,
-                        run.resume, _last_step(recipe, stop_after), interrupt)
+        if ctx.is_main:
+            lock.acquire()
+            if lock.stale:
+                reporter.notice(f"{lock.run_dir}: {rundir.describe_stale(lock.stale)}")
+        try:
+            run = _setup(recipe, ctx, output_dir, overwrite, resume, reporter)
+            trained = train(run.writer, run.backbone, run.task, run.bundle, run.precision,
+                            run.resume, _last_step(recipe, stop_after), interrupt)
+        finally:
+            distributed.teardown(ctx)
+        if not ctx.is_main:
+            return RunResult(run.writer.run_dir, trained.steps, round(time.time() - start, 2),
+                             {}, ctx.rank)
+        return _finish(run, trained, start)
     finally:
-        distributed.teardown(ctx)
-    if not ctx.is_main:
-        return RunResult(run.writer.run_dir, trained.steps, round(time.time() - start, 2), {},
-                         ctx.rank)
-    return _finish(run, trained, start)
+        lock.release()
 
 
 @dataclass
@@ -241,8 +259,12 @@ def _setup(recipe: Recipe, ctx: DistContext, output_dir: Path | None, overwrite:
            resume: str | Path | None, reporter: Reporter) -> _Setup:
     precision = resolve_precision(recipe.run.precision, ctx.device)
     run_dir = run_dir_of(recipe, output_dir)
-    # The checkpoint and its recipe are checked first: a mismatch fails in seconds.
-    resumed = load_resume(recipe, run_dir, resume) if resume is not None else None
+    # The checkpoint and its recipe are checked first: a mismatch fails in seconds. Rank 0
+    # chooses (moving corrupt files aside); the others then find the same checkpoint.
+    resumed = None
+    if resume is not None:
+        with distributed.main_first(ctx):
+            resumed = load_resume(recipe, run_dir, resume, reporter.notice)
     task = build_task(recipe)
     check_task_head(recipe, task)  # in seconds, before weights are downloaded or built
     seed_everything(recipe.run.seed)

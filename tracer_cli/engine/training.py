@@ -14,11 +14,12 @@ import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from tracer_cli import recipe as recipe_mod
+from tracer_cli import rundir
 from tracer_cli.contracts import Backbone, DatasetBundle, Task
 from tracer_cli.engine import checkpoint, distributed
 from tracer_cli.engine.data import BadDataLog, BadItem, TrainStream
@@ -27,7 +28,7 @@ from tracer_cli.engine.loop import FeatureForward, NonFiniteLoss, Trainer
 from tracer_cli.engine.precision import Precision
 from tracer_cli.engine.signals import SignalTrap
 from tracer_cli.engine.teachers import make_teacher
-from tracer_cli.errors import Interrupted, RunError, UsageError
+from tracer_cli.errors import DiskFullError, Interrupted, RunError, UsageError
 from tracer_cli.events import Reporter
 from tracer_cli.io import append_jsonl, atomic_write_json
 from tracer_cli.recipe import Recipe
@@ -42,25 +43,38 @@ RESUME_KEYS = ("step", "state_dict", "teacher", "optimizer", "scheduler", "scale
 
 @dataclass(frozen=True)
 class Resume:
-    """A checkpoint to continue from, checked against the recipe."""
+    """A checkpoint to continue from, checked against the recipe; ``skipped`` says which newer
+    checkpoints failed verification (and where they were moved)."""
 
     path: Path
     state: dict[str, Any]
+    skipped: tuple[str, ...] = ()
 
     @property
     def step(self) -> int:
         return int(self.state["step"])
 
 
-def load_resume(recipe: Recipe, run_dir: Path, resume: str | Path) -> Resume:
-    """The checkpoint ``--resume`` names ("auto": the run directory's last.pt), checked to be a
-    complete training checkpoint of a run with the same run-defining recipe keys."""
-    path = run_dir / "last.pt" if str(resume) == "auto" else Path(resume)
-    if str(resume) == "auto" and not path.is_file():
-        raise UsageError(f"--resume auto: '{run_dir}' has no last.pt to resume from (the run "
-                         "wrote no checkpoint yet; train.checkpoint_every = "
-                         f"{recipe.train.checkpoint_every}); start it again with --overwrite")
-    state = checkpoint.load(path)
+def load_resume(recipe: Recipe, run_dir: Path, resume: str | Path,
+                notice: Callable[[str], None] = lambda _: None) -> Resume:
+    """The checkpoint ``--resume`` names, verified against the SHA-256 recorded when it was
+    written and checked to be a complete training checkpoint of a run with the same
+    run-defining recipe keys.
+
+    "auto" takes the newest intact checkpoint of the run directory: ``last.pt``, else the step
+    checkpoints newest first; each one that fails verification or cannot be read is moved to
+    ``corrupt/`` (never deleted) and said so. Call it holding the run directory's lock.
+    """
+    if str(resume) == "auto":
+        path, state, skipped = _newest_intact(recipe, run_dir, notice)
+    else:
+        path, skipped = Path(resume), ()
+        verdict = rundir.verify(path) if path.is_file() else rundir.Verdict(True)
+        if not verdict.ok:
+            raise UsageError(f"--resume {path}: {verdict.reason}, so it cannot be trusted; give "
+                             "another checkpoint, or --resume auto to take the run's newest "
+                             "intact one")
+        state = checkpoint.load(path)
     missing = [k for k in RESUME_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise UsageError(f"'{path}' is not a tracer training checkpoint that can be resumed "
@@ -70,7 +84,29 @@ def load_resume(recipe: Recipe, run_dir: Path, resume: str | Path) -> Resume:
         raise UsageError(f"cannot resume from '{path}': the recipe differs from the checkpoint's "
                          f"in {'; '.join(diffs)}. These keys define the run; resume with the "
                          "checkpoint's values or start a new run")
-    return Resume(path, state)
+    return Resume(path, state, skipped)
+
+
+def _newest_intact(recipe: Recipe, run_dir: Path, notice: Callable[[str], None]
+                   ) -> tuple[Path, dict[str, Any], tuple[str, ...]]:
+    skipped = []
+    for path in list(rundir.resume_candidates(run_dir)):
+        verdict = rundir.verify(path)
+        reason = "" if verdict.ok else verdict.reason
+        if verdict.ok:
+            try:
+                return path, checkpoint.load(path), tuple(skipped)
+            except UsageError:
+                reason = "it cannot be read (truncated, or not a checkpoint)"
+        moved = rundir.move_aside(run_dir, path)
+        skipped.append(f"{path} ({reason}; moved to {moved})")
+        notice(f"--resume auto: skipping {path}: {reason}; moved to {moved}")
+    if skipped:
+        raise UsageError(f"--resume auto: no intact checkpoint in '{run_dir}' (skipped "
+                         f"{'; '.join(skipped)}); start the run again with --overwrite")
+    raise UsageError(f"--resume auto: '{run_dir}' has no checkpoint to resume from (the run "
+                     "wrote no checkpoint yet; train.checkpoint_every = "
+                     f"{recipe.train.checkpoint_every}); start it again with --overwrite")
 
 
 class RunWriter:
@@ -99,18 +135,30 @@ class RunWriter:
         """A checkpoint of the state after ``step`` steps (a collective under DDP: every rank
         contributes its RNG states, rank 0 writes)."""
         rngs = distributed.gather_objects(self.ctx, checkpoint.capture_rng())
-        path = self.run_dir / "checkpoints" / f"step_{step}.pt"
+        path = rundir.step_path(self.run_dir, step)
         if self.ctx.is_main:
             payload = {"step": step, **trainer.state_dict(), "data_position": dict(position),
                        "rng": rngs[0], "recipe": self.recipe.to_dict(),
                        "bad_data": bad.state_dict(), "world_size": self.ctx.world_size}
             if self.ctx.distributed:
                 payload["rng_ranks"] = rngs
-            path = checkpoint.save_checkpoint(self.run_dir, step, payload)
+            train = self.recipe.train
+            try:
+                path = checkpoint.save_checkpoint(self.run_dir, step, payload,
+                                                  train.keep_checkpoints, train.keep_every)
+            except DiskFullError as exc:
+                raise DiskFullError(exc.path, self.last_good()) from None
             self.log({"event": "checkpoint", "step": step,
                       "path": str(path.relative_to(self.run_dir))})
         self.last_checkpoint, self.last_saved_step = path, step
         return path
+
+    def last_good(self) -> str:
+        """Where the run can continue from, in words."""
+        if self.last_checkpoint is None:
+            return ("no checkpoint was written before it (train.checkpoint_every = "
+                    f"{self.recipe.train.checkpoint_every})")
+        return f"the last good checkpoint is {self.last_checkpoint} (step {self.last_saved_step})"
 
 
 def build_trainer(recipe: Recipe, ctx: DistContext, backbone: Backbone, task: Task,
@@ -221,7 +269,8 @@ def _restore(writer: RunWriter, trainer: Trainer, stream: TrainStream, bad: BadD
     if "bad_data" in state:
         bad.load_state_dict(state["bad_data"])
     writer.last_checkpoint, writer.last_saved_step = resume.path, resume.step
-    writer.log({"event": "resume", "step": resume.step, "checkpoint": str(resume.path)})
+    writer.log({"event": "resume", "step": resume.step, "checkpoint": str(resume.path),
+                **({"skipped": list(resume.skipped)} if resume.skipped else {})})
     writer.reporter.notice(f"resuming from {resume.path} at step {resume.step} of "
                            f"{writer.recipe.train.steps}")
     # Last: nothing may draw from the global RNG between here and the next step.
@@ -321,12 +370,11 @@ class _Loop:
         return in_a_row
 
     def _last_good(self) -> str:
-        path, step = self.writer.last_checkpoint, self.writer.last_saved_step
+        path = self.writer.last_checkpoint
         if path is None:
-            return ("no checkpoint was written before it (train.checkpoint_every = "
-                    f"{self.cfg.train.checkpoint_every})")
-        return (f"the last good checkpoint is {path} (step {step}); continue from it with "
-                f"--resume {path}, e.g. with a lower train.lr or train.on_nonfinite = 'skip'")
+            return self.writer.last_good()
+        return (f"{self.writer.last_good()}; continue from it with --resume {path}, e.g. with a "
+                "lower train.lr or train.on_nonfinite = 'skip'")
 
     def _track_bad(self, items: list[BadItem], step: int) -> None:
         if not items:

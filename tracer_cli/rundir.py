@@ -1,0 +1,293 @@
+"""The run directory's checkpoints and its writer lock (no torch import: readers stay cheap).
+
+Layout owned here::
+
+    runs/<name>/.lock                        the writer lock (PID, host, start time of the holder)
+    runs/<name>/last.pt                      the newest full checkpoint (a hard link to it)
+    runs/<name>/last.pt.sha256               its SHA-256 (``sha256sum -c`` format)
+    runs/<name>/checkpoints/step_N.pt        full training checkpoints, the newest
+                                             ``train.keep_checkpoints`` of them
+    runs/<name>/checkpoints/step_N.pt.sha256 their SHA-256, written right after the file
+    runs/<name>/checkpoints/step_N.weights.pt  weights-only milestones (``train.keep_every``)
+    runs/<name>/corrupt/                     checkpoints that failed verification, moved aside
+
+A run directory has one writer at a time: :class:`RunLock` is an exclusive ``flock`` held for the
+life of a finetune. The kernel drops it when its holder dies, even by SIGKILL, so a lock left by a
+killed run is taken over (and said to be) instead of blocking ``--resume auto`` forever.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from tracer_cli.errors import UsageError
+
+LOCK = ".lock"
+LAST = "last.pt"
+CHECKPOINTS = "checkpoints"
+CORRUPT = "corrupt"
+SHA_SUFFIX = ".sha256"
+_STEP = re.compile(r"^step_(\d+)\.pt$")
+_CHUNK = 1 << 20
+
+
+
+# --------------------------------------------------------------------------- paths
+
+def last_path(run_dir: Path) -> Path:
+    return Path(run_dir) / LAST
+
+
+def step_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step_{step}.pt"
+
+
+def weights_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step_{step}.weights.pt"
+
+
+def sha_path(path: Path) -> Path:
+    return path.with_name(path.name + SHA_SUFFIX)
+
+
+def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """The full step checkpoints of a run, newest first (weights-only milestones excluded)."""
+    folder = Path(run_dir) / CHECKPOINTS
+    found = []
+    if folder.is_dir():
+        for path in folder.iterdir():
+            match = _STEP.match(path.name)
+            if match and path.is_file():
+                found.append((int(match.group(1)), path))
+    return sorted(found, reverse=True)
+
+
+# --------------------------------------------------------------------------- checksums
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_sha(path: Path, digest: str) -> None:
+    """``<path>.sha256`` in ``sha256sum`` format, so ``sha256sum -c`` checks it too."""
+    from tracer_cli.io import atomic_write_text
+
+    atomic_write_text(sha_path(path), f"{digest}  {path.name}\n")
+
+
+def recorded_sha(path: Path) -> str | None:
+    try:
+        text = sha_path(path).read_text(encoding="utf-8").split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text[0] if text and re.fullmatch(r"[0-9a-f]{64}", text[0]) else None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a checkpoint file can be trusted, and why not."""
+
+    ok: bool
+    reason: str = ""
+    checked: bool = True  # False: no checksum was recorded (a checkpoint of an older tracer)
+
+
+def verify(path: Path) -> Verdict:
+    """Compare a checkpoint with the SHA-256 recorded when it was written."""
+    if not path.is_file():
+        return Verdict(False, "missing")
+    expected = recorded_sha(path)
+    if expected is None:
+        return Verdict(True, "no checksum recorded", checked=False)
+    actual = file_sha256(path)
+    if actual != expected:
+        return Verdict(False, f"SHA-256 {actual[:12]}… does not match the {expected[:12]}… "
+                              "recorded when it was written")
+    return Verdict(True)
+
+
+def move_aside(run_dir: Path, path: Path) -> Path:
+    """Move a checkpoint that failed verification (and its checksum) to ``corrupt/``; never
+    delete it: it is the user's data, and may still be worth a look."""
+    folder = Path(run_dir) / CORRUPT
+    folder.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    prefix = "" if path.parent == Path(run_dir) else f"{path.parent.name}-"
+    target = folder / f"{prefix}{path.name}.{stamp}"
+    n = 1
+    while target.exists():
+        n += 1
+        target = folder / f"{prefix}{path.name}.{stamp}-{n}"
+    os.replace(path, target)
+    sha = sha_path(path)
+    if sha.exists():
+        os.replace(sha, target.with_name(target.name + SHA_SUFFIX))
+    return target
+
+
+# --------------------------------------------------------------------------- retention
+
+def publish_last(run_dir: Path, newest: Path) -> Path:
+    """Point ``last.pt`` at ``newest`` (a hard link: no second copy of the bytes), atomically;
+    a copy only where the file system has no hard links."""
+    from tracer_cli.io import atomic_path
+
+    last = last_path(run_dir)
+    with atomic_path(last) as tmp:
+        tmp.unlink()
+        try:
+            os.link(newest, tmp)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EMLINK):
+                raise
+            shutil.copyfile(newest, tmp)
+    digest = recorded_sha(newest)
+    if digest is not None:
+        write_sha(last, digest)
+    return last
+
+
+def prune(run_dir: Path, keep: int) -> list[Path]:
+    """Remove all but the newest ``keep`` full step checkpoints (0 keeps every one). Call it only
+    after the newest one is completely written and verified to be on disk."""
+    if keep <= 0:
+        return []
+    removed = []
+    for _, path in step_checkpoints(run_dir)[keep:]:
+        path.unlink(missing_ok=True)
+        sha_path(path).unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def resume_candidates(run_dir: Path) -> Iterator[Path]:
+    """Where ``--resume auto`` looks, in order: ``last.pt``, then the step checkpoints newest
+    first."""
+    last = last_path(run_dir)
+    if last.is_file():
+        yield last
+    for _, path in step_checkpoints(run_dir):
+        if last.is_file() and _same_file(path, last):
+            continue  # the same bytes as last.pt, already judged
+        yield path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------- the writer lock
+
+class RunLock:
+    """An exclusive lock on a run directory, held by the one process that writes it.
+
+    ``acquire()`` creates the folder if needed, takes the lock without waiting, and records who
+    holds it; a second writer gets a :class:`UsageError` naming the holder's PID and host.
+    ``release()`` empties the record (and removes a folder this lock created and nothing else
+    wrote to, so a run that failed its checks leaves no empty run directory behind). The lock
+    file itself stays: removing it would let two processes lock two different files.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK
+        self._fd: int | None = None
+        self._created = False
+        self.stale: dict[str, Any] | None = None  # the record of a dead holder it took over
+
+    def acquire(self) -> RunLock:
+        try:
+            self._created = not self.run_dir.exists()
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise UsageError(f"cannot create run directory '{self.run_dir}': "
+                             f"{exc.strerror or exc}; choose a shorter run.name or another "
+                             "--output-dir") from None
+        if not _try_lock(fd):
+            holder = _read_record(fd)
+            os.close(fd)
+            raise UsageError(f"run directory '{self.run_dir}' is being written by another "
+                             f"tracer process ({_describe(holder)}); wait for it to finish, stop "
+                             "it, or choose another --output-dir or run.name")
+        previous = _read_record(fd)
+        if previous:
+            self.stale = previous
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(_own_record()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, 0)
+            if self._created and [p.name for p in self.run_dir.iterdir()] == [LOCK]:
+                self.path.unlink()
+                self.run_dir.rmdir()
+        except OSError:
+            pass  # the folder went away or is shared: nothing of value is lost
+        finally:
+            os.close(fd)  # drops the lock
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def describe_stale(record: dict[str, Any]) -> str:
+    return f"took over the lock of a tracer process that is gone ({_describe(record)})"
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+
+
+def _own_record() -> dict[str, Any]:
+    return {"pid": os.getpid(), "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def _read_record(fd: int) -> dict[str, Any]:
+    try:
+        raw = os.pread(fd, 4096, 0)
+        record = json.loads(raw.decode()) if raw.strip() else {}
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _describe(record: dict[str, Any]) -> str:
+    if not record:
+        return "PID and host unknown"
+    return (f"PID {record.get('pid', '?')} on host {record.get('host', '?')}, started "
+            f"{record.get('started', '?')}")
+
