@@ -10,10 +10,12 @@ model, and compared with :func:`tracer_cli.analysis.tables.analyse`.
 
 from __future__ import annotations
 
+import difflib
 import glob
 import json
 import sys
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,9 +40,14 @@ class RunData:
 
     path: Path
     name: str
-    recipe: dict[str, Any]
+    lock: dict[str, Any]
     summary: dict[str, Any]
     wise: list[dict[str, Any]] = field(default_factory=list)
+
+    @cached_property
+    def recipe(self) -> dict[str, Any]:
+        """The resolved recipe as dotted keys (``train.method``), without the lock table."""
+        return flatten({k: v for k, v in self.lock.items() if k != "lock"})
 
     @property
     def seed(self) -> int:
@@ -101,8 +108,7 @@ def read_run(path: Path, notes: list[str]) -> RunData:
     if not isinstance(summary, dict) or not summary.get("eval"):
         raise UsageError(f"run '{path}' has no evaluation in summary.json (run.eval = false); "
                          f"evaluate it or leave it out")
-    recipe = flatten({k: v for k, v in lock.items() if k != "lock"})
-    run = RunData(path, str(path), recipe, summary)
+    run = RunData(path, str(path), lock, summary)
     run.wise = _wise_entries(run, notes)
     return run
 
@@ -166,7 +172,7 @@ def group_labels(runs: Sequence[RunData], by: Sequence[str] | None) -> list[str]
         known = {k for r in runs for k in r.recipe}
         for key in by:
             if key not in known:
-                close = sorted(k for k in known if k.split(".")[-1] == key.split(".")[-1])
+                close = difflib.get_close_matches(key, sorted(known), n=3)
                 hint = f" (did you mean {', '.join(close)}?)" if close else ""
                 raise UsageError(f"--by {key}: no run's recipe has this key{hint}")
         if len(by) == 1:
@@ -175,13 +181,12 @@ def group_labels(runs: Sequence[RunData], by: Sequence[str] | None) -> list[str]
     skip = (*NOT_GROUPING, *PRETRAINED_KEYS)
     keys = [tuple(sorted((k, _value(v)) for k, v in r.recipe.items() if k not in skip))
             for r in runs]
-    keyed = {k: dict(k) for k in dict.fromkeys(keys)}
-    chosen = _distinguishing({k: {**v} for k, v in keyed.items()})
+    recipes = {k: dict(k) for k in dict.fromkeys(keys)}
+    chosen = _distinguishing(recipes)
     if not chosen:
         return [str(r.recipe.get("train.method", "runs")) for r in runs]
-    recipes = {k: v for k, v in keyed.items()}
     if chosen == ["train.method"]:
-        return [recipes[k].get("train.method") for k in keys]
+        return [recipes[k]["train.method"] for k in keys]
     return [", ".join(f"{c}={recipes[k].get(c, '(unset)')}" for c in chosen) for k in keys]
 
 
@@ -201,12 +206,13 @@ def task_keys(runs: Sequence[RunData]) -> tuple[str, list[str]]:
     """The task's primary metric and headline summaries, ID and average OOD of the primary
     first (from the task's declared TaskMetrics)."""
     from tracer_cli.contracts import task_metrics
-    from tracer_cli.runs import RunDir
     from tracer_cli.plugins import get_host
 
-    recipe = RunDir(runs[0].path).recipe
-    spec = task_metrics(get_host().tasks.get(recipe.task.name).factory(
-        dict(recipe.task.options)))
+    # The task alone, from the lock's [task] table (its keys besides the name are the task's
+    # options): comparing runs must not depend on the rest of a recipe still validating.
+    table = dict(runs[0].lock.get("task") or {})
+    name = str(table.pop("name", "classification"))
+    spec = task_metrics(get_host().tasks.get(name).factory(table))
     first = [f"id_{spec.primary}", f"avg_ood_{spec.primary}"]
     return spec.primary, [*first, *(k for k in spec.summary_keys if k not in first)]
 
