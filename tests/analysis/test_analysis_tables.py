@@ -8,6 +8,7 @@ a point's effective robustness is its OOD accuracy minus odds(ID)·2/3 as a prob
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +122,28 @@ def test_logit_fit_needs_two_id_accuracies():
     fit = stats.logit_fit([(0.5, 0.5), (0.75, 0.75)])
     assert fit["slope"] == pytest.approx(1.0) and fit["intercept"] == pytest.approx(0.0)
     assert stats.effective_robustness(fit, 0.6, 0.65) == pytest.approx(0.05)
+
+
+def test_retrieval_and_vqa_runs_are_read_through_their_task_metrics():
+    """Headline keys come from the task's TaskMetrics; recalls have no binomial term."""
+    from tracer_cli.analysis.compare import RunData, task_keys
+
+    def run(task):
+        return RunData(Path("x"), "x", {"task": {"name": task}}, {})
+
+    assert task_keys([run("retrieval")]) == ("mean_recall", [
+        "id_mean_recall", "avg_ood_mean_recall", "avg_ood_i2t_r1", "avg_ood_t2i_r1",
+        "id_i2t_r1", "id_t2i_r1"])
+    assert task_keys([run("vqa")])[1][:3] == ["id_accuracy", "avg_ood_accuracy",
+                                              "avg_ood_vqa_score"]
+    ev = {"id": ["coco"], "ood": ["flickr"], "models": {"student": {
+        d: {"i2t_r1": r, "t2i_r1": r, "mean_recall": r, "n_images": 50, "n_texts": 250}
+        for d, r in (("coco", 0.4), ("flickr", 0.3))}}}
+    records = [{"name": f"r{s}", "method": "flyp", "group": "flyp", "pretrained": "P",
+                "seed": s, "zeroshot_key": None, "wise": [], "wall_time_s": None,
+                "models": {"student": tables.model_numbers(ev, "student")}} for s in (0, 1)]
+    records[1]["models"]["student"]["avg_ood_mean_recall"] = 0.5
+    row = tables.aggregate(records, "student")
+    assert row["id_mean_recall"] == [pytest.approx(0.4), pytest.approx(0.0)]
+    assert row["avg_ood_mean_recall"] == pytest.approx([0.4, 0.1])  # spread only: |.5−.3|/2
+    assert row["datasets"]["flickr"]["n_images"] == 50
