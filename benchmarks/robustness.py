@@ -758,9 +758,9 @@ def _torch_version() -> str:
         return "unknown"
 
 
-def _setting_numbers(cfg: Config, first: dict[str, Any], panels: Sequence[dict[str, Any]]
+def _setting_numbers(cfg: Config, ev: dict[str, Any], panels: Sequence[dict[str, Any]]
                      ) -> dict[str, Any]:
-    ev = first["summary"]["eval"]
+    """The setting the report describes; ``ev`` is a main run's summary ``eval`` block."""
     sizes = {d: ev["models"]["student"][d]["n"] for d in [*ev["id"], *ev["ood"]]}
     id_means = [r["id_accuracy"][0] for p in panels for r in p["rows"]
                 if r["model"] == "student" and r.get("id_accuracy")]
@@ -788,8 +788,7 @@ def assemble(cfg: Config, plan: Plan, sweep_points: Sequence[tuple[str, float, R
                      ROBUSTNESS_KEYS)
     carot = next((r for r in main_runs if r.recipe.name == "carot"
                   and (r.pseed, r.seed) == (cfg.pseeds[0], cfg.seeds[0])), None)
-    first = {"summary": main_runs[0].summary
-             or json.loads((main_runs[0].run_dir / "summary.json").read_text(encoding="utf-8"))}
+    first = read_run(main_runs[0].run_dir, []).summary["eval"]
     return {
         "date": datetime.date.today().isoformat(),
         "command": "python benchmarks/robustness.py " + shlex.join(execution.pop("argv")),
