@@ -33,13 +33,12 @@ result is cached next to its run (``OUT/runs/NAME.robustness.json``, ``NAME.val.
 resumes instead of recomputing. Finished runs keep their numbers but, unless --keep-weights, lose
 their checkpoints once every evaluation that needs them is done (about 190 MB per tiny run).
 
-Statistics: per method and dataset, the mean over runs with standard error
-sqrt(var_between_runs / n + mean binomial variance / n) (benchmarks/phenomenon.py); for an average
-over K sets the binomial variance of one run is sum_k p_k (1 - p_k) / n_k / K^2. Runs at different
-pretraining seeds are pooled (and also reported per pretraining seed in the JSON). Differences
-between methods are paired by (pretraining seed, seed): mean ± SE of the paired differences, within
-noise when |mean| < 2 SE. The WiSE-FT frontier check interpolates a curve (sorted by ID accuracy)
-at a method's mean ID accuracy: above / below / within noise (|gap| < 2 SE of the method's OOD).
+Statistics, figures and the report come from tracer_cli.analysis, the code behind ``tracer
+compare`` (this script plans and runs; docs/compare.md describes the numbers): per method and
+dataset, the mean over runs with standard error sqrt(var_between_runs / n + mean binomial variance
+/ n); one table per pretrained model (pretraining seed), never pooled across them; differences
+between methods paired by seed within a pretrained model, within noise when |mean| < 2 SE; each
+model against the WiSE-FT curves at its mean ID accuracy.
 
 Outputs: ``OUT/results.json``; ``FIGURES/robustness_{id_vs_ood,beta_sweep,lambda_sweep,
 kl_ema_vs_wma}.png``; the block between ``<!-- robustness:begin -->`` and
@@ -68,6 +67,15 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from tracer_cli.analysis import plots
+from tracer_cli.analysis.compare import read_run
+from tracer_cli.analysis.compare import record as compare_record
+from tracer_cli.analysis.report import ROBUSTNESS_KEYS, write_robustness_report
+from tracer_cli.analysis.stats import (
+    average_binomial_var, binomial_var, mean_se, noise_verdict, paired_difference)
+from tracer_cli.analysis.tables import aggregate, analyse, pair
+from tracer_cli.errors import TracerError
+
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("zeroshot", "lp", "ft", "lpft", "flyp", "carot", "tracer")
 DEFAULT_RECIPES = [f"recipes/synth_{m}.toml" for m in METHODS]
@@ -81,11 +89,6 @@ QUICK_STEPS = 150
 WISE_ALPHAS = [0.25, 0.5, 0.75]
 QUICK_WISE_ALPHAS = [0.5]
 REFERENCES = ("flyp", "tracer")
-PRETRAINED_ROW = "zero-shot (pretrained)"
-BEGIN, END = "<!-- robustness:begin -->", "<!-- robustness:end -->"
-INTERPRETATION = ("\n### Robustness: interpretation (hand-written)\n\n"
-                  "_Add the reading of the generated section above here. benchmarks/robustness.py "
-                  "rewrites only the text between the robustness markers._\n")
 # CaRot updates its EMA teacher every 500 of 25k steps: 50 updates per run.
 EMA_UPDATES_PER_RUN = 50
 # Rough single-thread cost of one tiny-CLIP run on the embedded world when no cached run says
@@ -97,81 +100,7 @@ EST_OVERHEAD_S, EST_STEP_S = 50.0, 0.8
 EST_EVAL_S, EST_EVAL_PER_MODEL_S, EST_BUILD_S = 8.0, 13.0, 600.0
 
 
-# --------------------------------------------------------------------------- statistics
-
-
-def binomial_var(p: float, n: int) -> float:
-    """Variance of an accuracy ``p`` measured on ``n`` examples."""
-    return p * (1.0 - p) / n
-
-
-def mean_se(values: Sequence[float], binom_vars: Sequence[float] | None = None
-            ) -> tuple[float, float]:
-    """Mean over runs and its standard error sqrt(var_between / n + mean(binom_vars) / n).
-
-    The spread term is 0 for a single run; without ``binom_vars`` (ECE, NLL, wall time) only the
-    spread counts.
-    """
-    v = np.asarray(values, dtype=float)
-    if v.size == 0:
-        return math.nan, math.nan
-    spread = float(v.var(ddof=1)) / v.size if v.size > 1 else 0.0
-    has_binom = binom_vars is not None and len(binom_vars) > 0
-    binom = float(np.mean(binom_vars)) / v.size if has_binom else 0.0
-    return float(v.mean()), math.sqrt(spread + binom)
-
-
-def average_binomial_var(accuracies: Sequence[float], ns: Sequence[int]) -> float:
-    """Binomial variance of the mean of K accuracies measured on independent sets."""
-    k = len(accuracies)
-    return sum(binomial_var(p, n) for p, n in zip(accuracies, ns)) / k ** 2 if k else 0.0
-
-
-def noise_verdict(diff: float, se: float | None) -> str:
-    """"within noise" when |diff| < 2 SE (or no difference at all), else "beyond noise"."""
-    if se is None or not math.isfinite(se):
-        return "undetermined (one pair)"
-    return "within noise" if diff == 0 or abs(diff) < 2 * se else "beyond noise"
-
-
-def paired_difference(a: dict[Any, float], b: dict[Any, float]) -> dict[str, Any]:
-    """a − b paired by key (pretraining seed, seed): mean ± SE of the differences and a verdict.
-
-    The SE is the spread of the paired differences over pairs (std / sqrt(n)); the test sets are
-    shared, so their sampling noise largely cancels in a paired difference and is not added.
-    """
-    keys = sorted(set(a) & set(b))
-    if not keys:
-        return {"n": 0, "mean": None, "se": None, "verdict": "no common runs"}
-    d = np.array([a[k] - b[k] for k in keys], dtype=float)
-    se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else None
-    mean = float(d.mean())
-    return {"n": int(d.size), "mean": mean, "se": se, "verdict": noise_verdict(mean, se)}
-
-
-def frontier_gap(curve: Sequence[tuple[float, float]], id_acc: float, ood_acc: float,
-                 ood_se: float) -> dict[str, Any]:
-    """Where a method's (ID, OOD) point lies against a WiSE-FT curve of (ID, OOD) points.
-
-    The curve is sorted by ID accuracy (points with equal ID are averaged) and interpolated
-    linearly at ``id_acc``; gap = ``ood_acc`` − curve. "above" / "below" when |gap| ≥ 2 ``ood_se``,
-    else "within noise"; "outside the curve's ID range" when ``id_acc`` is beyond its ends.
-    """
-    by_id: dict[float, list[float]] = {}
-    for i, o in curve:
-        by_id.setdefault(float(i), []).append(float(o))
-    xs = sorted(by_id)
-    ys = [float(np.mean(by_id[x])) for x in xs]
-    if not xs or id_acc < xs[0] or id_acc > xs[-1]:
-        return {"curve_ood": None, "gap": None, "se": ood_se,
-                "verdict": "outside the curve's ID range"}
-    curve_ood = float(np.interp(id_acc, xs, ys))
-    gap = ood_acc - curve_ood
-    if abs(gap) < 2 * ood_se or gap == 0:
-        verdict = "within noise"
-    else:
-        verdict = "above" if gap > 0 else "below"
-    return {"curve_ood": curve_ood, "gap": gap, "se": ood_se, "verdict": verdict}
+# --------------------------------------------------------------------------- choosing
 
 
 def choose_value(values: Sequence[float], means: Sequence[float], own: float) -> float:
@@ -690,40 +619,7 @@ def _write_json(path: Path, data: Any) -> None:
     atomic_write_json(path, data)
 
 
-def _write_text(path: Path, text: str) -> None:
-    from tracer_cli.io import atomic_write_text
-
-    atomic_write_text(path, text)
-
-
 # --------------------------------------------------------------------------- collecting numbers
-
-
-def model_numbers(summary: dict[str, Any], model: str) -> dict[str, Any] | None:
-    """One model's numbers in a run's summary.json, with the ID mean, the OOD averages and the
-    binomial variances of both."""
-    ev = summary["eval"]
-    metrics = ev["models"].get(model)
-    if metrics is None:
-        return None
-    ids, oods = list(ev["id"]), list(ev["ood"])
-    datasets = {d: {k: metrics[d][k] for k in ("accuracy", "ece", "nll", "n")}
-                for d in ids + oods}
-
-    def acc(names: list[str]) -> tuple[float | None, float]:
-        if not names:
-            return None, 0.0
-        values = [datasets[d]["accuracy"] for d in names]
-        return (float(np.mean(values)),
-                average_binomial_var(values, [datasets[d]["n"] for d in names]))
-
-    id_acc, id_var = acc(ids)
-    ood_acc, ood_var = acc(oods)
-    return {"datasets": datasets, "id_accuracy": id_acc, "id_binom_var": id_var,
-            "avg_ood_accuracy": metrics.get("avg_ood_accuracy", ood_acc),
-            "avg_ood_binom_var": ood_var,
-            "avg_ood_ece": metrics.get("avg_ood_ece"),
-            "avg_ood_nll": float(np.mean([datasets[d]["nll"] for d in oods])) if oods else None}
 
 
 def val_numbers(doc: dict[str, Any] | None, names: Sequence[str]) -> dict[str, Any] | None:
@@ -738,161 +634,19 @@ def val_numbers(doc: dict[str, Any] | None, names: Sequence[str]) -> dict[str, A
 
 
 def run_record(run: Run, plan: Plan) -> dict[str, Any]:
-    s = run.summary or {}
-    val = plan.tasks.get(f"{run.name}.val")
-    return {"name": run.name, "method": run.recipe.name, "recipe": run.recipe.path,
-            "roles": sorted(run.roles), "pretrain_seed": run.pseed, "seed": run.seed,
-            "overrides": list(run.variant),
-            "command": shlex.join(["python", "-m", "tracer_cli", *run.argv]),
-            "run_dir": str(run.run_dir), "steps": s.get("steps"),
-            "wall_time_s": s.get("wall_time_s"),
-            "models": {m: model_numbers(s, m) for m in s.get("eval", {}).get("models", {})},
-            "val": val_numbers(val.result if val else None, plan.cfg.val)}
-
-
-def _pair(values: tuple[float, float]) -> list[float]:
-    return [values[0], values[1]]
-
-
-def _spread(values: Sequence[float]) -> list[float | None]:
-    """Mean ± SE of a metric without a binomial term; one run has no SE (None)."""
-    mean, se = mean_se(values)
-    return [mean, se if len(values) > 1 else None]
-
-
-def aggregate(records: Sequence[dict[str, Any]], model: str) -> dict[str, Any] | None:
-    """Mean ± SE over runs of one model's numbers (accuracy with the binomial term)."""
-    entries = [(r, r["models"].get(model)) for r in records]
-    entries = [(r, e) for r, e in entries if e]
-    if not entries:
-        return None
-    out: dict[str, Any] = {"n_runs": len(entries), "datasets": {}}
-    for d in entries[0][1]["datasets"]:
-        rows = [e["datasets"][d] for _, e in entries]
-        out["datasets"][d] = {
-            "accuracy": _pair(mean_se([x["accuracy"] for x in rows],
-                                      [binomial_var(x["accuracy"], x["n"]) for x in rows])),
-            "ece": _spread([x["ece"] for x in rows]),
-            "nll": _spread([x["nll"] for x in rows]), "n": rows[0]["n"]}
-    for key, var in (("id_accuracy", "id_binom_var"), ("avg_ood_accuracy", "avg_ood_binom_var")):
-        pairs = [(e[key], e[var]) for _, e in entries if e[key] is not None]
-        out[key] = _pair(mean_se(*zip(*pairs))) if pairs else None
-    for key in ("avg_ood_ece", "avg_ood_nll"):
-        values = [e[key] for _, e in entries if e[key] is not None]
-        out[key] = _spread(values) if values else None
-    out["wall_time_s"] = (_spread([r["wall_time_s"] for r, _ in entries])
-                          if model != "zeroshot" else None)
-    return out
-
-
-@dataclass
-class Row:
-    """A line of the main table: one model (student, its teacher, or the pretrained model)."""
-
-    label: str
-    method: str
-    model: str
-    records: list[dict[str, Any]]
-
-    def values(self, key: str) -> dict[tuple[int, int], float]:
-        return {(r["pretrain_seed"], r["seed"]): r["models"][self.model][key]
-                for r in self.records if r["models"].get(self.model)
-                and r["models"][self.model][key] is not None}
-
-
-def table_rows(records: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[Row]:
-    """The pretrained model (one run per pretraining seed; omitted when a zeroshot recipe is
-    there), then each method's student and, when it has one, its teacher."""
-    rows = []
-    if "zeroshot" not in methods:
-        first = {}
-        for r in records:
-            first.setdefault(r["pretrain_seed"], r)
-        rows.append(Row(PRETRAINED_ROW, "zeroshot", "zeroshot", list(first.values())))
-    for method in methods:
-        mine = [r for r in records if r["method"] == method]
-        rows.append(Row(method, method, "student", mine))
-        if any(r["models"].get("teacher") for r in mine):
-            rows.append(Row(f"teacher of {method}", method, "teacher", mine))
-    return rows
-
-
-def paired_table(rows: Sequence[Row], pseeds: Sequence[int]) -> list[dict[str, Any]]:
-    """Each method's student against flyp and tracer: ID and avg OOD, pooled and per
-    pretraining seed."""
-    students = {r.method: r for r in rows if r.model == "student"}
-    out, seen = [], set()
-    for ref in REFERENCES:
-        if ref not in students:
-            continue
-        for row in rows:
-            if row.model != "student" or row.method == ref or (ref, row.method) in seen:
-                continue
-            seen.add((row.method, ref))
-            entry: dict[str, Any] = {"method": row.label, "reference": ref}
-            for key in ("id_accuracy", "avg_ood_accuracy", "avg_ood_ece"):
-                a, b = row.values(key), students[ref].values(key)
-                entry[key] = paired_difference(a, b)
-                entry[key]["by_pretrain_seed"] = {
-                    str(p): paired_difference({k: v for k, v in a.items() if k[0] == p}, b)
-                    for p in pseeds}
-            out.append(entry)
-    return out
-
-
-def wise_endpoints(task: Task, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """α = 1 (the run's own student) and α = 0 (the pretrained model of the same pretraining
-    seed: the zeroshot run's, else the run's own zero-shot evaluation) for a WiSE-FT task whose
-    α list leaves them out, so they are not evaluated twice."""
-    asked = {float(e["alpha"]) for e in (task.result or {}).get("wise", [])}
-    run = next((r for r in records if r["name"] == task.run.name), None)
-    if run is None:
-        return []
-    zero = next((r["models"].get("student") for r in records
-                 if r["method"] == "zeroshot" and r["pretrain_seed"] == run["pretrain_seed"]),
-                None) or run["models"].get("zeroshot")
-    out = []
-    for alpha, numbers in ((0.0, zero), (1.0, run["models"].get("student"))):
-        if alpha not in asked and numbers:
-            out.append({"alpha": alpha, **{k: numbers.get(k) for k in
-                                           ("id_accuracy", "avg_ood_accuracy", "avg_ood_ece")}})
-    return out
-
-
-def wise_curve(tasks: Sequence[Task], records: Sequence[dict[str, Any]] = ()
-               ) -> list[dict[str, Any]]:
-    """The WiSE-FT curve averaged over runs: per α, mean ± SE of ID, avg OOD accuracy and ECE."""
-    by_alpha: dict[float, list[dict[str, Any]]] = {}
-    for task in tasks:
-        for entry in [*(task.result or {}).get("wise", []), *wise_endpoints(task, records)]:
-            by_alpha.setdefault(float(entry["alpha"]), []).append(entry)
-    points = []
-    for alpha in sorted(by_alpha):
-        entries = by_alpha[alpha]
-        point = {"alpha": alpha, "n_runs": len(entries)}
-        for key in ("id_accuracy", "avg_ood_accuracy", "avg_ood_ece"):
-            values = [e[key] for e in entries if e.get(key) is not None]
-            point[key] = _spread(values) if values else None
-        points.append(point)
-    return points
-
-
-def frontier_table(rows: Sequence[Row], aggregates: dict[str, Any],
-                   curves: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Every trained model's point against every WiSE-FT curve but its own."""
-    out = []
-    for curve_method, points in curves.items():
-        curve = [(p["id_accuracy"][0], p["avg_ood_accuracy"][0]) for p in points
-                 if p["id_accuracy"] and p["avg_ood_accuracy"]]
-        for row in rows:
-            agg = aggregates.get(row.label)
-            if (row.method in ("zeroshot", curve_method) or not agg or not agg["id_accuracy"]
-                    or not agg["avg_ood_accuracy"]):
-                continue
-            (id_m, _), (ood_m, ood_se) = agg["id_accuracy"], agg["avg_ood_accuracy"]
-            out.append({"row": row.label, "curve": curve_method, "id_accuracy": id_m,
-                        "avg_ood_accuracy": ood_m, **frontier_gap(curve, id_m, ood_m, ood_se)})
-    return out
+    """A run's numbers as ``tracer compare`` reads them from its directory (grouped by the
+    benchmark's method name), with its WiSE-FT entries, validation numbers and command."""
+    data = read_run(run.run_dir, [])
+    rec = compare_record(data, run.recipe.name)
+    wise, val = plan.tasks.get(f"{run.name}.wise"), plan.tasks.get(f"{run.name}.val")
+    rec.update({
+        "name": run.name, "recipe": run.recipe.path, "roles": sorted(run.roles),
+        "pretrain_seed": run.pseed, "overrides": list(run.variant),
+        "command": shlex.join(["python", "-m", "tracer_cli", *run.argv]),
+        "run_dir": str(run.run_dir),
+        "wise": list((wise.result or {}).get("wise", [])) if wise else [],
+        "val": val_numbers(val.result if val else None, plan.cfg.val)})
+    return rec
 
 
 def sweep_table(points: Sequence[tuple[str, float, Run]], plan: Plan
@@ -908,7 +662,7 @@ def sweep_table(points: Sequence[tuple[str, float, Run]], plan: Plan
             student = aggregate(records, "student") or {}
             rows.append({
                 "value": value, "runs": [r["name"] for r in records],
-                "val_accuracy": (_pair(mean_se([v["accuracy"] for v in vals],
+                "val_accuracy": (pair(mean_se([v["accuracy"] for v in vals],
                                                [v["binom_var"] for v in vals])) if vals else None),
                 "val_by_seed": {str(r["seed"]): r["val"]["accuracy"] for r in records
                                 if r["val"]},
@@ -976,410 +730,20 @@ def kl_curves(kl: KlPlan | None, carot: Run | None) -> dict[str, Any]:
 # --------------------------------------------------------------------------- figures
 
 
-def _pct(pair: Sequence[float | None] | None) -> tuple[float, float]:
-    """(mean, SE) in %; no SE draws no error bar."""
-    if not pair:
-        return math.nan, math.nan
-    return 100 * pair[0], 100 * (pair[1] or 0.0)
-
-
-def _save(fig: Any, path: Path) -> Path:
-    from tracer_cli.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    return path
-
-
-def plot_id_vs_ood(results: dict[str, Any], path: Path) -> Path:
-    """Each model's mean point with SE bars, the WiSE-FT curves with α markers, zero-shot."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
-    for method, points in results["wise"].items():
-        pts = [p for p in points if p["id_accuracy"] and p["avg_ood_accuracy"]]
-        xs = [100 * p["id_accuracy"][0] for p in pts]
-        ys = [100 * p["avg_ood_accuracy"][0] for p in pts]
-        ax.plot(xs, ys, "-", marker=".", alpha=0.7, label=f"WiSE-FT of {method}")
-        for p, x, y in zip(pts, xs, ys):
-            if p["alpha"] in (0.0, 0.5, 1.0):
-                ax.annotate(f"α={p['alpha']:g}", (x, y), xytext=(3, -10),
-                            textcoords="offset points", fontsize=7, alpha=0.7)
-    for row in results["rows"]:
-        agg = results["aggregates"].get(row["label"])
-        if not agg or not agg["id_accuracy"] or not agg["avg_ood_accuracy"]:
-            continue
-        (x, xe), (y, ye) = _pct(agg["id_accuracy"]), _pct(agg["avg_ood_accuracy"])
-        marker = ("*" if row["method"] == "zeroshot" else "s" if row["model"] == "teacher"
-                  else "o")
-        ax.errorbar(x, y, xerr=xe, yerr=ye, fmt=marker, capsize=3,
-                    markersize=11 if marker == "*" else 6,
-                    mfc="none" if row["model"] == "teacher" else None)
-        ax.annotate(row["label"], (x, y), xytext=(4, -11 if row["model"] == "teacher" else 4),
-                    textcoords="offset points", fontsize=8)
-    ax.set_xlabel("ID accuracy (%)")
-    ax.set_ylabel("average OOD accuracy (%)")
-    ax.set_title("ID vs OOD accuracy (mean ± SE over runs)")
-    if results["wise"]:
-        ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
-
-
-def plot_sweep(rows: Sequence[dict[str, Any]], axis: str, chosen: float, own: float,
-               path: Path) -> Path:
-    """Validation, ID and avg OOD accuracy against the swept value; chosen value marked."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    xs = [r["value"] for r in rows]
-    for key, label in (("val_accuracy", "validation (chooses)"), ("id_accuracy", "ID"),
-                       ("avg_ood_accuracy", "avg OOD (test)")):
-        pts = [(x, *_pct(r[key])) for x, r in zip(xs, rows) if r[key]]
-        if pts:
-            px, py, pe = zip(*pts)
-            ax.errorbar(px, py, yerr=pe, marker="o", capsize=3, label=label)
-    ax.axvline(chosen, ls="--", color="k", lw=1, label=f"chosen {chosen:g}")
-    if not math.isclose(chosen, own):
-        ax.axvline(own, ls=":", color="grey", lw=1, label=f"recipe {own:g}")
-    symbol = "β (WMA)" if axis == "beta" else "λ_sd"
-    if axis == "lambda_sd" and min(xs) > 0:
-        ax.set_xscale("log")
-    ax.set_xlabel(symbol)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"TRACER {symbol} sweep (mean ± SE over sweep seeds)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
-
-
-def plot_kl(curves: dict[str, Any], path: Path) -> Path:
-    """Teacher-student KL (image to text) and ‖θ−φ‖/‖θ−θ₀‖ against step."""
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for label, curve in curves.items():
-        kl = [(p["step"], p["kl_i2t"]) for p in curve["points"] if p["kl_i2t"] is not None]
-        ratio = [(p["step"], p["param_ratio"]) for p in curve["points"]
-                 if p["param_ratio"] is not None]
-        marker = "." if len(kl) < 30 else None  # short runs: a few points, still visible
-        if kl:
-            left.plot(*zip(*kl), marker=marker, label=label)
-        if ratio:
-            right.plot(*zip(*ratio), marker=marker, label=label)
-    if all(p > 0 for c in curves.values() for p in
-           (q["kl_i2t"] for q in c["points"] if q["kl_i2t"] is not None)):
-        left.set_yscale("log")
-    left.set(xlabel="step", ylabel="KL(teacher ‖ student), image→text",
-             title="teacher-student KL")
-    right.set(xlabel="step", ylabel="‖θ − φ‖ / ‖θ − θ₀‖", title="teacher lag")
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
-
-
 def plot_all(results: dict[str, Any], folder: Path) -> dict[str, Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    out = {"id_vs_ood": plot_id_vs_ood(results, folder / "robustness_id_vs_ood.png")}
+    """The ID-vs-OOD plot (one panel per pretrained model), the sweeps and the KL curves."""
+    out = {"id_vs_ood": plots.plot_id_vs_ood(results["panels"],
+                                              folder / "robustness_id_vs_ood.png")}
     choice = results.get("choice") or {}
     own = results.get("sweep_recipe_values") or {}
     for axis, name in (("beta", "robustness_beta_sweep.png"),
                        ("lambda_sd", "robustness_lambda_sweep.png")):
         rows = results["sweep"].get(axis)
         if rows:
-            out[axis] = plot_sweep(rows, axis, choice[axis], own[axis], folder / name)
+            out[axis] = plots.plot_sweep(rows, axis, choice[axis], own[axis], folder / name)
     if results["kl"]:
-        out["kl"] = plot_kl(results["kl"], folder / "robustness_kl_ema_vs_wma.png")
+        out["kl"] = plots.plot_kl(results["kl"], folder / "robustness_kl_ema_vs_wma.png")
     return out
-
-
-# --------------------------------------------------------------------------- the report
-
-
-def _f(pair: Sequence[float] | None, signed: bool = False) -> str:
-    """A fraction pair (mean, SE) in %."""
-    if not pair or pair[0] is None or not math.isfinite(pair[0]):
-        return "—"
-    mean = f"{100 * pair[0]:+.2f}" if signed else f"{100 * pair[0]:.2f}"
-    return mean if pair[1] is None else f"{mean} ± {100 * pair[1]:.2f}"
-
-
-def _g(pair: Sequence[float] | None, digits: int = 3) -> str:
-    if not pair or pair[0] is None:
-        return "—"
-    mean = f"{pair[0]:.{digits}f}"
-    return mean if pair[1] is None else f"{mean} ± {pair[1]:.{digits}f}"
-
-
-def _diff(entry: dict[str, Any]) -> str:
-    """A paired difference in % points."""
-    if entry.get("mean") is None:
-        return "—"
-    if entry.get("se") is None:
-        return f"{100 * entry['mean']:+.2f}"
-    return _f((entry["mean"], entry["se"]), signed=True)
-
-
-def insert_block(text: str, block: str) -> str:
-    """``text`` with the robustness block replaced, or appended (followed by a place for a
-    hand-written interpretation) when the markers are absent."""
-    begin, end = text.find(BEGIN), text.find(END)
-    if begin != -1 and end > begin:
-        return text[:begin] + block + text[end + len(END):]
-    if begin != -1 or end != -1:
-        raise BenchmarkFailed(f"the report has an unmatched {BEGIN} / {END} pair; fix it by hand")
-    sep = "" if not text else "\n" if text.endswith("\n\n") else "\n\n" if not text.endswith(
-        "\n") else "\n"
-    return text + sep + block + "\n" + INTERPRETATION
-
-
-def _header(res: dict[str, Any]) -> list[str]:
-    m = res["machine"]
-    return [
-        "## Robustness: TRACER against its baselines", "",
-        f"Generated by `{res['command']}` on {res['date']}. Machine: {m['cpu_count']} CPU cores, "
-        f"torch {m['torch']}, {m['jobs']} run(s) in parallel with {m['threads_per_job']} "
-        f"thread(s) each; the benchmark took {res['execution']['wall_s'] / 60:.1f} min "
-        f"({res['execution']['finetunes_run']} finetune(s) and {res['execution']['evals_run']} "
-        f"evaluation(s) run, {res['execution']['finetunes_cached']} finetune(s) reused from "
-        f"`{res['setting']['out']}`). Everything between the robustness markers is rewritten by "
-        f"the script; every number is in `{res['setting']['out']}/results.json`.", ""]
-
-
-def _setting(res: dict[str, Any]) -> list[str]:
-    st = res["setting"]
-    recipes = ", ".join(f"`{r['path']}` ({r['name']}, {r['steps']} steps)" for r in st["recipes"])
-    sets = ", ".join(f"{d} ({'ID' if d in st['id'] else 'OOD'}, n = {n:,})"
-                     for d, n in st["eval_sizes"].items())
-    lines = ["### Setting", "",
-             f"- Recipes: {recipes}.",
-             f"- Finetuning seeds {st['seeds']}; pretraining seeds of the tiny CLIP "
-             f"{st['pretrain_seeds']}; every method runs at every (pretraining seed, seed) pair.",
-             f"- Evaluation sets: {sets}. Binomial SE of one accuracy: "
-             f"{st['binomial_se_at_half']:.2f}% at 50%, {st['binomial_se_at_id']:.2f}% at the mean "
-             "ID accuracy.",
-             "- Errors: mean ± SE over runs, SE = sqrt(var between runs / n + mean binomial "
-             "variance / n) (for an average over K sets the binomial variance is "
-             "Σ p(1−p)/n_k / K²); ECE, NLL and wall time use the spread over runs only. Runs at "
-             "different pretraining seeds are pooled here; `results.json` has each pretraining "
-             "seed separately.",
-             "- Paired differences: per (pretraining seed, seed), mean ± SE (std / sqrt(pairs)) "
-             "of the paired differences; **within noise** when |mean| < 2 SE."]
-    lines += [f"- Note: {note}" for note in res["notes"]]
-    return lines + [""]
-
-
-def _choice(res: dict[str, Any]) -> list[str]:
-    sweep, choice = res["sweep"], res.get("choice")
-    if not sweep or not choice:
-        return ["### Hyperparameters", "", "No validation sweep was run (no sweep recipe, or "
-                "no β / λ_sd values): the tuned recipe ran with its own values.", ""]
-    own = res["sweep_recipe_values"]
-    lines = ["### Hyperparameter choice", "",
-             f"Validation domain: {', '.join(res['setting']['val'])} (not a reported test "
-             f"domain). Sweep recipe `{res['setting']['sweep_recipe']}`, pretraining seed "
-             f"{res['setting']['pretrain_seeds'][0]}, seeds {res['setting']['sweep_seeds']}. "
-             "Rule: β is chosen on the β sweep (λ_sd at the recipe's value) and λ_sd on the "
-             "λ_sd sweep (β at the recipe's value), each as the value with the highest mean "
-             "validation accuracy; a tie goes to the recipe's own value. The ID and OOD columns "
-             "are the test domains, shown for the plots; they did not enter the choice.", ""]
-    for axis, symbol in (("beta", "β"), ("lambda_sd", "λ_sd")):
-        rows = sweep.get(axis)
-        if not rows:
-            continue
-        lines += [f"| {symbol} | validation acc | ID acc | avg OOD acc | runs |",
-                  "|---|---|---|---|---|"]
-        for r in rows:
-            mark = " **(chosen)**" if math.isclose(r["value"], choice[axis]) else ""
-            mark += " (recipe)" if math.isclose(r["value"], own[axis]) else ""
-            lines.append(f"| {r['value']:g}{mark} | {_f(r['val_accuracy'])} | "
-                         f"{_f(r['id_accuracy'])} | {_f(r['avg_ood_accuracy'])} | "
-                         f"{len(r['runs'])} |")
-        lines.append("")
-    lines += [f"Chosen: β = {choice['beta']:g} (recipe {own['beta']:g}), λ_sd = "
-              f"{choice['lambda_sd']:g} (recipe {own['lambda_sd']:g}).", ""]
-    return lines
-
-
-def _main_table(res: dict[str, Any]) -> list[str]:
-    st = res["setting"]
-    cols = [*st["id"], *st["ood"]]
-    head = ("| model | " + " | ".join(f"{d} ({'ID' if d in st['id'] else 'OOD'})" for d in cols)
-            + " | avg OOD acc | avg OOD ECE | avg OOD NLL | wall s/run | runs |")
-    lines = ["### Main table", "", "Accuracy and ECE in %, mean ± SE over runs.", "", head,
-             "|---" * (len(cols) + 6) + "|"]
-    for row in res["rows"]:
-        agg = res["aggregates"].get(row["label"])
-        if not agg:
-            continue
-        cells = [_f(agg["datasets"][d]["accuracy"]) if d in agg["datasets"] else "—" for d in cols]
-        wall = agg["wall_time_s"] if row["model"] == "student" else None
-        cells += [_f(agg["avg_ood_accuracy"]), _f(agg["avg_ood_ece"]), _g(agg["avg_ood_nll"]),
-                  _g(wall, 0), str(agg["n_runs"])]
-        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
-    return lines + [""]
-
-
-def _paired(res: dict[str, Any]) -> list[str]:
-    if not res["paired_differences"]:
-        return []
-    lines = ["### Paired differences", "",
-             "Method − reference in % points, paired by (pretraining seed, seed).", "",
-             "| method | reference | Δ ID acc | | Δ avg OOD acc | | Δ avg OOD ECE | | pairs |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for e in res["paired_differences"]:
-        cells = []
-        for key in ("id_accuracy", "avg_ood_accuracy", "avg_ood_ece"):
-            cells += [_diff(e[key]), e[key]["verdict"]]
-        lines.append(f"| {e['method']} | {e['reference']} | " + " | ".join(cells)
-                     + f" | {e['avg_ood_accuracy']['n']} |")
-    return lines + [""]
-
-
-def _frontier(res: dict[str, Any]) -> list[str]:
-    if not res["frontier"]:
-        return ["### ID vs OOD against WiSE-FT", "", "No WiSE-FT curve was measured.", ""]
-    lines = ["### ID vs OOD against WiSE-FT", "",
-             "Each model's mean (ID, avg OOD) point against the WiSE-FT curve "
-             "(1 − α)·θ₀ + α·θ_ft of a baseline, averaged over its runs and interpolated at the "
-             "model's mean ID accuracy; above / below when the gap exceeds 2 SE of the model's "
-             "avg OOD accuracy.", "",
-             "| model | curve | ID acc | avg OOD acc | curve at that ID | gap | verdict |",
-             "|---|---|---|---|---|---|---|"]
-    for e in res["frontier"]:
-        curve = "—" if e["curve_ood"] is None else f"{100 * e['curve_ood']:.2f}"
-        gap = "—" if e["gap"] is None else _f((e["gap"], e["se"]), signed=True)
-        lines.append(f"| {e['row']} | WiSE-FT of {e['curve']} | {100 * e['id_accuracy']:.2f} | "
-                     f"{100 * e['avg_ood_accuracy']:.2f} | {curve} | {gap} | {e['verdict']} |")
-    return lines + [""]
-
-
-def _kl(res: dict[str, Any]) -> list[str]:
-    kl = res["kl"]
-    if not kl:
-        return []
-    info = res["kl_setting"]
-    lines = ["### Teacher-student KL: WMA vs EMA", "",
-             f"`{info['recipe']}` at its own β and λ_sd (WMA teacher) against the same recipe "
-             "with an EMA teacher (`teacher.kind=ema`, "
-             f"`teacher.update_every={info['update_every']}` = max(1, {info['steps']} // "
-             f"{EMA_UPDATES_PER_RUN}): as many teacher updates per run as CaRot's 500 of 25k "
-             f"steps), pretraining seed {info['pretrain_seed']}, seed {info['seed']}, one run "
-             "each.", "",
-             "| run | KL image→text, mean over the last quarter | ‖θ−φ‖/‖θ−θ₀‖ at the end |",
-             "|---|---|---|"]
-    for label, c in kl.items():
-        tail = "—" if c["kl_i2t_last_quarter"] is None else f"{c['kl_i2t_last_quarter']:.3g}"
-        ratio = "—" if c["param_ratio_end"] is None else f"{c['param_ratio_end']:.3g}"
-        lines.append(f"| {label} (`{c['run']}`) | {tail} | {ratio} |")
-    return lines + [""]
-
-
-def _figures(res: dict[str, Any], report: Path) -> list[str]:
-    titles = {"id_vs_ood": "ID vs OOD with the WiSE-FT curves", "beta": "β sweep",
-              "lambda_sd": "λ_sd sweep", "kl": "teacher-student KL, EMA vs WMA"}
-    lines = ["### Figures", ""]
-    for key, path in res["figures"].items():
-        rel = Path(os.path.relpath(Path(path).resolve(), report.resolve().parent)).as_posix()
-        lines.append(f"- {titles[key]}: [{rel}]({rel})")
-    return lines + [""]
-
-
-def _vs(new: Sequence[float], old: Sequence[float]) -> str:
-    """An unpaired difference of two means with its combined SE and verdict."""
-    diff, se = new[0] - old[0], math.hypot(new[1], old[1])
-    return f"{_f((diff, se), signed=True)} ({noise_verdict(diff, se)})"
-
-
-def _choice_facts(res: dict[str, Any]) -> list[str]:
-    out, choice, own = [], res.get("choice"), res.get("sweep_recipe_values")
-    if not choice or not res["sweep"]:
-        return out
-    for axis, symbol in (("beta", "β"), ("lambda_sd", "λ_sd")):
-        d, values = choice["vs_own"].get(axis), [r["value"] for r in res["sweep"].get(axis, [])]
-        if not values:
-            continue
-        tried = ", ".join(f"{v:g}" for v in values)
-        if math.isclose(choice[axis], own[axis]):
-            out.append(f"Validation kept the recipe's {symbol} = {own[axis]:g} (highest mean "
-                       f"validation accuracy among {tried}).")
-        elif d and d["n"]:
-            out.append(f"Validation chose {symbol} = {choice[axis]:g} over the recipe's "
-                       f"{own[axis]:g} (tried {tried}): validation accuracy {_diff(d)} "
-                       f"({d['verdict']}).")
-        else:
-            out.append(f"Validation chose {symbol} = {choice[axis]:g} (tried {tried}; the "
-                       f"recipe's {own[axis]:g} was not among them).")
-    return out
-
-
-def facts(res: dict[str, Any]) -> list[str]:
-    """Statements read off the numbers; no hand-written claims."""
-    out = _choice_facts(res)
-    aggs = res["aggregates"]
-    students = [r["label"] for r in res["rows"] if r["model"] == "student" and aggs.get(r["label"])
-                and aggs[r["label"]]["avg_ood_accuracy"]]
-    if students:
-        ranked = sorted(students, key=lambda s: -aggs[s]["avg_ood_accuracy"][0])
-        low = min(students, key=lambda s: aggs[s]["avg_ood_ece"][0])
-        line = (f"Highest mean avg OOD accuracy: {ranked[0]} "
-                f"({_f(aggs[ranked[0]]['avg_ood_accuracy'])})")
-        if len(ranked) > 1:
-            top, nxt = (aggs[r]["avg_ood_accuracy"] for r in ranked[:2])
-            line += f"; next {ranked[1]}, difference {_vs(top, nxt)} unpaired"
-        out.append(f"{line}. Lowest mean avg OOD ECE: {low} ({_f(aggs[low]['avg_ood_ece'])}).")
-    zero = next((aggs.get(r["label"]) for r in res["rows"] if r["method"] == "zeroshot"), None)
-    if zero and zero["avg_ood_accuracy"]:
-        parts = [f"{s} {_vs(aggs[s]['avg_ood_accuracy'], zero['avg_ood_accuracy'])}"
-                 for s in students if s != "zeroshot"]
-        if parts:
-            out.append("Avg OOD accuracy against zero-shot (unpaired): " + "; ".join(parts) + ".")
-    for e in res["paired_differences"]:
-        ood, ida, ece = e["avg_ood_accuracy"], e["id_accuracy"], e["avg_ood_ece"]
-        line = (f"{e['method']} vs {e['reference']}: avg OOD {_diff(ood)} ({ood['verdict']}), "
-                f"ID {_diff(ida)} ({ida['verdict']}), avg OOD ECE {_diff(ece)} "
-                f"({ece['verdict']}); {ood['n']} pair(s)")
-        seeds = {p: d for p, d in ood["by_pretrain_seed"].items() if d["n"]}
-        if len(seeds) > 1:
-            line += ("; avg OOD per pretraining seed: "
-                     + ", ".join(f"{p}: {_diff(d)} ({d['verdict']})" for p, d in seeds.items()))
-        out.append(line + ".")
-    for e in res["frontier"]:
-        if e["gap"] is None:
-            out.append(f"{e['row']} is outside the ID range of the WiSE-FT curve of {e['curve']}.")
-        else:
-            out.append(f"{e['row']} against the WiSE-FT curve of {e['curve']} at matched ID "
-                       f"accuracy: {_f((e['gap'], e['se']), signed=True)} ({e['verdict']}).")
-    kl = res["kl"]
-    if kl:
-        parts = [f"{k} {v['kl_i2t_last_quarter']:.3g}" for k, v in kl.items()
-                 if v["kl_i2t_last_quarter"] is not None]
-        if parts:
-            out.append("Teacher-student KL (image→text), mean over the last quarter of training: "
-                       + ", ".join(parts) + " (one run each).")
-    return out
-
-
-def render_report(res: dict[str, Any], report: Path) -> str:
-    lines = [BEGIN, *_header(res), *_setting(res), *_choice(res), *_main_table(res),
-             *_paired(res), *_frontier(res), *_kl(res), *_figures(res, report),
-             "### What this shows (generated from the numbers above)", ""]
-    lines += [f"- {fact}" for fact in facts(res)] + ["", END]
-    return "\n".join(lines)
-
-
-def write_report(res: dict[str, Any], report: Path) -> None:
-    text = report.read_text(encoding="utf-8") if report.is_file() else ""
-    _write_text(report, insert_block(text, render_report(res, report)))
 
 
 # --------------------------------------------------------------------------- assembling
@@ -1394,12 +758,12 @@ def _torch_version() -> str:
         return "unknown"
 
 
-def _setting_numbers(cfg: Config, first: Run, rows: Sequence[Row], aggs: dict[str, Any]
+def _setting_numbers(cfg: Config, ev: dict[str, Any], panels: Sequence[dict[str, Any]]
                      ) -> dict[str, Any]:
-    ev = first.summary["eval"]
+    """The setting the report describes; ``ev`` is a main run's summary ``eval`` block."""
     sizes = {d: ev["models"]["student"][d]["n"] for d in [*ev["id"], *ev["ood"]]}
-    id_means = [aggs[r.label]["id_accuracy"][0] for r in rows
-                if r.model == "student" and aggs.get(r.label) and aggs[r.label]["id_accuracy"]]
+    id_means = [r["id_accuracy"][0] for p in panels for r in p["rows"]
+                if r["model"] == "student" and r.get("id_accuracy")]
     id_mean, n_min = float(np.mean(id_means or [0.5])), min(sizes.values())
     return {"recipes": [{"path": r.path, "name": r.name, "steps": cfg.steps_of(r)}
                         for r in cfg.recipes],
@@ -1415,41 +779,34 @@ def _setting_numbers(cfg: Config, first: Run, rows: Sequence[Row], aggs: dict[st
 def assemble(cfg: Config, plan: Plan, sweep_points: Sequence[tuple[str, float, Run]],
              choice: dict[str, Any] | None, kl: KlPlan | None, execution: dict[str, Any]
              ) -> dict[str, Any]:
-    """Everything results.json holds, and what the report and figures are made from."""
+    """Everything results.json holds, and what the report and figures are made from: the main
+    runs' panels (one per pretrained model) come from tracer compare's analysis."""
     records = {name: run_record(run, plan) for name, run in plan.runs.items()}
     main_runs = [r for r in plan.runs.values() if "main" in r.roles]
-    main = [records[r.name] for r in main_runs]
     methods = [r.name for r in cfg.recipes]
-    rows = table_rows(main, methods)
-    aggs = {row.label: aggregate(row.records, row.model) for row in rows}
-    by_seed = {str(p): {row.label: aggregate([r for r in row.records if r["pretrain_seed"] == p],
-                                             row.model) for row in rows} for p in cfg.pseeds}
-    curves = {m: wise_curve([t for t in plan.tasks.values() if t.kind == "wise"
-                             and t.run.recipe.name == m], list(records.values()))
-              for m in cfg.wise}
+    panels = analyse([records[r.name] for r in main_runs], methods, REFERENCES,
+                     ROBUSTNESS_KEYS)
     carot = next((r for r in main_runs if r.recipe.name == "carot"
                   and (r.pseed, r.seed) == (cfg.pseeds[0], cfg.seeds[0])), None)
-    res = {
+    first = read_run(main_runs[0].run_dir, []).summary["eval"]
+    return {
         "date": datetime.date.today().isoformat(),
         "command": "python benchmarks/robustness.py " + shlex.join(execution.pop("argv")),
         "machine": {"cpu_count": os.cpu_count(), "torch": _torch_version(), "jobs": cfg.jobs,
                     "threads_per_job": threads_per_job(cfg.jobs)},
-        "setting": _setting_numbers(cfg, main_runs[0], rows, aggs), "notes": cfg.notes,
+        "setting": _setting_numbers(cfg, first, panels), "notes": cfg.notes,
         "execution": execution,
         "sweep": sweep_table(sweep_points, plan) if sweep_points else {},
         "choice": choice,
         "sweep_recipe_values": ({"beta": cfg.sweep.beta, "lambda_sd": cfg.sweep.lambda_sd}
                                 if cfg.sweep else None),
-        "rows": [{"label": r.label, "method": r.method, "model": r.model} for r in rows],
-        "aggregates": aggs, "aggregates_by_pretrain_seed": by_seed,
-        "paired_differences": paired_table(rows, cfg.pseeds),
-        "wise": curves, "frontier": frontier_table(rows, aggs, curves),
+        "panels": panels,
         "kl": kl_curves(kl, carot),
         "kl_setting": ({"recipe": kl.recipe.path, "update_every": kl.update_every,
-                        "steps": kl.steps, "pretrain_seed": kl.wma.pseed, "seed": kl.wma.seed}
+                        "updates_per_run": EMA_UPDATES_PER_RUN, "steps": kl.steps,
+                        "pretrain_seed": kl.wma.pseed, "seed": kl.wma.seed}
                        if kl else None),
         "runs": list(records.values())}
-    return res
 
 
 # --------------------------------------------------------------------------- configuration
@@ -1718,7 +1075,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     res = assemble(cfg, plan, sweep_points, choice, kl, execution)
     res["figures"] = {k: str(v) for k, v in plot_all(res, args.figures).items()}
     _write_json(cfg.out / "results.json", res)
-    write_report(res, args.report)
+    try:
+        write_robustness_report(res, args.report)
+    except TracerError as exc:
+        print(f"robustness: {args.report}: {exc}", file=sys.stderr)
+        return 2
     print(f"robustness: {cfg.out / 'results.json'}, {args.report}, figures in {args.figures}",
           file=sys.stderr)
     return 0

@@ -1,4 +1,5 @@
-"""benchmarks/robustness.py: its statistics by hand-computed numbers, and one end-to-end run on
+"""benchmarks/robustness.py: the statistics it takes from tracer_cli.analysis by hand-computed
+numbers, and one end-to-end run on
 two tiny recipes (random init, 2 steps) that checks the results against the runs' own summaries,
 the report block between its markers, the figures, and that a second invocation reuses every run.
 
@@ -18,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY_RECIPE
+from tracer_cli.analysis import report, stats, tables
+from tracer_cli.errors import UsageError
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "robustness.py"
 
@@ -34,46 +37,46 @@ def rb():
 # --------------------------------------------------------------------------- statistics
 
 
-def test_mean_se_combines_spread_and_binomial_error(rb):
-    mean, se = rb.mean_se([0.8, 0.9], [0.8 * 0.2 / 100, 0.9 * 0.1 / 100])
+def test_mean_se_combines_spread_and_binomial_error():
+    mean, se = stats.mean_se([0.8, 0.9], [0.8 * 0.2 / 100, 0.9 * 0.1 / 100])
     # spread: var(ddof=1) 0.005 / 2 = 0.0025; binomial: mean(0.0016, 0.0009) / 2 = 0.000625
     assert mean == pytest.approx(0.85)
     assert se == pytest.approx(math.sqrt(0.0025 + 0.000625))
-    assert rb.mean_se([0.5], [rb.binomial_var(0.5, 100)]) == pytest.approx((0.5, 0.05))
-    assert rb.mean_se([1.0, 3.0]) == pytest.approx((2.0, 1.0))  # no binomial term
-    assert rb.average_binomial_var([0.5, 0.9], [100, 100]) == pytest.approx(
+    assert stats.mean_se([0.5], [stats.binomial_var(0.5, 100)]) == pytest.approx((0.5, 0.05))
+    assert stats.mean_se([1.0, 3.0]) == pytest.approx((2.0, 1.0))  # no binomial term
+    assert stats.average_binomial_var([0.5, 0.9], [100, 100]) == pytest.approx(
         (0.0025 + 0.0009) / 4)
 
 
-def test_paired_difference_pairs_by_key_and_judges_noise(rb):
+def test_paired_difference_pairs_by_key_and_judges_noise():
     a = {(0, 0): 0.80, (0, 1): 0.84, (1, 0): 0.82}
     b = {(0, 0): 0.78, (0, 1): 0.80, (1, 0): 0.79, (1, 1): 0.50}  # (1, 1) has no partner
-    d = rb.paired_difference(a, b)
+    d = stats.paired_difference(a, b)
     assert d["n"] == 3 and d["mean"] == pytest.approx(0.03)
     assert d["se"] == pytest.approx(0.01 / math.sqrt(3))  # diffs .02 .04 .03: std 0.01
     assert d["verdict"] == "beyond noise"
     # diffs .02, .00: mean .01, SE .01 -> |mean| < 2 SE
-    near = rb.paired_difference({1: 0.52, 2: 0.50}, {1: 0.50, 2: 0.50})
+    near = stats.paired_difference({1: 0.52, 2: 0.50}, {1: 0.50, 2: 0.50})
     assert near["mean"] == pytest.approx(0.01) and near["se"] == pytest.approx(0.01)
     assert near["verdict"] == "within noise"
-    assert rb.paired_difference({1: 0.6}, {1: 0.5})["verdict"] == "undetermined (one pair)"
-    assert rb.paired_difference({1: 0.6}, {2: 0.5})["verdict"] == "no common runs"
-    assert rb.noise_verdict(0.0, 0.0) == "within noise"
+    assert stats.paired_difference({1: 0.6}, {1: 0.5})["verdict"] == "undetermined (one pair)"
+    assert stats.paired_difference({1: 0.6}, {2: 0.5})["verdict"] == "no common runs"
+    assert stats.noise_verdict(0.0, 0.0) == "within noise"
 
 
-def test_frontier_gap_interpolates_along_the_curve_sorted_by_id(rb):
+def test_frontier_gap_interpolates_along_the_curve_sorted_by_id():
     curve = [(0.90, 0.80), (0.80, 0.85), (0.85, 0.83)]  # unsorted on purpose
-    above = rb.frontier_gap(curve, 0.875, 0.84, 0.01)
+    above = stats.frontier_gap(curve, 0.875, 0.84, 0.01)
     assert above["curve_ood"] == pytest.approx(0.815)  # halfway between .83 and .80
     assert above["gap"] == pytest.approx(0.025) and above["verdict"] == "above"
-    assert rb.frontier_gap(curve, 0.875, 0.84, 0.02)["verdict"] == "within noise"
-    assert rb.frontier_gap(curve, 0.875, 0.78, 0.01)["verdict"] == "below"
-    assert rb.frontier_gap(curve, 0.90, 0.80, 0.01)["curve_ood"] == pytest.approx(0.80)
+    assert stats.frontier_gap(curve, 0.875, 0.84, 0.02)["verdict"] == "within noise"
+    assert stats.frontier_gap(curve, 0.875, 0.78, 0.01)["verdict"] == "below"
+    assert stats.frontier_gap(curve, 0.90, 0.80, 0.01)["curve_ood"] == pytest.approx(0.80)
     for outside in (0.95, 0.79):
-        far = rb.frontier_gap(curve, outside, 0.9, 0.01)
+        far = stats.frontier_gap(curve, outside, 0.9, 0.01)
         assert far["verdict"] == "outside the curve's ID range" and far["gap"] is None
     # equal ID accuracies are averaged before interpolating
-    assert rb.frontier_gap([(0.8, 0.7), (0.8, 0.9), (0.9, 0.8)], 0.8, 0.8, 0.01)[
+    assert stats.frontier_gap([(0.8, 0.7), (0.8, 0.9), (0.9, 0.8)], 0.8, 0.8, 0.01)[
         "curve_ood"] == pytest.approx(0.8)
 
 
@@ -83,16 +86,16 @@ def test_choose_value_prefers_the_recipe_value_among_ties(rb):
     assert rb.choose_value([0.2, 0.5, 1.0], [0.9, 0.8, 0.8], own=0.5) == 0.2
 
 
-def test_insert_block_replaces_between_markers_and_keeps_the_rest(rb):
-    block = f"{rb.BEGIN}\nnew\n{rb.END}"
-    first = rb.insert_block("# Title\n\ntext\n", block)
+def test_insert_block_replaces_between_markers_and_keeps_the_rest():
+    block = f"{report.BEGIN}\nnew\n{report.END}"
+    first = report.insert_block("# Title\n\ntext\n", block)
     assert first.startswith("# Title\n\ntext\n\n" + block) and "interpretation" in first
     edited = first + "\nhuman note\n"
-    second = rb.insert_block(edited.replace("new", "old"), block.replace("new", "newer"))
-    assert second.count(rb.BEGIN) == 1 and "newer" in second and "old" not in second
+    second = report.insert_block(edited.replace("new", "old"), block.replace("new", "newer"))
+    assert second.count(report.BEGIN) == 1 and "newer" in second and "old" not in second
     assert second.startswith("# Title\n\ntext\n") and second.endswith("human note\n")
-    with pytest.raises(rb.BenchmarkFailed):
-        rb.insert_block(f"{rb.BEGIN}\nno end\n", block)
+    with pytest.raises(UsageError):
+        report.insert_block(f"{report.BEGIN}\nno end\n", block)
 
 
 def test_steps_overrides_scale_the_schedule(rb):
@@ -154,18 +157,20 @@ def bench(tmp_path_factory):
 def test_results_agree_with_the_runs_summaries(bench):
     tmp, res, _ = bench
     runs = {r["name"]: r for r in res["runs"]}
-    assert {r["method"] for r in runs.values()} == {"ft", "tracer"}
+    assert {r["group"] for r in runs.values()} == {"ft", "tracer"}
     for record in runs.values():
         summary = _summary(tmp, record)
         assert record["wall_time_s"] == summary["wall_time_s"]
         for model, numbers in record["models"].items():
             for name, metrics in numbers["datasets"].items():
                 assert metrics["accuracy"] == summary["eval"]["models"][model][name]["accuracy"]
-    main_ft = [r for r in runs.values() if r["method"] == "ft" and "main" in r["roles"]]
+    main_ft = [r for r in runs.values() if r["group"] == "ft" and "main" in r["roles"]]
     assert sorted(r["seed"] for r in main_ft) == [0, 1]
     accs = [_summary(tmp, r)["eval"]["models"]["student"]["avg_ood_accuracy"] for r in main_ft]
-    assert res["aggregates"]["ft"]["avg_ood_accuracy"][0] == pytest.approx(sum(accs) / 2)
-    assert "teacher of tracer" in res["aggregates"] and "teacher of ft" not in res["aggregates"]
+    (panel,) = res["panels"]  # one pretrained model: the recipes' random init
+    rows = {r["label"]: r for r in panel["rows"]}
+    assert rows["ft"]["avg_ood_accuracy"][0] == pytest.approx(sum(accs) / 2)
+    assert "teacher of tracer" in rows and "teacher of ft" not in rows
 
 
 @pytest.mark.slow
@@ -179,18 +184,19 @@ def test_sweep_choice_wise_and_kl_are_recorded(bench):
         top = max(means.values())
         expected = own if means[own] == top else max(means, key=means.get)
         assert res["choice"][axis] == expected
-    tuned = [r for r in res["runs"] if r["method"] == "tracer" and "main" in r["roles"]]
+    tuned = [r for r in res["runs"] if r["group"] == "tracer" and "main" in r["roles"]]
     assert len(tuned) == 2 and all(f"teacher.beta={res['choice']['beta']!r}" in r["overrides"]
                                    for r in tuned)
     sweep_runs = [r for r in res["runs"] if "sweep" in r["roles"]]
     assert len(sweep_runs) == 3 and all(r["val"]["datasets"]["synth-photo"]["n"] == 48
                                         for r in sweep_runs)
-    assert [p["alpha"] for p in res["wise"]["ft"]] == [0.0, 0.5, 1.0]
-    assert all(p["n_runs"] == 2 for p in res["wise"]["ft"])
-    assert {e["row"] for e in res["frontier"]} == {"tracer", "teacher of tracer"}
+    (panel,) = res["panels"]
+    assert [p["alpha"] for p in panel["wise"]["ft"]] == [0.0, 0.5, 1.0]
+    assert all(p["n_runs"] == 2 for p in panel["wise"]["ft"])
+    assert {e["row"] for e in panel["frontier"]} == {"tracer", "teacher of tracer"}
     assert set(res["kl"]) == {"WMA (tracer)", "EMA"}
     assert any(p["kl_i2t"] is not None for p in res["kl"]["EMA"]["points"])
-    assert res["paired_differences"][0]["reference"] == "tracer"
+    assert panel["paired"][0]["reference"] == "tracer"
     # weights are pruned once evaluated; the numbers stay
     assert not any((tmp / r["run_dir"] / "last.pt").exists() for r in res["runs"])
     assert all(r["steps"] == 2 for r in res["runs"])
@@ -217,7 +223,7 @@ def test_report_and_figures_and_a_second_invocation_reuses_every_run(bench):
     assert again["execution"]["finetunes_run"] == 0 and again["execution"]["evals_run"] == 0
     assert {r["name"]: (tmp / r["run_dir"] / "summary.json").stat().st_mtime_ns
             for r in again["runs"]} == stamps
-    assert again["aggregates"] == res["aggregates"]
+    assert again["panels"] == res["panels"]
     text = (tmp / "REPORT.md").read_text()
     assert text.count("<!-- robustness:begin -->") == 1
     assert text.count("<!-- robustness:end -->") == 1
@@ -239,30 +245,29 @@ def test_dry_run_counts_and_a_failed_run_stops_the_benchmark(bench, tmp_path):
     assert "tracer_cli finetune ft.toml" in failed.stderr and "size" in failed.stderr
 
 
-def test_wise_curve_takes_its_end_points_from_the_runs(rb):
-    """α = 1 is the run's own student and α = 0 the zeroshot run of the same pretraining seed:
+def test_wise_curve_takes_its_end_points_from_the_runs():
+    """α = 1 is the run's own student and α = 0 the zeroshot run of the same pretrained model:
     neither is evaluated again, and the averaged curve still spans 0..1."""
-    from types import SimpleNamespace
+    keys = ["id_accuracy", "avg_ood_accuracy", "avg_ood_ece"]
 
     def numbers(id_acc, ood):
         return {"id_accuracy": id_acc, "avg_ood_accuracy": ood, "avg_ood_ece": 0.05}
 
+    def record(name, method, student, wise):
+        return {"name": name, "method": method, "group": method, "pretrained": "p0",
+                "zeroshot_key": None, "models": {"student": student}, "wise": wise}
+
     records = [
-        {"name": "zs_p0", "method": "zeroshot", "pretrain_seed": 0, "models": {
-            "student": numbers(0.90, 0.85)}},
-        {"name": "ft_p0_s0", "method": "ft", "pretrain_seed": 0, "models": {
-            "student": numbers(0.94, 0.80)}},
-        {"name": "ft_p0_s1", "method": "ft", "pretrain_seed": 0, "models": {
-            "student": numbers(0.96, 0.78)}},
+        record("zs_p0", "zeroshot", numbers(0.90, 0.85), []),
+        record("ft_p0_s0", "ft", numbers(0.94, 0.80), [{"alpha": 0.5, **numbers(0.95, 0.86)}]),
+        record("ft_p0_s1", "ft", numbers(0.96, 0.78), [{"alpha": 0.5, **numbers(0.95, 0.86)}]),
     ]
-    tasks = [SimpleNamespace(run=SimpleNamespace(name=name), result={"wise": [
-        {"alpha": 0.5, **numbers(0.95, 0.86)}]}) for name in ("ft_p0_s0", "ft_p0_s1")]
-    curve = rb.wise_curve(tasks, records)
+    curve = tables.group_curve(records, "ft", keys)
     assert [p["alpha"] for p in curve] == [0.0, 0.5, 1.0]
     assert curve[0]["id_accuracy"][0] == pytest.approx(0.90)
     assert curve[2]["id_accuracy"][0] == pytest.approx(0.95)
     assert curve[2]["avg_ood_accuracy"][0] == pytest.approx(0.79)
     assert all(p["n_runs"] == 2 for p in curve)
     # An α the evaluation did cover is not added a second time.
-    tasks[0].result["wise"].append({"alpha": 1.0, **numbers(0.5, 0.5)})
-    assert rb.wise_curve(tasks, records)[2]["n_runs"] == 2
+    records[1]["wise"].append({"alpha": 1.0, **numbers(0.5, 0.5)})
+    assert tables.group_curve(records, "ft", keys)[2]["n_runs"] == 2

@@ -6,7 +6,7 @@ import typer
 
 from tracer_cli.cli import eval as eval_cmd
 from tracer_cli.cli import export as export_cmd
-from tracer_cli.cli import distill_check, finetune, plugins
+from tracer_cli.cli import compare, distill_check, finetune, plugins
 
 app = typer.Typer(
     name="tracer",
@@ -19,6 +19,7 @@ app.add_typer(finetune.app)
 app.add_typer(eval_cmd.app)
 app.add_typer(distill_check.app)
 app.add_typer(export_cmd.app)
+app.add_typer(compare.app)
 app.add_typer(plugins.app, name="plugins")
 
 

@@ -1,0 +1,10 @@
+"""Comparing finished runs: the statistics, tables, figures and reports behind ``tracer compare``.
+
+:mod:`~tracer_cli.analysis.stats` holds the statistics (mean ± SE with the binomial term, paired
+differences, the WiSE-FT frontier gap, the logit fit of effective robustness);
+:mod:`~tracer_cli.analysis.tables` turns per-run numbers into per-pretrained-model panels;
+:mod:`~tracer_cli.analysis.compare` reads run directories into those numbers;
+:mod:`~tracer_cli.analysis.plots` and :mod:`~tracer_cli.analysis.report` draw and write them.
+``benchmarks/robustness.py`` plans and runs its benchmark and takes everything else from here.
+Nothing in this package imports typer or rich.
+"""
