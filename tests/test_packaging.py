@@ -1,0 +1,32 @@
+"""The wheel ships every package: pyproject.toml lists packages explicitly (the built-in plugins
+live in ``plugins/`` under the import name ``tracer_plugins``), so a new subpackage that is not
+listed works in an editable install and is missing from a regular one."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _packages_on_disk() -> set[str]:
+    found = set()
+    for import_root, folder in (("tracer_cli", ROOT / "tracer_cli"),
+                                ("tracer_plugins", ROOT / "plugins")):
+        for init in folder.rglob("__init__.py"):
+            parts = init.parent.relative_to(folder).parts
+            found.add(".".join((import_root, *parts)))
+    return found
+
+
+def test_every_package_is_declared_in_pyproject():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    declared = set(config["tool"]["setuptools"]["packages"])
+    missing = sorted(_packages_on_disk() - declared)
+    assert not missing, f"add to [tool.setuptools] packages in pyproject.toml: {missing}"
