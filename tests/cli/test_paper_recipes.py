@@ -65,7 +65,7 @@ def test_vitb16_iwildcam_runs_two_steps_with_macro_f1_headline(tmp_path, monkeyp
     monkeypatch.setenv("TRACER_DATA", str(tmp_path / "data"))
     # The first two steps of the recipe's own 10,140-step schedule (the engine's stop_after, as
     # `tracer distill-check --steps` uses it): --max-steps 2 would end the run and write ViT-B/16's
-    # final checkpoint (student, teacher, AdamW moments: 2.4 GB, most of the test's time).
+    # final checkpoint (student, teacher, AdamW moments: 2.4 GB, about a fifth of the test's time).
     # One evaluation prompt instead of the six camera-trap ones, since every prompt goes through
     # ViT-B/16's text tower once per class and model; no frozen θ₀ copy (track_drift).
     recipe = recipe_mod.load(RECIPES / "vitb16_iwildcam.toml", [
