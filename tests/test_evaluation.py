@@ -137,3 +137,30 @@ def test_gates_and_summaries_follow_the_tasks_metric_spec():
     assert list(evaluation.summarize(metrics | {"in": {"accuracy": 1, "ece": 0}},
                                      ["in"], [])) == ["datasets", "avg_ood_accuracy",
                                                       "avg_ood_ece", "id_accuracy"]
+
+
+def test_macro_f1_headline_spec_for_classification():
+    from tracer_cli.contracts import CLASSIFICATION_METRICS
+    from tracer_cli.metric_spec import classification_spec
+
+    assert classification_spec("accuracy") is CLASSIFICATION_METRICS
+    spec = classification_spec("macro_f1")
+    assert spec.primary == "macro_f1" and spec.columns[0] == "macro_f1"
+    assert set(spec.columns) == set(CLASSIFICATION_METRICS.columns)
+    assert spec.summary_keys == ("avg_ood_macro_f1", "avg_ood_accuracy", "avg_ood_ece",
+                                 "id_macro_f1", "id_accuracy")
+    assert "macro_f1" in spec.percent and spec.higher("avg_ood_macro_f1")
+    evaluation.validate_gates([Gate("avg_ood_macro_f1", 0.3, "under"),
+                               Gate("id_macro_f1", 0.3, "under")], ["in"], ["ood"], spec)
+    with pytest.raises(UsageError, match="fraction in"):
+        evaluation.validate_gates([Gate("avg_ood_macro_f1", 30, "under")], ["in"], ["ood"], spec)
+    # With the accuracy headline there is no macro-F1 average to gate on.
+    with pytest.raises(UsageError, match="unknown metric"):
+        evaluation.validate_gates([Gate("avg_ood_macro_f1", 0.3, "under")], ["in"], ["ood"])
+    metrics = {"in": {"accuracy": 0.9, "ece": 0.1, "macro_f1": 0.8},
+               "a": {"accuracy": 0.5, "ece": 0.3, "macro_f1": 0.2},
+               "b": {"accuracy": 0.7, "ece": 0.1, "macro_f1": 0.4}}
+    summary = evaluation.summarize(metrics, ["in"], ["a", "b"], spec)
+    assert summary["avg_ood_macro_f1"] == pytest.approx(0.3) and summary["id_macro_f1"] == 0.8
+    with pytest.raises(ValueError, match="allowed: accuracy, macro_f1"):
+        classification_spec("balanced")

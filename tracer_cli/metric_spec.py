@@ -8,7 +8,7 @@ while drawing tables.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 
@@ -90,6 +90,34 @@ CLASSIFICATION_METRICS = TaskMetrics(
              "brier": "Brier", "macro_f1": "macro-F1", "n": "n"},
     percent=frozenset({"accuracy", "top5"}),
 )
+
+
+# The headlines a classification run may report (``task.headline``): accuracy, or macro-F1 for
+# long-tailed benchmarks such as iWildCam, where accuracy mostly counts the frequent classes.
+CLASSIFICATION_HEADLINES = ("accuracy", "macro_f1")
+
+
+def classification_spec(headline: str = "accuracy") -> TaskMetrics:
+    """Classification's metrics with ``headline`` as the primary metric.
+
+    ``"accuracy"`` is :data:`CLASSIFICATION_METRICS` itself. ``"macro_f1"`` leads with macro-F1:
+    first column, shown in %, averaged over the OOD sets (``avg_ood_macro_f1``, then the accuracy
+    and ECE averages as before) and over the ID sets in eval documents (``id_macro_f1``,
+    ``id_accuracy``).
+    """
+    if headline not in CLASSIFICATION_HEADLINES:
+        raise ValueError(f"unknown classification headline {headline!r}; allowed: "
+                         f"{', '.join(CLASSIFICATION_HEADLINES)}")
+    if headline == "accuracy":
+        return CLASSIFICATION_METRICS
+    base = CLASSIFICATION_METRICS
+    return replace(
+        base, primary="macro_f1",
+        columns=("macro_f1", *(c for c in base.columns if c != "macro_f1")),
+        averaged=("macro_f1", *base.averaged),
+        id_averaged=("macro_f1", *(base.id_averaged or base.averaged)),
+        headers={**base.headers, "macro_f1": "macro-F1 %"},
+        percent=base.percent | {"macro_f1"})
 
 
 def task_metrics(task: Any) -> TaskMetrics:

@@ -11,7 +11,9 @@ file with one evaluation template per line; replaces ``templates``), ``classname
 file with one class name per line, in label order, replacing every evaluated dataset's names; a
 dataset covering a subset of a parent label space, such as ImageNet-R, also accepts the parent's
 list), ``train_templates`` (training prompts, same forms as ``templates``), ``train_text``
-(``"templates"`` or ``"captions"``).
+(``"templates"`` or ``"captions"``), ``headline`` (the headline metric of summaries, tables, gates
+and model cards: ``"accuracy"``, the default, or ``"macro_f1"``, which also averages macro-F1 over
+the OOD sets as ``avg_ood_macro_f1``; iWildCam is reported by macro-F1).
 
 Methods ``lp``, ``ft`` and ``lpft`` train a :class:`LinearHead` instead of the contrastive loss:
 logits = f_i Wᵀ + b with W initialised to s times the zero-shot head of the training set's classes
@@ -38,6 +40,7 @@ from torch import nn
 from tracer_cli import hookimpl
 from tracer_cli.contracts import CLASSIFICATION_METRICS, Backbone, DatasetBundle
 from tracer_cli.errors import RecipeError, UsageError
+from tracer_cli.metric_spec import CLASSIFICATION_HEADLINES, classification_spec
 from tracer_cli.metrics import classification_metrics
 from tracer_cli.options import Options
 
@@ -213,11 +216,13 @@ class ClassificationTask:
 
     def __init__(self, templates: Sequence[str] | None = None,
                  train_templates: Sequence[str] | None = None, train_text: str = "templates",
-                 classnames: ClassNames | None = None):
+                 classnames: ClassNames | None = None, headline: str = "accuracy"):
         self.templates = list(templates) if templates else None
         self.train_templates = list(train_templates) if train_templates else None
         self.train_text = train_text
         self.classnames = classnames
+        # Per instance: task.headline decides which metric leads (the class default is accuracy).
+        self.metrics = classification_spec(headline)
 
     def _names(self, bundle: DatasetBundle, dataset: str) -> tuple[str, ...]:
         if self.classnames is None:
@@ -387,9 +392,10 @@ def make_task(options: dict[str, Any]) -> ClassificationTask:
     train_templates = _templates_option(opts, "train_templates")
     train_text = opts.str("train_text", default="templates", choices=("templates", "captions"))
     names = _read_lines(opts, "classnames_file", "class name")
+    headline = opts.str("headline", default="accuracy", choices=CLASSIFICATION_HEADLINES)
     opts.done()
     return ClassificationTask(templates, train_templates, train_text,
-                              ClassNames(*names) if names else None)
+                              ClassNames(*names) if names else None, headline)
 
 
 @hookimpl

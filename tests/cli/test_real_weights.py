@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from tracer_cli.cli import app
+from tracer_cli.recipe import load
 from tracer_plugins.backbones.openclip import make_backbone, visual_text_projections
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -24,13 +25,16 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
 
 
-@pytest.mark.parametrize("recipe", ["rn50_flowers.toml", "vitb16_imagenet.toml"])
+@pytest.mark.parametrize("recipe", ["rn50_flowers.toml", "vitb16_imagenet.toml",
+                                    "vitl14_imagenet.toml", "vitb16_iwildcam.toml"])
 def test_missing_weights_fail_fast_with_instructions(runner, offline, tmp_path, recipe):
     result = runner.invoke(app, ["finetune", str(RECIPES / recipe), "--output-dir",
                                  str(tmp_path / "runs")])
     assert result.exit_code == 2, result.stderr
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("error: pretrained weights 'openai'")
+    arch = load(RECIPES / recipe).model.options["arch"]
+    assert f"for '{arch}'" in line  # the recipe's own arch (ViT-L-14, ...), resolved by open_clip
     for hint in ("model.pretrained", "local-dir:", "HF_HUB_OFFLINE=1"):
         assert hint in line
     assert not (tmp_path / "runs").exists()

@@ -71,6 +71,17 @@ def test_macro_f1_hand_example():
     assert metrics.macro_f1(logits, labels) == pytest.approx((0.5 + 0.8 + 0.0) / 3)
 
 
+def test_macro_f1_averages_over_the_true_classes_as_wilds_does():
+    # WILDS (iWildCam): sklearn f1_score(average="macro", labels=unique(y_true)). Class 3 is
+    # predicted but absent from the labels: it is left out of the mean (scikit-learn's default
+    # would count it as an F1 of 0), while its false positive still costs class 1 its recall.
+    labels = np.array([0, 0, 1, 1, 2])
+    preds = np.array([0, 0, 1, 3, 2])
+    logits = np.eye(4)[preds]
+    # F1: class 0 = 1, class 1 = 2/(2+0+1) = 2/3, class 2 = 1.
+    assert metrics.macro_f1(logits, labels) == pytest.approx((1 + 2 / 3 + 1) / 3)
+
+
 def test_accuracy_and_topk():
     logits = torch.tensor([[0.1, 0.5, 0.4], [0.8, 0.1, 0.05], [0.2, 0.3, 0.5]])
     labels = torch.tensor([2, 0, 0])

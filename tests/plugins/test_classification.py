@@ -110,3 +110,16 @@ def test_labels_outside_the_head_are_a_usage_error(backbone):
     bundle, batches = _bundle([0, 1, 12], CLASSNAMES)
     with pytest.raises(UsageError, match="dataset 'odd' has label 12, outside the head's 10"):
         _evaluate(make_task({}), backbone, {"odd": (bundle, batches)})
+
+
+def test_headline_key_picks_the_tasks_metric_spec():
+    from tracer_cli.contracts import CLASSIFICATION_METRICS, task_metrics
+
+    assert task_metrics(make_task({})) is CLASSIFICATION_METRICS
+    task = make_task({"headline": "macro_f1"})
+    assert task_metrics(task).primary == "macro_f1"
+    assert "avg_ood_macro_f1" in task_metrics(task).ood_keys
+    assert task_metrics(make_task({})).primary == "accuracy"  # per instance, not per class
+    with pytest.raises(RecipeError) as err:
+        make_task({"headline": "f1"})
+    assert err.value.key == "task.headline" and "allowed: accuracy, macro_f1" in str(err.value)

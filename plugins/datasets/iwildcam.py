@@ -1,0 +1,171 @@
+"""iWildCam (WILDS v2.0): camera-trap photos of 182 animal classes, read from a local copy.
+
+The layout is the one the WILDS package downloads (``iwildcam_v2.0/``), found at ``<root>`` (the
+``root`` option, else ``$TRACER_DATA/iwildcam``, else ``~/data/iwildcam``); ``<root>`` may also
+hold it as ``iwildcam_v2.0/``::
+
+    <root>/metadata.csv     one row per image: split, location_remapped, y, filename, ... (WILDS'
+                            columns; only split, y and filename are read)
+    <root>/categories.csv   y,category_id,name: the class of each label y, 0 ... C-1
+    <root>/train/<filename> every image of every split (WILDS keeps them all in train/)
+
+Splits are WILDS': ``train`` (243 training cameras), ``id_val`` / ``id_test`` (new photos from
+those cameras), ``val`` / ``test`` (other cameras: the OOD sets; ``test`` is the usual OOD
+number). The ``split`` option picks one; without it tracer's train split reads ``train`` and its
+test split reads ``test``, so an ID evaluation names its split explicitly::
+
+    id = [{ name = "iwildcam", split = "id_test", label = "iwildcam-id" }]
+    ood = [{ name = "iwildcam", split = "test", label = "iwildcam-ood" }]
+
+Class names are categories.csv's ``name`` column in label order; prompts are a camera-trap set
+(:data:`CAMERA_TRAP_TEMPLATES`; ``templates`` replaces it). The benchmark reports macro-F1 (most
+classes are rare): set ``task.headline = "macro_f1"`` (see docs/tasks.md). ``max_per_class``
+keeps the first N images of each class, for quick looks. Every listed image must exist; one that
+exists but cannot be decoded is skipped and counted, as for the other datasets.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from tracer_cli import hookimpl
+from tracer_cli.contracts import DatasetBundle
+from tracer_cli.options import Options
+from tracer_plugins.datasets.files import (
+    ImageListDataset, _preview, options_for, read_templates, resolve_transform)
+from tracer_plugins.datasets.imagenet import Where, _data_dir, resolve_root
+
+WILDS_SPLITS = ("train", "id_val", "id_test", "val", "test")
+# tracer's split -> the WILDS split read when the recipe names none (OOD = test).
+DEFAULT_SPLITS = {"train": "train", "test": "test"}
+METADATA = "metadata.csv"
+CATEGORIES = "categories.csv"
+METADATA_COLUMNS = ("split", "y", "filename")
+CATEGORY_COLUMNS = ("y", "name")
+# Prompts for camera-trap images: wide-angle, often at night (infrared), animals small or partly
+# out of frame.
+CAMERA_TRAP_TEMPLATES = (
+    "a camera trap photo of a {}.",
+    "a camera trap image of a {}.",
+    "a trail camera photo of a {}.",
+    "an infrared camera trap photo of a {} at night.",
+    "a photo of a {} in the wild.",
+    "a blurry camera trap photo of a {}.",
+)
+TREE = ("<root>/  (or <root>/iwildcam_v2.0/)",
+        f"  {METADATA} (split, location_remapped, y, filename, ...), "
+        f"{CATEGORIES} (y, category_id, name)",
+        "  train/<filename>  (the images of every split)")
+
+
+def _read_csv(path: Path, required: tuple[str, ...], where: Where) -> list[dict[str, str]]:
+    """The rows of a CSV file that has at least the ``required`` columns."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            columns = reader.fieldnames or []
+            missing = [c for c in required if c not in columns]
+            if missing:
+                raise where.error(f"{path} has no column(s) {', '.join(missing)} (its header: "
+                                  f"{', '.join(c or '<unnamed>' for c in columns) or 'none'}); "
+                                  f"expected WILDS' columns, among them {', '.join(required)}")
+            return list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise where.error(f"cannot read {path} ({exc})") from exc
+
+
+def _label(text: str | None, path: Path, line: int, where: Where) -> int:
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        raise where.error(f"{path} line {line}: y = {text!r} is not an integer label") from None
+
+
+def read_categories(path: Path, where: Where) -> list[str]:
+    """Class names in label order; the labels must be exactly 0 ... C-1."""
+    names: dict[int, str] = {}
+    for line, row in enumerate(_read_csv(path, CATEGORY_COLUMNS, where), start=2):
+        y = _label(row["y"], path, line, where)
+        name = (row["name"] or "").strip()
+        if not name:
+            raise where.error(f"{path} line {line}: class {y} has an empty name")
+        if y in names:
+            raise where.error(f"{path} line {line}: label y = {y} is listed twice")
+        names[y] = name
+    if not names:
+        raise where.error(f"{path} lists no classes")
+    if sorted(names) != list(range(len(names))):
+        gaps = sorted(set(range(max(names) + 1)) - set(names))
+        raise where.error(f"{path}: labels must be 0 ... {len(names) - 1}; missing "
+                          f"{_preview(gaps) if gaps else 'none'}, smallest {min(names)}")
+    return [names[y] for y in range(len(names))]
+
+
+def read_split(path: Path, split: str, classes: int, where: Where,
+               limit: int | None) -> list[tuple[str, int]]:
+    """(filename, label) of the rows of WILDS split ``split``, in file order; every row's split
+    and label are checked, not only the kept ones."""
+    rows, per_class = [], {}
+    for line, row in enumerate(_read_csv(path, METADATA_COLUMNS, where), start=2):
+        value = (row["split"] or "").strip()
+        if value not in WILDS_SPLITS:
+            raise where.error(f"{path} line {line}: split {value!r} is not a WILDS split "
+                              f"({', '.join(WILDS_SPLITS)})")
+        y = _label(row["y"], path, line, where)
+        if not 0 <= y < classes:
+            raise where.error(f"{path} line {line}: label y = {y} is outside the {classes} "
+                              f"classes of {CATEGORIES}")
+        filename = (row["filename"] or "").strip()
+        if not filename:
+            raise where.error(f"{path} line {line}: empty filename")
+        if value != split or (limit is not None and per_class.get(y, 0) >= limit):
+            continue
+        per_class[y] = per_class.get(y, 0) + 1
+        rows.append((filename, y))
+    return rows
+
+
+def _check_images(images: Path, rows: list[tuple[str, int]], split: str, where: Where) -> None:
+    """Every listed file exists (one directory listing instead of a stat per image)."""
+    present = {e.name for e in os.scandir(images) if e.is_file()}
+    missing = [name for name, _ in rows
+               if name not in present and not (images / name).is_file()]
+    if missing:
+        raise where.error(f"{len(missing)} image(s) of split {split!r} listed in {METADATA} are "
+                          f"missing from {images}: {_preview(missing)}")
+
+
+def make_iwildcam(spec: dict[str, Any], split: str,
+                  transform: Callable[[Any], Any] | None) -> DatasetBundle:
+    """One WILDS split of iWildCam v2.0 (``split`` option; default train / test)."""
+    opts: Options = options_for(spec)
+    root, origin = resolve_root(opts, "iwildcam")
+    wilds_split = opts.str("split", default=DEFAULT_SPLITS[split], choices=WILDS_SPLITS)
+    templates = read_templates(opts) if opts.has("templates") else list(CAMERA_TRAP_TEMPLATES)
+    limit = opts.int("max_per_class", default=None, minimum=1)
+    opts.done()  # before touching the disk, so a misspelt key is reported as such
+    where = Where("iwildcam", root, origin, TREE, opts.key("root"))
+    base = _data_dir(where, ("iwildcam_v2.0",), root_ok=True)
+    absent = [n for n in (METADATA, CATEGORIES) if not (base / n).is_file()]
+    absent += [] if (base / "train").is_dir() else ["train/"]
+    if absent:
+        raise where.error(f"{base} lacks {', '.join(absent)}")
+    classnames = read_categories(base / CATEGORIES, where)
+    rows = read_split(base / METADATA, wilds_split, len(classnames), where, limit)
+    images = base / "train"
+    _check_images(images, rows, wilds_split, where)
+    return DatasetBundle(
+        dataset=ImageListDataset([(images / name, y, None) for name, y in rows],
+                                 resolve_transform(transform)),
+        classnames=classnames, templates=templates,
+        info={"source": "iwildcam", "root": str(base), "split": split,
+              "wilds_split": wilds_split, "num_images": len(rows),
+              "classes_present": len({y for _, y in rows}), "max_per_class": limit})
+
+
+@hookimpl
+def tracer_register_datasets(registry) -> None:
+    registry.add("iwildcam", make_iwildcam)
