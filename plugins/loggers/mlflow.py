@@ -9,8 +9,9 @@ finetune --resume`` continues the same MLflow run; its status ends FINISHED, FAI
 (interrupted).
 
 Options in ``[loggers.mlflow]``: ``tracking_uri`` (default: ``MLFLOW_TRACKING_URI``, else a file
-store in ``mlruns/`` next to the run directory, shared by the runs of one output folder: ``mlflow
-ui --backend-store-uri runs/mlruns``), ``experiment`` ("tracer") and ``run_name`` (``run.name``).
+store in ``mlruns/`` next to the run directory, shared by the runs of one output folder:
+``MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri runs/mlruns`` with the full
+``mlflow``), ``experiment`` ("tracer") and ``run_name`` (``run.name``).
 A ``sqlite:///...`` URI needs ``sqlalchemy`` and ``alembic`` besides ``mlflow-skinny``.
 """
 

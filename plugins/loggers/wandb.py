@@ -5,7 +5,8 @@ run's config; train numbers are logged as ``train/<key>`` and evaluation metrics
 ``eval/<model>/<dataset>/<metric>``, at the run's step. ``WANDB_MODE=offline`` (or ``mode =
 "offline"``) writes the run under the run directory's ``wandb/`` for a later ``wandb sync``. The
 W&B run id is kept in the run directory (``wandb_run.json``), so ``tracer finetune --resume``
-continues the same W&B run (steps W&B already has are not logged twice: W&B keeps the first).
+continues the same W&B run (W&B ignores steps below the last one it has, so steps logged after
+the checkpoint keep their first values there).
 
 Options in ``[loggers.wandb]``: ``project`` ("tracer"), ``entity`` (your default entity),
 ``name`` (``run.name``), ``group``, ``tags`` ([]), ``notes``, ``mode`` ("online" | "offline" |
