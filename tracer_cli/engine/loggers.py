@@ -32,10 +32,6 @@ class RunLoggers:
         self.started = False
         self._notice: Callable[[str], None] = lambda message: None
 
-    @property
-    def names(self) -> list[str]:
-        return [JSONL, *(name for name, _ in self.active)]
-
     def start(self, run_dir: Path, recipe: Recipe, resume_step: int | None,
               notice: Callable[[str], None]) -> None:
         self._notice, self.started = notice, True
