@@ -27,6 +27,7 @@ from tracer_cli.plugins import PluginHost
 
 LOGGERS = ["tensorboard", "wandb", "mlflow", "test-raising", "test-recorder"]
 OFFLINE_ENV = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true",
+               "WANDB_ERROR_REPORTING": "false",
                "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
 
 
