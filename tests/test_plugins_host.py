@@ -82,7 +82,7 @@ def test_plugins_list_json(runner):
     result = runner.invoke(app, ["plugins", "list", "--json"])
     assert result.exit_code == 0
     doc = json.loads(result.stdout)
-    assert set(doc) == {"backbones", "datasets", "tasks"}
+    assert set(doc) == {"backbones", "datasets", "tasks", "loggers"}
     row = next(r for r in doc["datasets"] if r["name"] == "synth-world")
     assert set(row) == {"name", "plugin", "distribution", "version"}
     human = runner.invoke(app, ["plugins", "list"])

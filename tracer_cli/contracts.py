@@ -1,4 +1,4 @@
-"""The objects plugins hand to the engine: backbones, dataset bundles and tasks.
+"""The objects plugins hand to the engine: backbones, dataset bundles, tasks and loggers.
 
 These are structural contracts (``typing.Protocol``) plus one dataclass, so a third-party plugin
 satisfies them without subclassing anything from tracer.
@@ -7,7 +7,8 @@ satisfies them without subclassing anything from tracer.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -17,8 +18,8 @@ from torch.utils.data import Dataset
 # CLI can read a spec without importing torch).
 from tracer_cli.metric_spec import CLASSIFICATION_METRICS, TaskMetrics, task_metrics
 
-__all__ = ["Backbone", "CLASSIFICATION_METRICS", "DatasetBundle", "SkippedItem", "Task",
-           "TaskMetrics", "skipped_item", "task_metrics"]
+__all__ = ["Backbone", "CLASSIFICATION_METRICS", "DatasetBundle", "Logger", "OUTCOMES", "Outcome",
+           "SkippedItem", "Task", "TaskMetrics", "flat_scalars", "skipped_item", "task_metrics"]
 
 
 @dataclass
@@ -114,3 +115,56 @@ class Task(Protocol):
         are optional (retrieval has none): without them no reliability diagram or predictions
         file is written for the dataset.
         """
+
+
+# How a run ended, as loggers are told in :meth:`Logger.finish`.
+Outcome = Literal["completed", "failed", "interrupted"]
+OUTCOMES: tuple[str, ...] = ("completed", "failed", "interrupted")
+
+
+class Logger(Protocol):
+    """An experiment tracker that mirrors a run's ``metrics.jsonl`` (TensorBoard, W&B, MLflow).
+
+    Only rank 0 starts and feeds a logger; the engine calls, in this order: :meth:`start` once,
+    then :meth:`log_scalars` every ``run.log_every`` steps and :meth:`log_eval` after each
+    evaluation, and :meth:`finish` once at the end, whatever the outcome. An optional method
+    ``log_event(record)`` receives every other ``metrics.jsonl`` record (checkpoint, resume,
+    bad_data, nonfinite, interrupted) as it is written there. An exception from any of these is
+    reported once; the logger is then switched off and the run goes on.
+    """
+
+    def start(self, run_dir: Path, recipe: dict[str, Any], resume_step: int | None) -> None:
+        """Open the logger for the run in ``run_dir`` (a logger may keep its own files there, such
+        as a tracker's run id, so a resumed run continues the same tracked run). ``recipe`` is the
+        resolved recipe as TOML-ready tables (what ``recipe.lock.toml`` holds); ``resume_step`` is
+        None for a new run, or the step that a resumed run continues from (records of later steps
+        may already have been logged before the run stopped)."""
+
+    def log_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        """The numbers of one ``metrics.jsonl`` train record after ``step`` optimizer steps:
+        ``loss``, ``lr``, loss parts, teacher-student statistics, drift, ``img_per_s``..."""
+
+    def log_eval(self, model: str, step: int, metrics: Mapping[str, Mapping[str, Any]],
+                 primary: str) -> None:
+        """Every metric of one evaluation: ``model`` is ``zeroshot``, ``final_student`` or
+        ``final_teacher``, ``metrics`` maps each dataset to its metrics (``eval/<model>.json``)
+        and ``primary`` names the task's headline metric (``accuracy``, ``mean_recall``). Use
+        :func:`flat_scalars` for the numbers as ``<dataset>/<metric>`` keys."""
+
+    def finish(self, outcome: Outcome) -> None:
+        """Close the logger: the run ``"completed"``, ``"failed"`` or was ``"interrupted"`` by
+        a signal (with a checkpoint to resume from)."""
+
+
+def flat_scalars(tree: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numbers in nested tables as ``prefix + "a/b/c"`` keys (booleans, strings, lists and
+    None left out): ``flat_scalars({"synth-photo": {"accuracy": 0.9}}, "eval/")`` is
+    ``{"eval/synth-photo/accuracy": 0.9}``. Non-finite numbers are kept; trackers show them."""
+    out: dict[str, float] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flat_scalars(value, f"{name}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out

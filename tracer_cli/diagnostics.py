@@ -306,6 +306,7 @@ def probe(recipe: Recipe, steps: int, threshold: float,
 
     check = copy.deepcopy(recipe)
     check.run.eval, check.run.log_every, check.train.checkpoint_every = False, 1, 0
+    check.run.loggers, check.loggers = [], {}  # a probe is not a run to track in W&B or MLflow
     n = min(steps, recipe.train.steps)
     with tempfile.TemporaryDirectory(prefix="tracer-distill-check-") as tmp:
         result = finetune(check, output_dir=Path(tmp), reporter=reporter, stop_after=n)

@@ -46,3 +46,21 @@ def tracer_register_tasks(registry) -> None:
     attribute ``metrics = TaskMetrics(...)`` (:class:`tracer_cli.contracts.TaskMetrics`; summaries,
     tables and gates follow it); without one it is read as classification.
     """
+
+
+@hookspec
+def tracer_register_loggers(registry) -> None:
+    """Register experiment loggers (TensorBoard, W&B, MLflow, ...).
+
+    Called once when the plugin host loads. Call ``registry.add(name, factory)`` for each logger.
+    A recipe turns loggers on by name with ``run.loggers = ["name", ...]`` and configures them in
+    ``[loggers.<name>]`` tables. ``factory(options: dict)`` receives that table (empty when the
+    recipe has none) on every process of a run, before any training: it must reject keys it does
+    not know with :class:`tracer_cli.errors.RecipeError` (read them with
+    :class:`tracer_cli.options.Options` at path ``loggers.<name>``), raise
+    :class:`tracer_cli.errors.MissingResourceError` with the pip command when a package it needs
+    is missing (:func:`tracer_cli.plugins.require_module`), and do no I/O. It returns an object
+    satisfying :class:`tracer_cli.contracts.Logger`, which only rank 0 starts and feeds. An
+    exception the logger raises during the run is reported once and the logger is switched off;
+    the run and ``metrics.jsonl`` go on.
+    """

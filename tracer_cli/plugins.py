@@ -8,19 +8,21 @@ a name clash can name both distributions.
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 import re
+from types import ModuleType
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import pluggy
 
 from tracer_cli import PROJECT_NAME, hookspecs
-from tracer_cli.errors import TracerError, UsageError
+from tracer_cli.errors import MissingResourceError, TracerError, UsageError
 
 ENTRY_POINT_GROUP = "tracer"
 DISABLE_ENV = "TRACER_DISABLE_PLUGINS"
-KINDS = ("backbones", "datasets", "tasks")
+KINDS = ("backbones", "datasets", "tasks", "loggers")
 _NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 
@@ -44,7 +46,7 @@ class Entry:
 
 
 class Registry:
-    """Named factories of one kind (``backbones``, ``datasets`` or ``tasks``)."""
+    """Named factories of one kind (``backbones``, ``datasets``, ``tasks`` or ``loggers``)."""
 
     def __init__(self, kind: str):
         self.kind = kind
@@ -96,7 +98,7 @@ class Registrar:
 
 
 class PluginHost:
-    """Loads plugins once and exposes the three registries."""
+    """Loads plugins once and exposes one registry per kind."""
 
     def __init__(self, load_entry_points: bool = True, plugins: tuple[Any, ...] = ()):
         self.pm = pluggy.PluginManager(PROJECT_NAME)
@@ -143,9 +145,28 @@ class PluginHost:
     def tasks(self) -> Registry:
         return self.registries["tasks"]
 
+    @property
+    def loggers(self) -> Registry:
+        return self.registries["loggers"]
+
     def listing(self) -> dict[str, list[dict[str, str]]]:
         """The ``tracer plugins list --json`` document."""
         return {kind: [e.as_dict() for e in reg.entries()] for kind, reg in self.registries.items()}
+
+
+def require_module(module: str, needed_by: str, install: str) -> ModuleType:
+    """Import ``module`` for a plugin, or stop with the pip command that installs it.
+
+    ``needed_by`` says what needs it (``"logger 'wandb' (run.loggers)"``) and ``install`` is what
+    to pip-install (``"'tracer-clip[wandb]'"``). Plugin factories call this, so a missing optional
+    package fails when the recipe is checked, before any training.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingResourceError(f"{needed_by} needs the Python package '{module}', which "
+                                   f"cannot be imported ({exc}); install it with: "
+                                   f"pip install {install}") from None
 
 
 _HOST: PluginHost | None = None

@@ -1,9 +1,10 @@
 """TOML recipes: loading, ``--set`` overrides, validation with key paths, and the lock file.
 
-A recipe has the sections ``run``, ``model``, ``data``, ``task``, ``train``, ``teacher`` and
-``distill``. The core sections are typed dataclasses validated here; the tables a plugin owns (the
-backbone's keys in ``[model]``, each dataset's options, the task's options) are passed on and
-validated by that plugin with :class:`tracer_cli.options.Options`. Every error names the key path,
+A recipe has the sections ``run``, ``model``, ``data``, ``task``, ``train``, ``teacher``,
+``distill`` and ``loggers``. The core sections are typed dataclasses validated here; the tables a
+plugin owns (the backbone's keys in ``[model]``, each dataset's options, the task's options, each
+``[loggers.<name>]`` table) are passed on and validated by that plugin with
+:class:`tracer_cli.options.Options`. Every error names the key path,
 the value and what is allowed.
 """
 
@@ -75,6 +76,10 @@ class RunConfig:
     # Keep a frozen copy of the initial student to log ‖θ − θ₀‖ and ‖θ − φ‖ / ‖θ − θ₀‖ (one extra
     # parameter copy in memory while a teacher is active); false drops it for very large models.
     track_drift: bool = True
+    # Experiment loggers besides metrics.jsonl (always written): registered logger names, each
+    # configured by an optional [loggers.<name>] table. Names are checked against the plugin
+    # registry when the run starts (the recipe module knows no plugins).
+    loggers: list[str] = field(default_factory=list)
 
     def validate(self, path: str) -> None:
         # "." and ".." would make the run directory the output folder or its parent, which
@@ -90,6 +95,8 @@ class RunConfig:
         _check(f"{path}.log_every", self.log_every >= 1, f"got {self.log_every}; must be >= 1")
         ok = self.device in ("auto", "cpu", "cuda") or bool(_CUDA_DEVICE.fullmatch(self.device))
         _check(f"{path}.device", ok, f"got {self.device!r}; allowed: auto, cpu, cuda, cuda:N")
+        dupes = sorted({n for n in self.loggers if self.loggers.count(n) > 1})
+        _check(f"{path}.loggers", not dupes, f"{', '.join(dupes)} listed twice")
 
 
 @dataclass
@@ -236,6 +243,8 @@ class Recipe:
     train: TrainConfig
     teacher: TeacherConfig
     distill: DistillConfig
+    # [loggers.<name>] option tables, validated by each logger plugin.
+    loggers: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str = "<memory>"
 
     def to_dict(self) -> dict[str, Any]:
@@ -254,6 +263,7 @@ class Recipe:
             "teacher": {**dataclasses.asdict(self.teacher),
                         "update_every": self.teacher.resolved_update_every()},
             "distill": dataclasses.asdict(self.distill),
+            "loggers": self.loggers,
         }
         return copy.deepcopy(out)
 
@@ -275,6 +285,11 @@ def _display(spec: dict[str, Any]) -> str:
 def _coerce(path: str, value: Any, annotation: Any) -> Any:
     """Check ``value`` against a dataclass field annotation; ints are accepted for floats."""
     origin = typing.get_origin(annotation)
+    if origin is list:  # list[str]; one bare string is a list of one (--set run.loggers=wandb)
+        value = [value] if isinstance(value, str) else value
+        _check(path, isinstance(value, list) and all(isinstance(v, str) for v in value),
+               f"expected a list of strings, got {value!r}")
+        return list(value)
     if origin is Literal:
         allowed = typing.get_args(annotation)
         _check(path, value in allowed, f"got {value!r}; allowed: {', '.join(map(str, allowed))}")
@@ -355,7 +370,21 @@ def _data_section(table: Any, path: str) -> DataConfig:
     return cfg
 
 
-SECTIONS = ("run", "model", "data", "task", "train", "teacher", "distill")
+def _loggers_section(table: Any, enabled: list[str]) -> dict[str, dict[str, Any]]:
+    """``[loggers.<name>]`` tables: each a table, each for a logger that ``run.loggers`` turns on
+    (a table for another name is a typo or a forgotten ``run.loggers`` entry)."""
+    _check("loggers", isinstance(table, dict), f"expected a table of [loggers.<name>] tables, got "
+           f"{table!r}")
+    for name, options in table.items():
+        _check(f"loggers.{name}", isinstance(options, dict),
+               f"expected a table of the logger's options, got {options!r}")
+        _check(f"loggers.{name}", name in enabled or name == "jsonl",
+               f"options for a logger that run.loggers does not turn on (run.loggers = "
+               f"{enabled!r}); add '{name}' to run.loggers or remove the table")
+    return copy.deepcopy(table)
+
+
+SECTIONS = ("run", "model", "data", "task", "train", "teacher", "distill", "loggers")
 
 
 def from_dict(raw: dict[str, Any], source: str = "<memory>") -> Recipe:
@@ -367,14 +396,16 @@ def from_dict(raw: dict[str, Any], source: str = "<memory>") -> Recipe:
     raw = with_method_defaults(raw)
     model = _section(ModelConfig, raw.get("model", {}), "model", extra="options")
     task = _section(TaskConfig, raw.get("task", {}), "task", extra="options")
+    run = _section(RunConfig, raw.get("run", {}), "run")
     recipe = Recipe(
-        run=_section(RunConfig, raw.get("run", {}), "run"),
+        run=run,
         model=model,
         data=_data_section(raw["data"], "data"),
         task=task,
         train=_section(TrainConfig, raw.get("train", {}), "train"),
         teacher=_section(TeacherConfig, raw.get("teacher", {}), "teacher"),
         distill=_section(DistillConfig, raw.get("distill", {}), "distill"),
+        loggers=_loggers_section(raw.get("loggers", {}), run.loggers),
         source=source,
     )
     _check_method(recipe)
@@ -420,12 +451,13 @@ def _check_method(recipe: Recipe) -> None:
 # --------------------------------------------------------------------------- resuming
 
 # Keys a resumed run may change: where and on what it runs, what it evaluates, how often it
-# checkpoints, and how it treats bad data or a non-finite loss (resuming with on_nonfinite = "skip"
-# after a stop is the point of that key). Every other key shapes the training trajectory.
+# checkpoints, where it logs, and how it treats bad data or a non-finite loss (resuming with
+# on_nonfinite = "skip" after a stop is the point of that key). Every other key shapes the training
+# trajectory.
 RESUME_FREE_KEYS = (
     "run.name", "run.output_dir", "run.device", "run.precision", "run.eval", "run.eval_zeroshot",
     "run.log_every",
-    "run.track_drift", "model.cache_dir", "data.id", "data.ood", "data.eval_batch_size",
+    "run.track_drift", "run.loggers", "loggers", "model.cache_dir", "data.id", "data.ood", "data.eval_batch_size",
     "data.num_workers", "data.max_bad_fraction", "data.options", "task.templates",
     "task.templates_file", "train.checkpoint_every", "train.keep_checkpoints",
     "train.keep_every", "train.on_nonfinite", "train.compile",

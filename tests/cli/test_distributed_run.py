@@ -45,7 +45,8 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 def test_two_gloo_processes_end_with_the_weights_of_one(tiny_recipe, tmp_path):
     one = _finetune(tiny_recipe, tmp_path / "one")
     assert one.returncode == 0, one.stderr[-3000:]
-    two = _finetune(tiny_recipe, tmp_path / "two", "--nproc", "2")
+    two = _finetune(tiny_recipe, tmp_path / "two", "--nproc", "2", "--set",
+                    "run.loggers=tensorboard")
     assert two.returncode == 0, two.stderr[-3000:]
     a = checkpoint.load(tmp_path / "one" / "tiny" / "last.pt")
     b = checkpoint.load(tmp_path / "two" / "tiny" / "last.pt")
@@ -67,6 +68,13 @@ def test_two_gloo_processes_end_with_the_weights_of_one(tiny_recipe, tmp_path):
         assert r1["loss"] == pytest.approx(r2["loss"], abs=1e-5)
     assert two.stderr.count("[train] step=3 ") == 1 and two.stdout.count("run directory:") == 1
     assert 'world_size = 2' in (run_dir / "recipe.lock.toml").read_text()
+    # Only rank 0 logs: one writer's event file (each process would name its own by its pid).
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    [events_file] = (run_dir / "tensorboard").iterdir()
+    events = EventAccumulator(str(events_file))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]
 
 
 def test_nproc_checks_the_recipe_before_starting_processes(runner, tiny_recipe, tmp_path):
@@ -78,6 +86,9 @@ def test_nproc_checks_the_recipe_before_starting_processes(runner, tiny_recipe, 
     result = runner.invoke(app, ["finetune", str(tiny_recipe), "--nproc", "2",
                                  "--set", "train.steps=-1"])
     assert result.exit_code == 2 and "recipe key 'train.steps'" in result.stderr
+    result = runner.invoke(app, ["finetune", str(tiny_recipe), "--nproc", "2",
+                                 "--set", "run.loggers=tensorbord"])
+    assert result.exit_code == 2 and "recipe key 'run.loggers': unknown logger" in result.stderr
     assert runner.invoke(app, ["finetune", str(tiny_recipe), "--nproc", "0"]).exit_code == 2
 
 

@@ -8,6 +8,7 @@ The fast tests fake installed distributions with ``*.dist-info`` folders on ``sy
 from __future__ import annotations
 
 import contextlib
+import csv
 import importlib
 import importlib.metadata
 import json
@@ -47,6 +48,10 @@ _TASK_RECIPE = """
 name = "balanced"
 device = "cpu"
 log_every = 1
+loggers = ["example-csv"]
+
+[loggers.example-csv]
+file = "numbers.csv"
 
 [model]
 arch = "tracer-tiny-rn"
@@ -131,6 +136,21 @@ def test_example_task_runs_through_the_cli(example_installed, tmp_path):
     assert student["avg_ood_balanced_accuracy"] == \
         student["stripes-small"]["balanced_accuracy"]
     assert "balanced accuracy (%)" in done.stderr  # the finetune table's headline metric
+
+    # The example's logger got the numbers of every metrics.jsonl train record and every metric.
+    run_dir = tmp_path / "runs" / "balanced"
+    with open(run_dir / "numbers.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = {(int(r["step"]), r["key"]): float(r["value"]) for r in rows if r["event"] == "train"}
+    assert train == {(r["step"], k): v for r in records if r["event"] == "train"
+                     for k, v in r.items() if k not in ("event", "step", "time")}
+    final = json.loads((run_dir / "eval" / "final_student.json").read_text())
+    evals = {r["key"]: float(r["value"]) for r in rows if r["event"] == "eval"}
+    assert evals["final_student/stripes-small/balanced_accuracy"] == \
+        pytest.approx(final["stripes-small"]["balanced_accuracy"])
+    assert [(r["event"], r["value"]) for r in rows if r["event"] in ("start", "finish")] == \
+        [("start", "balanced"), ("finish", "completed")]
 
 
 # --------------------------------------------------------------------------- fake distributions
@@ -220,6 +240,9 @@ def test_example_task_is_discovered_and_usable(fake_site, monkeypatch, request):
     assert entry.as_dict() == {"name": "example-balanced", "plugin": "example-local",
                                "distribution": "tracer-plugin-example-local", "version": "0.1.0"}
     assert "classification" in host.tasks and "example-stripes" in host.datasets
+    logger = host.loggers.get("example-csv")
+    assert logger.as_dict()["distribution"] == "tracer-plugin-example-local"
+    assert logger.factory({"file": "x.csv"}).file_name == "x.csv"
 
     task = entry.factory({})
     spec = task_metrics(task)

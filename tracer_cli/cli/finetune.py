@@ -138,6 +138,7 @@ def _resume_command(recipe: Path, sets: list[str], output_dir: Path | None) -> s
 def _launch(nproc: int, rec: recipe_mod.Recipe, args: list[str]) -> None:
     """Check what can be checked here, then run the workers and exit with their code."""
     from tracer_cli.engine import distributed
+    from tracer_cli.engine.loggers import build_loggers
 
     if "LOCAL_RANK" in os.environ:
         raise UsageError("--nproc starts torchrun, but this process was already started by "
@@ -145,6 +146,7 @@ def _launch(nproc: int, rec: recipe_mod.Recipe, args: list[str]) -> None:
     if rec.train.batch_size % nproc:
         raise UsageError(f"train.batch_size = {rec.train.batch_size} (the global batch) must be a "
                          f"multiple of --nproc {nproc}")
+    build_loggers(rec)  # unknown loggers, bad [loggers.*] keys, missing packages: exit 2 here
     os.environ[NPROC_ENV] = str(nproc)  # the workers' resume hint repeats --nproc
     code = distributed.launch(nproc, args)
     if code:

@@ -8,14 +8,14 @@ from rich.table import Table
 from tracer_cli.cli.common import JsonOpt, boundary, emit_json, result_console
 from tracer_cli.plugins import get_host
 
-app = typer.Typer(help="Inspect installed plugins (backbones, datasets, tasks).",
+app = typer.Typer(help="Inspect installed plugins (backbones, datasets, tasks, loggers).",
                   no_args_is_help=True)
 
 
 @app.command("list")
 @boundary
 def list_plugins(as_json: JsonOpt = False) -> None:
-    """List every registered backbone, dataset and task with its plugin and distribution."""
+    """List every registered backbone, dataset, task and logger with its plugin and distribution."""
     listing = get_host().listing()
     if as_json:
         emit_json(listing)

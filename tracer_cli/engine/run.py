@@ -10,6 +10,8 @@ The run directory is the contract between commands::
     runs/<name>/checkpoints/step_N.pt student, teacher, optimizer, schedule, scaler, RNG, data position
     runs/<name>/last.pt               the latest checkpoint
     runs/<name>/metrics.jsonl         one JSON object per log step and per evaluation
+    runs/<name>/tensorboard/, wandb/  what the optional loggers (run.loggers) keep in the run
+    runs/<name>/*_run.json            a tracker's run id (W&B, MLflow), so --resume continues it
     runs/<name>/eval/zeroshot.json    the pretrained model on every evaluation set
     runs/<name>/eval/final.json       student (and teacher) after training
     runs/<name>/summary.json          the headline numbers, written last
@@ -37,6 +39,7 @@ from tracer_cli.contracts import (
 from tracer_cli.engine import distributed
 from tracer_cli.engine.data import eval_loader
 from tracer_cli.engine.distributed import DistContext
+from tracer_cli.engine.loggers import RunLoggers, build_loggers
 from tracer_cli.engine.precision import Precision, resolve_device, resolve_precision
 from tracer_cli.engine.signals import SignalTrap
 from tracer_cli.engine.training import (
@@ -217,6 +220,9 @@ def finetune(recipe: Recipe, output_dir: Path | None = None, overwrite: bool = F
     if resume is not None and overwrite:
         raise UsageError("--resume continues a run directory and --overwrite deletes it; use one")
     start = time.time()
+    # Logger names, [loggers.*] keys and their packages are checked first: a mistake fails in
+    # seconds, on every rank alike.
+    loggers = build_loggers(recipe)
     ctx = distributed.setup(recipe.run.device)
     reporter = (reporter or current_reporter()) if ctx.is_main else Reporter()
     # One writer per run directory, for the whole run: rank 0 holds the lock until the summary
@@ -227,16 +233,17 @@ def finetune(recipe: Recipe, output_dir: Path | None = None, overwrite: bool = F
             lock.acquire()
             if lock.stale:
                 reporter.notice(f"{lock.run_dir}: {rundir.describe_stale(lock.stale)}")
-        try:
-            run = _setup(recipe, ctx, output_dir, overwrite, resume, reporter)
-            trained = train(run.writer, run.backbone, run.task, run.bundle, run.precision,
-                            run.resume, _last_step(recipe, stop_after), interrupt)
-        finally:
-            distributed.teardown(ctx)
-        if not ctx.is_main:
-            return RunResult(run.writer.run_dir, trained.steps, round(time.time() - start, 2),
-                             {}, ctx.rank)
-        return _finish(run, trained, start)
+        with loggers.closing():  # the loggers rank 0 started end with the run's outcome
+            try:
+                run = _setup(recipe, ctx, output_dir, overwrite, resume, reporter, loggers)
+                trained = train(run.writer, run.backbone, run.task, run.bundle, run.precision,
+                                run.resume, _last_step(recipe, stop_after), interrupt)
+            finally:
+                distributed.teardown(ctx)
+            if not ctx.is_main:
+                return RunResult(run.writer.run_dir, trained.steps,
+                                 round(time.time() - start, 2), {}, ctx.rank)
+            return _finish(run, trained, start)
     finally:
         lock.release()
 
@@ -256,7 +263,7 @@ class _Setup:
 
 
 def _setup(recipe: Recipe, ctx: DistContext, output_dir: Path | None, overwrite: bool,
-           resume: str | Path | None, reporter: Reporter) -> _Setup:
+           resume: str | Path | None, reporter: Reporter, loggers: RunLoggers) -> _Setup:
     precision = resolve_precision(recipe.run.precision, ctx.device)
     run_dir = run_dir_of(recipe, output_dir)
     # The checkpoint and its recipe are checked first: a mismatch fails in seconds. Rank 0
@@ -277,9 +284,9 @@ def _setup(recipe: Recipe, ctx: DistContext, output_dir: Path | None, overwrite:
         lock = run_dir / "recipe.lock.toml"
         if resumed is None or not lock.is_file():  # a resumed run keeps its lock file
             _write_lock(recipe, lock, ctx, precision, backbone)
-        if resumed is not None:
-            _end_partial_line(run_dir / "metrics.jsonl")
-    writer = RunWriter(recipe, run_dir, ctx, reporter)
+        loggers.start(run_dir, recipe, resumed.step if resumed is not None else None,
+                      reporter.notice)
+    writer = RunWriter(recipe, run_dir, ctx, reporter, loggers)
     backbone.model.to(ctx.device)
     # Each rank its own stream for model-internal randomness (dropout); rank 0 matches a single
     # process. Data augmentation does not use this RNG (see engine.data).
@@ -297,16 +304,6 @@ def _write_lock(recipe: Recipe, path: Path, ctx: DistContext, precision: Precisi
                                          "world_size": ctx.world_size,
                                          "precision": precision.name,
                                          "backbone": backbone.describe()})
-
-
-def _end_partial_line(path: Path) -> None:
-    """A process killed mid-write may leave a line without its newline; appending to it would
-    corrupt the next record too."""
-    if path.is_file() and path.stat().st_size:
-        with open(path, "rb+") as fh:
-            fh.seek(-1, 2)
-            if fh.read(1) != b"\n":
-                fh.write(b"\n")
 
 
 def _zeroshot(run: _Setup) -> dict[str, Any]:

@@ -24,13 +24,14 @@ from tracer_cli.contracts import Backbone, DatasetBundle, Task
 from tracer_cli.engine import checkpoint, distributed
 from tracer_cli.engine.data import BadDataLog, BadItem, TrainStream
 from tracer_cli.engine.distributed import DistContext, Shard
+from tracer_cli.engine.loggers import RunLoggers
 from tracer_cli.engine.loop import FeatureForward, NonFiniteLoss, Trainer
 from tracer_cli.engine.precision import Precision
 from tracer_cli.engine.signals import SignalTrap
 from tracer_cli.engine.teachers import make_teacher
 from tracer_cli.errors import DiskFullError, Interrupted, RunError, UsageError
 from tracer_cli.events import Reporter
-from tracer_cli.io import append_jsonl, atomic_write_json
+from tracer_cli.io import atomic_write_json
 from tracer_cli.recipe import Recipe
 
 TRAIN_TASK = "train"
@@ -110,26 +111,29 @@ def _newest_intact(recipe: Recipe, run_dir: Path, notice: Callable[[str], None]
 
 
 class RunWriter:
-    """Everything a run writes, on rank 0 only: metrics.jsonl records, eval/*.json, checkpoints."""
+    """Everything a run writes, on rank 0 only: records for metrics.jsonl and the run's other
+    loggers, eval/*.json, checkpoints."""
 
-    def __init__(self, recipe: Recipe, run_dir: Path, ctx: DistContext, reporter: Reporter):
+    def __init__(self, recipe: Recipe, run_dir: Path, ctx: DistContext, reporter: Reporter,
+                 loggers: RunLoggers):
         self.recipe, self.run_dir, self.ctx, self.reporter = recipe, run_dir, ctx, reporter
-        self.metrics_path = run_dir / "metrics.jsonl"
+        self.loggers = loggers
         self.last_checkpoint: Path | None = None
         self.last_saved_step: int | None = None
 
     def log(self, record: dict[str, Any]) -> None:
+        """One metrics.jsonl record (``event``: train, checkpoint, resume, ...), to every logger."""
         if self.ctx.is_main:
-            append_jsonl(self.metrics_path, {"time": round(time.time(), 3), **record})
+            self.loggers.log(record)
 
     def eval_record(self, tag: str, metrics: dict[str, Any], step: int,
                     primary: str = "accuracy") -> None:
-        """``eval/<tag>.json``, and the task's headline metric per dataset in metrics.jsonl
-        (``<dataset>/<primary>``: ``synth-photo/accuracy``, ``coco/mean_recall``)."""
+        """``eval/<tag>.json``; the task's headline metric per dataset in metrics.jsonl
+        (``<dataset>/<primary>``: ``synth-photo/accuracy``, ``coco/mean_recall``), and every
+        metric to the other loggers."""
         if self.ctx.is_main:
             atomic_write_json(self.run_dir / "eval" / f"{tag}.json", metrics)
-            self.log({"event": "eval", "model": tag, "step": step,
-                      **{f"{n}/{primary}": m.get(primary) for n, m in metrics.items()}})
+            self.loggers.log_eval(tag, step, metrics, primary)
 
     def save(self, trainer: Trainer, position: dict[str, int], bad: BadDataLog, step: int) -> Path:
         """A checkpoint of the state after ``step`` steps (a collective under DDP: every rank

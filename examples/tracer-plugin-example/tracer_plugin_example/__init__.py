@@ -1,5 +1,5 @@
-"""An example third-party tracer plugin: the ``example-stripes`` dataset and the
-``example-balanced`` task.
+"""An example third-party tracer plugin: the ``example-stripes`` dataset, the
+``example-balanced`` task and the ``example-csv`` logger.
 
 ``example-stripes``: three procedurally drawn classes (horizontal stripes, vertical stripes,
 checkerboard) in random colours. Every image is drawn from a generator seeded by (seed, split,
@@ -13,14 +13,20 @@ each class's recall), declared as the task's headline metric through
 :class:`tracer_cli.contracts.TaskMetrics`, so run summaries, ``tracer eval`` tables and gates
 (``--fail-under avg_ood_balanced_accuracy=0.6``) use it.
 
+``example-csv``: a logger (``run.loggers = ["example-csv"]``) that appends what tracer logs to a
+CSV file in the run directory, one number per row: ``event,step,key,value``. Option in
+``[loggers.example-csv]``: ``file`` (default ``example-log.csv``).
+
 tracer finds this module through the ``tracer`` entry-point group declared in pyproject.toml and
-calls :func:`tracer_register_datasets` and :func:`tracer_register_tasks` once each, when its
-plugin host loads.
+calls :func:`tracer_register_datasets`, :func:`tracer_register_tasks` and
+:func:`tracer_register_loggers` once each, when its plugin host loads.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import csv
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -28,7 +34,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from tracer_cli import hookimpl
-from tracer_cli.contracts import DatasetBundle, TaskMetrics
+from tracer_cli.contracts import DatasetBundle, TaskMetrics, flat_scalars
 from tracer_cli.options import Options
 from tracer_plugins.tasks.classification import ClassificationTask
 from tracer_plugins.tasks.classification import make_task as make_classification
@@ -148,3 +154,48 @@ def make_balanced(options: dict[str, Any]) -> BalancedClassificationTask:
 @hookimpl
 def tracer_register_tasks(registry) -> None:
     registry.add("example-balanced", make_balanced)
+
+
+# --- the example-csv logger -----------------------------------------------------------------------
+
+
+class CsvLogger:
+    """Satisfies :class:`tracer_cli.contracts.Logger`: start, log_scalars, log_eval, finish."""
+
+    def __init__(self, file_name: str):
+        self.file_name = file_name
+        self.path: Path | None = None
+
+    def _rows(self, rows: list[tuple[Any, ...]]) -> None:
+        with open(self.path, "a", newline="", encoding="utf-8") as fh:
+            csv.writer(fh).writerows(rows)
+
+    def start(self, run_dir: Path, recipe: dict[str, Any], resume_step: int | None) -> None:
+        self.path = Path(run_dir) / self.file_name
+        if resume_step is None or not self.path.is_file():
+            self.path.write_text("event,step,key,value\n", encoding="utf-8")
+        self._rows([("start", "" if resume_step is None else resume_step, "run",
+                     recipe["run"]["name"])])
+
+    def log_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        self._rows([("train", step, k, v) for k, v in flat_scalars(scalars).items()])
+
+    def log_eval(self, model: str, step: int, metrics: Mapping[str, Mapping[str, Any]],
+                 primary: str) -> None:
+        self._rows([("eval", step, k, v) for k, v in flat_scalars(metrics, f"{model}/").items()])
+
+    def finish(self, outcome: str) -> None:
+        self._rows([("finish", "", "outcome", outcome)])
+
+
+def make_csv_logger(options: dict[str, Any]) -> CsvLogger:
+    """The logger factory: ``factory(options) -> logger``; checks its table, does no I/O."""
+    opts = Options(options, path="loggers.example-csv")
+    file_name = opts.str("file", default="example-log.csv")
+    opts.done()
+    return CsvLogger(file_name)
+
+
+@hookimpl
+def tracer_register_loggers(registry) -> None:
+    registry.add("example-csv", make_csv_logger)

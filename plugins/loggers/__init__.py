@@ -1,0 +1,1 @@
+"""Built-in loggers: metrics.jsonl, TensorBoard, Weights & Biases and MLflow."""

@@ -1,0 +1,143 @@
+"""The ``mlflow`` logger: an MLflow run, on a local file store by default.
+
+Needs MLflow's client (``pip install 'tracer-clip[mlflow]'``, which installs ``mlflow-skinny``, the
+official client-only package; the full ``mlflow`` works too). Train numbers are logged as
+``train/<key>`` metrics and evaluation metrics as ``eval/<model>/<dataset>/<metric>``, at the run's
+step; the resolved recipe becomes the run's parameters (``train.lr``, ...) and a ``recipe.json``
+artifact. The MLflow run id is kept in the run directory (``mlflow_run.json``), so ``tracer
+finetune --resume`` continues the same MLflow run; its status ends FINISHED, FAILED or KILLED
+(interrupted).
+
+Options in ``[loggers.mlflow]``: ``tracking_uri`` (default: ``MLFLOW_TRACKING_URI``, else a file
+store in ``mlruns/`` next to the run directory, shared by the runs of one output folder:
+``MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri runs/mlruns`` with the full
+``mlflow``), ``experiment`` ("tracer") and ``run_name`` (``run.name``).
+A ``sqlite:///...`` URI needs ``sqlalchemy`` and ``alembic`` besides ``mlflow-skinny``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from tracer_cli import hookimpl
+from tracer_cli.contracts import flat_scalars
+from tracer_cli.io import atomic_write_json
+from tracer_cli.options import Options
+from tracer_cli.plugins import require_module
+
+ID_FILE = "mlflow_run.json"
+DEFAULT_STORE = "mlruns"
+INSTALL = "'tracer-clip[mlflow]' (or: pip install mlflow-skinny)"
+STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+# Characters MLflow accepts in metric and parameter names; others (from a dataset label) become _.
+_NOT_ALLOWED = re.compile(r"[^\w./\- :]")
+_MAX_PARAMS_PER_CALL = 100  # MLflow's log_batch limit
+
+
+class MlflowLogger:
+    """One MLflow run per tracer run, through ``MlflowClient`` (no global MLflow state)."""
+
+    def __init__(self, tracking_uri: str | None, experiment: str, run_name: str | None):
+        self.tracking_uri, self.experiment, self.run_name = tracking_uri, experiment, run_name
+        self.client = None
+        self.run_id: str | None = None
+
+    def start(self, run_dir: Path, recipe: dict[str, Any], resume_step: int | None) -> None:
+        from mlflow.tracking import MlflowClient
+
+        run_dir = Path(run_dir)
+        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
+            (run_dir.parent / DEFAULT_STORE).resolve().as_uri()
+        if _is_file_store(uri):
+            # MLflow 3 keeps its file store in maintenance mode and wants this opt-in to use it;
+            # a tracer recipe that names (or defaults to) a local folder has opted in.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        self.client = MlflowClient(tracking_uri=uri)
+        saved = _saved_id(run_dir) if resume_step is not None else None
+        if saved is not None:
+            self.run_id = saved
+            self.client.update_run(saved, status="RUNNING")
+            return
+        found = self.client.get_experiment_by_name(self.experiment)
+        experiment_id = found.experiment_id if found is not None else \
+            self.client.create_experiment(self.experiment)
+        run = self.client.create_run(experiment_id,
+                                     run_name=self.run_name or recipe["run"]["name"])
+        self.run_id = run.info.run_id
+        atomic_write_json(run_dir / ID_FILE, {"run_id": self.run_id, "tracking_uri": uri,
+                                              "experiment_id": experiment_id})
+        self._log_recipe(recipe)
+
+    def _log_recipe(self, recipe: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        params = [Param(_name(k), json.dumps(v) if not isinstance(v, str) else v)
+                  for k, v in _flatten(recipe).items()]
+        for i in range(0, len(params), _MAX_PARAMS_PER_CALL):
+            self.client.log_batch(self.run_id, params=params[i:i + _MAX_PARAMS_PER_CALL])
+        self.client.log_dict(self.run_id, recipe, "recipe.json")
+
+    def log_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        self._metrics(flat_scalars(scalars, "train/"), step)
+
+    def log_eval(self, model: str, step: int, metrics: Mapping[str, Mapping[str, Any]],
+                 primary: str) -> None:
+        self._metrics(flat_scalars(metrics, f"eval/{model}/"), step)
+
+    def _metrics(self, values: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(_name(k), v, now, step)
+                                                    for k, v in values.items()])
+
+    def finish(self, outcome: str) -> None:
+        if self.run_id is not None:
+            run_id, self.run_id = self.run_id, None
+            self.client.set_terminated(run_id, status=STATUS[outcome])
+
+
+def _is_file_store(uri: str) -> bool:
+    return uri.startswith("file:") or "://" not in uri
+
+
+def _name(key: str) -> str:
+    return _NOT_ALLOWED.sub("_", key)
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1e-5}}`` -> ``{"train.lr": 1e-5}`` (lists and empty tables kept whole)."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _saved_id(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / ID_FILE).read_text(encoding="utf-8"))["run_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no MLflow run yet (the run started without this logger): a new one
+
+
+def make_mlflow(options: dict[str, Any]) -> MlflowLogger:
+    opts = Options(options, path="loggers.mlflow")
+    tracking_uri = opts.str("tracking_uri", default=None)
+    experiment = opts.str("experiment", default="tracer")
+    run_name = opts.str("run_name", default=None)
+    opts.done()
+    require_module("mlflow", "logger 'mlflow' (run.loggers)", INSTALL)
+    return MlflowLogger(tracking_uri, experiment, run_name)
+
+
+@hookimpl
+def tracer_register_loggers(registry) -> None:
+    registry.add("mlflow", make_mlflow)

@@ -1,0 +1,106 @@
+"""The ``wandb`` logger: Weights & Biases, online or offline.
+
+Needs the ``wandb`` package (``pip install 'tracer-clip[wandb]'``). The resolved recipe is the W&B
+run's config; train numbers are logged as ``train/<key>`` and evaluation metrics as
+``eval/<model>/<dataset>/<metric>``, at the run's step. ``WANDB_MODE=offline`` (or ``mode =
+"offline"``) writes the run under the run directory's ``wandb/`` for a later ``wandb sync``. The
+W&B run id is kept in the run directory (``wandb_run.json``), so ``tracer finetune --resume``
+continues the same W&B run (W&B ignores steps below the last one it has, so steps logged after
+the checkpoint keep their first values there).
+
+Options in ``[loggers.wandb]``: ``project`` ("tracer"), ``entity`` (your default entity),
+``name`` (``run.name``), ``group``, ``tags`` ([]), ``notes``, ``mode`` ("online" | "offline" |
+"disabled"; default: ``WANDB_MODE``, else online), ``dir`` (where W&B keeps its files; default:
+the run directory) and ``console`` ("off": tracer's progress output is not captured; "auto",
+"wrap" or "redirect" capture it as W&B does).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import string
+from pathlib import Path
+from typing import Any, Mapping
+
+from tracer_cli import hookimpl
+from tracer_cli.contracts import flat_scalars
+from tracer_cli.io import atomic_write_json
+from tracer_cli.options import Options
+from tracer_cli.plugins import require_module
+
+ID_FILE = "wandb_run.json"
+INSTALL = "'tracer-clip[wandb]' (or: pip install wandb)"
+MODES = ("online", "offline", "disabled")
+CONSOLES = ("off", "auto", "wrap", "redirect")
+
+
+class WandbLogger:
+    """One W&B run per tracer run, continued on resume."""
+
+    def __init__(self, settings: dict[str, Any]):
+        self.settings = settings
+        self.run = None
+
+    def start(self, run_dir: Path, recipe: dict[str, Any], resume_step: int | None) -> None:
+        import wandb
+
+        run_dir = Path(run_dir)
+        s = self.settings
+        run_id = _saved_id(run_dir) if resume_step is not None else None
+        run_id = run_id or _new_id()
+        # Kept before the run starts: a run that dies in its first steps still resumes into it.
+        atomic_write_json(run_dir / ID_FILE, {"id": run_id, "project": s["project"],
+                                              "entity": s["entity"]})
+        self.run = wandb.init(
+            id=run_id, resume="allow", project=s["project"], entity=s["entity"],
+            name=s["name"] or recipe["run"]["name"], group=s["group"], tags=s["tags"],
+            notes=s["notes"], mode=s["mode"], dir=str(s["dir"] or run_dir), config=recipe,
+            settings=wandb.Settings(console=s["console"]))
+
+    def log_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        self.run.log(flat_scalars(scalars, "train/"), step=step)
+
+    def log_eval(self, model: str, step: int, metrics: Mapping[str, Mapping[str, Any]],
+                 primary: str) -> None:
+        self.run.log(flat_scalars(metrics, f"eval/{model}/"), step=step)
+
+    def finish(self, outcome: str) -> None:
+        if self.run is not None:
+            run, self.run = self.run, None
+            run.finish(exit_code=0 if outcome == "completed" else 1)
+
+
+def _new_id() -> str:
+    """A W&B run id (8 lowercase letters and digits, as W&B makes them)."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
+def _saved_id(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / ID_FILE).read_text(encoding="utf-8"))["id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no W&B run yet (the run started without this logger): a new one
+
+
+def make_wandb(options: dict[str, Any]) -> WandbLogger:
+    opts = Options(options, path="loggers.wandb")
+    settings = {
+        "project": opts.str("project", default="tracer"),
+        "entity": opts.str("entity", default=None),
+        "name": opts.str("name", default=None),
+        "group": opts.str("group", default=None),
+        "tags": opts.str_list("tags", default=[]),
+        "notes": opts.str("notes", default=None),
+        "mode": opts.str("mode", default=None, choices=MODES),
+        "dir": opts.path("dir", default=None),
+        "console": opts.str("console", default="off", choices=CONSOLES),
+    }
+    opts.done()
+    require_module("wandb", "logger 'wandb' (run.loggers)", INSTALL)
+    return WandbLogger(settings)
+
+
+@hookimpl
+def tracer_register_loggers(registry) -> None:
+    registry.add("wandb", make_wandb)

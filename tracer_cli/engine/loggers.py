@@ -1,0 +1,116 @@
+"""The run's loggers: ``metrics.jsonl`` (always) and the recipe's ``run.loggers``, fed together.
+
+Loggers are plugins (:func:`tracer_cli.hookspecs.tracer_register_loggers`). They are built and
+checked on every process before any work is done (unknown names, bad ``[loggers.<name>]`` keys and
+missing packages stop the run with exit 2), and started and fed on rank 0 only. The ``jsonl``
+logger writes ``metrics.jsonl``; it is not isolated, so a run that cannot write its metrics fails
+as before. Any other logger that raises is reported once and switched off: training goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from tracer_cli.contracts import Logger, Outcome
+from tracer_cli.errors import Interrupted, RecipeError, UsageError
+from tracer_cli.plugins import get_host
+from tracer_cli.recipe import Recipe
+
+JSONL = "jsonl"
+# Keys of a metrics.jsonl train record that are not the step's numbers.
+_TRAIN_META = ("event", "step")
+
+
+class RunLoggers:
+    """``metrics.jsonl`` first, then the optional loggers, in ``run.loggers`` order."""
+
+    def __init__(self, jsonl: Logger, optional: list[tuple[str, Logger]]):
+        self.jsonl = jsonl
+        self.active = list(optional)
+        self.started = False
+        self._notice: Callable[[str], None] = lambda message: None
+
+    def start(self, run_dir: Path, recipe: Recipe, resume_step: int | None,
+              notice: Callable[[str], None]) -> None:
+        self._notice, self.started = notice, True
+        tables = recipe.to_dict()
+        self.jsonl.start(run_dir, tables, resume_step)
+        self._each("start", run_dir, tables, resume_step)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """One metrics.jsonl record: a train record's numbers go to ``log_scalars``, every other
+        record to ``log_event`` (of loggers that have one)."""
+        if record.get("event") == "train":
+            scalars = {k: v for k, v in record.items() if k not in _TRAIN_META}
+            self.jsonl.log_scalars(record["step"], scalars)
+            self._each("log_scalars", record["step"], scalars)
+        else:
+            self.jsonl.log_event(record)
+            self._each("log_event", record)
+
+    def log_eval(self, model: str, step: int, metrics: dict[str, dict[str, Any]],
+                 primary: str) -> None:
+        self.jsonl.log_eval(model, step, metrics, primary)
+        self._each("log_eval", model, step, metrics, primary)
+
+    def finish(self, outcome: Outcome) -> None:
+        if not self.started:
+            return
+        self.started = False
+        self.jsonl.finish(outcome)
+        self._each("finish", outcome)
+
+    @contextlib.contextmanager
+    def closing(self) -> Iterator[RunLoggers]:
+        """Finish the started loggers with the outcome of the block: completed, interrupted (a
+        signal, with a checkpoint) or failed (any other exception, which is re-raised)."""
+        try:
+            yield self
+        except Interrupted:
+            self.finish("interrupted")
+            raise
+        except BaseException:
+            self.finish("failed")
+            raise
+        self.finish("completed")
+
+    def _each(self, method: str, *args: Any) -> None:
+        for name, logger in list(self.active):
+            call = getattr(logger, method, None)
+            if call is None:
+                continue
+            try:
+                call(*args)
+            except Exception as exc:  # noqa: BLE001 - a tracker must never end the run
+                self._drop(name, logger, method, exc)
+
+    def _drop(self, name: str, logger: Logger, method: str, exc: Exception) -> None:
+        self.active.remove((name, logger))
+        self._notice(f"warning: logger '{name}' failed in {method} ({type(exc).__name__}: "
+                     f"{exc}); it is off for the rest of this run, which goes on "
+                     "(metrics.jsonl is not affected)")
+        if method != "finish":
+            with contextlib.suppress(Exception):  # let it close its files; it has said enough
+                logger.finish("failed")
+
+
+def build_loggers(recipe: Recipe) -> RunLoggers:
+    """The recipe's loggers, built and checked (no I/O yet): unknown names, bad
+    ``[loggers.<name>]`` keys and missing packages are usage errors naming the key."""
+    registry = get_host().loggers
+    if JSONL not in registry:
+        raise UsageError(f"logger '{JSONL}' (metrics.jsonl, which every run writes) is not "
+                         "registered; do not block its plugin with TRACER_DISABLE_PLUGINS")
+    built = {}
+    for name in [JSONL, *recipe.run.loggers]:
+        if name in built:
+            continue  # "jsonl" in run.loggers: it is on anyway
+        try:
+            entry = registry.get(name)
+        except UsageError as exc:
+            raise RecipeError("run.loggers", str(exc)) from None
+        built[name] = entry.factory(dict(recipe.loggers.get(name, {})))
+    jsonl = built.pop(JSONL)
+    return RunLoggers(jsonl, list(built.items()))
