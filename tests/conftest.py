@@ -91,3 +91,25 @@ def _fresh_plugin_host(monkeypatch: pytest.MonkeyPatch):
     reset_host()
     yield
     reset_host()
+
+
+# Floats from two different computations (other batch or matrix shapes, another library's code
+# path) agree to float32 rounding only: the order of sums depends on the CPU's kernels (AVX-512,
+# AVX2, plain). These tolerances are a few hundred float32 ulps at the logits' scale (|z| <= ~20).
+LOGIT_TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def assert_same_predictions(actual, expected, margin: float = 1e-4) -> None:
+    """Top-1 predictions of two logit tensors from different computations are the same.
+
+    Every row of ``expected`` must clear its runner-up by more than ``margin`` (far above
+    float32 rounding), so no rounding can flip a prediction and accuracies computed from either
+    tensor are equal exactly; a row closer to a tie fails the test instead of passing by luck.
+    """
+    import torch
+
+    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
+    top2 = expected.topk(2, dim=1).values
+    close = (top2[:, 0] - top2[:, 1] <= margin).nonzero().flatten().tolist()
+    assert not close, f"rows {close} are within {margin} of a tie: choose other test data"
+    assert torch.equal(actual.argmax(dim=1), expected.argmax(dim=1))
