@@ -155,6 +155,10 @@ def _check_output(req: ExportRequest) -> None:
                          "a folder outside it or below it (e.g. RUN_DIR/export/onnx)")
     if req.output.exists() and not req.output.is_dir():
         raise UsageError(f"--output '{req.output}' is a file; give a folder")
+    blocker = next((p for p in req.output.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UsageError(f"--output '{req.output}': '{blocker}' is a file, so no folder can be "
+                         "made below it; give a folder path")
     if req.output.is_dir() and any(req.output.iterdir()) and not req.overwrite:
         raise UsageError(f"--output '{req.output}' exists and is not empty; pass --overwrite to "
                          "replace it, or choose another folder")

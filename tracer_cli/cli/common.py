@@ -18,6 +18,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 from rich.console import Console
 
+from tracer_cli.engine.signals import StopSignal
 from tracer_cli.errors import EXIT_RUN_FAILED, Interrupted, TracerError
 
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe TOML file, e.g. recipes/quickstart.toml.",
@@ -75,6 +76,10 @@ def boundary(func: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(exc.exit_code) from None
         except TracerError as exc:
             _report(exc, str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except StopSignal as exc:
+            # Raised only where a command asked for it (stop_raises): its cleanup has run.
+            print(f"{exc}; nothing was left half-written", file=sys.stderr, flush=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
