@@ -491,8 +491,7 @@ def too_deep(value: Any, limit: int = MAX_NESTING) -> str | None:
     while stack:
         node, path = stack.pop()
         if len(path) > limit:
-            shown = ".".join(path[:4])
-            return f"{shown}... ({len(path)} levels)"
+            return ".".join(path[:4]) + "..."
         if isinstance(node, dict):
             stack.extend((v, (*path, str(k))) for k, v in node.items())
         elif isinstance(node, list):

@@ -93,6 +93,8 @@ def _weights(tmp_path: Path, kind: str) -> Path:
     elif kind == "npz":
         path = tmp_path / "weights.npz"
         np.savez(path, a=np.zeros(3))
+    elif kind == "torchscript":
+        torch.jit.script(torch.nn.Linear(2, 2)).save(str(path))
     return path
 
 
@@ -100,6 +102,7 @@ def _weights(tmp_path: Path, kind: str) -> Path:
     ("truncated", "truncated, corrupt or not a PyTorch file"),
     ("garbage", "refused by the weights-only loader"),
     ("npz", "a NumPy archive"),
+    ("torchscript", "a TorchScript archive"),
 ])
 def test_pretrained_file_that_cannot_be_read_safely(runner, recipe, tmp_path, kind, reason):
     path = _weights(tmp_path, kind)

@@ -115,6 +115,9 @@ def unreadable_reason(exc: BaseException) -> str:
     if refused:
         return (f"it refers to '{refused.group(1)}', which weights-only loading refuses because "
                 "unpickling it could run code; tracer never loads such files")
+    if "TorchScript" in str(exc):
+        return ("a TorchScript archive, which weights-only loading does not read; use a state-dict "
+                "file (.pt/.bin/.safetensors) or the open_clip tag, e.g. pretrained = \"openai\"")
     if isinstance(exc, pickle.UnpicklingError):
         return ("refused by the weights-only loader: not a plain tensor file; corrupt, or a "
                 "pickle of arbitrary objects, which tracer never loads")
