@@ -95,10 +95,12 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
 
 @contextmanager
 def quiet_pickle_warnings() -> Iterator[None]:
-    """Silence torch's warning about a pickle protocol it did not write: the file is refused or
-    read all the same, and the warning would break the one-line error contract."""
+    """Silence torch's warnings about a pickle protocol it did not write and about TorchScript
+    archives: the file is refused or read all the same, and a warning would break the one-line
+    error contract."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")
         yield
 
 
