@@ -61,6 +61,15 @@ def atomic_dir(path: Path) -> Iterator[Path]:
                 shutil.rmtree(leftover, ignore_errors=True)
 
 
+def folder_blocker(path: Path) -> Path | None:
+    """``path`` or its nearest existing parent when that is not a folder (a file, a device), so
+    that no folder can be made at ``path``; None when nothing is in the way."""
+    for candidate in (Path(path), *Path(path).parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON object per line; each line is written with a single write call."""
     with open(path, "a", encoding="utf-8") as fh:

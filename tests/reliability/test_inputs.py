@@ -134,3 +134,11 @@ def test_export_output_below_a_file(runner, tmp_path):
     line = _one_line(runner.invoke(app, ["export", str(run), "--format", "safetensors",
                                          "--output", str(blocker / "sub")]))
     assert f"'{blocker}' is a file, so no folder can be made below it" in line
+
+
+def test_eval_output_dir_below_a_file(runner, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    line = _one_line(runner.invoke(app, ["eval", "--model", "openclip:tracer-tiny-rn:none",
+                                         "--output-dir", str(blocker / "sub")]))
+    assert f"--output-dir '{blocker / 'sub'}': '{blocker}' is not a folder" in line
