@@ -36,16 +36,15 @@ def marker(tmp_path) -> Path:
     return tmp_path / "PWNED"
 
 
-@pytest.fixture(params=["torch-zip", "pickle-2", "pickle-4"])
-def evil(request, tmp_path, marker) -> Path:
+def _evil(tmp_path: Path, marker: Path, kind: str) -> Path:
     """A weights file carrying the payload: torch.save's zip format, or a bare pickle of
     protocol 2 (the global is the first thing the loader meets) or 4 (framed)."""
-    path = tmp_path / f"evil-{request.param}.pt"
+    path = tmp_path / f"evil-{kind}.pt"
     payload = {"state_dict": {"visual.conv1.weight": _Payload(marker)}}
-    if request.param == "torch-zip":
+    if kind == "torch-zip":
         torch.save(payload, path)
     else:
-        path.write_bytes(pickle.dumps(payload, protocol=int(request.param[-1])))
+        path.write_bytes(pickle.dumps(payload, protocol=int(kind[-1])))
     return path
 
 
@@ -102,10 +101,15 @@ def _args(path: str, tmp_path: Path, evil: Path) -> tuple[list[str], Path]:
     raise AssertionError(path)
 
 
-@pytest.mark.parametrize("path", ["eval-run", "eval-checkpoint", "eval-model", "export",
-                                  "finetune-pretrained", "finetune-resume", "local-dir"])
-def test_refused_on_every_loading_path(path, runner, tmp_path, evil, marker):
-    args, named = _args(path, tmp_path, evil)
+@pytest.mark.parametrize("path, kind", [
+    *[(path, "torch-zip") for path in ("eval-run", "eval-checkpoint", "eval-model", "export",
+                                       "finetune-pretrained", "finetune-resume", "local-dir")],
+    # The two loaders (tracer's checkpoint.load, open_clip's) with bare pickles as well.
+    *[(path, kind) for path in ("eval-checkpoint", "finetune-pretrained")
+      for kind in ("pickle-2", "pickle-4")],
+])
+def test_refused_on_every_loading_path(path, kind, runner, tmp_path, marker):
+    args, named = _args(path, tmp_path, _evil(tmp_path, marker, kind))
     result = runner.invoke(app, args)
     assert not marker.exists(), "the pickle's payload ran"
     assert result.exit_code == 2, result.stderr
