@@ -91,3 +91,31 @@ def _fresh_plugin_host(monkeypatch: pytest.MonkeyPatch):
     reset_host()
     yield
     reset_host()
+
+
+# Floats from two different computations (other batch or matrix shapes, another library's code
+# path) agree to float32 rounding only: the order of sums depends on the CPU's kernels (AVX-512,
+# AVX2, plain). These tolerances are a few hundred float32 ulps at the logits' scale (|z| <= ~20).
+LOGIT_TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def assert_clear_of_ties(logits, margin: float = 1e-4) -> None:
+    """Every row's top logit clears its runner-up by more than ``margin`` (far above float32
+    rounding), so no other computation of the same logits can flip a prediction: accuracies
+    from two computations are then equal exactly. A row closer to a tie fails the test instead
+    of letting it pass by luck on one CPU."""
+    import torch
+
+    top2 = torch.as_tensor(logits).topk(2, dim=1).values
+    close = (top2[:, 0] - top2[:, 1] <= margin).nonzero().flatten().tolist()
+    assert not close, f"rows {close} are within {margin} of a tie: choose other test data"
+
+
+def assert_same_predictions(actual, expected, margin: float = 1e-4) -> None:
+    """Top-1 predictions of two logit tensors from different computations are the same, and
+    ``expected`` is clear of ties (:func:`assert_clear_of_ties`)."""
+    import torch
+
+    assert_clear_of_ties(expected, margin)
+    predicted = torch.as_tensor(actual).argmax(dim=1)
+    assert torch.equal(predicted, torch.as_tensor(expected).argmax(dim=1))

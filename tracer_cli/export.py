@@ -46,7 +46,7 @@ import tracer_cli
 from tracer_cli.contracts import Backbone
 from tracer_cli.errors import MissingResourceError, RunError, UsageError
 from tracer_cli.events import Reporter, current_reporter
-from tracer_cli.io import atomic_dir
+from tracer_cli.io import atomic_dir, folder_blocker
 from tracer_cli.recipe import Recipe
 from tracer_cli.runs import WHICH, RunDir
 
@@ -155,6 +155,10 @@ def _check_output(req: ExportRequest) -> None:
                          "a folder outside it or below it (e.g. RUN_DIR/export/onnx)")
     if req.output.exists() and not req.output.is_dir():
         raise UsageError(f"--output '{req.output}' is a file; give a folder")
+    blocker = folder_blocker(req.output)
+    if blocker is not None:
+        raise UsageError(f"--output '{req.output}': '{blocker}' is a file, so no folder can be "
+                         "made below it; give a folder path")
     if req.output.is_dir() and any(req.output.iterdir()) and not req.overwrite:
         raise UsageError(f"--output '{req.output}' exists and is not empty; pass --overwrite to "
                          "replace it, or choose another folder")

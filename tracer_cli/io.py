@@ -43,18 +43,37 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 @contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
-    """Build a folder under a temporary name, renamed into place only when complete."""
+    """Build a folder under a temporary name, renamed into place only when complete.
+
+    A folder already at ``path`` is moved aside first and removed only once the new one is in
+    place; if the swap is interrupted, the old folder is put back. Whatever happens (an error, or
+    a signal raised as an exception), no temporary folder is left behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    old: Path | None = None
     try:
         yield tmp
         if path.exists():
-            shutil.rmtree(path)
+            old = Path(f"{tmp}.old")
+            os.replace(path, old)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists() and not path.exists():
+            os.replace(old, path)  # the new folder never arrived: keep the old one
+        for leftover in (tmp, old):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def folder_blocker(path: Path) -> Path | None:
+    """``path`` or its nearest existing parent when that is not a folder (a file, a device), so
+    that no folder can be made at ``path``; None when nothing is in the way."""
+    for candidate in (Path(path), *Path(path).parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:

@@ -12,12 +12,23 @@ Core recipe sections are validated by :mod:`tracer_cli.recipe`; tables a plugin 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from tracer_cli.errors import RecipeError
 
 _MISSING = object()
+# Plugin numbers end up in float32 tensors; a larger one overflows deep inside torch.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def fits_float32(value: int | float) -> bool:
+    """Finite and within float32's range (recipe numbers become float32 tensors in torch)."""
+    try:
+        return math.isfinite(float(value)) and abs(value) <= FLOAT32_MAX
+    except OverflowError:  # an int too large for any float
+        return False
 
 
 class Options:
@@ -69,6 +80,9 @@ class Options:
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RecipeError(self.key(name), f"expected a number, got {value!r}")
+        if not fits_float32(value):
+            raise RecipeError(self.key(name), f"got {value!r}; must be a finite number of "
+                              f"magnitude at most {FLOAT32_MAX:.4g} (float32)")
         if minimum is not None and value < minimum:
             raise RecipeError(self.key(name), f"got {value}; must be >= {minimum}")
         if maximum is not None and value > maximum:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import re
 import sys
 import typing
@@ -26,6 +25,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 from tracer_cli.errors import RecipeError, UsageError
+from tracer_cli.options import FLOAT32_MAX, fits_float32
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 TEACHERS = ("wma", "ema", "static", "none")
@@ -53,6 +53,11 @@ METHOD_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
 NONFINITE_ACTIONS = ("stop", "skip")
 # numpy seeds its global generator from an unsigned 32-bit value.
 MAX_SEED = 2**32 - 1
+# The longest file name most file systems accept (NAME_MAX, in bytes).
+MAX_NAME_BYTES = 255
+# How deeply tables and arrays may nest in a recipe: real recipes use four or five levels; far
+# deeper ones would exhaust Python's recursion limit while being copied or compared.
+MAX_NESTING = 64
 _CUDA_DEVICE = re.compile(r"cuda:\d+")
 
 
@@ -88,6 +93,9 @@ class RunConfig:
             not any(c in self.name for c in "/\\\0")
         _check(f"{path}.name", name_ok, f"got {self.name!r}; must be a folder name (not '.' or "
                "'..', without '/', '\\' or NUL characters)")
+        size = len(self.name.encode("utf-8", "surrogateescape"))
+        _check(f"{path}.name", size <= MAX_NAME_BYTES, f"is {size} bytes long; a folder name can "
+               f"have at most {MAX_NAME_BYTES} bytes")
         _check(f"{path}.output_dir", "\0" not in self.output_dir,
                f"got {self.output_dir!r}; a path cannot contain NUL characters")
         _check(f"{path}.seed", 0 <= self.seed <= MAX_SEED,
@@ -176,8 +184,9 @@ class TrainConfig:
     def validate(self, path: str) -> None:
         for key in ("steps", "batch_size"):
             _check(f"{path}.{key}", getattr(self, key) >= 1, f"got {getattr(self, key)}; must be >= 1")
-        for key in ("lr", "weight_decay", "grad_clip"):
-            _check(f"{path}.{key}", getattr(self, key) >= 0, "must be >= 0 (grad_clip 0 disables)")
+        for key, note in (("lr", ""), ("weight_decay", ""), ("grad_clip", " (0 disables)")):
+            value = getattr(self, key)
+            _check(f"{path}.{key}", value >= 0, f"got {value:g}; must be >= 0{note}")
         _check(f"{path}.warmup_steps", 0 <= self.warmup_steps <= self.steps,
                f"got {self.warmup_steps}; must be between 0 and train.steps ({self.steps})")
         _check(f"{path}.checkpoint_every", self.checkpoint_every >= 0,
@@ -302,19 +311,15 @@ def _coerce(path: str, value: Any, annotation: Any) -> Any:
     elif annotation is float:
         _check(path, isinstance(value, (int, float)) and not isinstance(value, bool),
                f"expected a number, got {value!r}")
-        # An int too large for a float is a number nobody meant; nan and inf pass every >= check.
-        _check(path, _finite(value), f"got {value!r}; must be a finite number")
+        # nan and inf pass every >= check; numbers reach torch as float32 tensors (learning
+        # rates, loss weights), where a larger one overflows.
+        _check(path, fits_float32(value),
+               f"got {value!r}; must be a finite number of magnitude at most {FLOAT32_MAX:.4g} "
+               "(float32)")
         return float(value)
     elif annotation is str:
         _check(path, isinstance(value, str), f"expected a string, got {value!r}")
     return value
-
-
-def _finite(value: int | float) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
 
 
 def _section(cls: type, table: Any, path: str, extra: str | None = None) -> Any:
@@ -499,10 +504,14 @@ def resume_differences(saved: dict[str, Any], current: Recipe) -> list[str]:
 def read_toml(path: Path) -> dict[str, Any]:
     """Parse a TOML file; a missing file or a syntax error is a usage error naming the file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UsageError(f"recipe file '{path}' does not exist")
+    if not path.is_file():
+        what = "a directory" if path.is_dir() else "not a regular file"
+        raise UsageError(f"recipe file '{path}' is {what}; expected a TOML file such as "
+                         "recipes/quickstart.toml")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"recipe file '{path}' is not valid TOML: {exc}") from None
     except RecursionError:
@@ -510,6 +519,26 @@ def read_toml(path: Path) -> dict[str, Any]:
                          "deeply") from None
     except OSError as exc:
         raise UsageError(f"recipe file '{path}' cannot be read: {exc.strerror}") from None
+    deep = too_deep(raw)
+    if deep is not None:
+        raise UsageError(f"recipe file '{path}' nests tables or arrays more than {MAX_NESTING} "
+                         f"levels deep (at '{deep}')")
+    return raw
+
+
+def too_deep(value: Any, limit: int = MAX_NESTING) -> str | None:
+    """The key path (shortened) of a value nested more than ``limit`` tables or arrays deep, or
+    None. Iterative, so that it works where a recursive walk would hit the recursion limit."""
+    stack: list[tuple[Any, tuple[str, ...]]] = [(value, ())]
+    while stack:
+        node, path = stack.pop()
+        if len(path) > limit:
+            return ".".join(path[:4]) + "..."
+        if isinstance(node, dict):
+            stack.extend((v, (*path, str(k))) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, (*path, f"[{i}]")) for i, v in enumerate(node))
+    return None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -520,6 +549,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if not sep or not all(p.strip() for p in parts):
         raise UsageError(f"--set '{text}': expected KEY.PATH=VALUE, e.g. train.steps=100")
+    if len(parts) > MAX_NESTING:
+        raise UsageError(f"--set '{key[:40]}...': the key path has {len(parts)} parts; a recipe "
+                         f"nests at most {MAX_NESTING} levels")
     try:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
     except (tomllib.TOMLDecodeError, RecursionError, KeyError):
@@ -534,6 +566,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     raw = copy.deepcopy(raw)
     for text in overrides:
         parts, value = parse_override(text)
+        deep = too_deep(value, MAX_NESTING - len(parts))
+        if deep is not None:
+            raise UsageError(f"--set '{'.'.join(parts)}': the value nests tables or arrays more "
+                             f"than {MAX_NESTING} levels deep in the recipe")
         node = raw
         for i, part in enumerate(parts[:-1]):
             nxt = node.setdefault(part, {})

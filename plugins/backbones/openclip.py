@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 from urllib.parse import urlparse
 
 import open_clip
@@ -23,6 +23,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
 
 from tracer_cli import hookimpl
+from tracer_cli.engine.checkpoint import quiet_pickle_warnings, unreadable_reason
 from tracer_cli.errors import MissingResourceError, RecipeError
 from tracer_cli.options import Options
 
@@ -99,7 +100,16 @@ def _create(arch: str, pretrained: str, cache_dir: str | None, image_size: int |
     if image_size:
         kwargs["force_image_size"] = image_size
     schema = arch.split(":", 1)[0] if ":" in arch else None
-    if schema in ("local-dir", "hf-hub"):
+    if schema == "local-dir":
+        folder = Path(arch.split(":", 1)[1]).expanduser()
+        if not folder.is_dir():
+            raise MissingResourceError(f"model.arch: folder '{folder}' does not exist; "
+                                       "local-dir: names a folder holding open_clip_config.json "
+                                       "and the weights")
+        return _read_weights(lambda: open_clip.create_model(arch, **kwargs),
+                             sorted(p for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES),
+                             "model.arch")
+    if schema == "hf-hub":
         return open_clip.create_model(arch, **kwargs)
     if pretrained == "none":
         with _quiet_root_logger():  # open_clip warns "initialized randomly": that is the request
@@ -113,12 +123,16 @@ def _create(arch: str, pretrained: str, cache_dir: str | None, image_size: int |
         weights = embedded_weights(arch, embedded_seed)
         return open_clip.create_model(arch, pretrained=str(weights), **kwargs)
     if os.path.isfile(pretrained):
-        return open_clip.create_model(arch, pretrained=pretrained, **kwargs)
+        return _read_weights(lambda: open_clip.create_model(arch, pretrained=pretrained, **kwargs),
+                             [Path(pretrained)], "model.pretrained")
     tags = open_clip.list_pretrained_tags_by_model(arch)
     if pretrained not in tags:
-        looks_like_path = "/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors"))
+        looks_like_path = "/" in pretrained or pretrained.endswith(_WEIGHT_SUFFIXES)
         what = f"weights file '{pretrained}' does not exist" if looks_like_path else \
             f"'{pretrained}' is not a known tag for '{arch}' (tags: {', '.join(tags) or 'none'})"
+        if os.path.exists(pretrained):
+            what = f"'{pretrained}' is not a file (for an open_clip folder use model.arch = " \
+                   "\"local-dir:PATH\")"
         raise MissingResourceError(f"model.pretrained: {what}; use a tag, a local file, "
                                    "\"embedded\" (tiny archs) or \"none\"")
     cfg = open_clip.get_pretrained_cfg(arch, pretrained)
@@ -129,6 +143,51 @@ def _create(arch: str, pretrained: str, cache_dir: str | None, image_size: int |
     except Exception as exc:  # network or cache failures all mean: weights are not here
         raise MissingResourceError(_weights_help(arch, pretrained) + f" [{type(exc).__name__}]") \
             from exc
+
+
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz", ".npy")
+
+
+def _read_weights(create: Callable[[], nn.Module], files: list[Path], key: str) -> nn.Module:
+    """``create()``, which loads local weights ``files``; when it fails, one line naming the file.
+
+    open_clip reads ``.pt``/``.bin`` files with ``torch.load(weights_only=True)``, so a pickle
+    holding anything but tensors is refused; the files are then read again (weights-only) only
+    to tell an unreadable or unsafe file from one that does not fit the architecture.
+    """
+    try:
+        with quiet_pickle_warnings():
+            return create()
+    except Exception as exc:
+        for path in files:
+            problem = _unreadable(path)
+            if problem:
+                raise RecipeError(key, f"not a safe/readable weights file: {path} ({problem})") \
+                    from None
+        if not isinstance(exc, (RuntimeError, KeyError, ValueError)):
+            raise
+        detail = " ".join(str(exc).split())
+        detail = detail if len(detail) <= 240 else detail[:240] + "..."
+        raise RecipeError(key, f"the weights in {', '.join(map(str, files)) or 'the folder'} do "
+                          f"not fit this architecture ({type(exc).__name__}: {detail})") from None
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why ``path`` is no weights file open_clip can read safely, or None when it reads."""
+    if path.suffix in (".npz", ".npy"):
+        return ("a NumPy archive: open_clip reads .npz/.npy files only as big_vision weights of "
+                "timm-tower (SigLIP) models")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            load_file(str(path))
+        else:
+            with quiet_pickle_warnings():
+                torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every failure means the same to the user
+        return unreadable_reason(exc)
+    return None
 
 
 class OpenClipBackbone:

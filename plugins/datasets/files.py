@@ -256,10 +256,17 @@ def _read_csv(path: Path, delimiter: str) -> tuple[list[str], list[dict[str, str
                                    "header row, e.g. 'filepath,label' or 'filepath,caption'")
     # utf-8-sig: spreadsheet exports often start with a byte-order mark that would otherwise
     # become part of the first column's name.
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter)
-        rows = list(reader)
-        columns = list(reader.fieldnames or [])
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle, delimiter=delimiter)
+            rows = list(reader)
+            columns = list(reader.fieldnames or [])
+    except UnicodeDecodeError as exc:
+        raise MissingResourceError(f"csv dataset: {path} is not UTF-8 text (it holds the byte "
+                                   f"0x{exc.object[exc.start]:02x}); save it as UTF-8, e.g. "
+                                   "iconv -f latin1 -t utf-8") from None
+    except (OSError, csv.Error) as exc:
+        raise MissingResourceError(f"csv dataset: {path} cannot be read ({exc})") from None
     if not rows:
         raise MissingResourceError(f"csv dataset: {path} has no data rows")
     return columns, rows

@@ -522,8 +522,11 @@ def _read_classnames_file(path: Path, key: str) -> list[str]:
     if not path.is_file():
         raise RecipeError(key, f"{path} does not exist; expected a text file with the "
                                f"{FLOWERS_CLASSES} class names, one per line, in label order")
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
-             if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(key, f"cannot read {path} ({exc})") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     if len(names) != FLOWERS_CLASSES:
         raise RecipeError(key, f"{path} lists {len(names)} names; Flowers-102 has "
                                f"{FLOWERS_CLASSES} (one per line, in label order)")

@@ -33,6 +33,7 @@ def _take(stream: TrainStream, n: int) -> list:
     return [next(batches) for _ in range(n)]
 
 
+@pytest.mark.numerics
 def test_rank_slices_reassemble_the_single_process_batches():
     one = _take(TrainStream(Items(40), 8, seed=3), 7)  # crosses into the second epoch
     ranks = [_take(TrainStream(Items(40), 8, seed=3, rank=r, world_size=2), 7) for r in (0, 1)]

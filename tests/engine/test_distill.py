@@ -15,6 +15,10 @@ from tracer_cli.engine import distill
 from tracer_cli.engine.distill import DistillWeights
 from tracer_cli.engine.losses import clip_loss, contrastive_loss, gather_features
 
+# Golden numbers and explicit formulas in float64, within stated tolerances; CI reruns these
+# under other CPU kernels (.ci/run).
+pytestmark = pytest.mark.numerics
+
 GOLDEN = Path(__file__).parents[1] / "data" / "golden_reference_values.json"
 
 

@@ -46,6 +46,7 @@ def test_exchange_in_one_process_is_local():
     assert exchange(ctx, None, [], 0).shard.sizes == (0,)
 
 
+@pytest.mark.numerics
 def test_scale_grad_keeps_the_value_bit_for_bit():
     x = torch.tensor(14.2857, requires_grad=True)
     y = scale_grad(x * 1.0, 0.5)

@@ -10,6 +10,10 @@ import torch
 
 from tracer_cli import metrics
 
+# Metrics against hand-computed answers (stated tolerances); CI reruns these under other CPU
+# kernels (.ci/run).
+pytestmark = pytest.mark.numerics
+
 # Two classes; top-1 confidences 0.9, 0.9, 0.7, 0.7 with the second 0.9 row wrong.
 PROBS = np.array([[0.9, 0.1], [0.9, 0.1], [0.7, 0.3], [0.7, 0.3]])
 LABELS = np.array([0, 1, 0, 0])

@@ -7,6 +7,7 @@ import contextlib
 import pytest
 import torch
 
+from tests.conftest import LOGIT_TOLERANCE, assert_same_predictions
 from tracer_cli.contracts import DatasetBundle
 from tracer_cli.errors import RecipeError, UsageError
 from tracer_plugins.backbones.openclip import make_backbone
@@ -55,6 +56,7 @@ def _evaluate(task, backbone, datasets):
                          contextlib.nullcontext)
 
 
+@pytest.mark.numerics
 def test_subset_head_is_sliced_from_the_parent_and_equals_encoding_it(backbone):
     task = make_task({})
     parent = _bundle([0, 3, 7, 9, 1, 4], CLASSNAMES)
@@ -63,8 +65,13 @@ def test_subset_head_is_sliced_from_the_parent_and_equals_encoding_it(backbone):
     assert backbone.texts == len(CLASSNAMES) * len(TEMPLATES)  # the subset was not re-encoded
     alone = _evaluate(task, backbone, {"child": child})
     assert backbone.texts == len(SUBSET) * len(TEMPLATES)
-    assert torch.equal(together["child"]["logits"], alone["child"]["logits"])
-    assert together["child"]["metrics"] == alone["child"]["metrics"]
+    # Sliced rows of a 10-class head vs a 3-class head encoded alone: other matrix shapes, so
+    # equal to float32 rounding (not bit for bit) and the same predictions.
+    sliced, encoded = together["child"]["logits"], alone["child"]["logits"]
+    torch.testing.assert_close(sliced, encoded, **LOGIT_TOLERANCE)
+    assert_same_predictions(sliced, encoded)
+    assert together["child"]["metrics"] == pytest.approx(alone["child"]["metrics"], rel=1e-5,
+                                                         abs=1e-6)
     assert together["parent"]["logits"].shape == (6, 10)
 
     # Other templates are another head: nothing to slice from.

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 from rich.console import Console
 
+from tracer_cli.engine.signals import StopSignal
 from tracer_cli.errors import EXIT_RUN_FAILED, Interrupted, TracerError, no_space
 
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe TOML file, e.g. recipes/quickstart.toml.",
@@ -84,6 +85,10 @@ def boundary(func: Callable[..., Any]) -> Callable[..., Any]:
             where = f" writing '{exc.filename}'" if exc.filename else ""
             _report(exc, f"no space left on device{where}")
             raise typer.Exit(EXIT_RUN_FAILED) from None
+        except StopSignal as exc:
+            # Raised only where a command asked for it (stop_raises): its cleanup has run.
+            print(f"{exc}; nothing was left half-written", file=sys.stderr, flush=True)
+            raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise typer.Exit(130) from None

@@ -26,6 +26,7 @@ from tracer_cli.cli.progress import make_reporter
 from tracer_cli.metric_spec import CLASSIFICATION_METRICS, TaskMetrics
 from tracer_cli.errors import UsageError
 from tracer_cli.events import use_reporter
+from tracer_cli.io import folder_blocker
 
 app = typer.Typer()
 
@@ -89,6 +90,10 @@ def eval_command(
 
     if save_predictions and output_dir is None:
         raise UsageError("--save-predictions writes into --output-dir: give both")
+    blocker = folder_blocker(output_dir) if output_dir is not None else None
+    if blocker is not None:  # checked before the evaluation, not after it
+        raise UsageError(f"--output-dir '{output_dir}': '{blocker}' is not a folder, so the "
+                         "results cannot be written there; give a folder path")
     request = evaluation.EvalRequest(
         run_dir=run_dir, checkpoint=checkpoint, model=model, recipe=recipe, which=which,
         id_names=evaluation.parse_names(id_names, "--id"),

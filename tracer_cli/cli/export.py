@@ -13,6 +13,7 @@ from rich.table import Table
 
 from tracer_cli.cli.common import JsonOpt, WhichOpt, boundary, emit_json, result_console
 from tracer_cli.cli.progress import make_reporter
+from tracer_cli.engine.signals import stop_raises
 from tracer_cli.events import use_reporter
 
 app = typer.Typer()
@@ -55,7 +56,8 @@ def export_command(
     request = export.ExportRequest(run_dir=run_dir, format=fmt, output=output, which=which,
                                    wise_alpha=wise_alpha, precision=precision,
                                    checkpoint=checkpoint, overwrite=overwrite)
-    with use_reporter(make_reporter()) as reporter:
+    # SIGTERM unwinds like Ctrl-C, so the half-built output folder is removed on the way out.
+    with stop_raises(), use_reporter(make_reporter()) as reporter:
         result = export.export(request, reporter)
     card = result.card
     console = result_console(as_json)

@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import random
+import re
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -127,11 +131,48 @@ def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], keep: int
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint read weights-only: a file that needs more than tensors and plain containers
+    is refused (unpickling arbitrary objects could run code), and never retried unsafely."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"checkpoint '{path}' does not exist")
+        what = "is not a file" if path.exists() else "does not exist"
+        raise UsageError(f"checkpoint '{path}' {what}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated or foreign files: say which file, not a traceback
-        raise UsageError(f"checkpoint '{path}' cannot be read ({type(exc).__name__}: {exc}); it "
-                         "may be truncated or not a tracer checkpoint") from None
+        with quiet_pickle_warnings():
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated, foreign or unsafe files: say which file, not a traceback
+        raise UsageError(f"checkpoint '{path}' is not a safe/readable weights file: "
+                         f"{unreadable_reason(exc)}") from None
+
+
+@contextmanager
+def quiet_pickle_warnings() -> Iterator[None]:
+    """Silence torch's warnings about a pickle protocol it did not write and about TorchScript
+    archives: the file is refused or read all the same, and a warning would break the one-line
+    error contract."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")
+        yield
+
+
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def unreadable_reason(exc: BaseException) -> str:
+    """Why a weights-only ``torch.load`` failed, in a few words.
+
+    torch's own message advises re-running with ``weights_only=False``; for a file that was just
+    refused as unsafe that is the wrong advice, so it is never passed on.
+    """
+    refused = _REFUSED_GLOBAL.search(str(exc))
+    if refused:
+        return (f"it refers to '{refused.group(1)}', which weights-only loading refuses because "
+                "unpickling it could run code; tracer never loads such files")
+    if "TorchScript" in str(exc):
+        return ("a TorchScript archive, which weights-only loading does not read; use a state-dict "
+                "file (.pt/.bin/.safetensors) or the open_clip tag, e.g. pretrained = \"openai\"")
+    if isinstance(exc, pickle.UnpicklingError):
+        return ("refused by the weights-only loader: not a plain tensor file; corrupt, or a "
+                "pickle of arbitrary objects, which tracer never loads")
+    return "truncated, corrupt or not a PyTorch file"
