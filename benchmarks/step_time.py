@@ -28,7 +28,7 @@ from tracer_cli.contracts import DatasetBundle
 from tracer_cli.engine.data import eval_loader
 from tracer_cli.engine.loop import Trainer
 from tracer_cli.engine.precision import resolve_device, resolve_precision
-from tracer_cli.engine.run import build_dataset
+from tracer_cli.engine.build import build_dataset
 from tracer_cli.engine.teachers import make_teacher
 from tracer_cli.recipe import DistillConfig, TrainConfig
 from tracer_plugins.backbones.openclip import make_backbone

@@ -558,15 +558,14 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     return from_dict(raw, source=str(path))
 
 
-def write_lock(recipe: Recipe, path: Path, extra: dict[str, Any]) -> None:
-    """Write the resolved recipe plus ``extra`` (versions, git hash) atomically as TOML."""
+def lock_text(recipe: Recipe, extra: dict[str, Any]) -> str:
+    """The resolved recipe plus ``extra`` (versions, git hash) in a ``[lock]`` table, as TOML:
+    what a run's ``recipe.lock.toml`` holds."""
     import tomli_w
-
-    from tracer_cli.io import atomic_write_text
 
     doc = recipe.to_dict()
     doc["lock"] = _toml_safe(extra)
-    atomic_write_text(path, tomli_w.dumps(_toml_safe(doc)))
+    return tomli_w.dumps(_toml_safe(doc))
 
 
 def _toml_safe(value: Any) -> Any:

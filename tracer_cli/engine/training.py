@@ -31,7 +31,6 @@ from tracer_cli.engine.signals import SignalTrap
 from tracer_cli.engine.teachers import make_teacher
 from tracer_cli.errors import DiskFullError, Interrupted, RunError, UsageError
 from tracer_cli.events import Reporter
-from tracer_cli.io import atomic_write_json
 from tracer_cli.recipe import Recipe
 
 TRAIN_TASK = "train"
@@ -132,7 +131,7 @@ class RunWriter:
         (``<dataset>/<primary>``: ``synth-photo/accuracy``, ``coco/mean_recall``), and every
         metric to the other loggers."""
         if self.ctx.is_main:
-            atomic_write_json(self.run_dir / "eval" / f"{tag}.json", metrics)
+            rundir.write_eval(self.run_dir, tag, metrics)
             self.loggers.log_eval(tag, step, metrics, primary)
 
     def save(self, trainer: Trainer, position: dict[str, int], bad: BadDataLog, step: int) -> Path:
