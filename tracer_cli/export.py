@@ -50,6 +50,7 @@ from tracer_cli.events import Reporter, current_reporter
 from tracer_cli.io import atomic_dir
 from tracer_cli.recipe import Recipe
 from tracer_cli.runs import WHICH, RunDir
+from tracer_cli.teacher_spec import TeacherSpec
 
 FORMATS = ("open_clip", "safetensors", "onnx", "torchscript")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -536,13 +537,7 @@ def method_name(recipe: Recipe) -> str:
 
 
 def _teacher_words(recipe: Recipe) -> str:
-    t = recipe.teacher
-    if t.kind == "wma":
-        return f"WMA teacher β={t.beta:g}"
-    if t.kind == "ema":
-        return (f"EMA teacher m={t.momentum_start:g}→{t.momentum_end:g} every "
-                f"{t.resolved_update_every()} steps")
-    return "static teacher θ₀"
+    return TeacherSpec.from_config(recipe.teacher).words
 
 
 def build_card(req: ExportRequest, run: RunDir, subject: _Subject, folder: Path,
