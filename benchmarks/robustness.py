@@ -67,6 +67,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from tracer_cli import rundir
 from tracer_cli.analysis import plots
 from tracer_cli.analysis.compare import read_run
 from tracer_cli.analysis.compare import record as compare_record
@@ -226,7 +227,7 @@ class Task:
     def key(self) -> dict[str, Any]:
         key = {"argv": self.argv, "recipe_sha256": self.run.recipe.sha256}
         if self.kind != "finetune":
-            summary = self.run.run_dir / "summary.json"
+            summary = rundir.summary_path(self.run.run_dir)
             key["summary_sha256"] = (hashlib.sha256(summary.read_bytes()).hexdigest()
                                      if summary.is_file() else None)
         return key
@@ -240,7 +241,7 @@ class Task:
         if record.get("key") != self.key():
             return False
         if self.kind == "finetune":
-            summary = self.run.run_dir / "summary.json"
+            summary = rundir.summary_path(self.run.run_dir)
             if not summary.is_file():
                 return False
             self.result = json.loads(summary.read_text(encoding="utf-8"))
@@ -426,7 +427,7 @@ def resolve_cache(tasks: Sequence[Task]) -> None:
         if task.kind != "finetune" or task.result is None:
             continue
         evals = [t for t in tasks if t.kind != "finetune" and t.run is task.run]
-        if any(t.result is None for t in evals) and not (task.run.run_dir / "last.pt").is_file():
+        if any(t.result is None for t in evals) and not rundir.last_path(task.run.run_dir).is_file():
             for t in [task, *evals]:
                 t.cached, t.result = False, None
 
@@ -591,9 +592,7 @@ def prune_weights(runs: Iterable[Run], keep_last: bool = False) -> None:
     """Delete a finished run's checkpoints (its numbers, metrics and lock file stay);
     ``keep_last`` keeps last.pt, which evaluations read."""
     for run in runs:
-        paths = list((run.run_dir / "checkpoints").glob("*.pt"))
-        for path in paths + ([] if keep_last else [run.run_dir / "last.pt"]):
-            path.unlink(missing_ok=True)
+        rundir.remove_checkpoints(run.run_dir, keep_last)
 
 
 class Pruner:
@@ -708,12 +707,7 @@ def kl_curves(kl: KlPlan | None, carot: Run | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for label, run in runs.items():
         points = []
-        path = run.run_dir / "metrics.jsonl"
-        for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
+        for rec in rundir.read_metrics(run.run_dir):
             if rec.get("event") == "train":
                 points.append({k: rec.get(k) for k in ("step", "kl_i2t", "kl_t2i",
                                                        "param_ratio")})

@@ -28,15 +28,11 @@ from tracer_cli.contracts import DatasetBundle
 from tracer_cli.engine.data import eval_loader
 from tracer_cli.engine.loop import Trainer
 from tracer_cli.engine.precision import resolve_device, resolve_precision
-from tracer_cli.engine.run import build_dataset
+from tracer_cli.engine.build import build_dataset
 from tracer_cli.engine.teachers import make_teacher
-from tracer_cli.recipe import DistillConfig, TrainConfig
+from tracer_cli.recipe import TRACER_WEIGHTS, DistillWeights, TrainConfig
 from tracer_plugins.backbones.openclip import make_backbone
 from tracer_plugins.tasks.classification import ClassificationTask, zero_shot_head
-
-TRACER_DISTILL = DistillConfig(lambda_sd=0.9, crd=1.0, fd=2000.0, icl=1.0, xkd=1.0,
-                               lambda_fn=0.05)
-
 
 def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -82,7 +78,7 @@ def _batches(bundle: DatasetBundle, batch: int, count: int = 4) -> list[dict]:
 
 def _trainer(method: str, backbone, bundle, precision, steps: int) -> Trainer:
     kind = "wma" if method == "tracer" else "none"
-    distill = TRACER_DISTILL if method == "tracer" else DistillConfig()
+    distill = TRACER_WEIGHTS if method == "tracer" else DistillWeights()
     teacher = make_teacher(kind, backbone.model, steps)
     train = TrainConfig(steps=steps, batch_size=1, lr=1e-5, warmup_steps=0)
     task = ClassificationTask(train_templates=["a photo of a {}."])

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tracer_cli import recipe as R
+from tracer_cli import rundir
 from tracer_cli.errors import RecipeError, UsageError
 
 if sys.version_info >= (3, 11):
@@ -111,8 +112,8 @@ def test_shipped_recipes_validate(path):
 
 def test_lock_file_round_trips(tmp_path):
     rec = R.load(RECIPES / "quickstart.toml", ["train.steps=420"])
-    lock = tmp_path / "recipe.lock.toml"
-    R.write_lock(rec, lock, {"torch": "x", "git": None})
+    lock = rundir.write_recipe_lock(tmp_path, R.lock_text(rec, {"torch": "x", "git": None}))
+    assert lock == tmp_path / "recipe.lock.toml"
     doc = tomllib.loads(lock.read_text())
     assert doc["lock"] == {"torch": "x"}
     doc.pop("lock")

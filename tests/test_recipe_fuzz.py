@@ -33,7 +33,7 @@ BASE: dict[str, Any] = {
 }
 SECTION_CLASSES = {"run": R.RunConfig, "model": R.ModelConfig, "data": R.DataConfig,
                    "task": R.TaskConfig, "train": R.TrainConfig, "teacher": R.TeacherConfig,
-                   "distill": R.DistillConfig}
+                   "distill": R.DistillWeights}
 SCALARS = (bool, int, float, str)
 
 

@@ -90,6 +90,25 @@ class Backbone(Protocol):
         """JSON-able description (arch, pretrained source, config) for the run's lock file."""
 
 
+@dataclass(frozen=True)
+class WeightsBuild:
+    """Weights a backbone plugin needs tracer to train once before it can build its backbone
+    (the embedded tiny CLIP, pretrained by tracer on its synthetic world).
+
+    A backbone factory declares them through the optional capability
+    ``factory.weights_build(options) -> WeightsBuild | None`` (``options`` as the factory gets
+    them). When ``target`` does not exist, the engine runs ``recipe`` (TOML text) with
+    ``overrides`` (``--set`` items) exactly as ``tracer finetune`` would, stores the student's
+    weights at ``target`` (``{"state_dict": ...}``, with the run's lock file beside it as
+    ``<target>.lock.toml``), and then calls the factory, which loads them.
+    """
+
+    recipe: str
+    overrides: tuple[str, ...]
+    target: Path
+    what: str  # for the notice: "the embedded tiny CLIP 'tracer-tiny-rn' (...)"
+
+
 class Task(Protocol):
     """What is learned and how it is measured, on top of the shared engine.
 

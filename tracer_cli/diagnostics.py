@@ -34,6 +34,7 @@ from tracer_cli.errors import UsageError
 from tracer_cli.events import Reporter
 from tracer_cli.io import atomic_path
 from tracer_cli.recipe import Recipe, TeacherConfig
+from tracer_cli.teacher_spec import EMA_UPDATE_EVERY, WMA_BETA, TeacherSpec
 
 DEFAULT_THRESHOLD = 0.05
 TAIL_FRACTION = 0.1
@@ -41,67 +42,11 @@ CURVE_POINTS = 101
 SERIES_POINTS = 200
 PLOT_POINTS = 2000
 ANCHOR_FLOOR = 1e-12
-EMA_DEFAULT_EVERY = 500
 KL_BURN_IN = 0.1
 SERIES_KEYS = ("param_ratio", "kl_i2t", "kl_t2i", "agreement", "drift", "gap")
 
 
 # --------------------------------------------------------------------------- analytic part
-
-
-@dataclass(frozen=True)
-class TeacherSpec:
-    """The settings that shape a teacher's kernel; fields a kind does not use keep defaults."""
-
-    kind: str
-    update_every: int = 1
-    beta: float = 0.5
-    momentum_start: float = 0.05
-    momentum_end: float = 0.9
-    momentum_warmup: float = 0.2
-
-    @classmethod
-    def from_config(cls, cfg: TeacherConfig) -> TeacherSpec:
-        if cfg.kind == "none":
-            raise UsageError("teacher.kind = 'none': there is no teacher to check; use "
-                             "--set teacher.kind=wma (or ema, static)")
-        k = cfg.resolved_update_every()
-        if cfg.kind == "wma":
-            return cls("wma", k, beta=cfg.beta)
-        if cfg.kind == "ema":
-            return cls("ema", k, momentum_start=cfg.momentum_start,
-                       momentum_end=cfg.momentum_end, momentum_warmup=cfg.momentum_warmup)
-        return cls("static")
-
-    @property
-    def label(self) -> str:
-        if self.kind == "wma":
-            return f"wma β={self.beta:g}, k={self.update_every}"
-        if self.kind == "ema":
-            if self.momentum_start == self.momentum_end or self.momentum_warmup == 0:
-                return f"ema m={self.momentum_end:g}, k={self.update_every}"
-            return (f"ema m={self.momentum_start:g}→{self.momentum_end:g} over "
-                    f"{self.momentum_warmup:.0%}, k={self.update_every}")
-        return "static (θ₀)"
-
-    def params(self) -> dict[str, Any]:
-        """The settings that matter for this kind, as recipe keys."""
-        if self.kind == "wma":
-            return {"beta": self.beta, "update_every": self.update_every}
-        if self.kind == "ema":
-            return {"momentum_start": self.momentum_start, "momentum_end": self.momentum_end,
-                    "momentum_warmup": self.momentum_warmup, "update_every": self.update_every}
-        return {}
-
-    def curve(self, total_steps: int) -> kernels.KernelCurve:
-        if self.kind == "wma":
-            return kernels.wma_curve(total_steps, self.beta, self.update_every)
-        if self.kind == "ema":
-            def momenta(steps: np.ndarray) -> np.ndarray:
-                return kernels.linear_warmup_momenta(steps, total_steps, self.momentum_start,
-                                                     self.momentum_end, self.momentum_warmup)
-            return kernels.ema_curve(total_steps, momenta, self.update_every)
-        return kernels.static_curve(total_steps)
 
 
 def alternatives(spec: TeacherSpec, cfg: TeacherConfig, horizon: int) -> list[TeacherSpec]:
@@ -110,12 +55,12 @@ def alternatives(spec: TeacherSpec, cfg: TeacherConfig, horizon: int) -> list[Te
     EMA at its default interval (500, CaRot) when that differs and fits the horizon. The recipe's
     own teacher is left out."""
     k = spec.update_every if spec.kind != "static" else 1
-    ema_ks = [k] + ([EMA_DEFAULT_EVERY] if k != EMA_DEFAULT_EVERY <= horizon else [])
+    ema_ks = [k] + ([EMA_UPDATE_EVERY] if k != EMA_UPDATE_EVERY <= horizon else [])
     schedule = {"momentum_start": cfg.momentum_start, "momentum_end": cfg.momentum_end,
                 "momentum_warmup": cfg.momentum_warmup}
     candidates = [
         *(TeacherSpec("ema", every, **schedule) for every in ema_ks),
-        TeacherSpec("wma", k, beta=0.5),
+        TeacherSpec("wma", k, beta=WMA_BETA),
         TeacherSpec("wma", k, beta=1.0),
         TeacherSpec("static"),
     ]
@@ -372,6 +317,9 @@ def check(recipe: Recipe, threshold: float = DEFAULT_THRESHOLD,
     adds measured series to the verdict, ``notes`` extra remarks for the reader."""
     if not 0 < threshold < 1:
         raise UsageError(f"--threshold {threshold:g}: must be between 0 and 1 (exclusive)")
+    if recipe.teacher.kind == "none":
+        raise UsageError("teacher.kind = 'none': there is no teacher to check; use "
+                         "--set teacher.kind=wma (or ema, static)")
     spec = TeacherSpec.from_config(recipe.teacher)
     horizon = recipe.train.steps
     teacher = analyse_teacher(spec, horizon, threshold)

@@ -47,13 +47,15 @@ import numpy as np
 import torch
 
 from tracer_cli import recipe as recipe_mod
+from tracer_cli import rundir
 from tracer_cli.contracts import CLASSIFICATION_METRICS, TaskMetrics, task_metrics
+from tracer_cli.engine.build import pretrained_backbone
 from tracer_cli.errors import GateError, RecipeError, UsageError
 from tracer_cli.events import Reporter, current_reporter
 from tracer_cli.recipe import Recipe
 from tracer_cli.runs import (
     WHICH, RunDir, build_head, checkpoint_head, checkpoint_weights, interpolate, load_weights,
-    pretrained_backbone, read_checkpoint)
+    read_checkpoint)
 
 SOURCES = ("run", "checkpoint", "model", "recipe")
 # The classification task's metrics; every task declares its own (TaskMetrics), and gates, tables
@@ -292,17 +294,12 @@ def default_recipe() -> dict[str, Any]:
 def read_recipe(path: Path) -> dict[str, Any]:
     """A recipe file's tables; a run's ``recipe.lock.toml`` works too (its ``[lock]`` table of
     versions is dropped)."""
-    raw = recipe_mod.read_toml(path)
-    raw.pop("lock", None)
-    return raw
+    return rundir.strip_lock_table(recipe_mod.read_toml(path))
 
 
 def _run_source(req: EvalRequest, which: str) -> _Source:
-    checkpoint = req.checkpoint
-    if checkpoint is not None and not checkpoint.exists() and (req.run_dir / checkpoint).is_file():
-        checkpoint = req.run_dir / checkpoint  # "checkpoints/step_N.pt" relative to the run
-    run = RunDir(req.run_dir, checkpoint=checkpoint)
-    raw = {k: v for k, v in run.lock.items() if k != "lock"}
+    run = RunDir(req.run_dir, checkpoint=req.checkpoint)
+    raw = copy.deepcopy(run.tables)
 
     def load() -> Loaded:
         return Loaded(run.weights(which), run.checkpoint.get("step"),
@@ -459,7 +456,8 @@ def summarize(metrics: dict[str, dict[str, Any]], id_names: Sequence[str],
 def run_plan(plan: EvalPlan, reporter: Reporter | None = None) -> EvalReport:
     """Evaluate the plan's model (or each WiSE-FT mix) on every dataset of the plan."""
     from tracer_cli.engine.precision import resolve_device, resolve_precision
-    from tracer_cli.engine.run import build_task, eval_sets, task_evaluate
+    from tracer_cli.engine.build import build_task, eval_sets
+    from tracer_cli.engine.scoring import task_evaluate
 
     reporter = reporter or current_reporter()
     start = time.time()

@@ -43,12 +43,14 @@ import torch
 from torch import nn
 
 import tracer_cli
+from tracer_cli import rundir
 from tracer_cli.contracts import Backbone
 from tracer_cli.errors import MissingResourceError, RunError, UsageError
 from tracer_cli.events import Reporter, current_reporter
 from tracer_cli.io import atomic_dir, folder_blocker
 from tracer_cli.recipe import Recipe
 from tracer_cli.runs import WHICH, RunDir
+from tracer_cli.teacher_spec import TeacherSpec
 
 FORMATS = ("open_clip", "safetensors", "onnx", "torchscript")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -178,7 +180,7 @@ def export(req: ExportRequest, reporter: Reporter | None = None) -> ExportResult
     """Write the requested export folder; returns it with its model card."""
     reporter = reporter or current_reporter()
     req = check_request(req)
-    run = RunDir(req.run_dir, checkpoint=_checkpoint_path(req))
+    run = RunDir(req.run_dir, checkpoint=req.checkpoint)
     _check_backbone(req, run.recipe)
     run.weights(req.which)  # a missing or truncated checkpoint fails here, before any writing
     reporter.notice(f"loading the {req.which} of {run.path} ({run.checkpoint_path.name}"
@@ -211,7 +213,7 @@ def _write_head(folder: Path, run: RunDir, req: ExportRequest, dtype: torch.dtyp
     means: class names or the answer vocabulary). None for runs without a head."""
     from safetensors.torch import save_file
 
-    from tracer_cli.engine.run import build_task
+    from tracer_cli.engine.build import build_task
     from tracer_cli.runs import build_head, checkpoint_head, interpolate
 
     states = checkpoint_head(run.checkpoint)
@@ -239,13 +241,6 @@ def _usual_permissions(folder: Path) -> None:
     os.umask(mask)
     for path in [folder, *folder.rglob("*")]:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
-
-
-def _checkpoint_path(req: ExportRequest) -> Path | None:
-    ckpt = req.checkpoint
-    if ckpt is not None and not ckpt.exists() and (req.run_dir / ckpt).is_file():
-        return req.run_dir / ckpt  # "checkpoints/step_N.pt" relative to the run
-    return ckpt
 
 
 def _subject(recipe: Recipe, backbone: Backbone, module: nn.Module, dtype: torch.dtype,
@@ -546,20 +541,13 @@ def method_name(recipe: Recipe) -> str:
 
 
 def _teacher_words(recipe: Recipe) -> str:
-    t = recipe.teacher
-    if t.kind == "wma":
-        return f"WMA teacher β={t.beta:g}"
-    if t.kind == "ema":
-        return (f"EMA teacher m={t.momentum_start:g}→{t.momentum_end:g} every "
-                f"{t.resolved_update_every()} steps")
-    return "static teacher θ₀"
+    return TeacherSpec.from_config(recipe.teacher).words
 
 
 def build_card(req: ExportRequest, run: RunDir, subject: _Subject, folder: Path,
                details: dict[str, Any]) -> dict[str, Any]:
     """The ``model_card.json`` document (``MODEL_CARD.md`` renders it)."""
     recipe = run.recipe
-    lock = {k: v for k, v in run.lock.items() if k != "lock"}
     return {
         "tracer_export": CARD_SCHEMA,
         "format": req.format,
@@ -569,12 +557,12 @@ def build_card(req: ExportRequest, run: RunDir, subject: _Subject, folder: Path,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "run": {"path": str(run.path), "name": recipe.run.name,
                 "checkpoint": str(run.checkpoint_path), "step": run.checkpoint.get("step"),
-                "trained_with": run.lock.get("lock", {})},
+                "trained_with": run.trained_with},
         "method": method_name(recipe),
         "teacher": {**dataclasses.asdict(recipe.teacher),
                     "update_every": recipe.teacher.resolved_update_every()},
         "distill": dataclasses.asdict(recipe.distill),
-        "recipe": lock,
+        "recipe": run.tables,
         "model": _model_section(subject, req.format),
         "eval": run_eval(run, req),
         "details": details,
@@ -666,7 +654,7 @@ def _metrics_of(run: RunDir) -> dict[str, Any]:
     """How to read the run's numbers: its task's headline metric and the metrics it averages
     over the OOD sets (from the task's :class:`~tracer_cli.contracts.TaskMetrics`)."""
     from tracer_cli.contracts import task_metrics
-    from tracer_cli.engine.run import build_task
+    from tracer_cli.engine.build import build_task
 
     spec = task_metrics(build_task(run.recipe))
     shown = [spec.primary, *spec.averaged]
@@ -676,26 +664,19 @@ def _metrics_of(run: RunDir) -> dict[str, Any]:
             "percent": sorted(m for m in dict.fromkeys(shown) if m in spec.percent)}
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # a run still writing or a damaged file: the card just goes without it
-
-
 def _summary_eval(run_path: Path) -> dict[str, Any] | None:
-    summary = _read_json(run_path / "summary.json")
+    summary = rundir.read_summary(run_path)
     ev = summary.get("eval") if isinstance(summary, dict) else None
     if not isinstance(ev, dict) or not ev.get("models"):
         return None
-    return {"source": "summary.json", "id": ev.get("id", []), "ood": ev.get("ood", []),
+    return {"source": rundir.SUMMARY, "id": ev.get("id", []), "ood": ev.get("ood", []),
             "models": ev["models"]}
 
 
 def _eval_files(run: RunDir) -> dict[str, Any] | None:
     models = {}
-    for path in sorted((run.path / "eval").glob("*.json")):
-        data = _read_json(path)
+    for path in rundir.eval_files(run.path):
+        data = rundir.read_json(path)
         if isinstance(data, dict) and data:
             models[path.stem.removeprefix("final_")] = data
     if not models:

@@ -26,30 +26,17 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 from tracer_cli.errors import RecipeError, UsageError
 from tracer_cli.options import FLOAT32_MAX, fits_float32
+from tracer_cli.teacher_spec import (
+    DEFAULT_UPDATE_EVERY, EMA_MOMENTUM_END, EMA_MOMENTUM_START, EMA_MOMENTUM_WARMUP, KINDS,
+    WMA_BETA)
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
-TEACHERS = ("wma", "ema", "static", "none")
-# What a run trains (``train.method``); see METHOD_DEFAULTS and docs/methods.md.
+TEACHERS = KINDS
+# What a run trains (``train.method``); see METHOD_DEFAULTS and docs/method.md.
 METHODS = ("zeroshot", "lp", "ft", "lpft", "flyp", "carot", "tracer")
 # Methods that train a task head with its supervised loss (cross-entropy for classification)
 # instead of the contrastive image-text loss, and take no teacher.
 HEAD_METHODS = ("lp", "ft", "lpft")
-# Each method's values for the [teacher] and [distill] keys a recipe leaves unset. TRACER: the
-# paper's ViT-B/16 defaults; CaRot: EMA teacher (0.05 -> 0.9 over the first 20% of steps, every 500
-# steps), plain soft-label distillation λ_sd = 1.5 and orthogonality λ_orth = 0.2 (Oh et al. 2024);
-# every other method: no teacher and no regularizer. Explicit keys always win. update_every is
-# left to the teacher kind's own default (1 for wma, 500 for ema), so a tracer recipe that switches
-# to an EMA teacher gets the EMA interval.
-METHOD_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    "tracer": {"teacher": {"kind": "wma", "beta": 0.5},
-               "distill": {"lambda_sd": 0.9, "crd": 1.0, "fd": 2000.0, "icl": 1.0, "xkd": 1.0,
-                           "lambda_fn": 0.05, "lambda_orth": 0.0}},
-    "carot": {"teacher": {"kind": "ema", "momentum_start": 0.05, "momentum_end": 0.9,
-                          "momentum_warmup": 0.2},
-              "distill": {"lambda_sd": 1.5, "crd": 0.0, "fd": 0.0, "icl": 0.0, "xkd": 0.0,
-                          "lambda_fn": 0.0, "lambda_orth": 0.2}},
-    **{m: {"teacher": {"kind": "none"}} for m in ("zeroshot", "lp", "ft", "lpft", "flyp")},
-}
 NONFINITE_ACTIONS = ("stop", "skip")
 # numpy seeds its global generator from an unsigned 32-bit value.
 MAX_SEED = 2**32 - 1
@@ -207,26 +194,34 @@ class TrainConfig:
 @dataclass
 class TeacherConfig:
     kind: Literal["wma", "ema", "static", "none"] = "wma"
-    beta: float = 0.5
+    beta: float = WMA_BETA
     update_every: int = 0
-    momentum_start: float = 0.05
-    momentum_end: float = 0.9
-    momentum_warmup: float = 0.2
+    momentum_start: float = EMA_MOMENTUM_START
+    momentum_end: float = EMA_MOMENTUM_END
+    momentum_warmup: float = EMA_MOMENTUM_WARMUP
 
     def validate(self, path: str) -> None:
         _check(f"{path}.beta", self.beta > 0, f"got {self.beta}; must be > 0")
         _check(f"{path}.update_every", self.update_every >= 0,
-               "must be >= 0 (0: the kind's default, 1 for wma and 500 for ema)")
+               f"must be >= 0 (0: the kind's default, {DEFAULT_UPDATE_EVERY['wma']} for wma and "
+               f"{DEFAULT_UPDATE_EVERY['ema']} for ema)")
         for key in ("momentum_start", "momentum_end", "momentum_warmup"):
             value = getattr(self, key)
             _check(f"{path}.{key}", 0 <= value <= 1, f"got {value}; must be in [0, 1]")
 
     def resolved_update_every(self) -> int:
-        return self.update_every or (500 if self.kind == "ema" else 1)
+        return self.update_every or DEFAULT_UPDATE_EVERY[self.kind]
 
 
 @dataclass
-class DistillConfig:
+class DistillWeights:
+    """The ``[distill]`` table: weights of the distillation views and regularizers, read by the
+    engine as they are. ``crd``, ``fd``, ``icl`` and ``xkd`` weight the views inside L_SD (all
+    zero selects plain soft distillation); ``lambda_sd`` scales L_SD in the total loss;
+    ``temperature`` divides the teacher logits; ``lambda_fn`` and ``lambda_orth`` weight the
+    projection penalties. Unset keys are 0 here; ``train.method`` supplies its defaults
+    (:data:`METHOD_DEFAULTS`, e.g. :data:`TRACER_WEIGHTS`)."""
+
     lambda_sd: float = 0.0
     temperature: float = 1.0
     crd: float = 0.0
@@ -236,11 +231,53 @@ class DistillConfig:
     lambda_fn: float = 0.0
     lambda_orth: float = 0.0
 
+    def __post_init__(self) -> None:
+        self.validate("distill")
+
     def validate(self, path: str) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             _check(f"{path}.{f.name}", value >= 0, f"got {value}; must be >= 0")
         _check(f"{path}.temperature", self.temperature > 0, "must be > 0")
+
+    @property
+    def view_weights(self) -> dict[str, float]:
+        """The four view weights by name (``crd``, ``fd``, ``icl``, ``xkd``)."""
+        return {name: getattr(self, name) for name in VIEW_NAMES}
+
+    @property
+    def uses_views(self) -> bool:
+        """False when every view weight is zero, i.e. plain soft distillation is used."""
+        return any(v > 0 for v in self.view_weights.values())
+
+
+VIEW_NAMES = ("crd", "fd", "icl", "xkd")
+# The paper's CLIP ViT-B/16 ImageNet weights (TRACER) and CaRot's (plain soft-label distillation
+# λ_sd = 1.5, orthogonality λ_orth = 0.2; Oh et al. 2024).
+TRACER_WEIGHTS = DistillWeights(lambda_sd=0.9, crd=1.0, fd=2000.0, icl=1.0, xkd=1.0,
+                                lambda_fn=0.05)
+CAROT_WEIGHTS = DistillWeights(lambda_sd=1.5, lambda_orth=0.2)
+
+
+def _weights_table(weights: DistillWeights) -> dict[str, float]:
+    """A method's ``[distill]`` defaults: every weight (the temperature stays the recipe's)."""
+    return {k: v for k, v in dataclasses.asdict(weights).items() if k != "temperature"}
+
+
+# Each method's values for the [teacher] and [distill] keys a recipe leaves unset. TRACER: the
+# paper's ViT-B/16 defaults; CaRot: its EMA teacher (teacher_spec) and weights; every other method:
+# no teacher and no regularizer. Explicit keys always win. update_every is left to the teacher
+# kind's own default (teacher_spec.DEFAULT_UPDATE_EVERY), so a tracer recipe that switches to an
+# EMA teacher gets the EMA interval.
+METHOD_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "tracer": {"teacher": {"kind": "wma", "beta": WMA_BETA},
+               "distill": _weights_table(TRACER_WEIGHTS)},
+    "carot": {"teacher": {"kind": "ema", "momentum_start": EMA_MOMENTUM_START,
+                          "momentum_end": EMA_MOMENTUM_END,
+                          "momentum_warmup": EMA_MOMENTUM_WARMUP},
+              "distill": _weights_table(CAROT_WEIGHTS)},
+    **{m: {"teacher": {"kind": "none"}} for m in ("zeroshot", "lp", "ft", "lpft", "flyp")},
+}
 
 
 @dataclass
@@ -251,7 +288,7 @@ class Recipe:
     task: TaskConfig
     train: TrainConfig
     teacher: TeacherConfig
-    distill: DistillConfig
+    distill: DistillWeights
     # [loggers.<name>] option tables, validated by each logger plugin.
     loggers: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str = "<memory>"
@@ -409,7 +446,7 @@ def from_dict(raw: dict[str, Any], source: str = "<memory>") -> Recipe:
         task=task,
         train=_section(TrainConfig, raw.get("train", {}), "train"),
         teacher=_section(TeacherConfig, raw.get("teacher", {}), "teacher"),
-        distill=_section(DistillConfig, raw.get("distill", {}), "distill"),
+        distill=_section(DistillWeights, raw.get("distill", {}), "distill"),
         loggers=_loggers_section(raw.get("loggers", {}), run.loggers),
         source=source,
     )
@@ -594,15 +631,14 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     return from_dict(raw, source=str(path))
 
 
-def write_lock(recipe: Recipe, path: Path, extra: dict[str, Any]) -> None:
-    """Write the resolved recipe plus ``extra`` (versions, git hash) atomically as TOML."""
+def lock_text(recipe: Recipe, extra: dict[str, Any]) -> str:
+    """The resolved recipe plus ``extra`` (versions, git hash) in a ``[lock]`` table, as TOML:
+    what a run's ``recipe.lock.toml`` holds."""
     import tomli_w
-
-    from tracer_cli.io import atomic_write_text
 
     doc = recipe.to_dict()
     doc["lock"] = _toml_safe(extra)
-    atomic_write_text(path, tomli_w.dumps(_toml_safe(doc)))
+    return tomli_w.dumps(_toml_safe(doc))
 
 
 def _toml_safe(value: Any) -> Any:

@@ -1,7 +1,13 @@
-"""The run directory's checkpoints and its writer lock (no torch import: readers stay cheap).
+"""The run directory, the contract between commands: its layout, readers and writers, its
+checkpoints and its writer lock. Every command goes through this module; nothing else spells a
+file name of a run. No torch import: readers stay cheap.
 
 Layout owned here::
 
+    runs/<name>/recipe.lock.toml             resolved recipe + a [lock] table (versions, git hash)
+    runs/<name>/metrics.jsonl                one JSON object per log step, evaluation and event
+    runs/<name>/eval/<tag>.json              metrics of one evaluated model (zeroshot, final_student)
+    runs/<name>/summary.json                 the headline numbers, written last
     runs/<name>/.lock                        the writer lock (PID, host, start time of the holder)
     runs/<name>/last.pt                      the newest full checkpoint (a hard link to it)
     runs/<name>/last.pt.sha256               its SHA-256 (``sha256sum -c`` format)
@@ -26,6 +32,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +40,15 @@ from typing import Any, Iterator
 
 from tracer_cli.errors import UsageError
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+RECIPE_LOCK = "recipe.lock.toml"
+METRICS = "metrics.jsonl"
+EVAL = "eval"
+SUMMARY = "summary.json"
 LOCK = ".lock"
 LAST = "last.pt"
 CHECKPOINTS = "checkpoints"
@@ -44,6 +60,26 @@ _CHUNK = 1 << 20
 
 
 # --------------------------------------------------------------------------- paths
+
+def recipe_lock_path(run_dir: Path) -> Path:
+    return Path(run_dir) / RECIPE_LOCK
+
+
+def metrics_path(run_dir: Path) -> Path:
+    return Path(run_dir) / METRICS
+
+
+def eval_path(run_dir: Path, tag: str) -> Path:
+    return Path(run_dir) / EVAL / f"{tag}.json"
+
+
+def summary_path(run_dir: Path) -> Path:
+    return Path(run_dir) / SUMMARY
+
+
+def is_run_dir(path: Path) -> bool:
+    return recipe_lock_path(path).is_file()
+
 
 def last_path(run_dir: Path) -> Path:
     return Path(run_dir) / LAST
@@ -61,6 +97,12 @@ def sha_path(path: Path) -> Path:
     return path.with_name(path.name + SHA_SUFFIX)
 
 
+def resolve_checkpoint(run_dir: Path, given: Path) -> Path:
+    """A checkpoint path as the user gave it, or relative to the run (``checkpoints/step_N.pt``)."""
+    inside = Path(run_dir) / given
+    return inside if not given.exists() and inside.is_file() else given
+
+
 def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """The full step checkpoints of a run, newest first (weights-only milestones excluded)."""
     folder = Path(run_dir) / CHECKPOINTS
@@ -71,6 +113,104 @@ def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
             if match and path.is_file():
                 found.append((int(match.group(1)), path))
     return sorted(found, reverse=True)
+
+
+# --------------------------------------------------------------------------- reading and writing
+
+def read_recipe_lock(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the resolved recipe's tables, the ``[lock]`` table: versions, device, backbone)."""
+    path = recipe_lock_path(run_dir)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"'{run_dir}' is not a tracer run directory (no {RECIPE_LOCK})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"'{path}' is not valid TOML: {exc}") from None
+    lock = doc.pop("lock", {})
+    return doc, lock if isinstance(lock, dict) else {}
+
+
+def strip_lock_table(tables: dict[str, Any]) -> dict[str, Any]:
+    """A recipe's tables without a ``[lock]`` table (a run's lock file read as a recipe)."""
+    return {k: v for k, v in tables.items() if k != "lock"}
+
+
+def write_recipe_lock(run_dir: Path, text: str) -> Path:
+    from tracer_cli.io import atomic_write_text
+
+    path = recipe_lock_path(run_dir)
+    atomic_write_text(path, text)
+    return path
+
+
+def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    from tracer_cli.io import append_jsonl
+
+    append_jsonl(metrics_path(run_dir), record)
+
+
+def end_partial_metrics_line(run_dir: Path) -> None:
+    """A process killed mid-write may leave a line without its newline; appending to it would
+    corrupt the next record too."""
+    path = metrics_path(run_dir)
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb+") as fh:
+            fh.seek(-1, 2)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
+
+
+def read_metrics(run_dir: Path) -> Iterator[dict[str, Any]]:
+    """Records of ``metrics.jsonl`` (a line being written right now is skipped)."""
+    path = metrics_path(run_dir)
+    if not path.is_file():
+        return
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:
+            continue
+
+
+def write_eval(run_dir: Path, tag: str, metrics: dict[str, Any]) -> Path:
+    from tracer_cli.io import atomic_write_json
+
+    path = eval_path(run_dir, tag)
+    atomic_write_json(path, metrics)
+    return path
+
+
+def read_eval(run_dir: Path, tag: str) -> Any:
+    return read_json(eval_path(run_dir, tag))
+
+
+def eval_files(run_dir: Path, nested: bool = False) -> list[Path]:
+    """Every ``eval/*.json`` in name order; ``nested`` adds the documents ``tracer eval
+    --output-dir RUN/eval/<folder>`` writes (``eval/<folder>/eval.json``)."""
+    folder = Path(run_dir) / EVAL
+    found = [*folder.glob("*.json"), *(folder.glob("*/eval.json") if nested else [])]
+    return sorted(found)
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
+    from tracer_cli.io import atomic_write_json
+
+    path = summary_path(run_dir)
+    atomic_write_json(path, summary)
+    return path
+
+
+def read_summary(run_dir: Path) -> Any:
+    """The run's ``summary.json``, or None while it is being written or when it is absent."""
+    return read_json(summary_path(run_dir))
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file of a run, or None when it is absent, being written or damaged."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 # --------------------------------------------------------------------------- checksums
@@ -173,6 +313,16 @@ def prune(run_dir: Path, keep: int) -> list[Path]:
         sha_path(path).unlink(missing_ok=True)
         removed.append(path)
     return removed
+
+
+def remove_checkpoints(run_dir: Path, keep_last: bool = False) -> None:
+    """Delete a run's checkpoints and their checksums (every other file stays); ``keep_last``
+    keeps ``last.pt``."""
+    folder = Path(run_dir) / CHECKPOINTS
+    paths = sorted(folder.glob("*.pt")) if folder.is_dir() else []
+    for path in paths + ([] if keep_last else [last_path(run_dir)]):
+        path.unlink(missing_ok=True)
+        sha_path(path).unlink(missing_ok=True)
 
 
 def resume_candidates(run_dir: Path) -> Iterator[Path]:

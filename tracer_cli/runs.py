@@ -7,8 +7,6 @@ and every command gives the same clear error for a missing or truncated checkpoi
 from __future__ import annotations
 
 import copy
-import json
-import sys
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,14 +15,11 @@ import torch
 from torch import nn
 
 from tracer_cli import recipe as recipe_mod
+from tracer_cli import rundir
 from tracer_cli.contracts import Backbone
 from tracer_cli.engine import checkpoint
+from tracer_cli.engine.build import pretrained_backbone
 from tracer_cli.errors import UsageError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 WHICH = ("student", "teacher")
 
@@ -54,39 +49,48 @@ def interpolate(theta0: dict[str, torch.Tensor], theta1: dict[str, torch.Tensor]
 
 
 class RunDir:
-    """A run directory written by ``tracer finetune``."""
+    """A run directory written by ``tracer finetune``, read through :mod:`tracer_cli.rundir`."""
 
     def __init__(self, path: str | Path, checkpoint: str | Path | None = None):
         self.path = Path(path)
         if not self.path.is_dir():
             raise UsageError(f"run directory '{self.path}' does not exist")
-        self.lock_path = self.path / "recipe.lock.toml"
+        self.lock_path = rundir.recipe_lock_path(self.path)
         if not self.lock_path.is_file():
-            raise UsageError(f"'{self.path}' is not a tracer run directory (no recipe.lock.toml)")
-        # Another checkpoint of the run (checkpoints/step_N.pt) instead of last.pt.
-        self._checkpoint_path = Path(checkpoint) if checkpoint is not None else None
+            raise UsageError(f"'{self.path}' is not a tracer run directory (no "
+                             f"{rundir.RECIPE_LOCK})")
+        # Another checkpoint of the run instead of last.pt (checkpoints/step_N.pt: relative to
+        # the run works).
+        self._checkpoint_path = (None if checkpoint is None else
+                                 rundir.resolve_checkpoint(self.path, Path(checkpoint)))
 
     @cached_property
-    def lock(self) -> dict[str, Any]:
-        try:
-            return tomllib.loads(self.lock_path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise UsageError(f"'{self.lock_path}' is not valid TOML: {exc}") from None
+    def _lock_file(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return rundir.read_recipe_lock(self.path)
+
+    @property
+    def tables(self) -> dict[str, Any]:
+        """The resolved recipe's tables (the lock file without its ``[lock]`` table)."""
+        return self._lock_file[0]
+
+    @property
+    def trained_with(self) -> dict[str, Any]:
+        """The lock file's ``[lock]`` table: versions, git hash, device, precision, backbone."""
+        return self._lock_file[1]
 
     @cached_property
     def recipe(self) -> recipe_mod.Recipe:
-        raw = {k: v for k, v in self.lock.items() if k != "lock"}
-        return recipe_mod.from_dict(raw, source=str(self.lock_path))
+        return recipe_mod.from_dict(copy.deepcopy(self.tables), source=str(self.lock_path))
 
     @property
     def checkpoint_path(self) -> Path:
-        return self._checkpoint_path or self.path / "last.pt"
+        return self._checkpoint_path or rundir.last_path(self.path)
 
     @cached_property
     def checkpoint(self) -> dict[str, Any]:
         if self._checkpoint_path is None and not self.checkpoint_path.is_file():
-            raise UsageError(f"run directory '{self.path}' has no checkpoint (last.pt); the run "
-                             "may not have reached its first checkpoint")
+            raise UsageError(f"run directory '{self.path}' has no checkpoint ({rundir.LAST}); the "
+                             "run may not have reached its first checkpoint")
         return read_checkpoint(self.checkpoint_path)
 
     def weights(self, which: str = "student") -> dict[str, torch.Tensor]:
@@ -109,14 +113,7 @@ class RunDir:
 
     def metrics(self) -> Iterator[dict[str, Any]]:
         """Records of ``metrics.jsonl`` (a line being written right now is skipped)."""
-        path = self.path / "metrics.jsonl"
-        if not path.is_file():
-            return
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue
+        return rundir.read_metrics(self.path)
 
 
 def checkpoint_head(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor],
@@ -160,15 +157,6 @@ def checkpoint_weights(state: dict[str, Any], which: str, owner: str) -> dict[st
         raise UsageError(f"{owner} has no teacher weights (teacher.kind = '{kind}'); use "
                          "--which student")
     return teacher["module"]
-
-
-def pretrained_backbone(recipe: recipe_mod.Recipe) -> Backbone:
-    """The backbone exactly as ``finetune`` built it: seeded first, so that even randomly
-    initialised weights (``pretrained = "none"``) come out as the run's θ₀."""
-    from tracer_cli.engine.run import build_backbone, seed_everything
-
-    seed_everything(recipe.run.seed)
-    return build_backbone(recipe)
 
 
 def load_weights(module: nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:

@@ -23,9 +23,11 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
 
 from tracer_cli import hookimpl
+from tracer_cli.contracts import WeightsBuild
 from tracer_cli.engine.checkpoint import quiet_pickle_warnings, unreadable_reason
 from tracer_cli.errors import MissingResourceError, RecipeError
 from tracer_cli.options import Options
+from tracer_plugins.backbones import embedded
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 TINY_ARCHS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
@@ -115,12 +117,11 @@ def _create(arch: str, pretrained: str, cache_dir: str | None, image_size: int |
         with _quiet_root_logger():  # open_clip warns "initialized randomly": that is the request
             return open_clip.create_model(arch, pretrained=None, **kwargs)
     if pretrained == "embedded":
-        from tracer_plugins.backbones.embedded import embedded_weights
-
-        if arch not in TINY_ARCHS:
-            raise RecipeError("model.pretrained", f"'embedded' weights exist only for the tiny "
-                              f"archs ({', '.join(TINY_ARCHS)}), not '{arch}'")
-        weights = embedded_weights(arch, embedded_seed)
+        weights = embedded.embedded_path(arch, embedded_seed)
+        if not weights.is_file():  # the engine builds it first (weights_build); called directly:
+            raise MissingResourceError(
+                f"the embedded tiny CLIP '{arch}' is not built yet ({weights}); build it with "
+                f"`tracer finetune recipes/{embedded.PRETRAIN_RECIPE}` or any recipe that uses it")
         return open_clip.create_model(arch, pretrained=str(weights), **kwargs)
     if os.path.isfile(pretrained):
         return _read_weights(lambda: open_clip.create_model(arch, pretrained=pretrained, **kwargs),
@@ -250,21 +251,41 @@ def visual_text_projections(module: nn.Module) -> tuple[torch.Tensor, torch.Tens
     return None
 
 
-def make_backbone(options: dict[str, Any]) -> OpenClipBackbone:
+def _options(options: dict[str, Any]) -> dict[str, Any]:
+    """The ``[model]`` keys, checked (unknown keys, types, ranges)."""
     opts = Options(options, path="model")
-    arch = opts.str("arch")
-    pretrained = opts.str("pretrained", default="none")
-    cache_dir = opts.str("cache_dir", default=None)
-    image_size = opts.int("image_size", default=None, minimum=8)
-    # Which pretraining run of the embedded tiny CLIP (its run.seed): robustness results should
-    # hold across pretraining seeds, not just finetuning seeds.
-    embedded_seed = opts.int("embedded_seed", default=0, minimum=0)
-    if embedded_seed and pretrained != "embedded":
+    out = {"arch": opts.str("arch"), "pretrained": opts.str("pretrained", default="none"),
+           "cache_dir": opts.str("cache_dir", default=None),
+           "image_size": opts.int("image_size", default=None, minimum=8),
+           # Which pretraining run of the embedded tiny CLIP (its run.seed): robustness results
+           # should hold across pretraining seeds, not just finetuning seeds.
+           "embedded_seed": opts.int("embedded_seed", default=0, minimum=0)}
+    if out["embedded_seed"] and out["pretrained"] != "embedded":
         raise RecipeError("model.embedded_seed", f"only applies to pretrained = \"embedded\" "
-                          f"(got pretrained = {pretrained!r})")
+                          f"(got pretrained = {out['pretrained']!r})")
+    if out["pretrained"] == "embedded" and out["arch"] not in TINY_ARCHS:
+        raise RecipeError("model.pretrained", f"'embedded' weights exist only for the tiny "
+                          f"archs ({', '.join(TINY_ARCHS)}), not '{out['arch']}'")
     opts.done()
-    return OpenClipBackbone(arch, pretrained, cache_dir=cache_dir, image_size=image_size,
-                            embedded_seed=embedded_seed)
+    return out
+
+
+class OpenClipFactory:
+    """The ``openclip`` factory, with the ``weights_build`` capability: the embedded tiny CLIP's
+    weights are pretrained by the engine before the backbone is built (see
+    :class:`tracer_cli.contracts.WeightsBuild`)."""
+
+    def __call__(self, options: dict[str, Any]) -> OpenClipBackbone:
+        return OpenClipBackbone(**_options(options))
+
+    def weights_build(self, options: dict[str, Any]) -> WeightsBuild | None:
+        opts = _options(options)
+        if opts["pretrained"] != "embedded":
+            return None
+        return embedded.weights_build(opts["arch"], opts["embedded_seed"])
+
+
+make_backbone = OpenClipFactory()
 
 
 @hookimpl

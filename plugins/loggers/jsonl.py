@@ -12,23 +12,20 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from tracer_cli import hookimpl
-from tracer_cli.io import append_jsonl
+from tracer_cli import hookimpl, rundir
 from tracer_cli.options import Options
-
-FILE_NAME = "metrics.jsonl"
 
 
 class JsonlLogger:
     """Appends records to ``<run dir>/metrics.jsonl``; a resumed run appends to the same file."""
 
     def __init__(self) -> None:
-        self.path: Path | None = None
+        self.run_dir: Path | None = None
 
     def start(self, run_dir: Path, recipe: dict[str, Any], resume_step: int | None) -> None:
-        self.path = Path(run_dir) / FILE_NAME
+        self.run_dir = Path(run_dir)
         if resume_step is not None:
-            _end_partial_line(self.path)
+            rundir.end_partial_metrics_line(self.run_dir)
 
     def log_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         self.log_event({"event": "train", "step": step, **scalars})
@@ -39,22 +36,12 @@ class JsonlLogger:
                         **{f"{name}/{primary}": m.get(primary) for name, m in metrics.items()}})
 
     def log_event(self, record: dict[str, Any]) -> None:
-        if self.path is None:
+        if self.run_dir is None:
             raise RuntimeError("the jsonl logger was not started")
-        append_jsonl(self.path, {"time": round(time.time(), 3), **record})
+        rundir.append_metrics(self.run_dir, {"time": round(time.time(), 3), **record})
 
     def finish(self, outcome: str) -> None:
         """Nothing to close: every record is written and closed as it comes."""
-
-
-def _end_partial_line(path: Path) -> None:
-    """A process killed mid-write may leave a line without its newline; appending to it would
-    corrupt the next record too."""
-    if path.is_file() and path.stat().st_size:
-        with open(path, "rb+") as fh:
-            fh.seek(-1, 2)
-            if fh.read(1) != b"\n":
-                fh.write(b"\n")
 
 
 def make_jsonl(options: dict[str, Any]) -> JsonlLogger:

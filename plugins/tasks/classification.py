@@ -39,6 +39,7 @@ from torch import nn
 
 from tracer_cli import hookimpl
 from tracer_cli.contracts import CLASSIFICATION_METRICS, Backbone, DatasetBundle
+from tracer_cli.engine.modes import eval_mode
 from tracer_cli.errors import RecipeError, UsageError
 from tracer_cli.metric_spec import CLASSIFICATION_HEADLINES, classification_spec
 from tracer_cli.metrics import classification_metrics
@@ -288,10 +289,8 @@ class ClassificationTask:
             return zero_shot_head(backbone, module, names, templates, device, autocast)
 
         heads = _HeadCache(encode, list(keys.values()))
-        was_training = module.training
-        module.eval()
         out = {}
-        try:
+        with eval_mode(module):
             scale = backbone.logit_scale(module).float()
             for name, (bundle, loader) in datasets.items():
                 weights = heads.get(keys[name], bundle.class_subset)
@@ -301,17 +300,13 @@ class ClassificationTask:
 
                 out[name] = self._score(backbone, module, classify, len(weights), loader,
                                         device, autocast, name)
-        finally:
-            module.train(was_training)
         return out
 
     def _evaluate_head(self, backbone: Backbone, module: nn.Module,
                        datasets: Mapping[str, tuple[DatasetBundle, Any]], device: torch.device,
                        autocast: Any, head: LinearHead) -> dict[str, dict[str, Any]]:
-        was_training = module.training
-        module.eval()
         out = {}
-        try:
+        with eval_mode(module):
             for name, (bundle, loader) in datasets.items():
                 columns = _head_columns(head.classes, bundle, name)
 
@@ -322,8 +317,6 @@ class ClassificationTask:
                 classes = head.classes if columns is None else len(columns)
                 out[name] = self._score(backbone, module, classify, classes, loader, device,
                                         autocast, name)
-        finally:
-            module.train(was_training)
         return out
 
     @classmethod

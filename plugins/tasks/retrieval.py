@@ -30,6 +30,7 @@ from torch import nn
 
 from tracer_cli import hookimpl
 from tracer_cli.contracts import Backbone, DatasetBundle, TaskMetrics
+from tracer_cli.engine.modes import eval_mode
 from tracer_cli.errors import UsageError
 from tracer_cli.metrics import RETRIEVAL_KS, retrieval_metrics
 from tracer_cli.options import Options
@@ -95,16 +96,12 @@ class RetrievalTask:
                  datasets: Mapping[str, tuple[DatasetBundle, Any]], device: torch.device,
                  autocast: Any) -> dict[str, dict[str, Any]]:
         """Recall@k metrics per dataset (no logits or labels: nothing to calibrate)."""
-        was_training = module.training
-        module.eval()
         out = {}
-        try:
+        with eval_mode(module):
             for name, (_, loader) in datasets.items():
                 images, texts, owner = self._features(backbone, module, loader, device, autocast,
                                                       name)
                 out[name] = {"metrics": retrieval_metrics(images, texts, owner)}
-        finally:
-            module.train(was_training)
         return out
 
     @staticmethod

@@ -49,6 +49,7 @@ from torch import nn
 
 from tracer_cli import hookimpl
 from tracer_cli.contracts import Backbone, DatasetBundle, TaskMetrics
+from tracer_cli.engine.modes import eval_mode
 from tracer_cli.errors import RecipeError, RunError, UsageError
 from tracer_cli.metrics import ece, softmax, vqa_metrics
 from tracer_cli.options import Options
@@ -235,10 +236,8 @@ class VqaTask:
                  autocast: Any, head: VqaHead | None = None) -> dict[str, dict[str, Any]]:
         """Metrics, logits and labels (index of the canonical answer among the scored answers,
         -1 when absent) per dataset: through ``head``, or zero-shot without one."""
-        was_training = module.training
-        module.eval()
         out = {}
-        try:
+        with eval_mode(module):
             for name, (bundle, loader) in datasets.items():
                 if head is not None:
                     vocab, score = head.vocab, self._head_scorer(backbone, module, head, device,
@@ -249,8 +248,6 @@ class VqaTask:
                     score = self._zeroshot_scorer(backbone, module, vocab, device, autocast)
                 out[name] = self._run(backbone, module, loader, vocab, score, device, autocast,
                                       name)
-        finally:
-            module.train(was_training)
         return out
 
     def _run(self, backbone: Backbone, module: nn.Module, loader: Any, vocab: Sequence[str],

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tracer_cli import recipe as recipe_mod
+from tracer_cli import rundir
 from tracer_cli.cli import app
 from tracer_cli.io import append_jsonl
 
@@ -80,7 +81,7 @@ def _fake_run(tmp_path, teacher: str, ratios: list[float]):
     run_dir = tmp_path / "run"
     rec = recipe_mod.from_dict({"data": {"train": "synth-photo-narrow"},
                                 "train": {"steps": 100}, "teacher": {"kind": teacher}})
-    recipe_mod.write_lock(rec, run_dir / "recipe.lock.toml", {"torch": "x"})
+    rundir.write_recipe_lock(run_dir, recipe_mod.lock_text(rec, {"torch": "x"}))
     for i, ratio in enumerate(ratios):
         step = 10 * (i + 1)
         append_jsonl(run_dir / "metrics.jsonl", {

@@ -23,9 +23,11 @@ from typer.testing import CliRunner
 
 from tracer_cli import export as export_mod
 from tracer_cli import recipe as recipe_mod
+from tracer_cli import rundir
 from tracer_cli.cli import app
 from tracer_cli.errors import RunError
-from tracer_cli.runs import RunDir, pretrained_backbone
+from tracer_cli.engine.build import pretrained_backbone
+from tracer_cli.runs import RunDir
 from tracer_plugins.backbones.openclip import register_tiny_configs
 
 TEXTS = ["a photo of a circle.", "a sketch of a red triangle on grass.", "a star."]
@@ -332,7 +334,7 @@ def test_rn50_at_64px_loads_by_name_with_forced_image_size(runner, tmp_path, tin
                                            "distill.lambda_fn=0"])
     run = tmp_path / "rn50"
     run.mkdir()
-    recipe_mod.write_lock(recipe, run / "recipe.lock.toml", {"tracer": "test"})
+    rundir.write_recipe_lock(run, recipe_mod.lock_text(recipe, {"tracer": "test"}))
     backbone = pretrained_backbone(recipe)
     torch.save({"state_dict": backbone.model.state_dict(), "step": 0,
                 "teacher": {"kind": "none", "module": None}}, run / "last.pt")

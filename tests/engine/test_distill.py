@@ -12,7 +12,8 @@ import torch
 import torch.distributed as dist
 
 from tracer_cli.engine import distill
-from tracer_cli.engine.distill import DistillWeights
+from tracer_cli.errors import RecipeError
+from tracer_cli.recipe import TRACER_WEIGHTS, DistillWeights
 from tracer_cli.engine.losses import clip_loss, contrastive_loss, gather_features
 
 # Golden numbers and explicit formulas in float64, within stated tolerances; CI reruns these
@@ -172,14 +173,15 @@ def test_temperature_divides_teacher_logits(rand):
     assert parts["crd"].item() == pytest.approx(distill.crd(S, T).item(), abs=1e-12)
     assert parts["xkd"].item() == pytest.approx(distill.xkd(T, fi, ft, gi, gt, s).item(), abs=1e-12)
     untempered, _ = distill.distillation_loss(fi, ft, gi, gt, s, s_t,
-                                              DistillWeights(lambda_sd=1.0, fd=0, icl=0))
+                                              DistillWeights(lambda_sd=1.0, crd=1.0, fd=0, icl=0,
+                                                             xkd=1.0))
     assert loss.item() != pytest.approx(untempered.item())
 
 
 def test_gradient_reaches_student_not_teacher(rand):
     fi, ft, gi, gt, s, s_t = (t.clone().requires_grad_(True) if torch.is_tensor(t) else t
                               for t in rand)
-    loss, _ = distill.distillation_loss(fi, ft, gi, gt, s, s_t, DistillWeights())
+    loss, _ = distill.distillation_loss(fi, ft, gi, gt, s, s_t, TRACER_WEIGHTS)
     loss.backward()
     assert fi.grad is not None and ft.grad is not None
     assert gi.grad is None and gt.grad is None
@@ -187,19 +189,19 @@ def test_gradient_reaches_student_not_teacher(rand):
 
 def test_views_compute_in_float32_under_autocast(rand):
     fi, ft, gi, gt, s, s_t = (t.float() if torch.is_tensor(t) else t for t in rand)
-    exact, _ = distill.distillation_loss(fi, ft, gi, gt, s, s_t, DistillWeights())
+    exact, _ = distill.distillation_loss(fi, ft, gi, gt, s, s_t, TRACER_WEIGHTS)
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
         auto, _ = distill.distillation_loss(fi.bfloat16(), ft.bfloat16(), gi.bfloat16(),
-                                            gt.bfloat16(), s, s_t, DistillWeights())
+                                            gt.bfloat16(), s, s_t, TRACER_WEIGHTS)
         crd = distill.crd(fi @ ft.t() * s, gi @ gt.t() * s_t)
     assert auto.dtype == torch.float32 and crd.dtype == torch.float32
     assert auto.item() == pytest.approx(exact.item(), rel=0.05)
 
 
 def test_weights_are_validated():
-    with pytest.raises(ValueError):
+    with pytest.raises(RecipeError, match="distill.crd"):
         DistillWeights(crd=-1.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(RecipeError, match="distill.temperature"):
         DistillWeights(temperature=0.0)
 
 

@@ -1,4 +1,7 @@
-"""The embedded tiny CLIP: built on first use through the normal engine, cached, then reused."""
+"""The embedded tiny CLIP: built on first use through the normal engine, cached, then reused.
+
+The engine builds it (the ``openclip`` factory's ``weights_build`` capability) before it calls
+the factory; the plugin never calls the engine."""
 
 from __future__ import annotations
 
@@ -6,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from tracer_cli.engine.build import backbone_from_options
+from tracer_cli.errors import MissingResourceError
 from tracer_cli.events import Reporter, use_reporter
 from tracer_plugins.backbones import embedded
 from tracer_plugins.backbones.openclip import make_backbone
@@ -48,7 +53,8 @@ def test_built_on_first_use_then_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(embedded, "pretrain_recipe_text", lambda: TINY_PRETRAIN)
     notices = _Notices()
     with use_reporter(notices):
-        backbone = make_backbone({"arch": "tracer-tiny-rn", "pretrained": "embedded"})
+        backbone = backbone_from_options("openclip", {"arch": "tracer-tiny-rn",
+                                                      "pretrained": "embedded"})
     path = embedded.embedded_path("tracer-tiny-rn")
     assert path.is_file() and path.parent == tmp_path / "cache" / "embedded"
     assert path.with_suffix(".lock.toml").is_file()
@@ -58,8 +64,17 @@ def test_built_on_first_use_then_reused(tmp_path, monkeypatch):
 
     again = _Notices()
     with use_reporter(again):
-        make_backbone({"arch": "tracer-tiny-rn", "pretrained": "embedded"})
+        backbone_from_options("openclip", {"arch": "tracer-tiny-rn", "pretrained": "embedded"})
     assert again.lines == []  # cached: no second build
+
+
+def test_the_factory_alone_never_trains_and_says_how_to_build(tmp_path, monkeypatch):
+    monkeypatch.setenv(embedded.CACHE_ENV, str(tmp_path / "cache"))
+    import pytest
+
+    with pytest.raises(MissingResourceError, match="tiny_pretrain.toml"):
+        make_backbone({"arch": "tracer-tiny-rn", "pretrained": "embedded"})
+    assert not (tmp_path / "cache").exists()
 
 
 def test_recipe_change_means_new_cache_file(monkeypatch, tmp_path):
@@ -80,9 +95,10 @@ def test_embedded_seed_builds_its_own_pretraining(tmp_path, monkeypatch):
     monkeypatch.setenv(embedded.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(embedded, "pretrain_recipe_text", lambda: TINY_PRETRAIN)
     with use_reporter(_Notices()):
-        zero = make_backbone({"arch": "tracer-tiny-rn", "pretrained": "embedded"})
-        one = make_backbone({"arch": "tracer-tiny-rn", "pretrained": "embedded",
-                             "embedded_seed": 1})
+        zero = backbone_from_options("openclip", {"arch": "tracer-tiny-rn",
+                                                  "pretrained": "embedded"})
+        one = backbone_from_options("openclip", {"arch": "tracer-tiny-rn",
+                                                 "pretrained": "embedded", "embedded_seed": 1})
     assert embedded.embedded_path("tracer-tiny-rn", 0) == embedded.embedded_path("tracer-tiny-rn")
     assert embedded.embedded_path("tracer-tiny-rn", 1).name.endswith("-seed1.pt")
     assert embedded.embedded_path("tracer-tiny-rn", 1).is_file()

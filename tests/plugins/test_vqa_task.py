@@ -218,7 +218,7 @@ def tracer_run(tmp_path_factory):
 
 
 def test_tracer_run_trains_head_and_backbone_with_its_teacher(tracer_run):
-    from tracer_cli.runs import pretrained_backbone
+    from tracer_cli.engine.build import pretrained_backbone
     from tracer_plugins.datasets.synth import synth_vqa
 
     run_dir, summary = tracer_run
@@ -271,7 +271,7 @@ def test_eval_and_export_read_the_run_through_its_head(tracer_run, runner, tmp_p
 
 
 def test_lp_baseline_trains_the_head_alone(tmp_path_factory, runner):
-    from tracer_cli.runs import pretrained_backbone
+    from tracer_cli.engine.build import pretrained_backbone
 
     run_dir, summary = _finetune(tmp_path_factory, "vqa-lp", *BASELINE)
     assert set(summary["eval"]["models"]) == {"zeroshot", "student"}

@@ -13,19 +13,14 @@ from __future__ import annotations
 import difflib
 import glob
 import json
-import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
+from tracer_cli import rundir
 from tracer_cli.analysis.tables import analyse, model_numbers
 from tracer_cli.errors import UsageError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 # Keys that tell runs of one recipe apart without changing what is compared: the seed is what
 # groups average over, the name and folder only say where a run lives.
@@ -40,14 +35,14 @@ class RunData:
 
     path: Path
     name: str
-    lock: dict[str, Any]
+    tables: dict[str, Any]
     summary: dict[str, Any]
     wise: list[dict[str, Any]] = field(default_factory=list)
 
     @cached_property
     def recipe(self) -> dict[str, Any]:
         """The resolved recipe as dotted keys (``train.method``), without the lock table."""
-        return flatten({k: v for k, v in self.lock.items() if k != "lock"})
+        return flatten(self.tables)
 
     @property
     def seed(self) -> int:
@@ -78,11 +73,11 @@ def expand(patterns: Sequence[str]) -> list[Path]:
     out: list[Path] = []
     for pattern in patterns:
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        runs = [Path(m) for m in matches if (Path(m) / "recipe.lock.toml").is_file()]
+        runs = [Path(m) for m in matches if rundir.is_run_dir(Path(m))]
         if not runs:
             what = ("matches no run directory" if glob.has_magic(pattern) else
                     "does not exist" if not Path(pattern).exists() else
-                    "is not a tracer run directory (no recipe.lock.toml)")
+                    f"is not a tracer run directory (no {rundir.RECIPE_LOCK})")
             raise UsageError(f"'{pattern}' {what}")
         out += [r for r in runs if r not in out]
     return out
@@ -97,18 +92,15 @@ def _read_json(path: Path) -> Any:
 
 def read_run(path: Path, notes: list[str]) -> RunData:
     """A finished run: its lock file, its summary with evaluations, its WiSE-FT entries."""
-    try:
-        lock = tomllib.loads((path / "recipe.lock.toml").read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"'{path / 'recipe.lock.toml'}' is not valid TOML: {exc}") from None
-    summary_path = path / "summary.json"
+    tables, _ = rundir.read_recipe_lock(path)
+    summary_path = rundir.summary_path(path)
     if not summary_path.is_file():
         raise UsageError(f"run '{path}' has no summary.json (it has not finished)")
     summary = _read_json(summary_path)
     if not isinstance(summary, dict) or not summary.get("eval"):
         raise UsageError(f"run '{path}' has no evaluation in summary.json (run.eval = false); "
                          f"evaluate it or leave it out")
-    run = RunData(path, str(path), lock, summary)
+    run = RunData(path, str(path), tables, summary)
     run.wise = _wise_entries(run, notes)
     return run
 
@@ -117,8 +109,7 @@ def _wise_entries(run: RunData, notes: list[str]) -> list[dict[str, Any]]:
     """WiSE-FT entries of the student from ``eval/*.json`` and ``eval/*/eval.json``; an α given
     by two documents is taken from the first (in file-name order)."""
     entries: dict[float, dict[str, Any]] = {}
-    files = sorted([*run.path.glob("eval/*.json"), *run.path.glob("eval/*/eval.json")])
-    for path in files:
+    for path in rundir.eval_files(run.path, nested=True):
         doc = _read_json(path)
         if not isinstance(doc, dict) or not doc.get("wise"):
             continue
@@ -210,7 +201,7 @@ def task_keys(runs: Sequence[RunData]) -> tuple[str, list[str]]:
 
     # The task alone, from the lock's [task] table (its keys besides the name are the task's
     # options): comparing runs must not depend on the rest of a recipe still validating.
-    table = dict(runs[0].lock.get("task") or {})
+    table = dict(runs[0].tables.get("task") or {})
     name = str(table.pop("name", "classification"))
     spec = task_metrics(get_host().tasks.get(name).factory(table))
     first = [f"id_{spec.primary}", f"avg_ood_{spec.primary}"]

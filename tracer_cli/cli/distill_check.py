@@ -7,6 +7,7 @@ the alternatives, optionally the measured series of the first N steps (``--steps
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Annotated, Optional
@@ -82,7 +83,7 @@ def _load_recipe(path: Path | None, run: Path | None, sets: list[str]) -> recipe
     from tracer_cli.runs import RunDir
 
     run_dir = RunDir(run)
-    raw = {k: v for k, v in run_dir.lock.items() if k != "lock"}
+    raw = copy.deepcopy(run_dir.tables)
     return recipe_mod.from_dict(recipe_mod.apply_overrides(raw, sets), str(run_dir.lock_path))
 
 

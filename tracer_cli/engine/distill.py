@@ -11,51 +11,11 @@ Student logits are ``S = s · fi ftᵀ``; teacher logits are ``T = s_t · gi gt�
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn.functional as F
 
 from tracer_cli.engine.losses import diagonal_targets, full_precision, pairwise_logits
-
-VIEW_NAMES = ("crd", "fd", "icl", "xkd")
-
-
-@dataclass(frozen=True)
-class DistillWeights:
-    """Weights of the TRACER objective; defaults are the paper's CLIP ViT-B/16 ImageNet setting.
-
-    ``crd``, ``fd``, ``icl`` and ``xkd`` weight the views inside L_SD (all zero selects plain soft
-    distillation); ``lambda_sd`` scales L_SD in the total loss; ``temperature`` divides the teacher
-    logits; ``lambda_fn`` and ``lambda_orth`` weight the projection penalties.
-    """
-
-    lambda_sd: float = 0.9
-    crd: float = 1.0
-    fd: float = 2000.0
-    icl: float = 1.0
-    xkd: float = 1.0
-    temperature: float = 1.0
-    lambda_fn: float = 0.05
-    lambda_orth: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if value < 0:
-                raise ValueError(f"distillation weight '{name}' must be >= 0, got {value}")
-        if self.temperature <= 0:
-            raise ValueError(f"distillation temperature must be > 0, got {self.temperature}")
-
-    @property
-    def view_weights(self) -> dict[str, float]:
-        """The four view weights by name (``crd``, ``fd``, ``icl``, ``xkd``)."""
-        return {name: getattr(self, name) for name in VIEW_NAMES}
-
-    @property
-    def uses_views(self) -> bool:
-        """False when every view weight is zero, i.e. plain soft distillation is used."""
-        return any(v > 0 for v in self.view_weights.values())
-
+from tracer_cli.recipe import DistillWeights
 
 def student_logits(fi: torch.Tensor, ft: torch.Tensor, s) -> torch.Tensor:
     """``S = s · fi ftᵀ`` (image→text rows; its transpose is text→image)."""

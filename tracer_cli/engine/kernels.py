@@ -20,6 +20,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from tracer_cli.teacher_spec import EMA_UPDATE_EVERY, WMA_BETA
+
 Weights = list[tuple[int, float]]
 
 
@@ -54,7 +56,7 @@ def _update_steps(total_steps: int, update_every: int, upto: int | None) -> rang
 
 
 def wma_weights(
-    total_steps: int, beta: float = 0.5, update_every: int = 1, upto: int | None = None
+    total_steps: int, beta: float = WMA_BETA, update_every: int = 1, upto: int | None = None
 ) -> Weights:
     """Weights of the WMA teacher after step ``upto`` (default: the whole horizon), θ₀ included."""
     steps = [0, *_update_steps(total_steps, update_every, upto)]
@@ -74,7 +76,7 @@ def linear_warmup_momentum(
 def ema_weights(
     total_steps: int,
     momentum_fn: Callable[[int], float],
-    update_every: int = 500,
+    update_every: int = EMA_UPDATE_EVERY,
     upto: int | None = None,
 ) -> Weights:
     """Effective weights of an EMA teacher (φ ← m·φ + (1 − m)·θ every k steps), θ₀ included.
@@ -178,7 +180,7 @@ def _beta_log_pdf(x: np.ndarray, beta: float) -> np.ndarray:
     return (beta - 1.0) * (np.log(x) + np.log1p(-x)) - log_norm
 
 
-def wma_curve(total_steps: int, beta: float = 0.5, update_every: int = 1) -> KernelCurve:
+def wma_curve(total_steps: int, beta: float = WMA_BETA, update_every: int = 1) -> KernelCurve:
     """:class:`KernelCurve` of the WMA teacher: the weights of :func:`wma_weights` at every step."""
     updates = _update_array(total_steps, update_every)
     w0 = wma_kernel_weight(0, total_steps, beta)
@@ -220,7 +222,7 @@ def _affine_scan(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def ema_curve(
     total_steps: int,
     momenta: Callable[[np.ndarray], np.ndarray | float],
-    update_every: int = 500,
+    update_every: int = EMA_UPDATE_EVERY,
 ) -> KernelCurve:
     """:class:`KernelCurve` of the EMA teacher; ``momenta`` maps an array of update steps to m.
 

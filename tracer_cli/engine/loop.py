@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any, Callable
 
 import torch
@@ -24,7 +24,6 @@ from torch import nn
 
 from tracer_cli.contracts import Backbone, DatasetBundle, Task
 from tracer_cli.engine.distill import (
-    DistillWeights,
     distillation_loss,
     projection_penalty,
     teacher_student_kl,
@@ -35,7 +34,7 @@ from tracer_cli.engine.losses import clip_loss, gather_features, scale_grad
 from tracer_cli.engine.precision import Precision
 from tracer_cli.engine.teachers import Teacher
 from tracer_cli.errors import RunError
-from tracer_cli.recipe import DistillConfig, TrainConfig
+from tracer_cli.recipe import DistillWeights, TrainConfig
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -183,7 +182,7 @@ class Trainer:
     """Student + teacher + optimizer; :meth:`step` is one optimizer step of the TRACER objective."""
 
     def __init__(self, backbone: Backbone, task: Task, bundle: DatasetBundle, teacher: Teacher,
-                 train: TrainConfig, distill: DistillConfig, precision: Precision,
+                 train: TrainConfig, distill: DistillWeights, precision: Precision,
                  freeze_bn_stats: bool, seed: int, notice=lambda msg: None,
                  track_drift: bool = True, forward: nn.Module | None = None,
                  head: nn.Module | None = None):
@@ -204,7 +203,7 @@ class Trainer:
         self._frozen: bool | None = None
         self.device = precision.device
         self.freeze_bn_stats = freeze_bn_stats
-        self.weights = DistillWeights(**asdict(distill))
+        self.weights = distill
         if (distill.lambda_fn or distill.lambda_orth) and backbone.projections(self.student) is None:
             notice("distill.lambda_fn / lambda_orth disabled: this backbone exposes no projection "
                    "matrices")

@@ -4,23 +4,14 @@ Launched by torchrun, every process runs :func:`finetune`; rank 0 alone evaluate
 (see :mod:`tracer_cli.engine.distributed`). The training phase, with checkpoints, exact resume,
 signals, bad data and non-finite losses, is :mod:`tracer_cli.engine.training`.
 
-The run directory is the contract between commands::
-
-    runs/<name>/recipe.lock.toml      resolved recipe + versions + git hash
-    runs/<name>/checkpoints/step_N.pt student, teacher, optimizer, schedule, scaler, RNG, data position
-    runs/<name>/last.pt               the latest checkpoint
-    runs/<name>/metrics.jsonl         one JSON object per log step and per evaluation
-    runs/<name>/tensorboard/, wandb/  what the optional loggers (run.loggers) keep in the run
-    runs/<name>/*_run.json            a tracker's run id (W&B, MLflow), so --resume continues it
-    runs/<name>/eval/zeroshot.json    the pretrained model on every evaluation set
-    runs/<name>/eval/final.json       student (and teacher) after training
-    runs/<name>/summary.json          the headline numbers, written last
+It writes the run directory that the other commands read; :mod:`tracer_cli.rundir` owns its
+layout (recipe lock, checkpoints, metrics, evaluations, summary). Optional loggers
+(``run.loggers``) may keep their own files in it (``tensorboard/``, ``wandb/``, a tracker's run
+id in ``*_run.json``, so ``--resume`` continues the same tracked run).
 """
 
 from __future__ import annotations
 
-import json
-import random
 import shutil
 import subprocess
 import time
@@ -28,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 import tracer_cli
@@ -37,17 +27,17 @@ from tracer_cli import rundir
 from tracer_cli.contracts import (
     CLASSIFICATION_METRICS, Backbone, DatasetBundle, Task, TaskMetrics, task_metrics)
 from tracer_cli.engine import distributed
-from tracer_cli.engine.data import eval_loader
+from tracer_cli.engine.build import (
+    build_backbone, build_dataset, build_task, eval_sets, seed_everything)
 from tracer_cli.engine.distributed import DistContext
 from tracer_cli.engine.loggers import RunLoggers, build_loggers
-from tracer_cli.engine.precision import Precision, resolve_device, resolve_precision
+from tracer_cli.engine.precision import Precision, resolve_precision
+from tracer_cli.engine.scoring import evaluate, summarize
 from tracer_cli.engine.signals import SignalTrap
 from tracer_cli.engine.training import (
     Resume, RunWriter, Trained, check_task_head, load_resume, train)
 from tracer_cli.errors import UsageError
 from tracer_cli.events import Reporter, current_reporter
-from tracer_cli.io import atomic_write_json
-from tracer_cli.plugins import get_host
 from tracer_cli.recipe import Recipe
 
 
@@ -62,48 +52,6 @@ class RunResult:
     rank: int = 0
     # How to read the summary's metrics (the task's declared spec): which one is the headline.
     metrics: TaskMetrics = CLASSIFICATION_METRICS
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def build_backbone(recipe: Recipe) -> Backbone:
-    entry = get_host().backbones.get(recipe.model.backbone)
-    return entry.factory(dict(recipe.model.options))
-
-
-def build_task(recipe: Recipe) -> Task:
-    return get_host().tasks.get(recipe.task.name).factory(dict(recipe.task.options))
-
-
-def build_dataset(spec: dict[str, Any], path: str, split: str, transform: Any) -> DatasetBundle:
-    """Call the dataset plugin named by ``spec`` with its options and the recipe key path."""
-    entry = get_host().datasets.get(spec["name"])
-    options = {k: v for k, v in spec.items() if k not in ("name", "label")}
-    options["_path"] = path
-    bundle = entry.factory(options, split, transform)
-    if len(bundle.dataset) == 0:
-        raise UsageError(f"dataset '{spec['name']}' ({path}) has no examples for split '{split}'")
-    return bundle
-
-
-def eval_sets(recipe: Recipe, backbone: Backbone) -> dict[str, tuple[DatasetBundle, Any]]:
-    """name -> (bundle, loader) for the recipe's ID and OOD sets, in recipe order."""
-    out = {}
-    pin = resolve_device(recipe.run.device).type == "cuda"
-    roles = [("id", s) for s in recipe.data.id] + [("ood", s) for s in recipe.data.ood]
-    counters = {"id": 0, "ood": 0}
-    for role, spec in roles:
-        path = f"data.{role}[{counters[role]}]"
-        counters[role] += 1
-        bundle = build_dataset(spec, path, "test", backbone.preprocess_eval)
-        loader = eval_loader(bundle.dataset, recipe.data.eval_batch_size, recipe.data.num_workers,
-                             pin)
-        out[spec.get("label") or spec["name"]] = (bundle, loader)
-    return out
 
 
 def git_hash() -> str | None:
@@ -156,46 +104,6 @@ def prepare_run_dir(recipe: Recipe, output_dir: Path | None, overwrite: bool,
         raise UsageError(f"cannot write to run directory '{run_dir}': "
                          f"{exc.strerror or exc}") from None
     return run_dir
-
-
-def task_evaluate(task: Task, backbone: Backbone, module: torch.nn.Module,
-                  sets: dict[str, tuple[DatasetBundle, Any]], device: torch.device, autocast: Any,
-                  head: torch.nn.Module | None = None) -> dict[str, dict[str, Any]]:
-    """``task.evaluate``, passing the trained head only when there is one (task plugins without
-    heads need not accept the argument)."""
-    if head is None:
-        return task.evaluate(backbone, module, sets, device, autocast)
-    was_training = head.training
-    head.eval()
-    try:
-        return task.evaluate(backbone, module, sets, device, autocast, head=head)
-    finally:
-        head.train(was_training)
-
-
-def evaluate(task: Task, backbone: Backbone, module: torch.nn.Module,
-             sets: dict[str, tuple[DatasetBundle, Any]], precision: Precision,
-             head: torch.nn.Module | None = None) -> dict[str, Any]:
-    """name -> metrics (logits dropped: the run keeps metrics only)."""
-    results = task_evaluate(task, backbone, module, sets, precision.device, precision.autocast,
-                            head)
-    return {name: r["metrics"] for name, r in results.items()}
-
-
-def summarize(recipe: Recipe, evals: dict[str, dict[str, Any]],
-              spec: TaskMetrics = CLASSIFICATION_METRICS) -> dict[str, Any]:
-    """Per dataset metrics of each evaluated model, and ``avg_ood_<m>``, the average over the OOD
-    sets, of each metric the task averages (classification: accuracy and ECE)."""
-    ood = [s.get("label") or s["name"] for s in recipe.data.ood]
-    ids = [s.get("label") or s["name"] for s in recipe.data.id]
-    table: dict[str, Any] = {"id": ids, "ood": ood, "models": {}}
-    for model, metrics in evals.items():
-        entry = {name: m for name, m in metrics.items()}
-        if ood:
-            for m, key in zip(spec.averaged, spec.ood_keys):
-                entry[key] = float(np.mean([metrics[n][m] for n in ood]))
-        table["models"][model] = entry
-    return table
 
 
 def finetune(recipe: Recipe, output_dir: Path | None = None, overwrite: bool = False,
@@ -281,9 +189,8 @@ def _setup(recipe: Recipe, ctx: DistContext, output_dir: Path | None, overwrite:
     sets = eval_sets(recipe, backbone) if recipe.run.eval and ctx.is_main else {}
     if ctx.is_main:
         prepare_run_dir(recipe, output_dir, overwrite, resuming=resumed is not None)
-        lock = run_dir / "recipe.lock.toml"
-        if resumed is None or not lock.is_file():  # a resumed run keeps its lock file
-            _write_lock(recipe, lock, ctx, precision, backbone)
+        if resumed is None or not rundir.is_run_dir(run_dir):  # a resumed run keeps its lock
+            _write_lock(recipe, run_dir, ctx, precision, backbone)
         loggers.start(run_dir, recipe, resumed.step if resumed is not None else None,
                       reporter.notice)
     writer = RunWriter(recipe, run_dir, ctx, reporter, loggers)
@@ -298,19 +205,18 @@ def _setup(recipe: Recipe, ctx: DistContext, output_dir: Path | None, overwrite:
     return run
 
 
-def _write_lock(recipe: Recipe, path: Path, ctx: DistContext, precision: Precision,
+def _write_lock(recipe: Recipe, run_dir: Path, ctx: DistContext, precision: Precision,
                 backbone: Backbone) -> None:
-    recipe_mod.write_lock(recipe, path, {**versions(), "device": str(ctx.device),
-                                         "world_size": ctx.world_size,
-                                         "precision": precision.name,
-                                         "backbone": backbone.describe()})
+    extra = {**versions(), "device": str(ctx.device), "world_size": ctx.world_size,
+             "precision": precision.name, "backbone": backbone.describe()}
+    rundir.write_recipe_lock(run_dir, recipe_mod.lock_text(recipe, extra))
 
 
 def _zeroshot(run: _Setup) -> dict[str, Any]:
     """The pretrained model's metrics; a resumed run reuses those it wrote before."""
-    saved = run.writer.run_dir / "eval" / "zeroshot.json"
-    if run.resume is not None and saved.is_file():
-        return json.loads(saved.read_text(encoding="utf-8"))
+    saved = rundir.read_eval(run.writer.run_dir, "zeroshot")
+    if run.resume is not None and isinstance(saved, dict):
+        return saved
     run.writer.reporter.notice(f"evaluating the pretrained model on {', '.join(run.sets)}")
     metrics = _evaluate(run, "zeroshot", run.backbone.model)
     run.writer.eval_record("zeroshot", metrics, 0, task_metrics(run.task).primary)
@@ -361,7 +267,7 @@ def _finish(run: _Setup, trained: Trained, start: float) -> RunResult:
                "eval": summarize(recipe, evals, spec)}
     if trained.bad.skipped:
         summary["bad_data"] = trained.bad.summary()
-    atomic_write_json(writer.run_dir / "summary.json", summary)
+    rundir.write_summary(writer.run_dir, summary)
     return RunResult(writer.run_dir, trained.steps, summary["wall_time_s"], summary,
                      metrics=spec)
 

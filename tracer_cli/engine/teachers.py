@@ -29,6 +29,9 @@ from torch import nn
 
 from tracer_cli.engine.kernels import linear_warmup_momentum, wma_kernel_weight
 from tracer_cli.errors import UsageError
+from tracer_cli.teacher_spec import (
+    DEFAULT_UPDATE_EVERY, EMA_MOMENTUM_END, EMA_MOMENTUM_START, EMA_MOMENTUM_WARMUP,
+    EMA_UPDATE_EVERY, WMA_BETA)
 
 
 def _stay_in_eval(module: nn.Module, mode: bool = True) -> nn.Module:
@@ -173,8 +176,8 @@ class WmaTeacher(Teacher):
 
     kind = "wma"
 
-    def __init__(self, student: nn.Module, total_steps: int, beta: float = 0.5,
-                 update_every: int = 1):
+    def __init__(self, student: nn.Module, total_steps: int, beta: float = WMA_BETA,
+                 update_every: int = DEFAULT_UPDATE_EVERY["wma"]):
         if total_steps < 1 or update_every < 1 or beta <= 0:
             raise ValueError("WmaTeacher needs total_steps >= 1, update_every >= 1 and beta > 0")
         super().__init__(frozen_copy(student))
@@ -224,8 +227,10 @@ class EmaTeacher(Teacher):
 
     kind = "ema"
 
-    def __init__(self, student: nn.Module, total_steps: int, momentum_start: float = 0.05,
-                 momentum_end: float = 0.9, warmup: float = 0.2, update_every: int = 500):
+    def __init__(self, student: nn.Module, total_steps: int,
+                 momentum_start: float = EMA_MOMENTUM_START,
+                 momentum_end: float = EMA_MOMENTUM_END, warmup: float = EMA_MOMENTUM_WARMUP,
+                 update_every: int = EMA_UPDATE_EVERY):
         if total_steps < 1 or update_every < 1:
             raise ValueError("EmaTeacher needs total_steps >= 1 and update_every >= 1")
         if not (0 <= momentum_start <= 1 and 0 <= momentum_end <= 1 and warmup >= 0):

@@ -31,8 +31,8 @@ from tracer_cli.engine.signals import SignalTrap
 from tracer_cli.engine.teachers import make_teacher
 from tracer_cli.errors import DiskFullError, Interrupted, RunError, UsageError
 from tracer_cli.events import Reporter
-from tracer_cli.io import atomic_write_json
 from tracer_cli.recipe import Recipe
+from tracer_cli.teacher_spec import TeacherSpec
 
 TRAIN_TASK = "train"
 # With on_nonfinite = "skip", this many non-finite batches in a row mean the run itself is broken
@@ -132,7 +132,7 @@ class RunWriter:
         (``<dataset>/<primary>``: ``synth-photo/accuracy``, ``coco/mean_recall``), and every
         metric to the other loggers."""
         if self.ctx.is_main:
-            atomic_write_json(self.run_dir / "eval" / f"{tag}.json", metrics)
+            rundir.write_eval(self.run_dir, tag, metrics)
             self.loggers.log_eval(tag, step, metrics, primary)
 
     def save(self, trainer: Trainer, position: dict[str, int], bad: BadDataLog, step: int) -> Path:
@@ -221,13 +221,7 @@ def check_task_head(recipe: Recipe, task: Task) -> None:
 
 
 def teacher_params(recipe: Recipe) -> dict[str, Any]:
-    t = recipe.teacher
-    if t.kind == "wma":
-        return {"beta": t.beta, "update_every": t.resolved_update_every()}
-    if t.kind == "ema":
-        return {"momentum_start": t.momentum_start, "momentum_end": t.momentum_end,
-                "warmup": t.momentum_warmup, "update_every": t.resolved_update_every()}
-    return {}
+    return TeacherSpec.from_config(recipe.teacher).engine_params()
 
 
 @dataclass

@@ -1,0 +1,113 @@
+"""Building what a recipe names: the backbone, the task and the datasets, through the plugins.
+
+``finetune``, ``eval``, ``export``, ``distill-check`` and the benchmarks all build through this
+module, so a recipe means the same model and data to every command.
+
+A backbone plugin may need weights that tracer itself has to train first (the embedded tiny CLIP
+is pretrained by tracer on its synthetic world). Its factory then declares them through the
+optional ``weights_build(options)`` capability (a :class:`~tracer_cli.contracts.WeightsBuild`),
+and :func:`backbone_from_options` trains them once, before it calls the factory: the engine calls
+the plugin, never the other way round.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tracer_cli import rundir
+from tracer_cli.contracts import Backbone, DatasetBundle, Task, WeightsBuild
+from tracer_cli.engine.data import eval_loader
+from tracer_cli.engine.precision import resolve_device
+from tracer_cli.errors import UsageError
+from tracer_cli.events import current_reporter
+from tracer_cli.plugins import get_host
+from tracer_cli.recipe import Recipe
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_backbone(recipe: Recipe) -> Backbone:
+    """The recipe's backbone, its weights trained first when the plugin asks for that."""
+    return backbone_from_options(recipe.model.backbone, dict(recipe.model.options))
+
+
+def pretrained_backbone(recipe: Recipe) -> Backbone:
+    """The backbone exactly as ``finetune`` built it: seeded first, so that even randomly
+    initialised weights (``pretrained = "none"``) come out as the run's θ₀."""
+    seed_everything(recipe.run.seed)
+    return build_backbone(recipe)
+
+
+def backbone_from_options(name: str, options: dict[str, Any]) -> Backbone:
+    """Backbone plugin ``name`` built from its ``[model]`` options."""
+    factory = get_host().backbones.get(name).factory
+    plan = getattr(factory, "weights_build", None)
+    build = plan(dict(options)) if plan is not None else None
+    if build is not None and not build.target.is_file():
+        train_weights(build)
+    return factory(options)
+
+
+def train_weights(build: WeightsBuild) -> Path:
+    """Run ``build.recipe`` as ``tracer finetune`` would (in a temporary run directory) and keep
+    the student's weights at ``build.target``, with the run's lock file beside it."""
+    from tracer_cli import recipe as recipe_mod
+    from tracer_cli.engine import checkpoint
+    from tracer_cli.engine.run import finetune
+
+    reporter = current_reporter()
+    reporter.notice(f"building {build.what} (one-time training; it will be cached at "
+                    f"{build.target})")
+    with tempfile.TemporaryDirectory(prefix="tracer-weights-") as tmp:
+        source = Path(tmp) / "recipe.toml"
+        source.write_text(build.recipe, encoding="utf-8")
+        recipe = recipe_mod.load(source, list(build.overrides))
+        result = finetune(recipe, output_dir=Path(tmp) / "runs", reporter=reporter)
+        state = checkpoint.load(rundir.last_path(result.run_dir))["state_dict"]
+        checkpoint.save(build.target, {"state_dict": state})
+        lock = rundir.recipe_lock_path(result.run_dir).read_text(encoding="utf-8")
+        build.target.with_suffix(".lock.toml").write_text(lock, encoding="utf-8")
+    values = sum(v.numel() for v in state.values() if torch.is_tensor(v))
+    reporter.notice(f"{build.what} ready: {build.target} ({values:,} values)")
+    return build.target
+
+
+def build_task(recipe: Recipe) -> Task:
+    return get_host().tasks.get(recipe.task.name).factory(dict(recipe.task.options))
+
+
+def build_dataset(spec: dict[str, Any], path: str, split: str, transform: Any) -> DatasetBundle:
+    """Call the dataset plugin named by ``spec`` with its options and the recipe key path."""
+    entry = get_host().datasets.get(spec["name"])
+    options = {k: v for k, v in spec.items() if k not in ("name", "label")}
+    options["_path"] = path
+    bundle = entry.factory(options, split, transform)
+    if len(bundle.dataset) == 0:
+        raise UsageError(f"dataset '{spec['name']}' ({path}) has no examples for split '{split}'")
+    return bundle
+
+
+def eval_sets(recipe: Recipe, backbone: Backbone) -> dict[str, tuple[DatasetBundle, Any]]:
+    """name -> (bundle, loader) for the recipe's ID and OOD sets, in recipe order."""
+    out = {}
+    pin = resolve_device(recipe.run.device).type == "cuda"
+    roles = [("id", s) for s in recipe.data.id] + [("ood", s) for s in recipe.data.ood]
+    counters = {"id": 0, "ood": 0}
+    for role, spec in roles:
+        path = f"data.{role}[{counters[role]}]"
+        counters[role] += 1
+        bundle = build_dataset(spec, path, "test", backbone.preprocess_eval)
+        loader = eval_loader(bundle.dataset, recipe.data.eval_batch_size, recipe.data.num_workers,
+                             pin)
+        out[spec.get("label") or spec["name"]] = (bundle, loader)
+    return out
