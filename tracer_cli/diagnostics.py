@@ -5,7 +5,7 @@ A self-distillation teacher only regularizes while it differs from the student. 
 - **Analytic** (:func:`check`, no data, instant): from the recipe's planned horizon and teacher
   settings alone, the kernel weights the teacher puts on every step of the trajectory give, at
   every step t, the anchor mass (weight still on θ₀), the teacher lag L(t) = t − Σ w_s·s / Σ w_s
-  and the relative lag ρ(t) = L(t)/t (see ``docs/method.md`` and METHOD "Why EMA collapses"). An
+  and the relative lag ρ(t) = L(t)/t (``docs/distill-check.md``, "The analytic part"). An
   EMA's lag tends to k·m/(1 − m), a constant, so ρ → 0; a Beta-kernel WMA keeps ρ(T) = ½.
 - **Empirical** (:func:`probe`, :func:`from_run`): the teacher-student KL (both directions), top-1
   agreement and the parameter ratio ‖θ − φ‖ / ‖θ − θ₀‖ that the engine logs; under a steady drift

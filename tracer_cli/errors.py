@@ -10,7 +10,6 @@ import errno
 import os
 import signal
 
-EXIT_OK = 0
 EXIT_RUN_FAILED = 1
 EXIT_USAGE = 2
 EXIT_GATE = 3

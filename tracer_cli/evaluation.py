@@ -57,11 +57,6 @@ from tracer_cli.runs import (
     WHICH, RunDir, build_head, checkpoint_head, checkpoint_weights, interpolate, load_weights,
     read_checkpoint)
 
-SOURCES = ("run", "checkpoint", "model", "recipe")
-# The classification task's metrics; every task declares its own (TaskMetrics), and gates, tables
-# and summaries read that declaration.
-DATASET_METRICS = CLASSIFICATION_METRICS.dataset_metrics
-SUMMARY_METRICS = CLASSIFICATION_METRICS.summary_keys
 MODEL_SPEC_GRAMMAR = ("BACKBONE:ARCH[:PRETRAINED], e.g. openclip:ViT-B-16:openai, "
                       "openclip:RN50:/path/to/weights.pt, openclip:local-dir:/path/to/folder")
 SCHEMA_ARCHS = ("local-dir", "hf-hub")  # open_clip archs whose "name" is a location

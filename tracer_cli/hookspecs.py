@@ -18,8 +18,13 @@ def tracer_register_backbones(registry) -> None:
     Called once when the plugin host loads. Call ``registry.add(name, factory)`` for each backbone;
     ``name`` is lowercase-kebab (``"openclip"``). ``factory(options: dict)`` receives the recipe's
     ``[model]`` table without ``backbone`` and ``freeze_bn_stats`` (``arch``, ``pretrained`` and
-    backbone-specific keys; it must reject keys it does not know with :class:`tracer_cli.errors.RecipeError`) and returns an object
-    satisfying :class:`tracer_cli.contracts.Backbone`.
+    backbone-specific keys; it must reject keys it does not know with
+    :class:`tracer_cli.errors.RecipeError`) and returns an object satisfying
+    :class:`tracer_cli.contracts.Backbone`.
+
+    Optional capability: a factory with a ``weights_build(options)`` method returns a
+    :class:`tracer_cli.contracts.WeightsBuild` (or None) for weights tracer must train once before
+    the factory can load them; the engine trains them, then calls the factory.
     """
 
 

@@ -27,17 +27,13 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 from tracer_cli.errors import RecipeError, UsageError
 from tracer_cli.options import FLOAT32_MAX, fits_float32
 from tracer_cli.teacher_spec import (
-    DEFAULT_UPDATE_EVERY, EMA_MOMENTUM_END, EMA_MOMENTUM_START, EMA_MOMENTUM_WARMUP, KINDS,
-    WMA_BETA)
+    DEFAULT_UPDATE_EVERY, EMA_MOMENTUM_END, EMA_MOMENTUM_START, EMA_MOMENTUM_WARMUP, WMA_BETA)
 
-PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
-TEACHERS = KINDS
 # What a run trains (``train.method``); see METHOD_DEFAULTS and docs/method.md.
 METHODS = ("zeroshot", "lp", "ft", "lpft", "flyp", "carot", "tracer")
 # Methods that train a task head with its supervised loss (cross-entropy for classification)
 # instead of the contrastive image-text loss, and take no teacher.
 HEAD_METHODS = ("lp", "ft", "lpft")
-NONFINITE_ACTIONS = ("stop", "skip")
 # numpy seeds its global generator from an unsigned 32-bit value.
 MAX_SEED = 2**32 - 1
 # The longest file name most file systems accept (NAME_MAX, in bytes).
@@ -312,13 +308,6 @@ class Recipe:
             "loggers": self.loggers,
         }
         return copy.deepcopy(out)
-
-    def dataset_specs(self) -> list[tuple[str, str, dict[str, Any]]]:
-        """(role, display name, spec) for the train set and every evaluation set."""
-        out = [("train", _display(self.data.train), self.data.train)]
-        out += [("id", _display(s), s) for s in self.data.id]
-        out += [("ood", _display(s), s) for s in self.data.ood]
-        return out
 
 
 def _display(spec: dict[str, Any]) -> str:

@@ -244,7 +244,6 @@ class Verdict:
 
     ok: bool
     reason: str = ""
-    checked: bool = True  # False: no checksum was recorded (a checkpoint of an older tracer)
 
 
 def verify(path: Path) -> Verdict:
@@ -253,7 +252,7 @@ def verify(path: Path) -> Verdict:
         return Verdict(False, "missing")
     expected = recorded_sha(path)
     if expected is None:
-        return Verdict(True, "no checksum recorded", checked=False)
+        return Verdict(True, "no checksum recorded (written by an older tracer)")
     actual = file_sha256(path)
     if actual != expected:
         return Verdict(False, f"SHA-256 {actual[:12]}… does not match the {expected[:12]}… "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, ContextManager
+from typing import ContextManager
 
 import torch
 
@@ -51,4 +51,3 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     return Precision(name, device)
 
 
-AutocastFactory = Callable[[], ContextManager]

@@ -1,0 +1,62 @@
+"""The run directory's one owner: layout, readers and writers (the lock, retention and
+verification are tested under tests/reliability/)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from tracer_cli import recipe as recipe_mod
+from tracer_cli import rundir
+
+
+def test_the_lock_file_reads_back_as_recipe_tables_and_lock_info(tmp_path):
+    rec = recipe_mod.from_dict({"data": {"train": "synth-photo-narrow"}, "train": {"steps": 7}})
+    path = rundir.write_recipe_lock(tmp_path, recipe_mod.lock_text(rec, {"torch": "x"}))
+    assert path == rundir.recipe_lock_path(tmp_path) and rundir.is_run_dir(tmp_path)
+    tables, lock = rundir.read_recipe_lock(tmp_path)
+    assert lock == {"torch": "x"} and "lock" not in tables
+    assert recipe_mod.from_dict(tables).to_dict() == rec.to_dict()
+    assert rundir.strip_lock_table({"lock": {}, "run": {}}) == {"run": {}}
+
+
+def test_metrics_append_and_read_skip_a_cut_line_and_end_it(tmp_path):
+    rundir.append_metrics(tmp_path, {"event": "train", "step": 1})
+    with open(rundir.metrics_path(tmp_path), "a") as fh:
+        fh.write('{"event": "train", "st')  # a process killed mid-write
+    assert list(rundir.read_metrics(tmp_path)) == [{"event": "train", "step": 1}]
+    rundir.end_partial_metrics_line(tmp_path)
+    rundir.append_metrics(tmp_path, {"event": "train", "step": 2})
+    assert [r["step"] for r in rundir.read_metrics(tmp_path)] == [1, 2]
+
+
+def test_eval_and_summary_files(tmp_path):
+    rundir.write_eval(tmp_path, "zeroshot", {"a": {"accuracy": 0.5}})
+    nested = tmp_path / rundir.EVAL / "wise" / "eval.json"
+    nested.parent.mkdir()
+    nested.write_text(json.dumps({"wise": []}))
+    assert rundir.read_eval(tmp_path, "zeroshot") == {"a": {"accuracy": 0.5}}
+    assert rundir.eval_files(tmp_path) == [rundir.eval_path(tmp_path, "zeroshot")]
+    assert rundir.eval_files(tmp_path, nested=True) == sorted(
+        [rundir.eval_path(tmp_path, "zeroshot"), nested])
+    assert rundir.read_summary(tmp_path) is None
+    rundir.write_summary(tmp_path, {"steps": 3})
+    assert rundir.read_summary(tmp_path) == {"steps": 3}
+    rundir.summary_path(tmp_path).write_text("{ half")
+    assert rundir.read_summary(tmp_path) is None  # damaged or being written
+
+
+def test_checkpoint_paths_resolve_inside_the_run_and_removal_keeps_the_rest(tmp_path):
+    for step in (1, 2):
+        path = rundir.step_path(tmp_path, step)
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"x")
+        rundir.write_sha(path, rundir.file_sha256(path))
+    rundir.weights_path(tmp_path, 2).write_bytes(b"w")
+    rundir.publish_last(tmp_path, rundir.step_path(tmp_path, 2))
+    given = rundir.step_path(tmp_path, 1).relative_to(tmp_path)
+    assert rundir.resolve_checkpoint(tmp_path, given) == rundir.step_path(tmp_path, 1)
+    assert [s for s, _ in rundir.step_checkpoints(tmp_path)] == [2, 1]  # milestone not listed
+    rundir.remove_checkpoints(tmp_path, keep_last=True)
+    assert os.listdir(tmp_path / rundir.CHECKPOINTS) == []
+    assert rundir.last_path(tmp_path).is_file() and rundir.verify(rundir.last_path(tmp_path)).ok
