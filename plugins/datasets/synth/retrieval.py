@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from tracer_cli.contracts import DatasetBundle
 from tracer_cli.errors import RecipeError
+from tracer_plugins.datasets.common import caption_fields
 from tracer_plugins.datasets.synth.captions import MAX_CAPTIONS, caption_sets
 from tracer_plugins.datasets.synth.factory import as_image, open_options, read_names, split_seed
 from tracer_plugins.datasets.synth.rendering import render_arrays
@@ -36,8 +37,7 @@ class SynthCaptionDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return {"image": as_image(self.images[i], self.transform), "label": int(self.labels[i]),
-                "caption": self.captions[i][0], "captions": list(self.captions[i]),
-                "image_id": int(i)}
+                **caption_fields(self.captions[i], i)}
 
 
 def synth_captions(spec: dict[str, Any], split: str, transform=None) -> DatasetBundle:
