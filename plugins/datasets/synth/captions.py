@@ -26,6 +26,7 @@ _BACKGROUND_PHRASE = {"plain": "on a plain background", "gradient": "on a gradie
 
 
 def article(word: str) -> str:
+    """The indefinite article before ``word`` ("an arrow", "a star")."""
     return "an" if word[0] in "aeiou" else "a"
 
 

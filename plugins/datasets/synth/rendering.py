@@ -44,6 +44,8 @@ def sample_attributes(rng: np.random.Generator, colours: Sequence[int],
 
 
 class Chunk(NamedTuple):
+    """One rendered chunk: ``CHUNK`` images, their raw attributes and their captions."""
+
     images: np.ndarray
     attrs: dict[str, np.ndarray]
     captions: list[str]
@@ -96,6 +98,7 @@ def _render_cached(domain: str, n: int, seed: int, side: int, colours: tuple[int
 
 
 def check_render(domain: str, n: int, image_size: int) -> None:
+    """Reject an unknown domain, a negative count or an image side under 8 pixels."""
     if domain not in RENDER_DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; allowed: {', '.join(RENDER_DOMAINS)}")
     if n < 0 or image_size < 8:
