@@ -59,31 +59,53 @@ def write_iwildcam(root: Path, per_split: dict[str, int] | None = None,
     return root
 
 
-def _timm(name: str) -> list[str]:
+def framed_png(size: int = 8) -> bytes:
+    """A PNG with the 1-pixel red frame ObjectNet draws around every image."""
+    image = Image.new("RGB", (size, size), color=(0, 90, 200))
+    for i in range(size):
+        for xy in ((i, 0), (i, size - 1), (0, i), (size - 1, i)):
+            image.putpixel(xy, (255, 0, 0))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def timm_list(name: str) -> list[str]:
+    """The entries of one of timm's shipped class lists (``timm/data/_info/<name>``)."""
     return resources.files("timm.data").joinpath("_info").joinpath(name).read_text().split()
 
 
-def _tree(folder: Path, classes, suffix: str, data: bytes) -> None:
+def class_tree(folder: Path, classes, suffix: str = ".JPEG", per_class: int = 1,
+               data: bytes | None = None) -> Path:
+    """``folder/<class>/<i><suffix>``; the same encoded bytes everywhere keeps this fast."""
+    data = data or png()
     for name in classes:
         (folder / name).mkdir(parents=True)
-        (folder / name / f"0{suffix}").write_bytes(data)
+        for i in range(per_class):
+            (folder / name / f"{i}{suffix}").write_bytes(data)
+    return folder
+
+
+def label_of(bundle, folder: str) -> int:
+    """The label of the (first) image stored under class folder ``folder`` of a folder dataset."""
+    rows = bundle.dataset.rows
+    return next(label for path, label, _ in rows if path.parent.name == folder)
 
 
 def write_imagenet_family(data: Path) -> Path:
     """``data/<name>`` for imagenet (train/ and val/), imagenet-v2, imagenet-r, imagenet-a,
     imagenet-sketch and objectnet in their published layouts, one image per class (as
     ``$TRACER_DATA`` would hold them)."""
-    image = png()
-    wnids = _timm("imagenet_synsets.txt")
+    wnids = timm_list("imagenet_synsets.txt")
     for split in ("train", "val"):
-        _tree(data / "imagenet" / split, wnids, ".JPEG", image)
-    _tree(data / "imagenet-v2" / "imagenetv2-matched-frequency-format-val",
-          [str(i) for i in range(1000)], ".jpeg", image)
-    _tree(data / "imagenet-r" / "imagenet-r", _timm("imagenet_r_synsets.txt"), ".jpg", image)
-    _tree(data / "imagenet-a" / "imagenet-a", _timm("imagenet_a_synsets.txt"), ".jpg", image)
-    _tree(data / "imagenet-sketch" / "sketch", wnids, ".JPEG", image)
+        class_tree(data / "imagenet" / split, wnids)
+    class_tree(data / "imagenet-v2" / "imagenetv2-matched-frequency-format-val",
+               [str(i) for i in range(1000)], ".jpeg")
+    class_tree(data / "imagenet-r" / "imagenet-r", timm_list("imagenet_r_synsets.txt"), ".jpg")
+    class_tree(data / "imagenet-a" / "imagenet-a", timm_list("imagenet_a_synsets.txt"), ".jpg")
+    class_tree(data / "imagenet-sketch" / "sketch", wnids)
     base = data / "objectnet" / "objectnet-1.0"
-    _tree(base / "images", OBJECTNET_FOLDERS, ".png", png(size=10))
+    class_tree(base / "images", OBJECTNET_FOLDERS, ".png", data=png(size=10))
     (base / "mappings").mkdir()
     (base / "mappings" / "objectnet_to_imagenet_1k.json").write_text(json.dumps(OBJECTNET_MAP))
     (base / "mappings" / "folder_to_objectnet_label.json").write_text(

@@ -9,12 +9,12 @@ exists but cannot be decoded (truncated, corrupt, not an image) comes back as a
 
 ``csv`` with ``mode = "captions"`` is an image-text retrieval set instead (COCO/Flickr30k style):
 rows are (image, caption) pairs, several per image allowed, grouped by image path in order of
-first appearance; each image is one item carrying all its captions (:func:`caption_item`).
+first appearance; each image is one item carrying all its captions
+(:func:`~tracer_plugins.datasets.common.caption_fields`).
 
-The public helpers (:func:`options_for`, :func:`read_templates`, :func:`resolve_transform`,
-:func:`check_classnames`, :func:`split_path`, :func:`labels_from_values`, :func:`open_rgb`,
-:func:`caption_item`, :func:`reject_class_options`, ``UNREADABLE_IMAGE_ERRORS``) are shared with
-the ``hf`` dataset plugin.
+The helpers every image dataset plugin shares (options, image reading, the lazy image datasets)
+are in :mod:`tracer_plugins.datasets.common`; :func:`labels_from_values` (integer or text label
+values to class indices and names) is shared with the ``hf`` dataset plugin.
 """
 
 from __future__ import annotations
@@ -22,154 +22,22 @@ from __future__ import annotations
 import csv
 import re
 from pathlib import Path
-from typing import Any, Callable, Sequence
-
-from PIL import Image
-from torch.utils.data import Dataset
+from typing import Any, Callable
 
 from tracer_cli import hookimpl
-from tracer_cli.contracts import DatasetBundle, SkippedItem, skipped_item
+from tracer_cli.contracts import DatasetBundle
 from tracer_cli.errors import MissingResourceError, RecipeError
 from tracer_cli.options import Options
+from tracer_plugins.datasets.common import (
+    MODES, CaptionListDataset, ImageListDataset, check_classnames, options_for, preview,
+    read_extensions, read_templates, reject_class_options, resolve_transform, split_path)
 
-DEFAULT_TEMPLATES = ("a photo of a {}.",)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 # Folder names tried, in order, for each split when ``root`` holds one tree per split.
 SPLIT_DIRS = {"train": ("train",), "test": ("test", "val", "validation")}
 IMAGEFOLDER_LAYOUT = ("expected layout: <root>/<class name>/<image>.jpg, or one such tree per "
                       "split: <root>/train/<class name>/<image>.jpg and "
                       "<root>/test/<class name>/<image>.jpg ('val/' also works for test); "
                       "'root' may also contain '{split}'")
-_MAX_LISTED = 5
-MODES = ("classification", "captions")
-# Options that only make sense for data with classes.
-_CLASS_OPTIONS = ("label_column", "classnames", "templates")
-
-
-# --------------------------------------------------------------------------- shared helpers
-
-
-def options_for(spec: dict[str, Any]) -> Options:
-    """Options over ``spec``; its ``_path`` entry (the recipe key path of the table) names keys."""
-    table = dict(spec)
-    path = table.pop("_path", "data")
-    return Options(table, path=path)
-
-
-def read_templates(opts: Options) -> list[str]:
-    """The ``templates`` option: prompt templates, each with exactly one ``{}``."""
-    templates = opts.str_list("templates", default=list(DEFAULT_TEMPLATES))
-    if not templates:
-        raise RecipeError(opts.key("templates"), "must list at least one template")
-    for template in templates:
-        if template.count("{}") != 1:
-            raise RecipeError(opts.key("templates"),
-                              f"template {template!r} must contain exactly one '{{}}'")
-    return templates
-
-
-def resolve_transform(transform: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
-    """The backbone's transform, or plain ``ToTensor`` when none is given (tests, inspection)."""
-    if transform is not None:
-        return transform
-    from torchvision import transforms  # imported late: only needed without a backbone
-
-    return transforms.ToTensor()
-
-
-def check_classnames(names: list[str] | None, found: Sequence[str], key: str) -> list[str]:
-    """The ``classnames`` option (recipe key ``key``) when given, one per class in ``found``;
-    else ``found`` itself."""
-    if names is None:
-        return list(found)
-    if len(names) != len(found):
-        raise RecipeError(key, f"lists {len(names)} names but the data has {len(found)} classes "
-                               f"({_preview(found)})")
-    return names
-
-
-def split_path(raw: str, split: str) -> Path:
-    """``raw`` with ``{split}`` replaced (not ``str.format``: paths may contain other braces)."""
-    return Path(raw.replace("{split}", split)).expanduser()
-
-
-# What reading one image file can raise when the file is corrupt, truncated, not an image, or gone:
-# PIL reports some broken headers as SyntaxError, and refuses absurd sizes as a bomb.
-UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, Image.DecompressionBombError)
-
-
-def open_rgb(source: Any) -> Image.Image:
-    """The fully decoded RGB image at ``source`` (a path or a file object).
-
-    ``convert`` forces the decode inside the ``with``, so a truncated file fails here, where the
-    caller can turn it into a :class:`SkippedItem`, and not later inside a transform.
-    """
-    with Image.open(source) as image:
-        return image.convert("RGB")
-
-
-def caption_item(image: Any, captions: Sequence[str], index: int) -> dict[str, Any]:
-    """The item of a caption (retrieval) dataset: the image, its first caption, all its captions
-    and its index as ``image_id`` (retrieval metrics map each caption to its image by it)."""
-    return {"image": image, "caption": captions[0], "captions": list(captions),
-            "image_id": int(index)}
-
-
-def reject_class_options(opts: Options, source: str) -> None:
-    """Caption mode reads no classes: name the first class-only option that was set anyway."""
-    for name in _CLASS_OPTIONS:
-        if opts.has(name):
-            raise RecipeError(opts.key(name), f'is not used with mode = "captions": a caption '
-                                              f"{source} dataset has no classes; remove it, or "
-                                              'use mode = "classification"')
-
-
-def _preview(values: Sequence[Any]) -> str:
-    shown = ", ".join(str(v) for v in values[:_MAX_LISTED])
-    more = len(values) - _MAX_LISTED
-    return shown + (f", ... ({more} more)" if more > 0 else "")
-
-
-class ImageListDataset(Dataset):
-    """(image path, label, caption) rows; images open lazily so workers share no file handles."""
-
-    def __init__(self, rows: list[tuple[Path, int, str | None]], transform: Callable[[Any], Any]):
-        self.rows = rows
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict[str, Any] | SkippedItem:
-        path, label, caption = self.rows[index]
-        try:
-            image = open_rgb(path)
-        except UNREADABLE_IMAGE_ERRORS as exc:
-            return skipped_item(path, exc)
-        item: dict[str, Any] = {"image": self.transform(image), "label": label}
-        if caption is not None:
-            item["caption"] = caption
-        return item
-
-
-class CaptionListDataset(Dataset):
-    """Images with all their captions (one item per image), opened lazily like
-    :class:`ImageListDataset`."""
-
-    def __init__(self, images: list[Path], captions: list[list[str]],
-                 transform: Callable[[Any], Any]):
-        self.images, self.captions = images, captions
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> dict[str, Any] | SkippedItem:
-        try:
-            image = open_rgb(self.images[index])
-        except UNREADABLE_IMAGE_ERRORS as exc:
-            return skipped_item(self.images[index], exc)
-        return caption_item(self.transform(image), self.captions[index], index)
 
 
 # --------------------------------------------------------------------------- imagefolder
@@ -195,14 +63,6 @@ def _split_root(root: Path, split: str, had_placeholder: bool) -> Path:
                                f"'{split}' split: expected {wanted}; {IMAGEFOLDER_LAYOUT}")
 
 
-def _read_extensions(opts: Options) -> tuple[str, ...]:
-    raw = opts.str_list("extensions", default=list(IMAGE_EXTENSIONS))
-    exts = tuple("." + e.lower().lstrip(".") for e in raw)
-    if not exts:
-        raise RecipeError(opts.key("extensions"), "must list at least one file extension")
-    return exts
-
-
 def _scan_tree(folder: Path, extensions: tuple[str, ...]) -> tuple[list[str], list[list[Path]]]:
     """Sorted class folders under ``folder`` and the sorted image files in each."""
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -219,7 +79,7 @@ def _scan_tree(folder: Path, extensions: tuple[str, ...]) -> tuple[list[str], li
     if empty:
         raise MissingResourceError(
             f"imagefolder: no images ({', '.join(extensions)}) in class folder(s) "
-            f"{_preview(empty)} under {folder}; {IMAGEFOLDER_LAYOUT}")
+            f"{preview(empty)} under {folder}; {IMAGEFOLDER_LAYOUT}")
     return classes, files
 
 
@@ -228,7 +88,7 @@ def make_imagefolder(spec: dict[str, Any], split: str,
     """A classification dataset from ``root/<class>/<image>`` folders (classes sorted by name)."""
     opts = options_for(spec)
     raw_root = opts.str("root")
-    extensions = _read_extensions(opts)
+    extensions = read_extensions(opts)
     templates = read_templates(opts)
     names = opts.str_list("classnames", default=None)
     opts.done()  # before touching the disk, so a misspelt key is reported as such
@@ -329,7 +189,7 @@ def _labels(rows: list[dict[str, str]], column: str, classnames: list[str] | Non
     blank = [i + 2 for i, v in enumerate(values) if not v]  # +2: 1-based, after the header
     if blank:
         raise MissingResourceError(f"csv dataset: {path} has an empty '{column}' cell on line(s) "
-                                   f"{_preview(blank)}")
+                                   f"{preview(blank)}")
     return labels_from_values(values, classnames, key, f"csv dataset {path}")
 
 
@@ -345,7 +205,7 @@ def _image_paths(rows: list[dict[str, str]], column: str, base: Path, path: Path
         raise MissingResourceError(
             f"csv dataset {path}: {len(missing)} image file(s) in column '{column}' do not exist "
             f"(relative paths are resolved against {base}; set 'root' to change that): "
-            f"{_preview(missing)}")
+            f"{preview(missing)}")
     return images
 
 
@@ -383,7 +243,7 @@ def _blank_cells(rows: list[dict[str, str]], column: str, path: Path, need: str)
     blank = [i + 2 for i, row in enumerate(rows) if not (row.get(column) or "").strip()]
     if blank:  # +2 above: line numbers are 1-based and the header is line 1
         raise MissingResourceError(f"csv dataset: {path} has an empty '{column}' cell on line(s) "
-                                   f"{_preview(blank)}; {need}")
+                                   f"{preview(blank)}; {need}")
 
 
 def _caption_groups(rows: list[dict[str, str]], o: dict[str, Any],

@@ -31,15 +31,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from PIL import Image
-from torch.utils.data import Dataset
 
 from tracer_cli import hookimpl
-from tracer_cli.contracts import DatasetBundle, SkippedItem, skipped_item
+from tracer_cli.contracts import DatasetBundle
 from tracer_cli.errors import MissingResourceError, RecipeError
 from tracer_cli.options import Options
-from tracer_plugins.datasets.files import (
-    MODES, UNREADABLE_IMAGE_ERRORS, caption_item, check_classnames, labels_from_values, open_rgb,
-    options_for, read_templates, reject_class_options, resolve_transform, split_path)
+from tracer_plugins.datasets.common import (
+    MODES, LazyImageDataset, caption_fields, check_classnames, open_rgb, options_for,
+    read_templates, reject_class_options, resolve_transform, split_path)
+from tracer_plugins.datasets.files import labels_from_values
 
 # Dataset split names tried, in order, for each tracer split unless ``split_map`` says otherwise.
 DEFAULT_SPLITS = {"train": ("train",), "test": ("test", "validation")}
@@ -193,57 +193,57 @@ def to_rgb(value: Any) -> Image.Image:
     return open_rgb(value)
 
 
-class HFImageDataset(Dataset):
+class HFImageDataset(LazyImageDataset):
     """Rows of a ``datasets.Dataset`` as tracer items (labels precomputed unless ClassLabel)."""
 
     def __init__(self, data: Any, columns: dict[str, str | None], labels: list[int] | None,
                  transform: Callable[[Any], Any]):
+        super().__init__(transform)
         self.data = data
         self.columns = columns
         self.labels = labels
-        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, index: int) -> dict[str, Any] | SkippedItem:
-        try:
-            # A decoded image column decodes on row access; undecoded ones decode in to_rgb.
-            row = self.data[int(index)]
-            image = to_rgb(row[self.columns["image"]])
-        except UNREADABLE_IMAGE_ERRORS as exc:
-            return skipped_item(f"row {index}", exc)
+    def source(self, index: int) -> str:
+        return f"row {index}"
+
+    def read(self, index: int) -> tuple[Image.Image, dict[str, Any]]:
+        # A decoded image column decodes on row access; undecoded ones decode in to_rgb.
+        row = self.data[int(index)]
+        image = to_rgb(row[self.columns["image"]])
         if self.labels is not None:
             label = self.labels[index]
         elif self.columns["label"] is not None:
             label = int(row[self.columns["label"]])
         else:
             label = -1
-        item: dict[str, Any] = {"image": self.transform(image), "label": label}
+        fields: dict[str, Any] = {"label": label}
         if self.columns["caption"] is not None:
-            item["caption"] = str(row[self.columns["caption"]])
-        return item
+            fields["caption"] = str(row[self.columns["caption"]])
+        return image, fields
 
 
-class HFCaptionDataset(Dataset):
+class HFCaptionDataset(LazyImageDataset):
     """Rows of a ``datasets.Dataset`` as caption items (captions read up front, images per row)."""
 
     def __init__(self, data: Any, image_column: str, captions: list[list[str]],
                  transform: Callable[[Any], Any]):
+        super().__init__(transform)
         self.data = data
         self.image_column = image_column
         self.captions = captions
-        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, index: int) -> dict[str, Any] | SkippedItem:
-        try:
-            image = to_rgb(self.data[int(index)][self.image_column])
-        except UNREADABLE_IMAGE_ERRORS as exc:
-            return skipped_item(f"row {index}", exc)
-        return caption_item(self.transform(image), self.captions[index], index)
+    def source(self, index: int) -> str:
+        return f"row {index}"
+
+    def read(self, index: int) -> tuple[Image.Image, dict[str, Any]]:
+        image = to_rgb(self.data[int(index)][self.image_column])
+        return image, caption_fields(self.captions[index], index)
 
 
 def _read_options(opts: Options, split: str) -> dict[str, Any]:

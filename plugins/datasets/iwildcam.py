@@ -34,9 +34,9 @@ from typing import Any, Callable
 from tracer_cli import hookimpl
 from tracer_cli.contracts import DatasetBundle
 from tracer_cli.options import Options
-from tracer_plugins.datasets.files import (
-    ImageListDataset, _preview, options_for, read_templates, resolve_transform)
-from tracer_plugins.datasets.imagenet import Where, _data_dir, resolve_root
+from tracer_plugins.datasets.common import (
+    ImageListDataset, Where, data_dir, options_for, preview, read_templates, resolve_root,
+    resolve_transform)
 
 WILDS_SPLITS = ("train", "id_val", "id_test", "val", "test")
 # tracer's split -> the WILDS split read when the recipe names none (OOD = test).
@@ -100,7 +100,7 @@ def read_categories(path: Path, where: Where) -> list[str]:
     if sorted(names) != list(range(len(names))):
         gaps = sorted(set(range(max(names) + 1)) - set(names))
         raise where.error(f"{path}: labels must be 0 ... {len(names) - 1}; missing "
-                          f"{_preview(gaps) if gaps else 'none'}, smallest {min(names)}")
+                          f"{preview(gaps) if gaps else 'none'}, smallest {min(names)}")
     return [names[y] for y in range(len(names))]
 
 
@@ -135,7 +135,7 @@ def _check_images(images: Path, rows: list[tuple[str, int]], split: str, where: 
                if name not in present and not (images / name).is_file()]
     if missing:
         raise where.error(f"{len(missing)} image(s) of split {split!r} listed in {METADATA} are "
-                          f"missing from {images}: {_preview(missing)}")
+                          f"missing from {images}: {preview(missing)}")
 
 
 def make_iwildcam(spec: dict[str, Any], split: str,
@@ -148,7 +148,7 @@ def make_iwildcam(spec: dict[str, Any], split: str,
     limit = opts.int("max_per_class", default=None, minimum=1)
     opts.done()  # before touching the disk, so a misspelt key is reported as such
     where = Where("iwildcam", root, origin, TREE, opts.key("root"))
-    base = _data_dir(where, ("iwildcam_v2.0",), root_ok=True)
+    base = data_dir(where, ("iwildcam_v2.0",), root_ok=True)
     absent = [n for n in (METADATA, CATEGORIES) if not (base / n).is_file()]
     absent += [] if (base / "train").is_dir() else ["train/"]
     if absent:

@@ -30,18 +30,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from torch.utils.data import Dataset
+from PIL import Image
 
 from tracer_cli import hookimpl
-from tracer_cli.contracts import DatasetBundle, SkippedItem, skipped_item
+from tracer_cli.contracts import DatasetBundle
 from tracer_cli.errors import MissingResourceError, RecipeError
 from tracer_cli.options import Options
-from tracer_plugins.datasets.files import (
-    UNREADABLE_IMAGE_ERRORS, open_rgb, options_for, resolve_transform, split_path)
+from tracer_plugins.datasets.common import (
+    LazyImageDataset, open_rgb, options_for, preview, resolve_transform, split_path)
 
 DEFAULT_PATTERN = "COCO_{split}2014_{image_id:012d}.jpg"
 DEFAULT_COCO_SPLIT = {"train": "train", "test": "val"}
-_MAX_LISTED = 5
 
 # --- answer normalization (the rules of the official VQA evaluation) ----------------------------
 
@@ -101,12 +100,6 @@ def majority_answer(answers: list[str]) -> str:
 
 
 # --- reading the files --------------------------------------------------------------------------
-
-
-def _preview(values: list[Any]) -> str:
-    shown = ", ".join(str(v) for v in values[:_MAX_LISTED])
-    more = len(values) - _MAX_LISTED
-    return shown + (f", ... ({more} more)" if more > 0 else "")
 
 
 def _load_entries(path: Path, key: str, option: str, example: str) -> list[dict[str, Any]]:
@@ -169,7 +162,7 @@ def _annotated(questions: list[dict[str, Any]], annotations: list[dict[str, Any]
     if missing:
         raise MissingResourceError(
             f"vqav2 dataset: {len(missing)} question(s) of {paths['questions']} have no "
-            f"annotation in {paths['annotations']} (question_id {_preview(missing)}); set "
+            f"annotation in {paths['annotations']} (question_id {preview(missing)}); set "
             "'annotations' to the annotations file of the same split as 'questions'")
     rows = []
     for q in questions:
@@ -194,7 +187,7 @@ def _image_files(rows: list[dict[str, Any]], folder: Path, pattern: str,
     missing = [str(path) for path in files.values() if not path.is_file()]
     if missing:
         raise MissingResourceError(
-            f"vqav2 dataset: {len(missing)} image file(s) do not exist: {_preview(missing)}; set "
+            f"vqav2 dataset: {len(missing)} image file(s) do not exist: {preview(missing)}; set "
             f"'images' to the COCO image folder (e.g. coco/{{split}}2014) and 'image_pattern' to "
             f"its file names (now {pattern!r}, with {{split}} = {coco_split!r})")
     return files
@@ -231,28 +224,27 @@ def _read_options(opts: Options, split: str) -> dict[str, Any]:
     return {"paths": paths, "pattern": pattern, "coco_split": coco_split, "size": size}
 
 
-class VQADataset(Dataset):
+class VQADataset(LazyImageDataset):
     """One item per question: ``{"image", "question", "answer", "answers", "question_id",
     "image_id"}``, the image opened lazily from its file."""
 
     def __init__(self, rows: list[dict[str, Any]], files: dict[int, Path],
                  transform: Callable[[Any], Any]):
+        super().__init__(transform)
         self.rows, self.files = rows, files
-        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> dict[str, Any] | SkippedItem:
+    def source(self, index: int) -> Path:
+        return self.files[self.rows[index]["image_id"]]
+
+    def read(self, index: int) -> tuple[Image.Image, dict[str, Any]]:
         row = self.rows[index]
-        path = self.files[row["image_id"]]
-        try:
-            image = open_rgb(path)
-        except UNREADABLE_IMAGE_ERRORS as exc:
-            return skipped_item(path, exc)
-        return {"image": self.transform(image), "question": row["question"],
-                "answer": row["answer"], "answers": list(row["answers"]),
-                "question_id": row["question_id"], "image_id": row["image_id"]}
+        return open_rgb(self.source(index)), {
+            "question": row["question"], "answer": row["answer"],
+            "answers": list(row["answers"]), "question_id": row["question_id"],
+            "image_id": row["image_id"]}
 
 
 def make_vqav2(spec: dict[str, Any], split: str,

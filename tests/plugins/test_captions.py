@@ -19,6 +19,8 @@ from PIL import Image
 from tracer_cli.contracts import SkippedItem
 from tracer_cli.errors import MissingResourceError, RecipeError
 from tracer_plugins.datasets import synth
+from tracer_plugins.datasets.synth import captions as synth_captions_text
+from tracer_plugins.datasets.synth.classification import domain_factory
 from tracer_plugins.datasets.files import make_csv
 from tracer_plugins.datasets.hf import make_hf
 
@@ -51,7 +53,7 @@ def test_synth_captions_contract_and_defaults():
 def test_synth_captions_share_images_and_first_caption_with_the_domain_dataset():
     spec = {"size": 40, "seed": 2}
     captions = synth.synth_captions({**spec, "domain": "cartoon"}, "train")
-    cartoon = synth._domain_factory("cartoon")(spec, "train")  # what synth-cartoon returns
+    cartoon = domain_factory("cartoon")(spec, "train")  # what synth-cartoon returns
     np.testing.assert_array_equal(captions.dataset.images, cartoon.dataset.images)
     assert [c[0] for c in captions.info["captions"]] == cartoon.dataset.captions
 
@@ -62,7 +64,7 @@ def test_synth_captions_describe_the_true_attributes(domain):
                                   "test")
     seed = synth.split_seed(0, "test")
     *_, attrs = synth.render(domain, 60, seed, return_attributes=True)
-    nouns = " ".join(synth._DOMAIN_NOUNS[domain]).split()
+    nouns = " ".join(synth_captions_text._DOMAIN_NOUNS[domain]).split()
     placed = 0
     for caps, attr in zip(bundle.info["captions"], attrs):
         assert len(caps) == 6
@@ -73,7 +75,7 @@ def test_synth_captions_describe_the_true_attributes(domain):
             colours = set(words) & set(synth.COLOURS)
             assert colours <= ({attr["colour"]} if attr["colour"] else set())
             assert set(words) & set(synth.SIZES) <= {attr["size"]}
-            for position, phrase in synth._POSITION_PHRASE.items():
+            for position, phrase in synth_captions_text._POSITION_PHRASE.items():
                 # A phrase ends the caption or comes before another phrase ("at the top" is
                 # also the start of "at the top left").
                 if re.search(re.escape(phrase) + r"( on | in |$)", caption):

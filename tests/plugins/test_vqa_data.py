@@ -20,6 +20,7 @@ from tracer_cli.contracts import SkippedItem
 from tracer_cli.errors import MissingResourceError, RecipeError
 from tracer_cli.plugins import PluginHost
 from tracer_plugins.datasets import synth, vqav2
+from tracer_plugins.datasets.synth import groups as synth_groups
 from tracer_plugins.datasets.vqav2 import make_vqav2, normalize_answer
 
 
@@ -185,7 +186,7 @@ def test_synth_vqa_bad_options(spec, key, match):
 
 def test_group_renders_are_deterministic_and_balanced():
     images, attrs = synth.render_groups("photo", 300, seed=1)
-    synth._render_groups_cached.cache_clear()
+    synth_groups._render_groups_cached.cache_clear()
     again, attrs2 = synth.render_groups("photo", 300, seed=1)
     np.testing.assert_array_equal(images, again)
     assert attrs == attrs2 and images.shape == (300, 32, 32, 3)

@@ -1,0 +1,62 @@
+"""What every synth dataset factory shares: the common options (``size``, ``image_size``,
+``seed``), the per-split render seed, name-list options, and how an item hands out its image.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from tracer_cli.errors import RecipeError
+from tracer_cli.options import Options
+
+DEFAULT_SIZE = {"train": 20000, "test": 5000}
+
+
+_SPLIT_ID = {"train": 0, "test": 1}
+
+
+def as_image(pixels: np.ndarray, transform: Callable[[Image.Image], Any] | None) -> Any:
+    """A float CHW tensor in [0, 1] without a transform, else the transform of the PIL image."""
+    if transform is None:
+        return torch.tensor(pixels).permute(2, 0, 1).float().div_(255)
+    return transform(Image.fromarray(pixels))
+
+
+def split_seed(seed: int, split: str) -> int:
+    """The render seed of one split of world ``seed`` (train and test are independent draws)."""
+    if split not in _SPLIT_ID:
+        raise ValueError(f"unknown split {split!r}; expected 'train' or 'test'")
+    return int(np.random.SeedSequence([seed, _SPLIT_ID[split]]).generate_state(1)[0])
+
+
+def open_options(spec: dict[str, Any], split: str,
+                 default_size: dict[str, int] = DEFAULT_SIZE) -> tuple[Options, dict[str, Any]]:
+    """Read the options every synth dataset has; the caller reads its own and calls done()."""
+    table = dict(spec)
+    opts = Options(table, path=table.pop("_path", "data"))
+    if split not in _SPLIT_ID:
+        raise ValueError(f"unknown split {split!r}; expected 'train' or 'test'")
+    common = {"size": opts.int("size", default=default_size[split], minimum=1),
+              "image_size": opts.int("image_size", default=32, minimum=16),
+              "seed": opts.int("seed", default=0, minimum=0)}
+    if common["image_size"] > 128:
+        raise RecipeError(opts.key("image_size"), f"got {common['image_size']}; must be <= 128")
+    return opts, common
+
+
+def read_names(opts: Options, key: str, default: Sequence[str],
+               allowed: Sequence[str]) -> list[str]:
+    """The list option ``key`` (``default`` when absent): at least one name, each in ``allowed``;
+    duplicates dropped, first occurrence kept."""
+    names = opts.str_list(key, default=list(default))
+    if not names:
+        raise RecipeError(opts.key(key), f"must name at least one of: {', '.join(allowed)}")
+    for name in names:
+        if name not in allowed:
+            raise RecipeError(opts.key(key),
+                              f"unknown value {name!r}; allowed: {', '.join(allowed)}")
+    return list(dict.fromkeys(names))
