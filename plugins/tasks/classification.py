@@ -222,8 +222,10 @@ class ClassificationTask:
         self.train_templates = list(train_templates) if train_templates else None
         self.train_text = train_text
         self.classnames = classnames
-        # Per instance: task.headline decides which metric leads (the class default is accuracy).
-        self.metrics = classification_spec(headline)
+        # Per instance: task.headline decides which metric leads. The default leaves the class's
+        # own spec in place, so a subclass that declares its metrics (a plugin's) keeps them.
+        if headline != "accuracy":
+            self.metrics = classification_spec(headline)
 
     def _names(self, bundle: DatasetBundle, dataset: str) -> tuple[str, ...]:
         if self.classnames is None:
