@@ -368,9 +368,10 @@ class RunLock:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise UsageError(f"cannot create run directory '{self.run_dir}': "
-                             f"{exc.strerror or exc}; choose a shorter run.name or another "
-                             "--output-dir") from None
+            fix = ("choose a shorter run.name" if exc.errno == errno.ENAMETOOLONG else
+                   "choose another --output-dir or run.output_dir")
+            raise UsageError(f"cannot write to run directory '{self.run_dir}': "
+                             f"{exc.strerror or exc}; {fix}") from None
         if not _try_lock(fd):
             holder = _read_record(fd)
             os.close(fd)
