@@ -38,6 +38,9 @@ def test_minimal_recipe_gets_defaults():
     ({**MINIMAL, "run": {"precision": "fp16"}}, "run.precision", "32-true"),
     ({**MINIMAL, "run": {"device": "tpu"}}, "run.device", "allowed: auto, cpu, cuda"),
     ({**MINIMAL, "distill": {"fd": -1}}, "distill.fd", "must be >= 0"),
+    # tracer's default views (crd, fd, icl, xkd) compare with the untempered teacher
+    ({**MINIMAL, "distill": {"temperature": 2}}, "distill.temperature",
+     "only in plain soft-label distillation"),
     ({"run": {}}, "data", "required"),
     ({"data": {"train": 3}}, "data.train", "dataset name or a table"),
     ({"data": {"train": "a", "ood": ["x", {"name": "x"}]}}, "data.ood", "appear twice"),
@@ -48,6 +51,11 @@ def test_validation_errors_name_the_key(raw, key, fragment):
     assert err.value.key == key
     assert fragment in str(err.value)
     assert f"recipe key '{key}'" in str(err.value)
+
+
+def test_temperature_is_accepted_for_plain_distillation():
+    rec = R.from_dict({**MINIMAL, "train": {"method": "carot"}, "distill": {"temperature": 2}})
+    assert rec.distill.temperature == 2.0 and rec.distill.crd == rec.distill.xkd == 0
 
 
 def test_ints_are_accepted_for_floats_and_plugin_keys_pass_through():

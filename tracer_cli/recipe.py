@@ -232,6 +232,11 @@ class DistillConfig:
             value = getattr(self, f.name)
             _check(f"{path}.{f.name}", value >= 0, f"got {value}; must be >= 0")
         _check(f"{path}.temperature", self.temperature > 0, "must be > 0")
+        views = [k for k in ("crd", "fd", "icl", "xkd") if getattr(self, k) > 0]
+        _check(f"{path}.temperature", self.temperature == 1 or not views,
+               f"got {self.temperature:g}, but it softens the teacher only in plain soft-label "
+               f"distillation (crd, fd, icl and xkd all 0), as in the reference code; with "
+               f"{', '.join(views)} set it has no effect: remove it")
 
 
 @dataclass
