@@ -102,6 +102,21 @@ def test_overrides_apply_and_keep_string_keys_strings():
         R.apply_overrides(raw, ["run.name.x=1"])
 
 
+def test_overrides_index_dataset_lists():
+    """What a missing-root error suggests: --set data.ood[0].root=... (a name becomes a table)."""
+    raw = {"data": {"train": "a", "id": "b", "ood": ["c", {"name": "d", "root": "/d"}]}}
+    out = R.apply_overrides(raw, ["data.ood[0].root=/c", "data.ood[1].root=/e",
+                                  "data.train.root=/a", "data.id[0].root=/b"])
+    assert out["data"] == {"train": {"name": "a", "root": "/a"},
+                           "id": [{"name": "b", "root": "/b"}],
+                           "ood": [{"name": "c", "root": "/c"}, {"name": "d", "root": "/e"}]}
+    assert R.apply_overrides(raw, ["data.ood[1]=x"])["data"]["ood"] == ["c", "x"]
+    with pytest.raises(RecipeError, match=r"'data.ood'.*has 2 entries; cannot set 'data.ood\[2\]"):
+        R.apply_overrides(raw, ["data.ood[2].root=/x"])
+    with pytest.raises(RecipeError, match="'run.name'.*not a table"):
+        R.apply_overrides({"run": {"name": "a"}}, ["run.name.x=1"])
+
+
 def test_bad_files_are_usage_errors(tmp_path):
     with pytest.raises(UsageError, match="does not exist"):
         R.load(tmp_path / "missing.toml")

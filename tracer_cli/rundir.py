@@ -3,6 +3,7 @@
 Layout owned here::
 
     runs/<name>/.lock                        the writer lock (PID, host, start time of the holder)
+    runs/<name>/recipe.lock.toml             the resolved recipe (what makes a folder a run here)
     runs/<name>/last.pt                      the newest full checkpoint (a hard link to it)
     runs/<name>/last.pt.sha256               its SHA-256 (``sha256sum -c`` format)
     runs/<name>/checkpoints/step_N.pt        full training checkpoints, the newest
@@ -35,6 +36,7 @@ from tracer_cli.errors import UsageError
 
 LOCK = ".lock"
 LAST = "last.pt"
+RECIPE_LOCK = "recipe.lock.toml"
 CHECKPOINTS = "checkpoints"
 CORRUPT = "corrupt"
 SHA_SUFFIX = ".sha256"
@@ -59,6 +61,25 @@ def weights_path(run_dir: Path, step: int) -> Path:
 
 def sha_path(path: Path) -> Path:
     return path.with_name(path.name + SHA_SUFFIX)
+
+
+def latest_run(root: Path) -> Path | None:
+    """The most recent run directly under ``root`` (``tracer eval`` without a source), or None.
+
+    A run here is a folder holding both ``recipe.lock.toml`` and ``last.pt``; the most recent is
+    the one whose ``last.pt`` was written last (its modification time: the newest checkpoint's
+    write), so a finished run, a stopped one and one still training all count by their newest
+    checkpoint. Equal times go to the name that sorts last.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    found = []
+    for run in root.iterdir():
+        last = last_path(run)
+        if run.is_dir() and (run / RECIPE_LOCK).is_file() and last.is_file():
+            found.append((last.stat().st_mtime_ns, run.name, run))
+    return max(found)[2] if found else None
 
 
 def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
