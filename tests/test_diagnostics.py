@@ -31,27 +31,37 @@ def _recipe(**teacher) -> recipe_mod.Recipe:
 
 @pytest.mark.parametrize("m, k", [(0.9, 1), (0.9, 5), (0.99, 2), (0.5, 500)])
 def test_ema_lag_tends_to_k_m_over_1_minus_m(m, k):
-    total = 200_000 if m == 0.5 else 20_000  # a whole number of updates, far past convergence
+    total = 200_000 if m == 0.5 else 20_000  # far past convergence
     curve = kernels.ema_curve(total, lambda steps: m, k)
-    assert curve.lag[-1] == pytest.approx(k * m / (1 - m), rel=1e-9)
-    assert curve.relative_lag[-1] == pytest.approx(k * m / (1 - m) / total, rel=1e-9)
+    last = int(curve.updates[-1])  # updates at 1, k + 1, ...: right after the last one
+    assert last == total - k + 1
+    assert curve.lag[last] == pytest.approx(k * m / (1 - m), rel=1e-9)
+    assert curve.relative_lag[last] == pytest.approx(k * m / (1 - m) / last, rel=1e-9)
     assert curve.log_anchor_mass[-1] == pytest.approx((total // k) * math.log(m), rel=1e-12)
-    # The trailing half-life of m^(t/k) is k·ln 2/ln(1/m), rounded down to whole updates.
-    assert curve.anchor_half_life() == k * math.floor(math.log(2) / math.log(1 / m))
+    # The trailing half-life of m^(t/k) is k·ln 2/ln(1/m), rounded down to whole updates, plus
+    # the steps after the last update.
+    assert curve.anchor_half_life() == (k * math.floor(math.log(2) / math.log(1 / m))
+                                        + total - last)
 
 
 def test_ema_with_momentum_warmup_ends_at_the_final_momentum_lag():
     total, k = 100_000, 500  # 160 updates at the final momentum after the ramp
     curve = diagnostics.TeacherSpec("ema", k, momentum_start=0.05, momentum_end=0.9,
                                     momentum_warmup=0.2).curve(total)
-    assert curve.lag[-1] == pytest.approx(k * 0.9 / 0.1, rel=1e-6)
+    assert curve.lag[int(curve.updates[-1])] == pytest.approx(k * 0.9 / 0.1, rel=1e-6)
     assert len(curve.updates) == total // k
 
 
 @pytest.mark.parametrize("total, k", [(300, 1), (1000, 1), (25_000, 1), (1000, 10), (5000, 500)])
 def test_wma_half_beta_ends_at_relative_lag_one_half(total, k):
     curve = kernels.wma_curve(total, 0.5, k)
-    assert curve.relative_lag[-1] == pytest.approx(0.5, rel=0.01)
+    assert curve.updates[0] == 1 and curve.updates[-1] == total  # first and last step folded in
+    if k == 1:
+        assert curve.relative_lag[-1] == pytest.approx(0.5, rel=0.01)
+    else:
+        # The update right after step 1 is a second heavy weight at the kernel's start (θ₀ is
+        # the first), so the teacher leans a little towards θ₀: 0.53 (k = 10), 0.60 (k = 500).
+        assert 0.5 < curve.relative_lag[-1] < 0.65
     assert np.nanmin(curve.relative_lag) > 0.45  # bounded away from zero over the whole run
 
 
@@ -99,7 +109,7 @@ def test_curves_match_the_running_teachers():
     curve = kernels.wma_curve(total, 0.5, 2)
     assert wma.describe()["anchor_mass"] == pytest.approx(curve.anchor_mass[-1], rel=1e-12)
     ema = EmaTeacher(student, total, 0.05, 0.9, 0.2, update_every=3)
-    anchor = np.prod([ema.momentum(s) for s in range(3, total + 1, 3)])
+    anchor = np.prod([ema.momentum(s - 1) for s in range(1, total + 1, 3)])
     assert kernels.ema_curve(total, lambda s: kernels.linear_warmup_momenta(
         s, total, 0.05, 0.9, 0.2), 3).anchor_mass[-1] == pytest.approx(anchor, rel=1e-12)
 
@@ -150,9 +160,9 @@ def test_alternatives_share_the_recipe_update_interval():
     labels = [a.spec.label for a in diagnostics.check(_recipe(kind="wma", steps=1000)).alternatives]
     assert labels == ["ema m=0.05→0.9 over 20%, k=1", "ema m=0.05→0.9 over 20%, k=500",
                       "wma β=1, k=1", "static (θ₀)"]
-    ema = diagnostics.check(_recipe(kind="ema", steps=300))  # k = 500 > T: never updated
-    assert ema.teacher.spec.update_every == 500 and len(ema.teacher.curve.updates) == 0
-    assert any("never updated" in n for n in ema.notes)
+    ema = diagnostics.check(_recipe(kind="ema", steps=300))  # k = 500 > T: one update, after step 1
+    assert ema.teacher.spec.update_every == 500 and ema.teacher.curve.updates.tolist() == [1]
+    assert any("updates only after step 1" in n for n in ema.notes)
     assert [a.spec.label for a in ema.alternatives] == ["wma β=0.5, k=500", "wma β=1, k=500",
                                                         "static (θ₀)"]
 

@@ -39,6 +39,9 @@ def test_minimal_recipe_gets_defaults():
     ({**MINIMAL, "run": {"precision": "fp16"}}, "run.precision", "32-true"),
     ({**MINIMAL, "run": {"device": "tpu"}}, "run.device", "allowed: auto, cpu, cuda"),
     ({**MINIMAL, "distill": {"fd": -1}}, "distill.fd", "must be >= 0"),
+    # tracer's default views (crd, fd, icl, xkd) compare with the untempered teacher
+    ({**MINIMAL, "distill": {"temperature": 2}}, "distill.temperature",
+     "only in plain soft-label distillation"),
     ({"run": {}}, "data", "required"),
     ({"data": {"train": 3}}, "data.train", "dataset name or a table"),
     ({"data": {"train": "a", "ood": ["x", {"name": "x"}]}}, "data.ood", "appear twice"),
@@ -49,6 +52,11 @@ def test_validation_errors_name_the_key(raw, key, fragment):
     assert err.value.key == key
     assert fragment in str(err.value)
     assert f"recipe key '{key}'" in str(err.value)
+
+
+def test_temperature_is_accepted_for_plain_distillation():
+    rec = R.from_dict({**MINIMAL, "train": {"method": "carot"}, "distill": {"temperature": 2}})
+    assert rec.distill.temperature == 2.0 and rec.distill.crd == rec.distill.xkd == 0
 
 
 def test_ints_are_accepted_for_floats_and_plugin_keys_pass_through():
@@ -93,6 +101,21 @@ def test_overrides_apply_and_keep_string_keys_strings():
     assert raw == {"run": {"name": "x"}, "data": {"train": "a"}}  # input untouched
     with pytest.raises(RecipeError, match="not a table"):
         R.apply_overrides(raw, ["run.name.x=1"])
+
+
+def test_overrides_index_dataset_lists():
+    """What a missing-root error suggests: --set data.ood[0].root=... (a name becomes a table)."""
+    raw = {"data": {"train": "a", "id": "b", "ood": ["c", {"name": "d", "root": "/d"}]}}
+    out = R.apply_overrides(raw, ["data.ood[0].root=/c", "data.ood[1].root=/e",
+                                  "data.train.root=/a", "data.id[0].root=/b"])
+    assert out["data"] == {"train": {"name": "a", "root": "/a"},
+                           "id": [{"name": "b", "root": "/b"}],
+                           "ood": [{"name": "c", "root": "/c"}, {"name": "d", "root": "/e"}]}
+    assert R.apply_overrides(raw, ["data.ood[1]=x"])["data"]["ood"] == ["c", "x"]
+    with pytest.raises(RecipeError, match=r"'data.ood'.*has 2 entries; cannot set 'data.ood\[2\]"):
+        R.apply_overrides(raw, ["data.ood[2].root=/x"])
+    with pytest.raises(RecipeError, match="'run.name'.*not a table"):
+        R.apply_overrides({"run": {"name": "a"}}, ["run.name.x=1"])
 
 
 def test_bad_files_are_usage_errors(tmp_path):

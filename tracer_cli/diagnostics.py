@@ -334,9 +334,10 @@ def _notes(recipe: Recipe, teacher: TeacherAnalysis,
     notes = []
     if recipe.distill.lambda_sd == 0:
         notes.append("distill.lambda_sd = 0: the teacher is kept but does not enter the loss")
-    if teacher.spec.kind != "static" and len(teacher.curve.updates) == 0:
-        notes.append(f"teacher.update_every = {teacher.spec.update_every} exceeds train.steps = "
-                     f"{teacher.horizon}: the teacher is never updated and stays θ₀")
+    if teacher.spec.kind != "static" and teacher.spec.update_every >= teacher.horizon > 1:
+        when = "after step 1 and the last step" if teacher.spec.kind == "wma" else "after step 1"
+        notes.append(f"teacher.update_every = {teacher.spec.update_every} is not below "
+                     f"train.steps = {teacher.horizon}: the teacher updates only {when}")
     if empirical is not None:
         if not np.isfinite(empirical.series["param_ratio"]).any():
             notes.append("no param_ratio in the records (run.track_drift = false, or a run from "

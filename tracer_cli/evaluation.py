@@ -371,7 +371,11 @@ def _specs_for(names: Sequence[str], data: dict[str, Any]) -> list[Any]:
 
 
 def _recipe_for(source: _Source, req: EvalRequest) -> Recipe:
-    raw = recipe_mod.apply_overrides(source.raw, req.overrides)
+    # ``--set data.ood[0].root=...`` (what a missing-root error suggests) indexes the datasets
+    # being evaluated, so indexed data.id / data.ood keys apply after --id / --ood chose them.
+    late = [o for o in req.overrides if re.match(r"\s*data\.(id|ood)\[", o)]
+    early = [o for o in req.overrides if o not in late]
+    raw = recipe_mod.apply_overrides(source.raw, early)
     data = raw.setdefault("data", {})
     if not isinstance(data, dict):
         raise RecipeError("data", f"expected a table, got {data!r}")
@@ -386,7 +390,7 @@ def _recipe_for(source: _Source, req: EvalRequest) -> Recipe:
                          "data.ood")
     # Recipes require a training set; eval never builds it, so any evaluated spec will do.
     data.setdefault("train", copy.deepcopy(evaluated[0]))
-    return recipe_mod.from_dict(raw, source=source.recipe_source)
+    return recipe_mod.from_dict(recipe_mod.apply_overrides(raw, late), source=source.recipe_source)
 
 
 def prepare(req: EvalRequest) -> EvalPlan:

@@ -214,7 +214,8 @@ class DistillWeights:
     """The ``[distill]`` table: weights of the distillation views and regularizers, read by the
     engine as they are. ``crd``, ``fd``, ``icl`` and ``xkd`` weight the views inside L_SD (all
     zero selects plain soft distillation); ``lambda_sd`` scales L_SD in the total loss;
-    ``temperature`` divides the teacher logits; ``lambda_fn`` and ``lambda_orth`` weight the
+    ``temperature`` divides the teacher logits of plain soft distillation (as the reference code
+    does; with a view weight set it is refused); ``lambda_fn`` and ``lambda_orth`` weight the
     projection penalties. Unset keys are 0 here; ``train.method`` supplies its defaults
     (:data:`METHOD_DEFAULTS`, e.g. :data:`TRACER_WEIGHTS`)."""
 
@@ -235,6 +236,11 @@ class DistillWeights:
             value = getattr(self, f.name)
             _check(f"{path}.{f.name}", value >= 0, f"got {value}; must be >= 0")
         _check(f"{path}.temperature", self.temperature > 0, "must be > 0")
+        views = [k for k in VIEW_NAMES if getattr(self, k) > 0]
+        _check(f"{path}.temperature", self.temperature == 1 or not views,
+               f"got {self.temperature:g}, but it softens the teacher only in plain soft-label "
+               f"distillation (crd, fd, icl and xkd all 0), as in the reference code; with "
+               f"{', '.join(views)} set it has no effect: remove it")
 
     @property
     def view_weights(self) -> dict[str, float]:
@@ -588,7 +594,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``--set`` overrides to a parsed recipe (a deep copy is returned)."""
+    """Apply ``--set`` overrides to a parsed recipe (a deep copy is returned).
+
+    A part ``name[i]`` indexes a list (``data.ood[0].root=/x``); a dataset given by its name alone
+    (``data.train``, ``data.id[i]``, ``data.ood[i]``) becomes a table when a key is set inside it.
+    """
     raw = copy.deepcopy(raw)
     for text in overrides:
         parts, value = parse_override(text)
@@ -598,13 +608,42 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                              f"than {MAX_NESTING} levels deep in the recipe")
         node = raw
         for i, part in enumerate(parts[:-1]):
-            nxt = node.setdefault(part, {})
-            if not isinstance(nxt, dict):
-                raise RecipeError(".".join(parts[: i + 1]), f"is {nxt!r}, not a table; cannot set "
-                                  f"'{'.'.join(parts)}'")
-            node = nxt
-        node[parts[-1]] = _keep_string_type(node.get(parts[-1]), value)
+            node = _child_table(node, part, ".".join(parts[: i + 1]), ".".join(parts))
+        owner, slot = _slot(node, parts[-1], ".".join(parts), ".".join(parts))
+        old = owner.get(slot) if isinstance(owner, dict) else owner[slot]
+        owner[slot] = _keep_string_type(old, value)
     return raw
+
+
+_INDEXED = re.compile(r"^(.+)\[(\d+)\]$")
+_DATASET_SLOT = re.compile(r"^data\.(train|id\[\d+\]|ood\[\d+\])$")
+
+
+def _slot(node: dict[str, Any], part: str, path: str, full: str) -> tuple[Any, Any]:
+    """(container, key or index) that ``part`` (at ``path``) names in ``node``; ``name[i]`` must
+    exist."""
+    match = _INDEXED.match(part)
+    if match is None:
+        return node, part
+    key, index = match.group(1), int(match.group(2))
+    items = node.get(key)
+    if isinstance(items, (str, dict)):  # a single dataset where a list is allowed
+        items = node[key] = [items]
+    if not isinstance(items, list) or index >= len(items):
+        size = f"has {len(items)} entries" if isinstance(items, list) else "is not a list"
+        raise RecipeError(path[: path.rindex("[")], f"{size}; cannot set '{full}'")
+    return items, index
+
+
+def _child_table(node: dict[str, Any], part: str, path: str, full: str) -> dict[str, Any]:
+    """The table ``part`` of ``node`` to descend into (a missing key becomes an empty table)."""
+    owner, slot = _slot(node, part, path, full)
+    child = owner.setdefault(slot, {}) if isinstance(owner, dict) else owner[slot]
+    if isinstance(child, str) and _DATASET_SLOT.match(path):
+        child = owner[slot] = {"name": child}
+    if not isinstance(child, dict):
+        raise RecipeError(path, f"is {child!r}, not a table; cannot set '{full}'")
+    return child
 
 
 def _keep_string_type(old: Any, new: Any) -> Any:

@@ -103,6 +103,25 @@ def resolve_checkpoint(run_dir: Path, given: Path) -> Path:
     return inside if not given.exists() and inside.is_file() else given
 
 
+def latest_run(root: Path) -> Path | None:
+    """The most recent run directly under ``root`` (``tracer eval`` without a source), or None.
+
+    A run here is a folder holding both ``recipe.lock.toml`` and ``last.pt``; the most recent is
+    the one whose ``last.pt`` was written last (its modification time: the newest checkpoint's
+    write), so a finished run, a stopped one and one still training all count by their newest
+    checkpoint. Equal times go to the name that sorts last.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    found = []
+    for run in root.iterdir():
+        last = last_path(run)
+        if run.is_dir() and is_run_dir(run) and last.is_file():
+            found.append((last.stat().st_mtime_ns, run.name, run))
+    return max(found)[2] if found else None
+
+
 def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """The full step checkpoints of a run, newest first (weights-only milestones excluded)."""
     folder = Path(run_dir) / CHECKPOINTS

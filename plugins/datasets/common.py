@@ -235,7 +235,8 @@ class Where:
             f"{self.dataset}: {problem}\n"
             f"  tried: {self.root} ({self.origin})\n"
             f"  expected layout:\n{sketch}\n"
-            f"  set {self.root_key} = \"/path/to/{self.dataset}\" in the recipe, or "
+            f"  set {self.root_key} = \"/path/to/{self.dataset}\" in the recipe, or on the "
+            f"command line --set {self.root_key}=/path/to/{self.dataset}, or "
             f"{DATA_ENV}=/path/to/datasets (read as ${DATA_ENV}/{self.dataset})")
 
 

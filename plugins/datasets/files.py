@@ -43,11 +43,13 @@ IMAGEFOLDER_LAYOUT = ("expected layout: <root>/<class name>/<image>.jpg, or one 
 # --------------------------------------------------------------------------- imagefolder
 
 
-def _split_root(root: Path, split: str, had_placeholder: bool) -> Path:
-    """The folder holding the class folders for ``split``."""
+def _split_root(root: Path, split: str, had_placeholder: bool, key: str) -> Path:
+    """The folder holding the class folders for ``split``; ``key`` is the recipe key of the root."""
     if not root.is_dir():
         what = "does not exist" if not root.exists() else "is not a directory"
-        raise MissingResourceError(f"imagefolder root {root} {what}; {IMAGEFOLDER_LAYOUT}")
+        raise MissingResourceError(f"imagefolder root {root} ({key}) {what}; set {key} = "
+                                   f"\"/path/to/images\" in the recipe, or on the command line "
+                                   f"--set {key}=/path/to/images; {IMAGEFOLDER_LAYOUT}")
     if had_placeholder:
         return root
     split_dirs = [name for names in SPLIT_DIRS.values() for name in names]
@@ -92,7 +94,8 @@ def make_imagefolder(spec: dict[str, Any], split: str,
     templates = read_templates(opts)
     names = opts.str_list("classnames", default=None)
     opts.done()  # before touching the disk, so a misspelt key is reported as such
-    folder = _split_root(split_path(raw_root, split), split, "{split}" in raw_root)
+    folder = _split_root(split_path(raw_root, split), split, "{split}" in raw_root,
+                         opts.key("root"))
     folders, files = _scan_tree(folder, extensions)
     classnames = check_classnames(names, [name.replace("_", " ") for name in folders],
                                   opts.key("classnames"))

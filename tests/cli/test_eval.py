@@ -7,6 +7,7 @@ eval numbers can be checked against what finetune wrote: same weights, same data
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -238,10 +239,63 @@ def run_without_checkpoint(run_dir, tmp_path) -> Path:
     (["RUN", "--save-predictions"], "--save-predictions writes into --output-dir"),
     (["RUN", "--recipe", "RECIPE"], "drop --recipe"),
 ])
-def test_bad_input_exits_2_with_one_line(runner, run_dir, run_without_checkpoint, args, fragment):
+def test_bad_input_exits_2_with_one_line(runner, run_dir, run_without_checkpoint, args, fragment,
+                                        tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ./runs here: without a source there is nothing to evaluate
     swap = {"RUN": str(run_dir), "BARE": str(run_without_checkpoint),
             "RECIPE": str(ROOT / "recipes" / "quickstart.toml")}
     result = _eval(runner, *[swap.get(a, a) for a in args])
     assert result.exit_code == 2, result.stderr
     assert fragment in result.stderr
     assert result.stderr.count("error:") == 1 and "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------- default run, roots
+
+
+def test_no_source_evaluates_the_most_recent_run(runner, run_dir, monkeypatch):
+    """`tracer finetune recipe.toml` then `tracer eval --ood ...` in the same folder."""
+    monkeypatch.chdir(run_dir.parent.parent)  # its runs/ holds the tiny run
+    result = _eval(runner, "--ood", "synth-sketch", "--which", "teacher", "--json")
+    doc = _json(result)
+    assert "evaluating the most recent run under runs/: runs/tiny (last.pt written" in result.stderr
+    assert doc["model"]["path"] == "runs/tiny" and doc["model"]["which"] == "teacher"
+    assert doc["ood"] == ["synth-sketch"]
+    assert doc["datasets"]["synth-sketch"] == _saved(run_dir, "final_teacher")["synth-sketch"]
+
+
+def test_most_recent_run_is_the_newest_last_pt(tmp_path):
+    from tracer_cli.rundir import latest_run
+
+    def run(name: str, mtime: int, lock: bool = True, last: bool = True) -> None:
+        folder = tmp_path / "runs" / name
+        folder.mkdir(parents=True)
+        if lock:
+            (folder / "recipe.lock.toml").write_text("")
+        if last:
+            (folder / "last.pt").write_bytes(b"")
+            os.utime(folder / "last.pt", (mtime, mtime))
+
+    assert latest_run(tmp_path / "runs") is None
+    run("old", 100)
+    run("new", 200)
+    run("no-lock", 300, lock=False)  # not a run: no recipe.lock.toml
+    run("no-checkpoint", 0, last=False)  # nothing to evaluate yet
+    (tmp_path / "runs" / "stray.txt").write_text("")
+    assert latest_run(tmp_path / "runs") == tmp_path / "runs" / "new"
+    run("tie", 200)  # equal times: the name that sorts last
+    assert latest_run(tmp_path / "runs") == tmp_path / "runs" / "tie"
+
+
+def test_missing_root_shows_the_command_line_form(runner, run_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACER_DATA", str(tmp_path / "datasets"))
+    result = _eval(runner, run_dir, "--ood", "synth-sketch,imagenet-r")
+    assert result.exit_code == 2, result.stderr
+    assert 'set data.ood[1].root = "/path/to/imagenet-r" in the recipe' in result.stderr
+    assert "--set data.ood[1].root=/path/to/imagenet-r" in result.stderr
+    # ... and that form reaches the dataset the error was about
+    given = tmp_path / "elsewhere"
+    result = _eval(runner, run_dir, "--ood", "synth-sketch,imagenet-r",
+                   "--set", f"data.ood[1].root={given}")
+    assert result.exit_code == 2, result.stderr
+    assert f"tried: {given} (from data.ood[1].root)" in result.stderr

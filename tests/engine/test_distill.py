@@ -162,20 +162,26 @@ def test_weighted_views_and_parts(rand):
     assert loss.item() == pytest.approx(0.9 * sd.item(), abs=1e-12)
 
 
-def test_temperature_divides_teacher_logits(rand):
+def test_temperature_softens_plain_distillation_only(rand):
+    """As in the reference: τ divides the teacher logits of plain soft distillation; the views
+    (CRD, XKD) compare with the untempered teacher, so τ ≠ 1 with a view weight is refused."""
     fi, ft, gi, gt, s, s_t = rand
     tau = 2.5
     T = distill.teacher_logits(gi, gt, s_t, temperature=tau)
     assert torch.allclose(T, s_t * gi @ gt.t() / tau)
-    w = DistillWeights(lambda_sd=1.0, crd=1.0, fd=0, icl=0, xkd=1.0, temperature=tau)
-    loss, parts = distill.distillation_loss(fi, ft, gi, gt, s, s_t, w)
     S = distill.student_logits(fi, ft, s)
-    assert parts["crd"].item() == pytest.approx(distill.crd(S, T).item(), abs=1e-12)
-    assert parts["xkd"].item() == pytest.approx(distill.xkd(T, fi, ft, gi, gt, s).item(), abs=1e-12)
+    plain = DistillWeights(lambda_sd=1.0, crd=0, fd=0, icl=0, xkd=0, temperature=tau)
+    loss, parts = distill.distillation_loss(fi, ft, gi, gt, s, s_t, plain)
+    S_np, T_np = S.numpy(), s_t * gi.numpy() @ gt.numpy().T / tau
+    expected = _np_soft_ce(T_np, S_np) + _np_soft_ce(T_np.T, S_np.T)
+    assert parts["plain_sd"].item() == pytest.approx(expected, abs=1e-12)
+    assert loss.item() == pytest.approx(expected, abs=1e-12)
     untempered, _ = distill.distillation_loss(fi, ft, gi, gt, s, s_t,
-                                              DistillWeights(lambda_sd=1.0, crd=1.0, fd=0, icl=0,
-                                                             xkd=1.0))
+                                              DistillWeights(lambda_sd=1.0, crd=0, fd=0, icl=0,
+                                                             xkd=0))
     assert loss.item() != pytest.approx(untempered.item())
+    with pytest.raises(RecipeError, match="softens the teacher only in plain soft-label"):
+        DistillWeights(lambda_sd=1.0, crd=1.0, fd=0, icl=0, xkd=1.0, temperature=tau)
 
 
 def test_gradient_reaches_student_not_teacher(rand):

@@ -82,7 +82,7 @@ def test_wma_matches_reference_implementation(beta):
     assert teacher.weight_sum == pytest.approx(sum(ref["weights"]), abs=1e-12)
 
 
-@pytest.mark.parametrize("update_every", [1, 3])
+@pytest.mark.parametrize("update_every", [1, 3, 4])
 def test_wma_is_weighted_average_of_trajectory(update_every):
     student, total = _mlp(), 10
     snapshots = {0: {k: v.detach().clone() for k, v in student.state_dict().items()}}
@@ -90,8 +90,9 @@ def test_wma_is_weighted_average_of_trajectory(update_every):
     for step, snap in _trajectory(student, total):
         snapshots[step] = snap
         teacher.update(step, student)
-    # Positions follow the step, not the update count, whatever update_every is.
-    updated = [0, *range(update_every, total + 1, update_every)]
+    # The reference schedule: after step 1, every k steps from there, and after the last step
+    # (k = 3: 1, 4, 7, 10; k = 4: 1, 5, 9 and 10). Positions follow the step, not the update count.
+    updated = [0, *sorted({*range(1, total + 1, update_every), total})]
     weights = {s: kernels.beta_pdf((s + 0.5) / (total + 1), 0.5, 0.5) for s in updated}
     _assert_weighted_average(teacher, snapshots, weights)
     assert dict(kernels.wma_weights(total, 0.5, update_every)) == pytest.approx(weights)
@@ -176,6 +177,7 @@ def test_ema_momentum_schedule():
     teacher = EmaTeacher(Vector([0.0] * 4), total_steps=100, momentum_start=0.05,
                          momentum_end=0.9, warmup=0.2, update_every=1)
     assert teacher.momentum(0) == pytest.approx(0.05)
+    assert teacher.momentum(1) == pytest.approx(0.0925)
     assert teacher.momentum(10) == pytest.approx(0.475)
     assert teacher.momentum(20) == pytest.approx(0.9)
     assert teacher.momentum(90) == pytest.approx(0.9)
@@ -190,14 +192,14 @@ def test_ema_matches_explicit_recursion_and_closed_form():
     for step, snap in _trajectory(student, total):
         snapshots[step] = snap
         teacher.update(step, student)
-        if step % k == 0:
-            m = teacher.momentum(step)
+        if (step - 1) % k == 0:  # the reference: 0-based step index divisible by k
+            m = teacher.momentum(step - 1)
             phi = {key: m * phi[key] + (1 - m) * snap[key] if v.is_floating_point()
                    else snap[key] for key, v in phi.items()}
     for key, value in teacher.module.state_dict().items():
         torch.testing.assert_close(value, phi[key], atol=1e-12, rtol=0)
     closed = dict(kernels.ema_weights(total, teacher.momentum, k))
-    assert sorted(closed) == [0, 2, 4, 6, 8, 10]
+    assert sorted(closed) == [0, 1, 3, 5, 7, 9]  # no fold of the last step for the EMA
     assert sum(closed.values()) == pytest.approx(1.0)
     _assert_weighted_average(teacher, snapshots, closed)
 
@@ -234,9 +236,11 @@ def test_kernel_diagnostics():
     # EMA with constant momentum: the lag tends to k·m/(1 − m), so the relative lag vanishes.
     k, m, total = 5, 0.9, 5000
     ema = kernels.ema_weights(total, lambda step: m, k)
-    assert kernels.teacher_lag(ema, total) == pytest.approx(k * m / (1 - m), rel=1e-6)
+    # Updates at 1, k + 1, ..., 4996: the last is k − 1 steps before the horizon.
+    assert kernels.teacher_lag(ema, total) == pytest.approx(k * m / (1 - m) + k - 1, rel=1e-6)
     assert kernels.relative_lag(ema, total) < 0.01
     assert kernels.anchor_mass(ema) == pytest.approx(m ** (total // k))
+    assert kernels.teacher_lag(ema, total - k + 1) == pytest.approx(k * m / (1 - m), rel=1e-6)
     # WMA with β = 0.5 keeps far more of θ₀, and its symmetric kernel centres the teacher at
     # mid-training: the relative lag at the horizon is exactly one half.
     wma = kernels.wma_weights(total, 0.5, 1)
@@ -244,3 +248,53 @@ def test_kernel_diagnostics():
     assert kernels.relative_lag(wma, total) == pytest.approx(0.5, abs=1e-9)
     partial = kernels.wma_weights(total, 0.5, 1, upto=100)
     assert partial[-1][0] == 100 and len(partial) == 101
+
+
+def test_update_schedule_follows_the_reference():
+    # The reference updates after 0-based step indices divisible by k, i.e. after steps 1, k + 1,
+    # ...; its WMA also after the last step (index total − 1), its EMA never (its extra condition
+    # compares the 0-based index with total_steps, which the loop never reaches).
+    total, k = 10, 4
+    wma = [s for s in range(1, total + 1) if kernels.is_update_step(s, total, k, fold_final=True)]
+    ema = [s for s in range(1, total + 1) if kernels.is_update_step(s, total, k, fold_final=False)]
+    assert wma == [1, 5, 9, 10] and ema == [1, 5, 9]
+    assert kernels.update_steps(total, k, True) == wma
+    assert kernels.update_steps(total, k, False) == ema
+    assert kernels.update_steps(total, k, True, upto=8) == [1, 5]
+    assert kernels.update_steps(total, 1, True) == list(range(1, total + 1))
+    assert not kernels.is_update_step(0, total, 1, fold_final=True)
+
+
+def test_ema_first_update_follows_the_first_step():
+    """CaRot's EMA in the reference: the first update comes right after step 1 with the momentum
+    of step index 0 (momentum_start), so θ₀ keeps only momentum_start of the teacher."""
+    student = Vector([0.0, 0.0, 0.0, 0.0])
+    teacher = EmaTeacher(student, total_steps=100, momentum_start=0.05, momentum_end=0.9,
+                         warmup=0.2, update_every=500)
+    with torch.no_grad():
+        student.w.fill_(1.0)
+    teacher.update(1, student)
+    torch.testing.assert_close(teacher.module.w, torch.full((4,), 0.95, dtype=torch.float64),
+                               atol=1e-12, rtol=0)
+    for step in range(2, 101):  # k = 500 > 100 steps: no further update, no final fold
+        with torch.no_grad():
+            student.w.fill_(float(step))
+        teacher.update(step, student)
+    assert teacher.last_step == 1
+    torch.testing.assert_close(teacher.module.w, torch.full((4,), 0.95, dtype=torch.float64),
+                               atol=1e-12, rtol=0)
+
+
+def test_wma_folds_in_the_final_step():
+    student = Vector([0.0, 0.0, 0.0, 0.0])
+    total = 7
+    teacher = WmaTeacher(student, total_steps=total, beta=0.5, update_every=3)
+    for step in range(1, total + 1):
+        with torch.no_grad():
+            student.w.fill_(float(step))
+        teacher.update(step, student)
+    assert teacher.last_step == total  # 7 is not 1 + 3n, yet the final student is in
+    weights = {s: kernels.wma_kernel_weight(s, total, 0.5) for s in (0, 1, 4, 7)}
+    expected = sum(w * s for s, w in weights.items()) / sum(weights.values())
+    torch.testing.assert_close(teacher.module.w, torch.full((4,), expected, dtype=torch.float64),
+                               atol=1e-12, rtol=0)

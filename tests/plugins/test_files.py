@@ -121,10 +121,13 @@ def test_imagefolder_bad_template(tmp_path):
 def test_imagefolder_missing_root_shows_layout(tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(MissingResourceError) as err:
-        make_imagefolder({"root": str(missing)}, "train", None)
+        make_imagefolder({"root": str(missing), "_path": "data.ood[1]"}, "train", None)
     message = str(err.value)
     assert str(missing) in message and "does not exist" in message
     assert "<root>/<class name>/<image>.jpg" in message
+    # the recipe key and the command-line form
+    assert 'set data.ood[1].root = "/path/to/images" in the recipe' in message
+    assert "--set data.ood[1].root=/path/to/images" in message
 
 
 def test_imagefolder_no_classes_or_no_images(tmp_path):

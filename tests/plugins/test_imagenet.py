@@ -159,6 +159,7 @@ def test_missing_root_message(tmp_path):
     assert f"tried: {missing} (from data.ood.root)" in message
     assert "imagenet-r/n01443537/<image>.jpg" in message  # the layout sketch
     assert 'set data.ood.root = "/path/to/imagenet-r"' in message and "TRACER_DATA" in message
+    assert "on the command line --set data.ood.root=/path/to/imagenet-r" in message
 
 
 def test_tracer_data_path_is_shown(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ retrieval: recall@1/5/10 both ways; vqa: accuracy, VQA score, ...).
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -21,6 +22,7 @@ from tracer_cli.cli.common import (
     boundary,
     emit_json,
     result_console,
+    stderr_console,
 )
 from tracer_cli.cli.progress import make_reporter
 from tracer_cli.metric_spec import CLASSIFICATION_METRICS, TaskMetrics
@@ -30,8 +32,12 @@ from tracer_cli.io import folder_blocker
 
 app = typer.Typer()
 
+# Where `tracer finetune` puts runs by default (run.output_dir), relative to the working directory.
+DEFAULT_RUNS = Path("runs")
+
 RunDirArg = Annotated[Optional[Path], typer.Argument(
-    help="Run directory written by `tracer finetune` (evaluates its last.pt).", metavar="RUN_DIR",
+    help="Run directory written by `tracer finetune` (evaluates its last.pt). Without it, "
+    "--checkpoint, --model or --recipe: the most recent run under ./runs.", metavar="RUN_DIR",
     show_default=False)]
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", help="Zero-shot look at a backbone without a run: BACKBONE:ARCH[:PRETRAINED], e.g. "
@@ -94,6 +100,8 @@ def eval_command(
     if blocker is not None:  # checked before the evaluation, not after it
         raise UsageError(f"--output-dir '{output_dir}': '{blocker}' is not a folder, so the "
                          "results cannot be written there; give a folder path")
+    if not (run_dir or checkpoint or model or recipe):
+        run_dir = most_recent_run()  # None: evaluation says there is nothing to evaluate
     request = evaluation.EvalRequest(
         run_dir=run_dir, checkpoint=checkpoint, model=model, recipe=recipe, which=which,
         id_names=evaluation.parse_names(id_names, "--id"),
@@ -119,6 +127,20 @@ def eval_command(
     if as_json:
         emit_json(doc)
     evaluation.check_gates(doc)
+
+
+def most_recent_run(root: Path = DEFAULT_RUNS) -> Path | None:
+    """The most recent run under ``root`` (:func:`tracer_cli.rundir.latest_run`), announced on
+    stderr so the user sees which run the numbers belong to."""
+    from tracer_cli.rundir import LAST, latest_run
+
+    run = latest_run(root)
+    if run is not None:
+        written = datetime.fromtimestamp((run / LAST).stat().st_mtime)
+        stderr_console().print(f"evaluating the most recent run under {root}/: {run} ({LAST} "
+                               f"written {written:%Y-%m-%d %H:%M:%S})", markup=False,
+                               highlight=False)
+    return run
 
 
 def _pct(value: Any) -> str:

@@ -4,7 +4,8 @@ Conventions (checked against the reference implementation's numbers in the tests
 ``fi``, ``ft`` and teacher features ``gi``, ``gt`` are L2-normalized B×D tensors; ``s`` and ``s_t``
 are the student's and teacher's logit scales, already exponentiated; KL divergences use the
 ``batchmean`` reduction (sum over a row, mean over rows); cross-entropy targets are ``arange(B)``.
-Student logits are ``S = s · fi ftᵀ``; teacher logits are ``T = s_t · gi gtᵀ / τ`` (see
+Student logits are ``S = s · fi ftᵀ``; teacher logits are ``T = s_t · gi gtᵀ``, divided by the
+distillation temperature τ only for plain soft distillation, as the reference code does (see
 :func:`teacher_logits`). Every function computes in float32 or wider, see
 :func:`tracer_cli.engine.losses.full_precision` for why.
 """
@@ -25,7 +26,7 @@ def student_logits(fi: torch.Tensor, ft: torch.Tensor, s) -> torch.Tensor:
 def teacher_logits(
     gi: torch.Tensor, gt: torch.Tensor, s_t, temperature: float = 1.0
 ) -> torch.Tensor:
-    """``T = s_t · gi gtᵀ / τ``: the teacher logits softened by the distillation temperature."""
+    """``T = s_t · gi gtᵀ / τ``: teacher logits, softened by τ (plain soft distillation only)."""
     return pairwise_logits(gi, gt, s_t) / temperature
 
 
@@ -105,14 +106,16 @@ def distillation_loss(
     """``λ_sd · L_SD`` and the unweighted parts (detached, for logging).
 
     L_SD = α_crd·CRD + α_fd·FD + α_icl·ICL + α_xkd·XKD, or plain soft distillation when every view
-    weight is zero. Views with weight zero are not computed. Teacher features are detached so no
+    weight is zero; τ (``w.temperature``) divides the teacher logits of plain soft distillation
+    only. Views with weight zero are not computed. Teacher features are detached so no
     gradient can reach the teacher even if the caller forgot ``no_grad``. ``parts`` holds one
     entry per computed view plus ``"sd"`` (L_SD before ``λ_sd``).
     """
     gi, gt = gi.detach(), gt.detach()
     S = student_logits(fi, ft, s)
-    T = teacher_logits(gi, gt, s_t, w.temperature)
+    T = teacher_logits(gi, gt, s_t)
     if not w.uses_views:
+        T = T / w.temperature
         terms = {"plain_sd": (1.0, lambda: plain_sd(S, T))}
     else:
         every = {

@@ -50,16 +50,33 @@ def wma_kernel_weight(step: int, total_steps: int, beta: float) -> float:
     return beta_pdf(wma_position(step, total_steps), beta, beta)
 
 
-def _update_steps(total_steps: int, update_every: int, upto: int | None) -> range:
+def is_update_step(step: int, total_steps: int, update_every: int, fold_final: bool) -> bool:
+    """Whether the teacher updates after optimizer step ``step`` (1-based count of done steps).
+
+    The reference schedule: after the first step and every ``update_every`` steps from there
+    (steps 1, k + 1, 2k + 1, ...: a 0-based step index divisible by k), and, when ``fold_final``
+    (the WMA teacher), also after the last planned step, so the teacher ends on the final student.
+    """
+    if step < 1:
+        return False
+    return (step - 1) % update_every == 0 or (fold_final and step == total_steps)
+
+
+def update_steps(total_steps: int, update_every: int, fold_final: bool,
+                 upto: int | None = None) -> list[int]:
+    """The steps after which the teacher updates (:func:`is_update_step`), up to ``upto``."""
     last = total_steps if upto is None else min(upto, total_steps)
-    return range(update_every, last + 1, update_every)
+    steps = list(range(1, last + 1, update_every))
+    if fold_final and last == total_steps and steps and steps[-1] != total_steps:
+        steps.append(total_steps)
+    return steps
 
 
 def wma_weights(
     total_steps: int, beta: float = WMA_BETA, update_every: int = 1, upto: int | None = None
 ) -> Weights:
     """Weights of the WMA teacher after step ``upto`` (default: the whole horizon), θ₀ included."""
-    steps = [0, *_update_steps(total_steps, update_every, upto)]
+    steps = [0, *update_steps(total_steps, update_every, True, upto)]
     return [(s, wma_kernel_weight(s, total_steps, beta)) for s in steps]
 
 
@@ -81,14 +98,17 @@ def ema_weights(
 ) -> Weights:
     """Effective weights of an EMA teacher (φ ← m·φ + (1 − m)·θ every k steps), θ₀ included.
 
-    Unrolling the recursion, θ₀ keeps Π m over all updates and the update at step s gets
-    (1 − m_s) times the product of the momenta of the later updates; the weights sum to one.
+    The updates follow :func:`update_steps` without the final fold (steps 1, k + 1, ...), and the
+    update after step s uses ``momentum_fn(s − 1)``: the momentum is read at the 0-based index of
+    the optimizer step just taken, as in the reference. Unrolling the recursion, θ₀ keeps Π m over
+    all updates and the update at step s gets (1 − m) times the product of the momenta of the
+    later updates; the weights sum to one.
     """
-    steps = list(_update_steps(total_steps, update_every, upto))
+    steps = update_steps(total_steps, update_every, False, upto)
     weights: Weights = []
     carry = 1.0
     for s in reversed(steps):
-        m = momentum_fn(s)
+        m = momentum_fn(s - 1)
         weights.append((s, (1.0 - m) * carry))
         carry *= m
     weights.append((0, carry))
@@ -157,17 +177,17 @@ class KernelCurve:
         return int(self.horizon - np.flatnonzero(log_a <= target)[0])
 
 
-def _update_array(total_steps: int, update_every: int) -> np.ndarray:
+def _update_array(total_steps: int, update_every: int, fold_final: bool) -> np.ndarray:
     if total_steps < 1 or update_every < 1:
         raise ValueError("a kernel curve needs total_steps >= 1 and update_every >= 1")
-    return np.arange(update_every, total_steps + 1, update_every, dtype=np.int64)
+    return np.asarray(update_steps(total_steps, update_every, fold_final), dtype=np.int64)
 
 
-def _curve(total_steps: int, update_every: int, log_anchor: np.ndarray, mean_step: np.ndarray,
+def _curve(total_steps: int, log_anchor: np.ndarray, mean_step: np.ndarray,
            updates: np.ndarray) -> KernelCurve:
     """Spread per-update values (index n: after n updates, n = 0 is θ₀ alone) over every step."""
     t = np.arange(total_steps + 1)
-    done = np.minimum(t // update_every, len(mean_step) - 1)
+    done = np.searchsorted(updates, t, side="right")  # updates made by the end of step t
     lag = t - mean_step[done]
     with np.errstate(invalid="ignore", divide="ignore"):
         relative = np.where(t > 0, lag / np.maximum(t, 1), np.nan)
@@ -182,13 +202,12 @@ def _beta_log_pdf(x: np.ndarray, beta: float) -> np.ndarray:
 
 def wma_curve(total_steps: int, beta: float = WMA_BETA, update_every: int = 1) -> KernelCurve:
     """:class:`KernelCurve` of the WMA teacher: the weights of :func:`wma_weights` at every step."""
-    updates = _update_array(total_steps, update_every)
+    updates = _update_array(total_steps, update_every, True)
     w0 = wma_kernel_weight(0, total_steps, beta)
     w = np.exp(_beta_log_pdf((updates + 0.5) / (total_steps + 1), beta))
     weight_sum = w0 + np.concatenate([[0.0], np.cumsum(w)])
     moment = np.concatenate([[0.0], np.cumsum(w * updates)])
-    return _curve(total_steps, update_every, np.log(w0 / weight_sum), moment / weight_sum,
-                  updates)
+    return _curve(total_steps, np.log(w0 / weight_sum), moment / weight_sum, updates)
 
 
 def linear_warmup_momenta(
@@ -224,23 +243,24 @@ def ema_curve(
     momenta: Callable[[np.ndarray], np.ndarray | float],
     update_every: int = EMA_UPDATE_EVERY,
 ) -> KernelCurve:
-    """:class:`KernelCurve` of the EMA teacher; ``momenta`` maps an array of update steps to m.
+    """:class:`KernelCurve` of the EMA teacher; ``momenta`` maps an array of 0-based step indices
+    to m (the update after step s reads index s − 1, as in :func:`ema_weights`).
 
     The anchor mass is Π m over the updates so far. The lag at the n-th update follows
     ℓ_n = m_n·(ℓ_{n−1} + u_n − u_{n−1}) (unroll φ ← m·φ + (1 − m)·θ for the mean step), which
     tends to k·m/(1 − m) for a constant momentum.
     """
-    updates = _update_array(total_steps, update_every)
-    m = np.broadcast_to(np.asarray(momenta(updates), dtype=np.float64), updates.shape)
+    updates = _update_array(total_steps, update_every, False)
+    m = np.broadcast_to(np.asarray(momenta(updates - 1), dtype=np.float64), updates.shape)
     m = np.clip(m, 0.0, 1.0)
     with np.errstate(divide="ignore"):
         log_anchor = np.concatenate([[0.0], np.cumsum(np.log(m))])
     lag_at_update = _affine_scan(m, m * np.diff(updates, prepend=0))
     mean_step = np.concatenate([[0.0], updates - lag_at_update])
-    return _curve(total_steps, update_every, log_anchor, mean_step, updates)
+    return _curve(total_steps, log_anchor, mean_step, updates)
 
 
 def static_curve(total_steps: int) -> KernelCurve:
     """:class:`KernelCurve` of the static teacher φ = θ₀: anchor mass 1, L(t) = t, ρ(t) = 1."""
     none = np.zeros(0, dtype=np.int64)
-    return _curve(total_steps, 1, np.zeros(1), np.zeros(1), none)
+    return _curve(total_steps, np.zeros(1), np.zeros(1), none)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tracer_cli.engine.kernels import linear_warmup_momentum, wma_kernel_weight
+from tracer_cli.engine.kernels import is_update_step, linear_warmup_momentum, wma_kernel_weight
 from tracer_cli.errors import UsageError
 from tracer_cli.teacher_spec import (
     DEFAULT_UPDATE_EVERY, EMA_MOMENTUM_END, EMA_MOMENTUM_START, EMA_MOMENTUM_WARMUP,
@@ -172,6 +172,10 @@ class WmaTeacher(Teacher):
     ``_foreach_lerp_``. β = 0.5 (default) is U-shaped: a heavy, persistent anchor at θ₀ and heavy
     weight near the end; β = 1 is a uniform average (SWA-like). ``total_steps`` must be the planned
     number of optimizer steps; an update beyond it raises.
+
+    With ``update_every`` = k it folds in θ after steps 1, k + 1, 2k + 1, ... and after the last
+    planned step (the reference code's schedule, :func:`~tracer_cli.engine.kernels.is_update_step`);
+    the kernel position still follows the step, not the update count.
     """
 
     kind = "wma"
@@ -191,8 +195,9 @@ class WmaTeacher(Teacher):
         return wma_kernel_weight(step, self.total_steps, self.beta)
 
     def update(self, step: int, student: nn.Module) -> None:
-        """Fold θ after optimizer step ``step`` into the average if ``step`` is a multiple of k."""
-        if step % self.update_every or step <= self.last_step:
+        """Fold θ after optimizer step ``step`` into the average if the schedule updates there."""
+        if step <= self.last_step or not is_update_step(step, self.total_steps,
+                                                        self.update_every, fold_final=True):
             return
         w = self.weight(step)
         self.weight_sum += w
@@ -221,8 +226,11 @@ class EmaTeacher(Teacher):
     """CaRot's teacher: φ ← m·φ + (1 − m)·θ every ``update_every`` steps.
 
     The momentum m rises linearly from ``momentum_start`` to ``momentum_end`` over the first
-    ``warmup`` share of ``total_steps`` and then stays (:meth:`momentum`). Its effective window is
-    about k/(1 − m) steps, so the pull towards θ₀ fades: use it as the baseline, not for TRACER.
+    ``warmup`` share of ``total_steps`` and then stays (:meth:`momentum`). As in the reference code
+    it updates right after the first optimizer step and then every k steps (steps 1, k + 1, ...),
+    each time with the momentum at the 0-based index of the step just taken, ``momentum(step − 1)``;
+    so the first update, with m = ``momentum_start``, nearly replaces θ₀ by θ₁. Its effective window
+    is about k/(1 − m) steps, so the pull towards θ₀ fades: use it as the baseline, not for TRACER.
     """
 
     kind = "ema"
@@ -242,15 +250,16 @@ class EmaTeacher(Teacher):
         self._pairs = _TensorPairs(self.module, student)
 
     def momentum(self, step: int) -> float:
-        """Momentum m used by the update after optimizer step ``step``."""
+        """Momentum m at the 0-based step index ``step`` (the update after step s uses s − 1)."""
         return linear_warmup_momentum(step, self.total_steps, self.momentum_start,
                                       self.momentum_end, self.warmup)
 
     def update(self, step: int, student: nn.Module) -> None:
-        """φ ← m·φ + (1 − m)·θ when ``step`` is a multiple of ``update_every``."""
-        if step % self.update_every or step <= self.last_step:
+        """φ ← m·φ + (1 − m)·θ after steps 1, k + 1, 2k + 1, ... with m = ``momentum(step − 1)``."""
+        if step <= self.last_step or not is_update_step(step, self.total_steps,
+                                                        self.update_every, fold_final=False):
             return
-        self._pairs.lerp_(1.0 - self.momentum(step), student)
+        self._pairs.lerp_(1.0 - self.momentum(step - 1), student)
         self.last_step = step
 
     def describe(self) -> dict[str, Any]:
