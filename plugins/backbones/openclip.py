@@ -5,11 +5,16 @@
 local weights file, ``"embedded"`` for the tiny CLIP tracer pretrains itself, or ``"none"`` for
 random init), ``cache_dir`` (where open_clip looks for downloaded weights) and ``image_size``
 (force a different input size). Preprocessing always comes from the checkpoint's own config.
+
+Capabilities the factory declares: ``cache_dir`` is resume-free (where weights are cached does not
+change the run), and ``tracer export --format open_clip`` writes the backbone's own folder format
+(:mod:`tracer_plugins.backbones.openclip_export`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import socket
@@ -23,8 +28,9 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
 
 from tracer_cli import hookimpl
-from tracer_cli.errors import MissingResourceError, RecipeError
+from tracer_cli.errors import MissingResourceError, RecipeError, UsageError
 from tracer_cli.options import Options
+from tracer_plugins.backbones.openclip_export import OpenClipFormat
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 TINY_ARCHS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
@@ -145,6 +151,7 @@ class OpenClipBackbone:
             raise RecipeError("model.arch", f"unknown open_clip architecture '{arch}'"
                               + (f"; did you mean {', '.join(close)}?" if close else ""))
         self.arch, self.pretrained, self.embedded_seed = arch, pretrained, embedded_seed
+        self.image_size = image_size
         self.model = _create(arch, pretrained, cache_dir, image_size, embedded_seed)
         self._tokenizer = open_clip.get_tokenizer(arch, cache_dir=cache_dir)
         cfg = PreprocessCfg(**open_clip.get_model_preprocess_cfg(self.model))
@@ -166,6 +173,22 @@ class OpenClipBackbone:
 
     def projections(self, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
         return visual_text_projections(module)
+
+    def model_config(self) -> dict[str, Any]:
+        """The open_clip model config this backbone was built from, with ``model.image_size``
+        applied exactly as ``force_image_size`` applied it."""
+        try:
+            cfg = open_clip.get_model_config(self.arch)
+        except Exception as exc:  # an hf-hub config that is not cached, a broken local-dir config
+            raise MissingResourceError(f"cannot read the open_clip config of '{self.arch}' "
+                                       f"({exc})") from None
+        if cfg is None:
+            raise UsageError(f"open_clip has no config for '{self.arch}'; use --format "
+                             "safetensors")
+        cfg = copy.deepcopy(cfg)
+        if self.image_size:
+            cfg["vision_cfg"]["image_size"] = self.image_size
+        return cfg
 
     def describe(self) -> dict[str, Any]:
         extra = {"embedded_seed": self.embedded_seed} if self.pretrained == "embedded" else {}
@@ -206,6 +229,11 @@ def make_backbone(options: dict[str, Any]) -> OpenClipBackbone:
     opts.done()
     return OpenClipBackbone(arch, pretrained, cache_dir=cache_dir, image_size=image_size,
                             embedded_seed=embedded_seed)
+
+
+# Factory capabilities (tracer_cli.contracts): read by --resume and tracer export, nothing built.
+make_backbone.resume_free_keys = ("cache_dir",)
+make_backbone.export_formats = {"open_clip": OpenClipFormat()}
 
 
 @hookimpl
