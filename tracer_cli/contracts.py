@@ -17,6 +17,11 @@ nothing is built to answer them:
   (the ``openclip`` backbone: ``{"open_clip": ...}``). A run whose backbone does not declare a
   format cannot be exported in it (exit 2); ``safetensors``, ``onnx`` and ``torchscript`` work
   for every backbone.
+- ``location_archs`` and ``weights_required`` (backbone factories), for ``tracer eval --model
+  BACKBONE:ARCH[:PRETRAINED]``: arch names whose rest is a location holding the weights
+  (openclip: ``("local-dir", "hf-hub")``, so ``openclip:local-dir:/models/clip`` is
+  ``arch = "local-dir:/models/clip"``), and, when a spec must name its weights, a phrase saying
+  what PRETRAINED may be (a spec without it exits 2 with that phrase).
 """
 
 from __future__ import annotations

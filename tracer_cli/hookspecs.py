@@ -19,7 +19,10 @@ def tracer_register_backbones(registry) -> None:
     ``name`` is lowercase-kebab (``"openclip"``). ``factory(options: dict)`` receives the recipe's
     ``[model]`` table without ``backbone`` and ``freeze_bn_stats`` (``arch``, ``pretrained`` and
     backbone-specific keys; it must reject keys it does not know with :class:`tracer_cli.errors.RecipeError`) and returns an object
-    satisfying :class:`tracer_cli.contracts.Backbone`.
+    satisfying :class:`tracer_cli.contracts.Backbone`. The factory may declare capabilities as
+    attributes, read without calling it (``resume_free_keys``, ``export_formats``,
+    ``location_archs``, ``weights_required``; see :mod:`tracer_cli.contracts`): the core knows
+    nothing specific to any backbone, built-in or not.
     """
 
 
@@ -44,7 +47,9 @@ def tracer_register_tasks(registry) -> None:
     returns an object satisfying :class:`tracer_cli.contracts.Task`: it owns its head, the texts
     paired with training images, and its metrics. A task declares what it reports with a class
     attribute ``metrics = TaskMetrics(...)`` (:class:`tracer_cli.contracts.TaskMetrics`; summaries,
-    tables and gates follow it); without one it is read as classification.
+    tables and gates follow it); without one it is read as classification. The factory may declare
+    ``resume_free_keys``, the ``[task]`` keys a resumed run may change (classification: its
+    evaluation prompts; see :mod:`tracer_cli.contracts`).
     """
 
 

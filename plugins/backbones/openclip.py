@@ -234,6 +234,12 @@ def make_backbone(options: dict[str, Any]) -> OpenClipBackbone:
 # Factory capabilities (tracer_cli.contracts): read by --resume and tracer export, nothing built.
 make_backbone.resume_free_keys = ("cache_dir",)
 make_backbone.export_formats = {"open_clip": OpenClipFormat()}
+# `tracer eval --model openclip:ARCH:PRETRAINED`: archs whose name is a location holding their
+# weights, and what PRETRAINED may be (without it, pretrained = "none" would silently give
+# random weights).
+make_backbone.location_archs = ("local-dir", "hf-hub")
+make_backbone.weights_required = ("an open_clip tag such as 'openai', a weights file, 'embedded' "
+                                  "or 'none'")
 
 
 @hookimpl
