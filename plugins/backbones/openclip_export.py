@@ -16,14 +16,16 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import open_clip
 import torch
 from open_clip.transform import PreprocessCfg
 
-from tracer_cli.contracts import ExportedModel
 from tracer_cli.errors import RunError, UsageError
+
+if TYPE_CHECKING:  # annotations only
+    from tracer_cli.contracts import ExportedModel
 
 CONFIG_FILE = "open_clip_config.json"
 # open_clip's local-dir loader takes the first of its preferred names that exists; this one is
