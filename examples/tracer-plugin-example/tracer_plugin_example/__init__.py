@@ -136,6 +136,12 @@ class BalancedClassificationTask(ClassificationTask):
     name = "example-balanced"
     metrics = BALANCED_METRICS
 
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        # ClassificationTask sets its metrics per instance (from task.headline); this task's
+        # declaration must win over that, or its headline would silently be accuracy.
+        self.metrics = BALANCED_METRICS
+
     def evaluate(self, backbone, module, datasets, device, autocast, head=None):
         results = super().evaluate(backbone, module, datasets, device, autocast, head=head)
         for result in results.values():
