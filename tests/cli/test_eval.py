@@ -192,7 +192,8 @@ def test_zero_shot_equals_plain_open_clip(runner, run_dir, tmp_path):
     assert doc["datasets"]["imagefolder"]["n"] == 30
     with np.load(out / "predictions" / "imagefolder.npz") as saved:
         assert np.array_equal(saved["labels"], labels.numpy())
-        assert np.array_equal(saved["logits"], logits.numpy())
+        # Two code paths (tracer's batched head vs plain open_clip): equal up to float rounding.
+        torch.testing.assert_close(torch.from_numpy(saved["logits"]), logits, atol=1e-5, rtol=0)
     assert doc["model"]["source"] == "model" and doc["model"]["pretrained"] == str(weights)
 
 
