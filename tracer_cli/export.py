@@ -46,7 +46,7 @@ from tracer_cli.contracts import Backbone, ExportedModel, ExportFormat
 from tracer_cli.errors import MissingResourceError, RunError, UsageError
 from tracer_cli.events import Reporter, current_reporter
 from tracer_cli.io import atomic_dir
-from tracer_cli.plugins import declared, get_host
+from tracer_cli.plugins import get_host
 from tracer_cli.recipe import Recipe
 from tracer_cli.runs import WHICH, RunDir
 
@@ -142,9 +142,14 @@ def formats() -> tuple[str, ...]:
     ones for every backbone (a backbone cannot redefine those)."""
     own: list[str] = []
     for entry in get_host().backbones.entries():
-        own += [f for f in getattr(entry.factory, "export_formats", None) or {}
-                if f not in CORE_FORMATS and f not in own]
+        own += [f for f in _declared_formats(entry.factory) if f not in own]
     return (*own, *CORE_FORMATS)
+
+
+def _declared_formats(factory: Any) -> dict[str, ExportFormat]:
+    """The formats a backbone factory declares, less the core's (which it cannot redefine)."""
+    declared_formats = getattr(factory, "export_formats", None) or {}
+    return {name: fmt for name, fmt in declared_formats.items() if name not in CORE_FORMATS}
 
 
 def _did_you_mean(value: str, allowed: Any) -> str:
@@ -185,12 +190,12 @@ def _own_format(req: ExportRequest, recipe: Recipe) -> ExportFormat | None:
     if req.format in CORE_FORMATS:
         return None
     backbone = recipe.model.backbone
-    own = declared("backbones", backbone, "export_formats", None) or {}
+    registry = get_host().backbones
+    own = _declared_formats(registry.get(backbone).factory) if backbone in registry else {}
     if req.format in own:
         return own[req.format]
-    writers = [e.name for e in get_host().backbones.entries()
-               if req.format in (getattr(e.factory, "export_formats", None) or {})]
-    usable = [f for f in own if f not in CORE_FORMATS] + list(CORE_FORMATS)
+    writers = [e.name for e in registry.entries() if req.format in _declared_formats(e.factory)]
+    usable = [*own, *CORE_FORMATS]
     raise UsageError(f"--format {req.format} needs a backbone that writes it "
                      f"({', '.join(writers)}); this run uses '{backbone}' (use --format "
                      f"{', '.join(usable[:-1])} or {usable[-1]})")
