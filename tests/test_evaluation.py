@@ -22,6 +22,9 @@ from tracer_cli.evaluation import EvalRequest, Gate, prepare
     ("openclip:hf-hub:timm/ViT-B-16-SigLIP", {"backbone": "openclip",
                                               "arch": "hf-hub:timm/ViT-B-16-SigLIP"}),
     ("my-backbone:small", {"backbone": "my-backbone", "arch": "small"}),
+    # location archs and required weights are the openclip factory's declarations, not the core's
+    ("my-backbone:local-dir:/x", {"backbone": "my-backbone", "arch": "local-dir",
+                                  "pretrained": "/x"}),
 ])
 def test_model_spec_grammar(text, section):
     assert evaluation.parse_model_spec(text) == section

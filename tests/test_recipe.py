@@ -144,3 +144,26 @@ def test_lock_file_round_trips(tmp_path):
     assert again.to_dict() == rec.to_dict()
     assert again.train.steps == 420
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_resume_free_plugin_keys_are_the_ones_their_plugins_declare(monkeypatch):
+    """Core keys are free by the core's list; plugin keys only when the backbone or task factory
+    declares them (``resume_free_keys``): openclip's cache_dir, classification's prompts."""
+    from tracer_plugins.backbones.openclip import make_backbone
+    from tracer_plugins.tasks.classification import make_task
+
+    raw = {**MINIMAL, "model": {"arch": "tracer-tiny-rn", "cache_dir": "/a", "image_size": 32},
+           "task": {"templates": ["a {}."]}, "run": {"name": "x"}}
+    saved = R.from_dict(raw).to_dict()
+    changed = R.from_dict({**raw, "model": {**raw["model"], "cache_dir": "/b"},
+                           "task": {"templates_file": "prompts.txt"}, "run": {"name": "y"}})
+    assert R.resume_differences(saved, changed) == []
+    resized = R.from_dict({**raw, "model": {**raw["model"], "image_size": 64}})
+    assert R.resume_differences(saved, resized) == [
+        "model.image_size (checkpoint: 32, now: 64)"]
+    monkeypatch.delattr(make_backbone, "resume_free_keys")
+    monkeypatch.delattr(make_task, "resume_free_keys")
+    assert R.resume_differences(saved, changed) == [
+        "model.cache_dir (checkpoint: '/a', now: '/b')",
+        "task.templates (checkpoint: ['a {}.'], now: '(absent)')",
+        "task.templates_file (checkpoint: '(absent)', now: 'prompts.txt')"]

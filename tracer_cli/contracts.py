@@ -1,7 +1,27 @@
 """The objects plugins hand to the engine: backbones, dataset bundles, tasks and loggers.
 
-These are structural contracts (``typing.Protocol``) plus one dataclass, so a third-party plugin
+These are structural contracts (``typing.Protocol``) plus dataclasses, so a third-party plugin
 satisfies them without subclassing anything from tracer.
+
+Factory capabilities: a registered factory may carry optional attributes that tracer reads
+without calling it (a function attribute, or a class attribute when the factory is a class), so
+nothing is built to answer them:
+
+- ``resume_free_keys`` (backbone and task factories): a tuple of the plugin's own option names
+  (keys of ``[model]`` or ``[task]``) that a resumed run may change because they do not shape
+  the training trajectory, e.g. ``("cache_dir",)`` for where weights are cached or
+  ``("templates", "templates_file")`` for evaluation prompts. Every other plugin key defines
+  the run: ``--resume`` refuses a recipe that changes it.
+- ``export_formats`` (backbone factories): a mapping of ``tracer export --format`` names to
+  :class:`ExportFormat` objects, the folders the backbone writes for the library it comes from
+  (the ``openclip`` backbone: ``{"open_clip": ...}``). A run whose backbone does not declare a
+  format cannot be exported in it (exit 2); ``safetensors``, ``onnx`` and ``torchscript`` work
+  for every backbone.
+- ``location_archs`` and ``weights_required`` (backbone factories), for ``tracer eval --model
+  BACKBONE:ARCH[:PRETRAINED]``: arch names whose rest is a location holding the weights
+  (openclip: ``("local-dir", "hf-hub")``, so ``openclip:local-dir:/models/clip`` is
+  ``arch = "local-dir:/models/clip"``), and, when a spec must name its weights, a phrase saying
+  what PRETRAINED may be (a spec without it exits 2 with that phrase).
 """
 
 from __future__ import annotations
@@ -18,8 +38,9 @@ from torch.utils.data import Dataset
 # CLI can read a spec without importing torch).
 from tracer_cli.metric_spec import CLASSIFICATION_METRICS, TaskMetrics, task_metrics
 
-__all__ = ["Backbone", "CLASSIFICATION_METRICS", "DatasetBundle", "Logger", "OUTCOMES", "Outcome",
-           "SkippedItem", "Task", "TaskMetrics", "flat_scalars", "skipped_item", "task_metrics"]
+__all__ = ["Backbone", "CLASSIFICATION_METRICS", "DatasetBundle", "ExportFormat", "ExportedModel",
+           "Logger", "OUTCOMES", "Outcome", "SkippedItem", "Task", "TaskMetrics", "flat_scalars",
+           "skipped_item", "task_metrics"]
 
 
 @dataclass
@@ -66,6 +87,14 @@ class Backbone(Protocol):
 
     Methods that run the network take the module explicitly (``module`` is :attr:`model` or a copy
     of it, such as the teacher), so student and teacher share one implementation.
+
+    Optional members ``tracer export`` reads when present: ``preprocess_cfg``, the evaluation
+    preprocessing as a dict or dataclass (``size``, ``mode``, ``mean``, ``std``,
+    ``interpolation``, ``resize_mode``, ``fill_color``: open_clip's ``PreprocessCfg`` fields),
+    recorded in model cards and needed (its ``size``) to trace ONNX / TorchScript image encoders;
+    and ``model_config()``, the JSON config the network was built from (the card's
+    ``model.model_cfg``), which raises :class:`tracer_cli.errors.UsageError` when the backbone
+    cannot tell it (the card then goes without it, unless the format is the backbone's own).
     """
 
     model: nn.Module
@@ -134,6 +163,36 @@ class Task(Protocol):
         are optional (retrieval has none): without them no reliability diagram or predictions
         file is written for the dataset.
         """
+
+
+@dataclass
+class ExportedModel:
+    """What an :class:`ExportFormat` writes: the run's backbone and the exported module (CPU, eval
+    mode, fp32), the backbone's ``model_config()`` and ``preprocess_cfg`` as JSON values (None
+    when it has none), and ``save_weights(path)``, which writes the module's state dict in the
+    requested precision as safetensors with tracer's metadata and returns the tensors written."""
+
+    backbone: Backbone
+    module: nn.Module
+    model_cfg: dict[str, Any] | None
+    preprocess_cfg: dict[str, Any] | None
+    save_weights: Callable[[Path], dict[str, torch.Tensor]]
+
+
+class ExportFormat(Protocol):
+    """A folder layout a backbone writes for the library it comes from, declared in its factory's
+    ``export_formats``. tracer builds the folder under a temporary name, adds ``MODEL_CARD.md``
+    and ``model_card.json`` and publishes it only when everything succeeded. An optional method
+    ``by_name(model) -> dict | None`` fills the card's ``model.by_name`` (how to load the weights
+    by architecture name, or None when that would not give this model)."""
+
+    def write(self, folder: Path, model: ExportedModel) -> dict[str, Any]:
+        """Write and check the format's files in ``folder``; returns the card's ``details`` (the
+        file names). Raises :class:`tracer_cli.errors.UsageError` for a model the format cannot
+        hold and :class:`tracer_cli.errors.RunError` when the written files do not load back."""
+
+    def load_snippets(self, folder: str, model: ExportedModel) -> dict[str, str]:
+        """Python that loads ``folder`` (a POSIX path), per route name (``local_dir``, ...)."""
 
 
 # How a run ended, as loggers are told in :meth:`Logger.finish`.

@@ -59,7 +59,6 @@ from tracer_cli.runs import (
 
 MODEL_SPEC_GRAMMAR = ("BACKBONE:ARCH[:PRETRAINED], e.g. openclip:ViT-B-16:openai, "
                       "openclip:RN50:/path/to/weights.pt, openclip:local-dir:/path/to/folder")
-SCHEMA_ARCHS = ("local-dir", "hf-hub")  # open_clip archs whose "name" is a location
 
 
 # --------------------------------------------------------------------------- parsing user input
@@ -68,23 +67,27 @@ SCHEMA_ARCHS = ("local-dir", "hf-hub")  # open_clip archs whose "name" is a loca
 def parse_model_spec(text: str) -> dict[str, Any]:
     """``BACKBONE:ARCH[:PRETRAINED]`` as a ``[model]`` table.
 
-    Only the first two colons split: PRETRAINED may contain more (paths). ``local-dir`` and
-    ``hf-hub`` archs take the rest as their location (``openclip:local-dir:/models/clip``), since
-    their weights come with them.
+    Only the first two colons split: PRETRAINED may contain more (paths). Archs the backbone's
+    factory declares in ``location_archs`` take the rest as their location
+    (``openclip:local-dir:/models/clip``), since their weights come with them; a factory that
+    declares ``weights_required`` (what PRETRAINED may be) refuses a spec without weights.
     """
+    from tracer_cli.plugins import declared
+
     parts = text.split(":", 2)
     if len(parts) < 2 or not parts[0] or not parts[1]:
         raise UsageError(f"--model '{text}': expected {MODEL_SPEC_GRAMMAR}")
     backbone, arch = parts[0], parts[1]
     pretrained = parts[2] if len(parts) == 3 else None
-    if arch in SCHEMA_ARCHS:
+    if arch in declared("backbones", backbone, "location_archs", ()):
         if not pretrained:
             raise UsageError(f"--model '{text}': '{arch}' needs a location after it; expected "
                              f"{MODEL_SPEC_GRAMMAR}")
         return {"backbone": backbone, "arch": f"{arch}:{pretrained}"}
-    if pretrained == "" or (backbone == "openclip" and pretrained is None):
-        raise UsageError(f"--model '{text}': say which weights (an open_clip tag such as 'openai', "
-                         f"a weights file, 'embedded' or 'none'); expected {MODEL_SPEC_GRAMMAR}")
+    weights = declared("backbones", backbone, "weights_required", None)
+    if pretrained == "" or (weights and pretrained is None):
+        raise UsageError(f"--model '{text}': say which weights ({weights or 'PRETRAINED'}); "
+                         f"expected {MODEL_SPEC_GRAMMAR}")
     section = {"backbone": backbone, "arch": arch}
     if pretrained is not None:
         section["pretrained"] = pretrained

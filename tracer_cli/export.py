@@ -2,11 +2,10 @@
 
 Formats (each a folder, plus ``MODEL_CARD.md`` and ``model_card.json``):
 
-- ``open_clip``: ``open_clip_config.json`` (the model config and the preprocessing of the run's
-  backbone, so nothing is silently defaulted) and ``open_clip_model.safetensors``, the first file
-  name open_clip's ``local-dir:`` loader looks for. Loads with
-  ``open_clip.create_model_and_transforms("local-dir:DIR")``, and for archs open_clip knows by name
-  also with ``create_model_and_transforms(ARCH, pretrained="DIR/open_clip_model.safetensors")``.
+- a backbone's own formats, declared by its plugin's factory in ``export_formats``
+  (:class:`tracer_cli.contracts.ExportFormat`): the ``openclip`` backbone's ``open_clip``, a
+  ``local-dir:`` folder open_clip loads. A run whose backbone does not declare the format asked
+  for is refused (exit 2) before any weights are read.
 - ``safetensors``: the state dict alone (``model.safetensors``), for any backbone.
 - ``onnx``: ``image_encoder.onnx`` and ``text_encoder.onnx``, the normalized ``encode_image`` /
   ``encode_text`` with a dynamic batch axis (torch's default, ``torch.export``-based exporter).
@@ -44,21 +43,19 @@ from torch import nn
 
 import tracer_cli
 from tracer_cli import rundir
-from tracer_cli.contracts import Backbone
+from tracer_cli.contracts import Backbone, ExportedModel, ExportFormat
 from tracer_cli.errors import MissingResourceError, RunError, UsageError
 from tracer_cli.events import Reporter, current_reporter
 from tracer_cli.io import atomic_dir, folder_blocker
+from tracer_cli.plugins import get_host
 from tracer_cli.recipe import Recipe
 from tracer_cli.runs import WHICH, RunDir
 from tracer_cli.teacher_spec import TeacherSpec
 
-FORMATS = ("open_clip", "safetensors", "onnx", "torchscript")
+# Formats every backbone can be exported in; backbones declare their own besides (formats()).
+CORE_FORMATS = ("safetensors", "onnx", "torchscript")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CARD_FILES = ("MODEL_CARD.md", "model_card.json")
-OPEN_CLIP_CONFIG = "open_clip_config.json"
-# open_clip's local-dir loader takes the first of its preferred names that exists; this one is
-# first, and a .safetensors file also works as `pretrained=` (no pickle involved).
-OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
 SAFETENSORS_WEIGHTS = "model.safetensors"
 ONNX_OPSET = 18
 # Graphs whose weights exceed this go to a side file (protobuf stops at 2 GiB).
@@ -100,6 +97,17 @@ class _Subject:
     preprocess: dict[str, Any] | None
     model_cfg: dict[str, Any] | None
     example_tokens: torch.Tensor
+    own_format: ExportFormat | None = None  # the backbone's format, when that is the one asked
+
+    def exported(self) -> ExportedModel:
+        """The model as the backbone's own :class:`ExportFormat` receives it."""
+        def save_weights(path: Path) -> dict[str, torch.Tensor]:
+            state = _state(self.module, self.dtype)
+            _save_safetensors(state, path, self)
+            return state
+
+        return ExportedModel(self.backbone, self.module, self.model_cfg, self.preprocess,
+                             save_weights)
 
 
 # --------------------------------------------------------------------------- checks before work
@@ -109,9 +117,10 @@ def check_request(req: ExportRequest) -> ExportRequest:
     """Every check that needs no weights; returns the request with defaults filled in."""
     req = dataclasses.replace(req, run_dir=Path(req.run_dir), output=Path(req.output),
                               which=req.which or "student")
-    if req.format not in FORMATS:
-        raise UsageError(f"--format '{req.format}': allowed: {', '.join(FORMATS)}"
-                         + _did_you_mean(req.format, FORMATS))
+    known = formats()
+    if req.format not in known:
+        raise UsageError(f"--format '{req.format}': allowed: {', '.join(known)}"
+                         + _did_you_mean(req.format, known))
     if req.precision not in PRECISIONS:
         raise UsageError(f"--precision '{req.precision}': allowed: {', '.join(PRECISIONS)}"
                          + _did_you_mean(req.precision, PRECISIONS))
@@ -128,6 +137,21 @@ def check_request(req: ExportRequest) -> ExportRequest:
         _require_onnx()
     _check_output(req)
     return req
+
+
+def formats() -> tuple[str, ...]:
+    """Every ``--format``: those the registered backbones declare (``export_formats``), then the
+    ones for every backbone (a backbone cannot redefine those)."""
+    own: list[str] = []
+    for entry in get_host().backbones.entries():
+        own += [f for f in _declared_formats(entry.factory) if f not in own]
+    return (*own, *CORE_FORMATS)
+
+
+def _declared_formats(factory: Any) -> dict[str, ExportFormat]:
+    """The formats a backbone factory declares, less the core's (which it cannot redefine)."""
+    declared_formats = getattr(factory, "export_formats", None) or {}
+    return {name: fmt for name, fmt in declared_formats.items() if name not in CORE_FORMATS}
 
 
 def _did_you_mean(value: str, allowed: Any) -> str:
@@ -166,11 +190,21 @@ def _check_output(req: ExportRequest) -> None:
                          "replace it, or choose another folder")
 
 
-def _check_backbone(req: ExportRequest, recipe: Recipe) -> None:
-    if req.format == "open_clip" and recipe.model.backbone != "openclip":
-        raise UsageError(f"--format open_clip needs an openclip backbone; this run uses "
-                         f"'{recipe.model.backbone}' (use --format safetensors, onnx or "
-                         "torchscript)")
+def _own_format(req: ExportRequest, recipe: Recipe) -> ExportFormat | None:
+    """The backbone's own writer of ``req.format`` (None for the formats every backbone has); a
+    backbone that does not declare the format is a usage error, found before any weights."""
+    if req.format in CORE_FORMATS:
+        return None
+    backbone = recipe.model.backbone
+    registry = get_host().backbones
+    own = _declared_formats(registry.get(backbone).factory) if backbone in registry else {}
+    if req.format in own:
+        return own[req.format]
+    writers = [e.name for e in registry.entries() if req.format in _declared_formats(e.factory)]
+    usable = [*own, *CORE_FORMATS]
+    raise UsageError(f"--format {req.format} needs a backbone that writes it "
+                     f"({', '.join(writers)}); this run uses '{backbone}' (use --format "
+                     f"{', '.join(usable[:-1])} or {usable[-1]})")
 
 
 # --------------------------------------------------------------------------- the export
@@ -181,16 +215,19 @@ def export(req: ExportRequest, reporter: Reporter | None = None) -> ExportResult
     reporter = reporter or current_reporter()
     req = check_request(req)
     run = RunDir(req.run_dir, checkpoint=req.checkpoint)
-    _check_backbone(req, run.recipe)
+    own_format = _own_format(req, run.recipe)
     run.weights(req.which)  # a missing or truncated checkpoint fails here, before any writing
     reporter.notice(f"loading the {req.which} of {run.path} ({run.checkpoint_path.name}"
                     + (f", WiSE-FT α={req.wise_alpha:g}" if req.wise_alpha is not None else "")
                     + ")")
     backbone, module = run.model(req.which, req.wise_alpha)
-    subject = _subject(run.recipe, backbone, module.cpu().eval(), PRECISIONS[req.precision],
-                       req.format)
+    subject = _subject(backbone, module.cpu().eval(), PRECISIONS[req.precision], req.format,
+                       own_format)
     with atomic_dir(req.output) as tmp:
-        details = WRITERS[req.format](tmp, subject, reporter)
+        if own_format is not None:
+            details = own_format.write(tmp, subject.exported())
+        else:
+            details = WRITERS[req.format](tmp, subject, reporter)
         head = _write_head(tmp, run, req, subject.dtype)
         if head is not None:
             details["head"] = head
@@ -243,9 +280,9 @@ def _usual_permissions(folder: Path) -> None:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
-def _subject(recipe: Recipe, backbone: Backbone, module: nn.Module, dtype: torch.dtype,
-             fmt: str) -> _Subject:
-    preprocess = _preprocess_cfg(backbone, module)
+def _subject(backbone: Backbone, module: nn.Module, dtype: torch.dtype, fmt: str,
+             own_format: ExportFormat | None) -> _Subject:
+    preprocess = _preprocess_cfg(backbone)
     size = (preprocess or {}).get("size")
     image_size = None if size is None else \
         (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
@@ -253,50 +290,24 @@ def _subject(recipe: Recipe, backbone: Backbone, module: nn.Module, dtype: torch
         raise RunError("cannot tell the backbone's input image size (it has no preprocess "
                        f"config); --format {fmt} needs it to trace the image encoder")
     model_cfg = None
-    if recipe.model.backbone == "openclip":
+    if hasattr(backbone, "model_config"):
         try:
-            model_cfg = _open_clip_model_cfg(recipe, backbone)
+            model_cfg = backbone.model_config()
         except UsageError:
-            if fmt == "open_clip":
-                raise
+            if own_format is not None:
+                raise  # the backbone's own format is built from that config
             # Other formats only mention the config in the card; its absence is not an error.
     tokens = backbone.tokenize(list(_EXAMPLE_TEXTS))
-    return _Subject(backbone, module, dtype, image_size, preprocess, model_cfg, tokens)
+    return _Subject(backbone, module, dtype, image_size, preprocess, model_cfg, tokens,
+                    own_format)
 
 
-def _preprocess_cfg(backbone: Backbone, module: nn.Module) -> dict[str, Any] | None:
-    """The backbone's own preprocessing (open_clip's ``PreprocessCfg``), as JSON values."""
+def _preprocess_cfg(backbone: Backbone) -> dict[str, Any] | None:
+    """The backbone's own preprocessing (its optional ``preprocess_cfg``), as JSON values."""
     cfg = getattr(backbone, "preprocess_cfg", None)
     if dataclasses.is_dataclass(cfg):
         cfg = dataclasses.asdict(cfg)
-    if not cfg:
-        import open_clip
-
-        try:
-            cfg = open_clip.get_model_preprocess_cfg(module)
-        except AttributeError:  # not an open_clip model: nothing says how to preprocess
-            cfg = None
     return json.loads(json.dumps(cfg)) if cfg else None  # tuples → lists, as the file holds them
-
-
-def _open_clip_model_cfg(recipe: Recipe, backbone: Backbone) -> dict[str, Any]:
-    """The open_clip model config the backbone was built from, with ``model.image_size`` applied
-    exactly as the backbone applied it (``force_image_size``)."""
-    import open_clip
-
-    arch = getattr(backbone, "arch", None) or recipe.model.options.get("arch")
-    try:
-        cfg = open_clip.get_model_config(arch)
-    except Exception as exc:  # an hf-hub config that is not cached, a broken local-dir config
-        raise MissingResourceError(f"cannot read the open_clip config of '{arch}' ({exc})") \
-            from None
-    if cfg is None:
-        raise UsageError(f"open_clip has no config for '{arch}'; use --format safetensors")
-    cfg = copy.deepcopy(cfg)
-    size = recipe.model.options.get("image_size")
-    if size:
-        cfg["vision_cfg"]["image_size"] = size
-    return cfg
 
 
 # --------------------------------------------------------------------------- writers
@@ -329,31 +340,6 @@ def _write_safetensors(folder: Path, subject: _Subject, reporter: Reporter) -> d
     state = _state(subject.module, subject.dtype)
     _save_safetensors(state, folder / SAFETENSORS_WEIGHTS, subject)
     return {"weights": SAFETENSORS_WEIGHTS}
-
-
-def _write_open_clip(folder: Path, subject: _Subject, reporter: Reporter) -> dict[str, Any]:
-    config = {"model_cfg": subject.model_cfg, "preprocess_cfg": subject.preprocess}
-    (folder / OPEN_CLIP_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    state = _state(subject.module, subject.dtype)
-    _save_safetensors(state, folder / OPEN_CLIP_WEIGHTS, subject)
-    _verify_open_clip_config(folder, state)
-    return {"weights": OPEN_CLIP_WEIGHTS, "config": OPEN_CLIP_CONFIG}
-
-
-def _verify_open_clip_config(folder: Path, state: dict[str, torch.Tensor]) -> None:
-    """Build the model open_clip would build from the folder (on the meta device: no memory, no
-    weights) and check that every tensor of the export has a place of the same shape in it."""
-    import open_clip
-
-    with _quiet_logging("root"), torch.device("meta"):
-        model = open_clip.create_model(f"local-dir:{folder}", device="meta", load_weights=False,
-                                       pretrained_text=False)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    if expected != got:
-        diff = sorted(k for k in set(expected) | set(got) if expected.get(k) != got.get(k))
-        raise RunError(f"the written open_clip config does not describe the exported weights "
-                       f"({len(diff)} tensors differ, e.g. {', '.join(diff[:3])})")
 
 
 class _Encoder(nn.Module):
@@ -474,7 +460,6 @@ def _write_torchscript(folder: Path, subject: _Subject, reporter: Reporter) -> d
 
 
 WRITERS: dict[str, Callable[[Path, _Subject, Reporter], dict[str, Any]]] = {
-    "open_clip": _write_open_clip,
     "safetensors": _write_safetensors,
     "onnx": _write_onnx,
     "torchscript": _write_torchscript,
@@ -563,7 +548,7 @@ def build_card(req: ExportRequest, run: RunDir, subject: _Subject, folder: Path,
                     "update_every": recipe.teacher.resolved_update_every()},
         "distill": dataclasses.asdict(recipe.distill),
         "recipe": run.tables,
-        "model": _model_section(subject, req.format),
+        "model": _model_section(subject),
         "eval": run_eval(run, req),
         "details": details,
         "versions": _versions(req.format),
@@ -572,7 +557,7 @@ def build_card(req: ExportRequest, run: RunDir, subject: _Subject, folder: Path,
     }
 
 
-def _model_section(subject: _Subject, fmt: str) -> dict[str, Any]:
+def _model_section(subject: _Subject) -> dict[str, Any]:
     describe = subject.backbone.describe()
     tokens = subject.example_tokens
     with torch.no_grad():
@@ -582,7 +567,7 @@ def _model_section(subject: _Subject, fmt: str) -> dict[str, Any]:
         "backbone": describe.get("backbone"), "arch": describe.get("arch"),
         "pretrained": describe.get("pretrained"), "model_cfg": subject.model_cfg,
         "preprocess_cfg": subject.preprocess, "logit_scale": scale,
-        "by_name": _by_name(subject) if fmt == "open_clip" else None,
+        "by_name": _by_name(subject),
         "inputs": {"image": {"shape": ["batch", 3, *(subject.image_size or ("H", "W"))],
                              "dtype": "float32"},
                    "text": {"shape": ["batch", int(tokens.shape[1])],
@@ -592,45 +577,16 @@ def _model_section(subject: _Subject, fmt: str) -> dict[str, Any]:
     }
 
 
+def _by_name(subject: _Subject) -> dict[str, Any] | None:
+    """The card's ``model.by_name``: how the backbone's own format loads by architecture name
+    (its optional ``by_name``); None for the formats every backbone has."""
+    fmt = subject.own_format
+    return fmt.by_name(subject.exported()) if hasattr(fmt, "by_name") else None
+
+
 def _embed_dim(subject: _Subject) -> int:
     with torch.no_grad():
         return int(subject.backbone.encode_text(subject.module, subject.example_tokens).shape[-1])
-
-
-def _by_name(subject: _Subject) -> dict[str, Any] | None:
-    """How to load the open_clip weights by arch name with ``pretrained=FILE``: the arch and the
-    keyword arguments that make open_clip build this exact model and preprocessing, or None when
-    the config differs from the named one in more than the image size (local-dir / hf-hub archs,
-    other backbones)."""
-    arch = subject.backbone.describe().get("arch")
-    if subject.model_cfg is None or not subject.preprocess or not isinstance(arch, str) \
-            or ":" in arch:
-        return None
-    import open_clip
-    from open_clip.transform import PreprocessCfg
-
-    named = copy.deepcopy(open_clip.get_model_config(arch))
-    kwargs: dict[str, Any] = {}
-    size = subject.model_cfg["vision_cfg"].get("image_size")
-    if named["vision_cfg"].get("image_size") != size:
-        kwargs["force_image_size"] = size
-        named["vision_cfg"]["image_size"] = size
-    if _jsonable(named) != _jsonable(subject.model_cfg):
-        return None
-    default = _jsonable({**dataclasses.asdict(PreprocessCfg()), "size": subject.preprocess["size"]})
-    for key, kw in (("mean", "image_mean"), ("std", "image_std"),
-                    ("interpolation", "image_interpolation"), ("resize_mode", "image_resize_mode")):
-        if subject.preprocess.get(key) != default[key]:
-            kwargs[kw] = subject.preprocess[key]
-    if any(subject.preprocess.get(k) != default[k] for k in ("size", "mode", "fill_color")):
-        return None
-    builtin = (Path(open_clip.__file__).parent / "model_configs" / f"{arch}.json").is_file()
-    return {"arch": arch, "weights": OPEN_CLIP_WEIGHTS, "kwargs": kwargs,
-            "known_to_open_clip": builtin}
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value))
 
 
 def run_eval(run: RunDir, req: ExportRequest) -> dict[str, Any] | None:
@@ -704,22 +660,8 @@ def _versions(fmt: str) -> dict[str, Any]:
 def load_snippets(req: ExportRequest, subject: _Subject) -> dict[str, str]:
     """Python that loads this folder, per route (``local_dir``, ``by_name``, ``python``)."""
     folder = req.output.as_posix()
-    if req.format == "open_clip":
-        out = {"local_dir": (
-            "import open_clip\n"
-            f"model, _, preprocess = open_clip.create_model_and_transforms('local-dir:{folder}')\n"
-            f"tokenizer = open_clip.get_tokenizer('local-dir:{folder}')")}
-        by_name = _by_name(subject)
-        if by_name is not None:
-            extra = "".join(f", {k}={v!r}" for k, v in by_name["kwargs"].items())
-            prefix = "" if by_name["known_to_open_clip"] else (
-                "from tracer_plugins.backbones.openclip import register_tiny_configs\n"
-                "register_tiny_configs()  # this arch is known to open_clip through tracer\n")
-            out["by_name"] = (
-                f"import open_clip\n{prefix}model, _, preprocess = "
-                f"open_clip.create_model_and_transforms('{by_name['arch']}', "
-                f"pretrained='{folder}/{OPEN_CLIP_WEIGHTS}'{extra})")
-        return out
+    if subject.own_format is not None:
+        return subject.own_format.load_snippets(folder, subject.exported())
     if req.format == "safetensors":
         return {"python": (
             "from safetensors.torch import load_file\n"

@@ -20,11 +20,12 @@ def tracer_register_backbones(registry) -> None:
     ``[model]`` table without ``backbone`` and ``freeze_bn_stats`` (``arch``, ``pretrained`` and
     backbone-specific keys; it must reject keys it does not know with
     :class:`tracer_cli.errors.RecipeError`) and returns an object satisfying
-    :class:`tracer_cli.contracts.Backbone`.
-
-    Optional capability: a factory with a ``weights_build(options)`` method returns a
-    :class:`tracer_cli.contracts.WeightsBuild` (or None) for weights tracer must train once before
-    the factory can load them; the engine trains them, then calls the factory.
+    :class:`tracer_cli.contracts.Backbone`. The factory may declare capabilities as attributes,
+    read without calling it (``resume_free_keys``, ``export_formats``, ``location_archs``,
+    ``weights_required``; see :mod:`tracer_cli.contracts`) and a ``weights_build(options)``
+    method returning a :class:`tracer_cli.contracts.WeightsBuild` (or None) for weights tracer
+    must train once before the factory can load them (the engine trains them, then calls the
+    factory): the core knows nothing specific to any backbone, built-in or not.
     """
 
 
@@ -49,7 +50,9 @@ def tracer_register_tasks(registry) -> None:
     returns an object satisfying :class:`tracer_cli.contracts.Task`: it owns its head, the texts
     paired with training images, and its metrics. A task declares what it reports with a class
     attribute ``metrics = TaskMetrics(...)`` (:class:`tracer_cli.contracts.TaskMetrics`; summaries,
-    tables and gates follow it); without one it is read as classification.
+    tables and gates follow it); without one it is read as classification. The factory may declare
+    ``resume_free_keys``, the ``[task]`` keys a resumed run may change (classification: its
+    evaluation prompts; see :mod:`tracer_cli.contracts`).
     """
 
 

@@ -169,6 +169,17 @@ def require_module(module: str, needed_by: str, install: str) -> ModuleType:
                                    f"pip install {install}") from None
 
 
+def declared(kind: str, name: str, capability: str, default: Any = None) -> Any:
+    """What the factory registered as ``name`` in ``kind`` declares as ``capability``: an optional
+    attribute of the factory (a function attribute, or a class attribute of a factory class),
+    read without calling it, so nothing is built. ``default`` when the factory does not declare
+    it or no plugin registers ``name`` (a recipe saved by a plugin since removed)."""
+    registry = get_host().registries[kind]
+    if name not in registry:
+        return default
+    return getattr(registry.get(name).factory, capability, default)
+
+
 _HOST: PluginHost | None = None
 
 

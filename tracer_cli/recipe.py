@@ -490,13 +490,14 @@ def _check_method(recipe: Recipe) -> None:
 # Keys a resumed run may change: where and on what it runs, what it evaluates, how often it
 # checkpoints, where it logs, and how it treats bad data or a non-finite loss (resuming with
 # on_nonfinite = "skip" after a stop is the point of that key). Every other key shapes the training
-# trajectory.
+# trajectory. Plugin keys ([model] and [task] options) are free when their plugin's factory
+# declares them in ``resume_free_keys`` (tracer_cli.contracts), e.g. openclip's model.cache_dir.
 RESUME_FREE_KEYS = (
     "run.name", "run.output_dir", "run.device", "run.precision", "run.eval", "run.eval_zeroshot",
     "run.log_every",
-    "run.track_drift", "run.loggers", "loggers", "model.cache_dir", "data.id", "data.ood", "data.eval_batch_size",
-    "data.num_workers", "data.max_bad_fraction", "data.options", "task.templates",
-    "task.templates_file", "train.checkpoint_every", "train.keep_checkpoints",
+    "run.track_drift", "run.loggers", "loggers", "data.id", "data.ood", "data.eval_batch_size",
+    "data.num_workers", "data.max_bad_fraction", "data.options",
+    "train.checkpoint_every", "train.keep_checkpoints",
     "train.keep_every", "train.on_nonfinite", "train.compile",
     "train.channels_last",
 )
@@ -514,18 +515,40 @@ def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _resume_free(key: str) -> bool:
-    return any(key == free or key.startswith(f"{free}.") for free in RESUME_FREE_KEYS)
+# Keys of [model] and [task] that the core reads itself: no plugin can declare them free.
+_CORE_PLUGIN_KEYS = {"model": ("backbone", "freeze_bn_stats"), "task": ("name",)}
+
+
+def plugin_resume_free_keys(saved: dict[str, Any], current: Recipe) -> tuple[str, ...]:
+    """``model.<key>`` / ``task.<key>`` for every key that the backbone and task plugins of either
+    recipe declare resume-free (their factories' ``resume_free_keys``)."""
+    from tracer_cli.plugins import declared
+
+    keys: list[str] = []
+    for section, kind, name in (("model", "backbones", current.model.backbone),
+                                ("task", "tasks", current.task.name)):
+        old = saved.get(section)
+        names = {name, old.get("backbone" if section == "model" else "name")} \
+            if isinstance(old, dict) else {name}
+        for plugin in sorted(n for n in names if isinstance(n, str)):
+            keys += [f"{section}.{k}" for k in declared(kind, plugin, "resume_free_keys", ())
+                     if k not in _CORE_PLUGIN_KEYS[section]]
+    return tuple(dict.fromkeys(keys))
+
+
+def _resume_free(key: str, free_keys: tuple[str, ...]) -> bool:
+    return any(key == free or key.startswith(f"{free}.") for free in free_keys)
 
 
 def resume_differences(saved: dict[str, Any], current: Recipe) -> list[str]:
     """``"key (checkpoint: X, now: Y)"`` for every run-defining key in which the recipe saved in a
     checkpoint differs from ``current``; empty when the run can be resumed as it is."""
     old, new = _flatten(saved), _flatten(current.to_dict())
+    free = RESUME_FREE_KEYS + plugin_resume_free_keys(saved, current)
     out = []
     for key in sorted(set(old) | set(new)):
         before, after = old.get(key, _ABSENT), new.get(key, _ABSENT)
-        if not _resume_free(key) and before != after:
+        if not _resume_free(key, free) and before != after:
             out.append(f"{key} (checkpoint: {before!r}, now: {after!r})")
     return out
 

@@ -5,11 +5,16 @@
 local weights file, ``"embedded"`` for the tiny CLIP tracer pretrains itself, or ``"none"`` for
 random init), ``cache_dir`` (where open_clip looks for downloaded weights) and ``image_size``
 (force a different input size). Preprocessing always comes from the checkpoint's own config.
+
+Capabilities the factory declares: ``cache_dir`` is resume-free (where weights are cached does not
+change the run), and ``tracer export --format open_clip`` writes the backbone's own folder format
+(:mod:`tracer_plugins.backbones.openclip_export`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import socket
@@ -25,9 +30,10 @@ from torch import nn
 from tracer_cli import hookimpl
 from tracer_cli.contracts import WeightsBuild
 from tracer_cli.engine.checkpoint import quiet_pickle_warnings, unreadable_reason
-from tracer_cli.errors import MissingResourceError, RecipeError
+from tracer_cli.errors import MissingResourceError, RecipeError, UsageError
 from tracer_cli.options import Options
 from tracer_plugins.backbones import embedded
+from tracer_plugins.backbones.openclip_export import OpenClipFormat
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 TINY_ARCHS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
@@ -205,6 +211,7 @@ class OpenClipBackbone:
             raise RecipeError("model.arch", f"unknown open_clip architecture '{arch}'"
                               + (f"; did you mean {', '.join(close)}?" if close else ""))
         self.arch, self.pretrained, self.embedded_seed = arch, pretrained, embedded_seed
+        self.image_size = image_size
         self.model = _create(arch, pretrained, cache_dir, image_size, embedded_seed)
         self._tokenizer = open_clip.get_tokenizer(arch, cache_dir=cache_dir)
         cfg = PreprocessCfg(**open_clip.get_model_preprocess_cfg(self.model))
@@ -226,6 +233,22 @@ class OpenClipBackbone:
 
     def projections(self, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
         return visual_text_projections(module)
+
+    def model_config(self) -> dict[str, Any]:
+        """The open_clip model config this backbone was built from, with ``model.image_size``
+        applied exactly as ``force_image_size`` applied it."""
+        try:
+            cfg = open_clip.get_model_config(self.arch)
+        except Exception as exc:  # an hf-hub config that is not cached, a broken local-dir config
+            raise MissingResourceError(f"cannot read the open_clip config of '{self.arch}' "
+                                       f"({exc})") from None
+        if cfg is None:
+            raise UsageError(f"open_clip has no config for '{self.arch}'; use --format "
+                             "safetensors")
+        cfg = copy.deepcopy(cfg)
+        if self.image_size:
+            cfg["vision_cfg"]["image_size"] = self.image_size
+        return cfg
 
     def describe(self) -> dict[str, Any]:
         extra = {"embedded_seed": self.embedded_seed} if self.pretrained == "embedded" else {}
@@ -271,9 +294,20 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 class OpenClipFactory:
-    """The ``openclip`` factory, with the ``weights_build`` capability: the embedded tiny CLIP's
-    weights are pretrained by the engine before the backbone is built (see
-    :class:`tracer_cli.contracts.WeightsBuild`)."""
+    """The ``openclip`` factory and its capabilities (:mod:`tracer_cli.contracts`), which the core
+    reads without building anything: ``weights_build`` (the embedded tiny CLIP's weights are
+    pretrained by the engine before the backbone is built), the resume-free keys, the export
+    formats it writes, and the ``tracer eval --model`` rules."""
+
+    # Read by --resume: a cache folder does not shape the training trajectory.
+    resume_free_keys = ("cache_dir",)
+    export_formats = {"open_clip": OpenClipFormat()}
+    # `tracer eval --model openclip:ARCH:PRETRAINED`: archs whose name is a location holding their
+    # weights, and what PRETRAINED may be (without it, pretrained = "none" would silently give
+    # random weights).
+    location_archs = ("local-dir", "hf-hub")
+    weights_required = ("an open_clip tag such as 'openai', a weights file, 'embedded' or "
+                        "'none'")
 
     def __call__(self, options: dict[str, Any]) -> OpenClipBackbone:
         return OpenClipBackbone(**_options(options))

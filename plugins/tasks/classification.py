@@ -393,6 +393,11 @@ def make_task(options: dict[str, Any]) -> ClassificationTask:
                               ClassNames(*names) if names else None, headline)
 
 
+# Factory capability (tracer_cli.contracts): evaluation prompts do not shape training, so a
+# resumed run may change them.
+make_task.resume_free_keys = ("templates", "templates_file")
+
+
 @hookimpl
 def tracer_register_tasks(registry) -> None:
     registry.add("classification", make_task)

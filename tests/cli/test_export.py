@@ -22,11 +22,14 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from tracer_cli import export as export_mod
+from tracer_cli import hookimpl
+from tracer_cli import plugins as plugins_mod
 from tracer_cli import recipe as recipe_mod
 from tracer_cli import rundir
 from tracer_cli.cli import app
 from tracer_cli.errors import RunError
 from tracer_cli.engine.build import pretrained_backbone
+from tracer_cli.plugins import PluginHost
 from tracer_cli.runs import RunDir
 from tracer_plugins.backbones.openclip import register_tiny_configs
 
@@ -360,3 +363,33 @@ def test_rn50_at_64px_loads_by_name_with_forced_image_size(runner, tmp_path, tin
         with torch.no_grad():
             torch.testing.assert_close(model.encode_image(images, normalize=True), want,
                                        atol=1e-5, rtol=0)
+
+
+class _PlainBackbonePlugin:
+    """A third-party backbone that declares no export format of its own."""
+
+    @staticmethod
+    @hookimpl
+    def tracer_register_backbones(registry):
+        from tracer_plugins.backbones.openclip import make_backbone
+
+        registry.add("plain-clip", lambda options: make_backbone(options))
+
+
+def test_own_format_of_another_backbone_exits_2_before_loading(runner, run_dir, tmp_path,
+                                                               monkeypatch):
+    """--format open_clip is the openclip backbone's capability (its factory's export_formats):
+    a run whose backbone does not declare it is refused, naming the formats it can use."""
+    monkeypatch.setattr(plugins_mod, "_HOST", PluginHost(plugins=(_PlainBackbonePlugin(),)))
+    run = tmp_path / "plain"
+    run.mkdir()
+    lock = (run_dir / "recipe.lock.toml").read_text()
+    assert 'backbone = "openclip"' in lock
+    (run / "recipe.lock.toml").write_text(lock.replace('backbone = "openclip"',
+                                                       'backbone = "plain-clip"'))
+    result = _export(runner, run, tmp_path / "out", "--format", "open_clip")
+    assert result.exit_code == 2, result.stderr
+    assert ("--format open_clip needs a backbone that writes it (openclip); this run uses "
+            "'plain-clip' (use --format safetensors, onnx or torchscript)") in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+    assert export_mod.formats() == ("open_clip", "safetensors", "onnx", "torchscript")

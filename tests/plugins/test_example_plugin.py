@@ -244,6 +244,7 @@ def test_example_task_is_discovered_and_usable(fake_site, monkeypatch, request):
     assert logger.as_dict()["distribution"] == "tracer-plugin-example-local"
     assert logger.factory({"file": "x.csv"}).file_name == "x.csv"
 
+    assert entry.factory.resume_free_keys == ("templates", "templates_file")
     task = entry.factory({})
     spec = task_metrics(task)
     assert spec.primary == "balanced_accuracy" and "avg_ood_balanced_accuracy" in spec.ood_keys

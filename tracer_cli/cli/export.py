@@ -22,7 +22,8 @@ RunDirArg = Annotated[Path, typer.Argument(
     help="Run directory written by `tracer finetune` (exports its last.pt).", metavar="RUN_DIR",
     show_default=False)]
 FormatOpt = Annotated[str, typer.Option(
-    "--format", help="open_clip (a local-dir folder open_clip and CLIP_benchmark load), "
+    "--format", help="open_clip (the openclip backbone's own format: a local-dir folder "
+    "open_clip and CLIP_benchmark load), "
     "safetensors (the state dict), onnx (image and text encoders), torchscript (the same, "
     "traced and frozen).", show_default=False)]
 OutputOpt = Annotated[Path, typer.Option(

@@ -11,7 +11,8 @@ index), so the data is identical across runs and processes and needs no files. R
 heads, same ``[task]`` keys) with one more metric, ``balanced_accuracy`` (the mean over classes of
 each class's recall), declared as the task's headline metric through
 :class:`tracer_cli.contracts.TaskMetrics`, so run summaries, ``tracer eval`` tables and gates
-(``--fail-under avg_ood_balanced_accuracy=0.6``) use it.
+(``--fail-under avg_ood_balanced_accuracy=0.6``) use it. Its factory also declares a capability,
+``resume_free_keys``: like classification, a resumed run may change its evaluation prompts.
 
 ``example-csv``: a logger (``run.loggers = ["example-csv"]``) that appends what tracer logs to a
 CSV file in the run directory, one number per row: ``event,step,key,value``. Option in
@@ -135,6 +136,12 @@ class BalancedClassificationTask(ClassificationTask):
     name = "example-balanced"
     metrics = BALANCED_METRICS
 
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        # ClassificationTask sets its metrics per instance (from task.headline); this task's
+        # declaration must win over that, or its headline would silently be accuracy.
+        self.metrics = BALANCED_METRICS
+
     def evaluate(self, backbone, module, datasets, device, autocast, head=None):
         results = super().evaluate(backbone, module, datasets, device, autocast, head=head)
         for result in results.values():
@@ -149,6 +156,11 @@ def make_balanced(options: dict[str, Any]) -> BalancedClassificationTask:
     base = make_classification(options)  # reads and checks the [task] keys
     return BalancedClassificationTask(base.templates, base.train_templates, base.train_text,
                                       base.classnames)
+
+
+# A factory capability (tracer_cli.contracts), read without building the task: the [task] keys a
+# resumed run may change. These are classification's, whose keys this task takes.
+make_balanced.resume_free_keys = make_classification.resume_free_keys
 
 
 @hookimpl
