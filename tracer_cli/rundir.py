@@ -369,8 +369,9 @@ class RunLock:
 
     ``acquire()`` creates the folder if needed, takes the lock without waiting, and records who
     holds it; a second writer gets a :class:`UsageError` naming the holder's PID and host.
-    ``release()`` empties the record (and removes a folder this lock created and nothing else
-    wrote to, so a run that failed its checks leaves no empty run directory behind). The lock
+    ``release()`` empties the record (and removes the folders this lock created when nothing else
+    was written to them, so a run that failed its checks leaves no empty run directory, nor an
+    empty ``runs/``, behind). The lock
     file itself stays: removing it would let two processes lock two different files.
     """
 
@@ -378,12 +379,12 @@ class RunLock:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK
         self._fd: int | None = None
-        self._created = False
+        self._created: list[Path] = []  # folders this lock made, innermost first
         self.stale: dict[str, Any] | None = None  # the record of a dead holder it took over
 
     def acquire(self) -> RunLock:
         try:
-            self._created = not self.run_dir.exists()
+            self._created = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
             self.run_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -413,7 +414,8 @@ class RunLock:
             os.ftruncate(fd, 0)
             if self._created and [p.name for p in self.run_dir.iterdir()] == [LOCK]:
                 self.path.unlink()
-                self.run_dir.rmdir()
+                for folder in self._created:  # the run directory, then `runs/` if it made it
+                    folder.rmdir()
         except OSError:
             pass  # the folder went away or is shared: nothing of value is lost
         finally:
