@@ -371,8 +371,8 @@ class RunLock:
     holds it; a second writer gets a :class:`UsageError` naming the holder's PID and host.
     ``release()`` empties the record (and removes the folders this lock created when nothing else
     was written to them, so a run that failed its checks leaves no empty run directory, nor an
-    empty ``runs/``, behind). The lock
-    file itself stays: removing it would let two processes lock two different files.
+    empty ``runs/``, behind). The lock file itself stays: removing it would let two processes
+    lock two different files.
     """
 
     def __init__(self, run_dir: Path):
