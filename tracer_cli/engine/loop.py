@@ -347,10 +347,15 @@ class Trainer:
         objective = loss if world == 1 else sum(
             t for t in (None if global_loss is None else global_loss * world, local_loss, penalty)
             if t is not None)
-        self._optimize(objective, frozen)
+        skipped = self._optimize(objective, frozen)
+        # After a step the fp16 GradScaler skipped (inf/NaN gradient), the teacher is updated all
+        # the same, with the unchanged θ: the reference implementation does so, and it keeps the
+        # teacher's kernel position tied to the step count (docs/method.md, "Mixed precision").
         self.teacher.update(step + 1, self.student)
         record.update(loss=float(loss.detach()), logit_scale=float(s.detach()),
                       lr=self.optimizer.param_groups[0]["lr"])
+        if self.scaler.is_enabled():
+            record.update(grad_scale=float(self.scaler.get_scale()), amp_skipped=float(skipped))
         if self.head is not None:
             record["lr_head"] = self.optimizer.param_groups[-1]["lr"]
         return record
@@ -359,19 +364,24 @@ class Trainer:
         params = [] if frozen else list(self.student.parameters())
         return params + (list(self.head.parameters()) if self.head is not None else [])
 
-    def _optimize(self, loss: torch.Tensor, frozen: bool = False) -> None:
+    def _optimize(self, loss: torch.Tensor, frozen: bool = False) -> bool:
+        """Backward, clip, optimizer and schedule step; True when the fp16 GradScaler skipped the
+        optimizer step because a gradient overflowed (it then lowers its scale)."""
         self.scaler.scale(loss).backward()
         if self.train_cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self._trainable(frozen), self.train_cfg.grad_clip)
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        skipped = self.scaler.is_enabled() and self.scaler.get_scale() < scale
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         logit_scale = getattr(self.student, "logit_scale", None)
         if isinstance(logit_scale, torch.Tensor):
             with torch.no_grad():
                 logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        return skipped
 
     def state_dict(self) -> dict[str, Any]:
         state = {"state_dict": self.student.state_dict(), "teacher": self.teacher.state_dict(),
