@@ -152,6 +152,9 @@ class TrainConfig:
     # lpft: steps of the linear-probe phase (head only, at head_lr) before the whole model trains;
     # 0: half of train.steps.
     lp_steps: int = 0
+    # Memory options that do not change what is computed: activation checkpointing of the
+    # student's transformer blocks (recomputed in the backward pass; a backbone capability).
+    grad_checkpointing: bool = False
 
     def resolved_head_lr(self) -> float:
         return self.head_lr or self.lr
@@ -419,7 +422,7 @@ RESUME_FREE_KEYS = (
     "run.track_drift", "model.cache_dir", "data.id", "data.ood", "data.eval_batch_size",
     "data.num_workers", "data.max_bad_fraction", "data.options", "task.templates",
     "task.templates_file", "train.checkpoint_every", "train.on_nonfinite", "train.compile",
-    "train.channels_last",
+    "train.channels_last", "train.grad_checkpointing",
 )
 _ABSENT = "(absent)"
 

@@ -167,6 +167,18 @@ class OpenClipBackbone:
     def projections(self, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
         return visual_text_projections(module)
 
+    def set_grad_checkpointing(self, module: nn.Module) -> list[str]:
+        """Turn on open_clip's activation checkpointing for ``module`` and return the towers it
+        covers (``"image"``, ``"text"``). open_clip checkpoints transformer blocks only: a
+        ModifiedResNet image tower (RN50, tracer-tiny-rn) keeps all its activations."""
+        module.set_grad_checkpointing(True)
+        towers = []
+        if getattr(getattr(module.visual, "transformer", None), "grad_checkpointing", False):
+            towers.append("image")
+        if getattr(getattr(module, "transformer", None), "grad_checkpointing", False):
+            towers.append("text")
+        return towers
+
     def describe(self) -> dict[str, Any]:
         extra = {"embedded_seed": self.embedded_seed} if self.pretrained == "embedded" else {}
         return {"backbone": "openclip", "arch": self.arch, "pretrained": self.pretrained,

@@ -34,7 +34,7 @@ from tracer_cli.engine.distributed import Shard
 from tracer_cli.engine.losses import clip_loss, gather_features, scale_grad
 from tracer_cli.engine.precision import Precision
 from tracer_cli.engine.teachers import Teacher
-from tracer_cli.errors import RunError
+from tracer_cli.errors import RunError, UsageError
 from tracer_cli.recipe import DistillConfig, TrainConfig
 
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -90,6 +90,29 @@ def set_train_mode(module: nn.Module, freeze_bn_stats: bool) -> None:
         for m in module.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
+
+
+def check_grad_checkpointing(backbone: Backbone, wanted: bool) -> None:
+    """Refuse ``train.grad_checkpointing = true`` for a backbone without the capability (called
+    as soon as the backbone exists, before the run directory is written)."""
+    if wanted and getattr(backbone, "set_grad_checkpointing", None) is None:
+        raise UsageError(f"train.grad_checkpointing = true, but backbone "
+                         f"'{type(backbone).__name__}' has no activation checkpointing "
+                         "(set_grad_checkpointing); remove the key or use the 'openclip' backbone")
+
+
+def enable_grad_checkpointing(backbone: Backbone, module: nn.Module, notice) -> list[str]:
+    """Activation checkpointing of ``module`` (the student) through the backbone's own
+    ``set_grad_checkpointing(module)`` capability; the towers it covers are returned, and a tower
+    left out is reported through ``notice``. A backbone without the capability is a usage error
+    (``train.grad_checkpointing``)."""
+    check_grad_checkpointing(backbone, True)
+    towers = list(backbone.set_grad_checkpointing(module))
+    missing = [t for t in ("image", "text") if t not in towers]
+    if missing:
+        notice(f"train.grad_checkpointing: the {' and '.join(missing)} tower(s) of this backbone "
+               "are not checkpointed (open_clip checkpoints transformer blocks only)")
+    return towers
 
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

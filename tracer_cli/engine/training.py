@@ -23,7 +23,8 @@ from tracer_cli.contracts import Backbone, DatasetBundle, Task
 from tracer_cli.engine import checkpoint, distributed
 from tracer_cli.engine.data import BadDataLog, BadItem, TrainStream
 from tracer_cli.engine.distributed import DistContext, Shard
-from tracer_cli.engine.loop import FeatureForward, NonFiniteLoss, Trainer
+from tracer_cli.engine.loop import (
+    FeatureForward, NonFiniteLoss, Trainer, enable_grad_checkpointing)
 from tracer_cli.engine.precision import Precision
 from tracer_cli.engine.signals import SignalTrap
 from tracer_cli.engine.teachers import make_teacher
@@ -127,6 +128,8 @@ def build_trainer(recipe: Recipe, ctx: DistContext, backbone: Backbone, task: Ta
         forward = torch.compile(forward)
     teacher = make_teacher(recipe.teacher.kind, backbone.model, recipe.train.steps,
                            **teacher_params(recipe))
+    if recipe.train.grad_checkpointing:  # after the teacher's copy: it never back-propagates
+        enable_grad_checkpointing(backbone, backbone.model, notice)
     return Trainer(backbone, task, bundle, teacher, recipe.train, recipe.distill, precision,
                    recipe.model.freeze_bn_stats, recipe.run.seed, notice=notice,
                    track_drift=recipe.run.track_drift, forward=forward, head=head)
