@@ -155,6 +155,9 @@ class TrainConfig:
     # Memory options that do not change what is computed: activation checkpointing of the
     # student's transformer blocks (recomputed in the backward pass; a backbone capability).
     grad_checkpointing: bool = False
+    # Micro-batches per optimizer step: batch_size examples per step in accum_steps pieces, with
+    # the gradient of the whole batch (features cached, see tracer_cli.engine.accumulation).
+    accum_steps: int = 1
 
     def resolved_head_lr(self) -> float:
         return self.head_lr or self.lr
@@ -174,6 +177,10 @@ class TrainConfig:
         _check(f"{path}.checkpoint_every", self.checkpoint_every >= 0,
                "must be >= 0 (0: only the final checkpoint)")
         _check(f"{path}.head_lr", self.head_lr >= 0, "must be >= 0 (0: train.lr)")
+        _check(f"{path}.accum_steps", self.accum_steps >= 1 and
+               self.batch_size % self.accum_steps == 0,
+               f"got {self.accum_steps}; must be >= 1 and divide train.batch_size "
+               f"({self.batch_size}) into equal micro-batches")
         _check(f"{path}.lp_steps", 0 <= self.lp_steps < self.steps,
                f"got {self.lp_steps}; must be >= 0 and < train.steps ({self.steps}) (0: half of "
                "the steps)")
@@ -422,7 +429,7 @@ RESUME_FREE_KEYS = (
     "run.track_drift", "model.cache_dir", "data.id", "data.ood", "data.eval_batch_size",
     "data.num_workers", "data.max_bad_fraction", "data.options", "task.templates",
     "task.templates_file", "train.checkpoint_every", "train.on_nonfinite", "train.compile",
-    "train.channels_last", "train.grad_checkpointing",
+    "train.channels_last", "train.grad_checkpointing", "train.accum_steps",
 )
 _ABSENT = "(absent)"
 

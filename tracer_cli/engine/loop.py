@@ -16,13 +16,15 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from dataclasses import asdict, replace
-from typing import Any, Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
 
 from tracer_cli.contracts import Backbone, DatasetBundle, Task
+from tracer_cli.engine.accumulation import (
+    bn_statistics_kept, micro_bounds, rows, slice_batch, substitute)
 from tracer_cli.engine.distill import (
     DistillWeights,
     distillation_loss,
@@ -202,6 +204,39 @@ class DriftTracker:
         return out
 
 
+class _TeacherFeatures(NamedTuple):
+    """The teacher's whole-batch image and text features and its logit scale (no gradient)."""
+
+    gi: torch.Tensor
+    gt: torch.Tensor
+    st: torch.Tensor
+
+
+@dataclass
+class _Terms:
+    """One step's loss terms: ``global_loss`` is computed on the global batch's features (equal
+    on every rank), ``local_loss`` on this rank's rows (a task head's loss), ``penalty`` on θ."""
+
+    global_loss: torch.Tensor | None
+    local_loss: torch.Tensor | None
+    penalty: torch.Tensor | None
+    record: dict[str, float]
+    logit_scale: float = 0.0
+
+    @property
+    def total(self) -> torch.Tensor:
+        return sum(t for t in (self.global_loss, self.local_loss, self.penalty) if t is not None)
+
+    def objective(self, world: int) -> torch.Tensor:
+        """What to back-propagate: every rank's global loss is the loss of the whole batch,
+        back-propagated through its local features only, so ×world makes DDP's average the full
+        gradient. The penalty depends on θ alone, so it is already the same on every rank."""
+        if world == 1:
+            return self.total
+        return sum(t for t in (None if self.global_loss is None else self.global_loss * world,
+                               self.local_loss, self.penalty) if t is not None)
+
+
 class Trainer:
     """Student + teacher + optimizer; :meth:`step` is one optimizer step of the TRACER objective."""
 
@@ -286,26 +321,67 @@ class Trainer:
         penalty, parts = projection_penalty(v, t, w)
         return penalty, {f"reg_{k}": float(x) for k, x in parts.items()}
 
-    def _teacher_terms(self, step: int, images, tokens, fi, ft, s, shard: Shard
-                       ) -> tuple[torch.Tensor | None, dict[str, float]]:
-        """Distillation loss and teacher-student statistics; nothing at step 0 (φ = θ)."""
-        if not self.teacher.active or step == 0:
-            return None, {}
+    def _teacher_features(self, step: int, images: torch.Tensor, tokens: torch.Tensor | None,
+                          shard: Shard, bounds: list[tuple[int, int]]) -> _TeacherFeatures | None:
+        """The teacher's (gathered) features of the whole batch, without gradient, under the
+        student's autocast, one micro-batch at a time; None at step 0 (φ = θ) or without one."""
+        if not self.teacher.active or step == 0 or tokens is None:
+            return None
+        parts = []
         with torch.no_grad(), self.precision.autocast():
-            gi, gt, st = self._features(self.teacher.module, images, tokens)
-        gi, gt, st = gi.float(), gt.float(), st.float()
+            for a, b in bounds:
+                parts.append(self._features(self.teacher.module, images[a:b], tokens[a:b]))
+        gi = torch.cat([p[0] for p in parts]).float()
+        gt = torch.cat([p[1] for p in parts]).float()
         if shard.world_size > 1:
             gi, gt = gather_features(gi, gt, shard.sizes)
-        with torch.no_grad():
-            S, T = s.detach() * fi.detach() @ ft.detach().T, st * gi @ gt.T
-            kl_i2t, kl_t2i = teacher_student_kl(S, T)
-            stats = {"kl_i2t": float(kl_i2t), "kl_t2i": float(kl_t2i),
-                     "agreement": float(top1_agreement(S, T))}
+        return _TeacherFeatures(gi, gt, parts[0][2].float())
+
+    def _teacher_terms(self, fi, ft, s, teacher: _TeacherFeatures | None, log: bool
+                       ) -> tuple[torch.Tensor | None, dict[str, float]]:
+        """Distillation loss and (when ``log``) the teacher-student statistics."""
+        if teacher is None:
+            return None, {}
+        gi, gt, st = teacher
+        stats: dict[str, float] = {}
+        if log:
+            with torch.no_grad():
+                S, T = s.detach() * fi.detach() @ ft.detach().T, st * gi @ gt.T
+                kl_i2t, kl_t2i = teacher_student_kl(S, T)
+                stats = {"kl_i2t": float(kl_i2t), "kl_t2i": float(kl_t2i),
+                         "agreement": float(top1_agreement(S, T))}
         if self.weights.lambda_sd == 0:
             return None, stats
         loss, parts = distillation_loss(fi, ft, gi, gt, s, st, self.weights)
-        stats.update({f"sd_{k}": float(v) for k, v in parts.items()})
+        if log:
+            stats.update({f"sd_{k}": float(v) for k, v in parts.items()})
         return loss, stats
+
+    def _objective(self, fi, ft, s, teacher: _TeacherFeatures | None,
+                   local_loss: torch.Tensor | None, penalty: bool = True, log: bool = True
+                   ) -> _Terms:
+        """The loss terms on whole-batch features: global ones (contrastive, distillation), this
+        rank's head loss, and the projection penalty (which depends on θ alone)."""
+        record: dict[str, float] = {}
+        global_loss = None
+        if self.head is None:
+            global_loss = clip_loss(fi, ft, s)
+            if log:
+                record["loss_clip"] = float(global_loss.detach())
+        elif log:
+            record["loss_head"] = float(local_loss.detach())
+        if ft is not None:
+            sd, stats = self._teacher_terms(fi, ft, s, teacher, log)
+            record.update(stats)
+            if sd is not None:
+                global_loss = sd if global_loss is None else global_loss + sd
+                if log:
+                    record["loss_sd"] = float(sd.detach())
+        reg = None
+        if penalty:
+            reg, reg_parts = self._regularizers()
+            record.update(reg_parts if log else {})
+        return _Terms(global_loss, local_loss, reg, record)
 
     def _train_texts(self, batch: dict[str, Any], shard: Shard) -> list[str]:
         """This rank's captions, drawn for the whole global batch as one process would draw them
@@ -321,10 +397,11 @@ class Trainer:
 
         ``shard`` places ``batch`` in the global batch under DDP. Returns the numbers to log. A
         non-finite loss raises :class:`NonFiniteLoss` before anything is updated (no backward
-        pass, no optimizer, schedule or teacher step), so the caller may skip the batch.
+        pass, no optimizer, schedule or teacher step), so the caller may skip the batch. With
+        ``train.accum_steps`` > 1 the batch is processed in micro-batches with the gradient of
+        the whole batch (:mod:`tracer_cli.engine.accumulation`).
         """
         shard = shard or Shard((len(batch["image"]),))
-        world = shard.world_size
         frozen = self.frozen(step)
         self._set_modes(frozen)
         images = batch["image"].to(self.device, non_blocking=True)
@@ -337,60 +414,106 @@ class Trainer:
         if self.head is None or self.head_uses_text or self.teacher.active:
             tokens = self.backbone.tokenize(self._train_texts(batch, shard))
             tokens = tokens.to(self.device, non_blocking=True)
-        with self.precision.autocast():
-            fi, ft, s, out = self.forward(images, tokens, frozen)
-        fi, s = fi.float(), scale_grad(s.float(), 1.0 / world)
-        ft = ft.float() if ft is not None else None
-        if world > 1 and ft is not None:
-            fi, ft = gather_features(fi, ft, shard.sizes)
-        record: dict[str, float] = {}
-        # Global terms (computed on gathered features, equal on every rank) and local ones (this
-        # rank's head loss, a mean over its slice that DDP's gradient averaging completes).
-        global_loss, local_loss = None, None
-        if self.head is None:
-            global_loss = clip_loss(fi, ft, s)
-            record["loss_clip"] = float(global_loss.detach())
+        # Every rank splits its slice into the same number of micro-batches (collectives match).
+        bounds = micro_bounds(len(images), min(self.train_cfg.accum_steps, min(shard.sizes)))
+        teacher = self._teacher_features(step, images, tokens, shard, bounds)
+        if len(bounds) == 1:
+            terms = self._whole_batch(step, batch, images, tokens, shard, frozen, teacher)
         else:
-            local_loss = self.task.head_loss(out, batch)
-            record["loss_head"] = float(local_loss.detach())
-        if ft is not None:
-            sd, stats = self._teacher_terms(step, images, tokens, fi, ft, s, shard)
-            record.update(stats)
-            if sd is not None:
-                global_loss = sd if global_loss is None else global_loss + sd
-                record["loss_sd"] = float(sd.detach())
-        penalty, reg_parts = self._regularizers()
-        record.update(reg_parts)
-        loss = sum(t for t in (global_loss, local_loss, penalty) if t is not None)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(step + 1, float(loss.detach()))
-        # Every rank's global loss is the loss of the whole batch, back-propagated through its
-        # local features only: ×world makes DDP's average the full gradient. The penalty depends
-        # on θ alone, so it is already the same on every rank.
-        objective = loss if world == 1 else sum(
-            t for t in (None if global_loss is None else global_loss * world, local_loss, penalty)
-            if t is not None)
-        skipped = self._optimize(objective, frozen)
+            terms = self._accumulated(step, batch, images, tokens, shard, frozen, teacher,
+                                      bounds)
+        skipped = self._apply(frozen)
         # After a step the fp16 GradScaler skipped (inf/NaN gradient), the teacher is updated all
         # the same, with the unchanged θ: the reference implementation does so, and it keeps the
         # teacher's kernel position tied to the step count (docs/method.md, "Mixed precision").
         self.teacher.update(step + 1, self.student)
-        record.update(loss=float(loss.detach()), logit_scale=float(s.detach()),
+        record = terms.record
+        record.update(loss=float(terms.total.detach()), logit_scale=terms.logit_scale,
                       lr=self.optimizer.param_groups[0]["lr"])
-        if self.scaler.is_enabled():
-            record.update(grad_scale=float(self.scaler.get_scale()), amp_skipped=float(skipped))
         if self.head is not None:
             record["lr_head"] = self.optimizer.param_groups[-1]["lr"]
+        if self.scaler.is_enabled():
+            record.update(grad_scale=float(self.scaler.get_scale()), amp_skipped=float(skipped))
         return record
+
+    def _student(self, images, tokens, frozen: bool, grad_share: float):
+        """The student's features in float32; the logit scale's gradient scaled by
+        ``grad_share`` (1/W under DDP, 1/(W·N) with N micro-batches: every rank and every
+        micro-batch reaches it directly, see :func:`tracer_cli.engine.losses.gather_features`)."""
+        with self.precision.autocast():
+            fi, ft, s, out = self.forward(images, tokens, frozen)
+        fi, s = fi.float(), scale_grad(s.float(), grad_share)
+        return fi, (ft.float() if ft is not None else None), s, out
+
+    def _whole_batch(self, step, batch, images, tokens, shard: Shard, frozen: bool,
+                     teacher: _TeacherFeatures | None) -> _Terms:
+        world = shard.world_size
+        fi, ft, s, out = self._student(images, tokens, frozen, 1.0 / world)
+        if world > 1 and ft is not None:
+            fi, ft = gather_features(fi, ft, shard.sizes)
+        local = self.task.head_loss(out, batch) if self.head is not None else None
+        terms = self._objective(fi, ft, s, teacher, local)
+        terms.logit_scale = float(s.detach())
+        self._check_finite(step, terms.total)
+        self._backward(terms.objective(world))
+        return terms
+
+    def _accumulated(self, step, batch, images, tokens, shard: Shard, frozen: bool,
+                     teacher: _TeacherFeatures | None, bounds: list[tuple[int, int]]) -> _Terms:
+        """Pass 1: every micro-batch's features without a graph, the whole-batch loss for the
+        record and the finiteness check. Pass 2: each micro-batch with its graph, substituted into
+        the cached features, the whole-batch loss back-propagated (DDP syncs on the last)."""
+        world, n, size = shard.world_size, len(bounds), len(images)
+        with torch.no_grad(), bn_statistics_kept(self.student):
+            parts = [self._student(images[a:b], rows(tokens, a, b), frozen, 1.0)
+                     for a, b in bounds]
+            fi = torch.cat([p[0] for p in parts])
+            ft = torch.cat([p[1] for p in parts]) if tokens is not None else None
+            if world > 1 and ft is not None:
+                fi, ft = gather_features(fi, ft, shard.sizes)
+            local = None
+            if self.head is not None:
+                local = sum(self.task.head_loss(p[3], slice_batch(batch, a, b)) * ((b - a) / size)
+                            for p, (a, b) in zip(parts, bounds))
+            terms = self._objective(fi, ft, parts[0][2], teacher, local)
+        terms.logit_scale = float(parts[0][2])
+        self._check_finite(step, terms.total)
+        offset = shard.offset if world > 1 and ft is not None else 0
+        for j, (a, b) in enumerate(bounds):
+            with self._sync_gradients(j == n - 1):
+                fi_j, ft_j, s, out = self._student(images[a:b], rows(tokens, a, b), frozen,
+                                                   1.0 / (world * n))
+                local = None if self.head is None else \
+                    self.task.head_loss(out, slice_batch(batch, a, b)) * ((b - a) / size)
+                live = self._objective(substitute(fi, offset + a, fi_j),
+                                       None if ft is None else substitute(ft, offset + a, ft_j),
+                                       s, teacher, local, penalty=j == 0, log=False)
+                self._backward(live.objective(world))
+        return terms
+
+    def _sync_gradients(self, last: bool):
+        """DDP's ``no_sync`` for every micro-batch but the last: one all-reduce per step."""
+        ddp = getattr(self.forward, "_orig_mod", self.forward)
+        if last or not hasattr(ddp, "no_sync"):
+            return contextlib.nullcontext()
+        return ddp.no_sync()
+
+    @staticmethod
+    def _check_finite(step: int, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(step + 1, float(loss.detach()))
 
     def _trainable(self, frozen: bool) -> list[torch.Tensor]:
         params = [] if frozen else list(self.student.parameters())
         return params + (list(self.head.parameters()) if self.head is not None else [])
 
-    def _optimize(self, loss: torch.Tensor, frozen: bool = False) -> bool:
-        """Backward, clip, optimizer and schedule step; True when the fp16 GradScaler skipped the
-        optimizer step because a gradient overflowed (it then lowers its scale)."""
-        self.scaler.scale(loss).backward()
+    def _backward(self, objective: torch.Tensor) -> None:
+        self.scaler.scale(objective).backward()
+
+    def _apply(self, frozen: bool = False) -> bool:
+        """Clip, optimizer and schedule step on the accumulated gradient; True when the fp16
+        GradScaler skipped the optimizer step because a gradient overflowed (it then lowers its
+        scale)."""
         if self.train_cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self._trainable(frozen), self.train_cfg.grad_clip)
