@@ -82,6 +82,8 @@ def _args() -> argparse.Namespace:
                    help="comma-separated subset of: " + ", ".join(CONFIGS))
     p.add_argument("--precision", default="32-true")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
+    p.add_argument("--max-mib", type=float, default=0,
+                   help="end a configuration whose RSS passes this many MiB (0: no cap)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p.parse_args()
@@ -133,16 +135,46 @@ def measure(arch: str, name: str, args: argparse.Namespace, workdir: Path) -> di
     reported, not raised, so the rest of the table still gets measured."""
     path = workdir / f"{arch}-{name}.toml"
     path.write_text(_recipe_text(arch, CONFIGS[name], args))
+    with open(workdir / "out.txt", "w+") as out, open(workdir / "err.txt", "w+") as err:
+        proc = subprocess.Popen([sys.executable, __file__, "--child", str(path)], stdout=out,
+                                stderr=err, text=True)
+        verdict = _watch(proc, args)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if verdict:
+        return {"error": verdict}
+    if proc.returncode != 0:
+        last = (stderr.strip().splitlines() or ["(no output)"])[-1]
+        reason = "killed (out of memory?)" if proc.returncode in (-9, 137) else last
+        return {"error": f"exit {proc.returncode}: {reason}"}
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _rss_mib(pid: int) -> float:
     try:
-        done = subprocess.run([sys.executable, __file__, "--child", str(path)],
-                              capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {args.timeout:.0f} s"}
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        reason = "killed (out of memory?)" if done.returncode in (-9, 137) else last
-        return {"error": f"exit {done.returncode}: {reason}"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        with open(f"/proc/{pid}/status") as fh:
+            line = next((line for line in fh if line.startswith("VmRSS")), None)
+    except OSError:
+        return 0.0
+    return int(line.split()[1]) / 1024 if line else 0.0
+
+
+def _watch(proc: subprocess.Popen, args: argparse.Namespace) -> str | None:
+    """Wait for the child; end it (and say why) past ``--timeout`` or ``--max-mib``, so that a
+    configuration that does not fit never pushes a shared machine into its OOM killer."""
+    deadline = time.monotonic() + args.timeout
+    while proc.poll() is None:
+        if args.max_mib and _rss_mib(proc.pid) > args.max_mib:
+            proc.kill()
+            proc.wait()
+            return f"did not fit: over --max-mib {args.max_mib:.0f} MiB"
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            return f"timed out after {args.timeout:.0f} s"
+        time.sleep(0.1)
+    return None
 
 
 def _table(arch: str, rows: dict[str, dict], args: argparse.Namespace) -> str:
