@@ -66,9 +66,11 @@ class Backbone(Protocol):
     Methods that run the network take the module explicitly (``module`` is :attr:`model` or a copy
     of it, such as the teacher), so student and teacher share one implementation.
 
-    Optional member the engine reads when present: ``set_grad_checkpointing(module) -> list[str]``
-    turns on activation checkpointing for ``module`` and returns the towers it covers
+    Optional members the engine reads when present: ``set_grad_checkpointing(module) ->
+    list[str]`` turns on activation checkpointing for ``module`` and returns the towers it covers
     (``"image"``, ``"text"``); ``train.grad_checkpointing = true`` needs it.
+    ``shard_units(module) -> list[nn.Module]`` names the blocks ``train.strategy = "fsdp"``
+    shards one at a time (without it the whole model is one unit).
     """
 
     model: nn.Module

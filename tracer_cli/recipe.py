@@ -158,6 +158,9 @@ class TrainConfig:
     # Micro-batches per optimizer step: batch_size examples per step in accum_steps pieces, with
     # the gradient of the whole batch (features cached, see tracer_cli.engine.accumulation).
     accum_steps: int = 1
+    # Under torchrun: "ddp" replicates the model on every rank; "fsdp" shards student, teacher,
+    # θ₀ and AdamW state over the ranks (torch FSDP2; see tracer_cli.engine.sharding).
+    strategy: Literal["ddp", "fsdp"] = "ddp"
 
     def resolved_head_lr(self) -> float:
         return self.head_lr or self.lr
@@ -184,6 +187,10 @@ class TrainConfig:
         _check(f"{path}.lp_steps", 0 <= self.lp_steps < self.steps,
                f"got {self.lp_steps}; must be >= 0 and < train.steps ({self.steps}) (0: half of "
                "the steps)")
+        if self.strategy == "fsdp" and self.method in HEAD_METHODS:
+            raise RecipeError(f"{path}.strategy", f"'fsdp' shards the contrastive methods "
+                              f"(flyp, carot, tracer), not train.method = '{self.method}'; use "
+                              "'ddp' for it")
         if self.lp_steps and self.method != "lpft":
             raise RecipeError(f"{path}.lp_steps", f"only applies to train.method = 'lpft' (got "
                               f"'{self.method}')")
@@ -429,7 +436,7 @@ RESUME_FREE_KEYS = (
     "run.track_drift", "model.cache_dir", "data.id", "data.ood", "data.eval_batch_size",
     "data.num_workers", "data.max_bad_fraction", "data.options", "task.templates",
     "task.templates_file", "train.checkpoint_every", "train.on_nonfinite", "train.compile",
-    "train.channels_last", "train.grad_checkpointing", "train.accum_steps",
+    "train.channels_last", "train.grad_checkpointing", "train.accum_steps", "train.strategy",
 )
 _ABSENT = "(absent)"
 
