@@ -320,7 +320,7 @@ def _run_stages(table: Table, args, stages: list[str], recipe: Path, out: Path) 
         fsdp = stage_distributed(table, args, recipe, out, "fsdp")
         if ddp and fsdp:
             diff = max(abs(a["loss"] - b["loss"]) for a, b in zip(ddp, fsdp))
-            table.add("fsdp", "largest |loss(FSDP) − loss(DDP)| over the logged steps",
+            table.add("fsdp", "largest loss difference FSDP vs DDP, logged steps",
                       f"{diff:.2e}", "≤ 1e-2", diff <= 1e-2)
     if "step-time" in stages:
         stage_step_time(table, args)
