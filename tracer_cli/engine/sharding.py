@@ -91,8 +91,9 @@ class Sharding:
         if max_norm <= 0 or not grads:
             return
         shards = [local(g) for g in grads if isinstance(g, DTensor)]
-        squares = torch.stack([torch.linalg.vector_norm(g.double()) ** 2 for g in shards]).sum() \
-            if shards else torch.zeros((), dtype=torch.float64)
+        squares = torch.zeros((), dtype=torch.float64, device=local(grads[0]).device)
+        for g in shards:
+            squares += torch.linalg.vector_norm(g.double()) ** 2
         dist.all_reduce(squares)
         for g in replicated:
             squares += torch.linalg.vector_norm(g.double()) ** 2
