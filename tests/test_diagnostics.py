@@ -267,4 +267,9 @@ def test_drift_tracker_measures_distances_to_start_and_teacher():
     for p, p0 in zip(tracker.theta0, start):
         assert torch.equal(p, p0)
     static = DriftTracker(student, StaticTeacher(student))
-    assert static.theta0 is static.phi  # a static teacher is θ₀: no second copy
+    assert static.theta0 is None  # a static teacher is θ₀: no second copy, read from it
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    moved = static.stats()
+    assert moved["drift"] == moved["gap"] == pytest.approx(math.sqrt(n))

@@ -95,6 +95,12 @@ class Backbone(Protocol):
     and ``model_config()``, the JSON config the network was built from (the card's
     ``model.model_cfg``), which raises :class:`tracer_cli.errors.UsageError` when the backbone
     cannot tell it (the card then goes without it, unless the format is the backbone's own).
+
+    Optional members the engine reads when present: ``set_grad_checkpointing(module) ->
+    list[str]`` turns on activation checkpointing for ``module`` and returns the towers it covers
+    (``"image"``, ``"text"``); ``train.grad_checkpointing = true`` needs it.
+    ``shard_units(module) -> list[nn.Module]`` names the blocks ``train.strategy = "fsdp"``
+    shards one at a time (without it the whole model is one unit).
     """
 
     model: nn.Module

@@ -155,6 +155,15 @@ class TrainConfig:
     # lpft: steps of the linear-probe phase (head only, at head_lr) before the whole model trains;
     # 0: half of train.steps.
     lp_steps: int = 0
+    # Memory options that do not change what is computed: activation checkpointing of the
+    # student's transformer blocks (recomputed in the backward pass; a backbone capability).
+    grad_checkpointing: bool = False
+    # Micro-batches per optimizer step: batch_size examples per step in accum_steps pieces, with
+    # the gradient of the whole batch (features cached, see tracer_cli.engine.accumulation).
+    accum_steps: int = 1
+    # Under torchrun: "ddp" replicates the model on every rank; "fsdp" shards student, teacher,
+    # θ₀ and AdamW state over the ranks (torch FSDP2; see tracer_cli.engine.sharding).
+    strategy: Literal["ddp", "fsdp"] = "ddp"
 
     def resolved_head_lr(self) -> float:
         return self.head_lr or self.lr
@@ -179,9 +188,17 @@ class TrainConfig:
         _check(f"{path}.keep_every", self.keep_every >= 0,
                f"got {self.keep_every}; must be >= 0 (0: no weights-only milestones)")
         _check(f"{path}.head_lr", self.head_lr >= 0, "must be >= 0 (0: train.lr)")
+        _check(f"{path}.accum_steps", self.accum_steps >= 1 and
+               self.batch_size % self.accum_steps == 0,
+               f"got {self.accum_steps}; must be >= 1 and divide train.batch_size "
+               f"({self.batch_size}) into equal micro-batches")
         _check(f"{path}.lp_steps", 0 <= self.lp_steps < self.steps,
                f"got {self.lp_steps}; must be >= 0 and < train.steps ({self.steps}) (0: half of "
                "the steps)")
+        if self.strategy == "fsdp" and self.method in HEAD_METHODS:
+            raise RecipeError(f"{path}.strategy", f"'fsdp' shards the contrastive methods "
+                              f"(flyp, carot, tracer), not train.method = '{self.method}'; use "
+                              "'ddp' for it")
         if self.lp_steps and self.method != "lpft":
             raise RecipeError(f"{path}.lp_steps", f"only applies to train.method = 'lpft' (got "
                               f"'{self.method}')")
@@ -497,9 +514,9 @@ RESUME_FREE_KEYS = (
     "run.log_every",
     "run.track_drift", "run.loggers", "loggers", "data.id", "data.ood", "data.eval_batch_size",
     "data.num_workers", "data.max_bad_fraction", "data.options",
-    "train.checkpoint_every", "train.keep_checkpoints",
-    "train.keep_every", "train.on_nonfinite", "train.compile",
-    "train.channels_last",
+    "train.checkpoint_every", "train.keep_checkpoints", "train.keep_every", "train.on_nonfinite",
+    "train.compile", "train.channels_last", "train.grad_checkpointing", "train.accum_steps",
+    "train.strategy",
 )
 _ABSENT = "(absent)"
 

@@ -250,6 +250,28 @@ class OpenClipBackbone:
             cfg["vision_cfg"]["image_size"] = self.image_size
         return cfg
 
+    def set_grad_checkpointing(self, module: nn.Module) -> list[str]:
+        """Turn on open_clip's activation checkpointing for ``module`` and return the towers it
+        covers (``"image"``, ``"text"``). open_clip checkpoints transformer blocks only: a
+        ModifiedResNet image tower (RN50, tracer-tiny-rn) keeps all its activations."""
+        module.set_grad_checkpointing(True)
+        towers = []
+        if getattr(getattr(module.visual, "transformer", None), "grad_checkpointing", False):
+            towers.append("image")
+        if getattr(getattr(module, "transformer", None), "grad_checkpointing", False):
+            towers.append("text")
+        return towers
+
+    def shard_units(self, module: nn.Module) -> list[nn.Module]:
+        """The blocks FSDP shards one at a time (``train.strategy = "fsdp"``): every transformer
+        block of both towers, and the four stages of a ModifiedResNet image tower."""
+        units = [block for m in module.modules() if isinstance(m, open_clip.transformer.Transformer)
+                 for block in m.resblocks]
+        visual = getattr(module, "visual", None)
+        units += [getattr(visual, f"layer{i}") for i in range(1, 5)
+                  if isinstance(getattr(visual, f"layer{i}", None), nn.Module)]
+        return units
+
     def describe(self) -> dict[str, Any]:
         extra = {"embedded_seed": self.embedded_seed} if self.pretrained == "embedded" else {}
         return {"backbone": "openclip", "arch": self.arch, "pretrained": self.pretrained,

@@ -102,6 +102,16 @@ def test_two_gloo_ranks_give_the_gradients_of_one_process(tiny_recipe, tmp_path)
     one = torch.load(tmp_path / "one.pt", weights_only=True)
     two = torch.load(tmp_path / "two.pt", weights_only=True)
     assert (one["world_size"], two["world_size"]) == (1, 2)
+    _assert_same_steps(one, two)
+    # train.accum_steps = 4 on two ranks: each rank's 4 images in 4 micro-batches of 1, one
+    # all-reduce per step; still the gradient of one process on the whole batch of 8.
+    accum = tmp_path / "accum.toml"
+    accum.write_text(recipe.read_text().replace("lr = 1e-4", "lr = 1e-4\naccum_steps = 4"))
+    _run_worker(accum, tmp_path / "two_accum.pt", 2)
+    _assert_same_steps(one, torch.load(tmp_path / "two_accum.pt", weights_only=True))
+
+
+def _assert_same_steps(one: dict, two: dict) -> None:
     assert len(one["grads"]) == len(two["grads"]) == 3  # the NaN batch took no optimizer step
     for step, (g1, g2) in enumerate(zip(one["grads"], two["grads"])):
         assert g1.keys() == g2.keys()

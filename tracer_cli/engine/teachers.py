@@ -26,8 +26,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from tracer_cli.engine.kernels import is_update_step, linear_warmup_momentum, wma_kernel_weight
+from tracer_cli.engine.sharding import local
 from tracer_cli.errors import UsageError
 from tracer_cli.teacher_spec import (
     DEFAULT_UPDATE_EVERY, EMA_MOMENTUM_END, EMA_MOMENTUM_START, EMA_MOMENTUM_WARMUP,
@@ -78,14 +80,22 @@ class _TensorPairs:
         # Non-persistent buffers (a causal attention mask full of -inf) are constants, not
         # weights: averaging them would compute -inf - -inf = nan. Copy them like integer buffers.
         persistent = set(student.state_dict(keep_vars=True))
-        pairs = [(t, s, n in persistent) for (n, t), (_, s) in zip(t_named, s_named)]
-        averaged = [(t, s) for t, s, keep in pairs if keep and t.is_floating_point()]
-        copied = [(t, s) for t, s, keep in pairs if not (keep and t.is_floating_point())]
-        self.float_teacher = [t for t, _ in averaged]
-        self.float_student = [s for _, s in averaged]
-        self.other_teacher = [t for t, _ in copied]
-        self.other_student = [s for _, s in copied]
-        self.student = student
+        pairs = [(n, t, n in persistent) for n, t in t_named]
+        self.averaged = [n for n, t, keep in pairs if keep and t.is_floating_point()]
+        self.copied = [n for n, t, keep in pairs if not (keep and t.is_floating_point())]
+        self.teacher, self.student = teacher, student
+        # Under FSDP the parameters are sharded (DTensors whose objects FSDP swaps between
+        # passes): the pairs are then this rank's local shards, looked up by name at each update.
+        self.sharded = any(isinstance(t, DTensor) for _, t in s_named)
+        self._resolve()
+
+    def _resolve(self) -> None:
+        t_named = {**dict(self.teacher.named_parameters()), **dict(self.teacher.named_buffers())}
+        s_named = {**dict(self.student.named_parameters()), **dict(self.student.named_buffers())}
+        self.float_teacher = [local(t_named[n]) for n in self.averaged]
+        self.float_student = [local(s_named[n]) for n in self.averaged]
+        self.other_teacher = [local(t_named[n]) for n in self.copied]
+        self.other_student = [local(s_named[n]) for n in self.copied]
 
     @torch.no_grad()
     def lerp_(self, weight: float, student: nn.Module) -> None:
@@ -94,6 +104,8 @@ class _TensorPairs:
             # The tensors were paired with another module; averaging them would silently ignore
             # the student the caller meant (e.g. one rebuilt on resume).
             raise ValueError("teacher updated with a different student than it was built from")
+        if self.sharded:
+            self._resolve()
         if self.float_teacher:
             torch._foreach_lerp_(self.float_teacher, self.float_student, weight)
         if self.other_teacher:
@@ -118,6 +130,12 @@ class Teacher:
     def update(self, step: int, student: nn.Module) -> None:
         """Called after optimizer step ``step`` (1-based count of completed steps)."""
 
+    def pair_with(self, student: nn.Module) -> None:
+        """Pair the teacher's tensors with ``student``'s again, after both were sharded (FSDP)
+        with the same plan: the update then runs on each rank's local shards."""
+        if getattr(self, "_pairs", None) is not None:
+            self._pairs = _TensorPairs(self.module, student)
+
     def _extra_state(self) -> dict[str, Any]:
         return {}
 
@@ -130,12 +148,14 @@ class Teacher:
         return {"kind": self.kind, "last_step": self.last_step, "module": module_state,
                 **self._extra_state()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict` of the same kind (weights are copied in place)."""
+    def load_state_dict(self, state: dict[str, Any], module: bool = True) -> None:
+        """Restore a :meth:`state_dict` of the same kind (weights are copied in place;
+        ``module=False`` restores the running state only, when the caller loads the weights, as
+        the engine does for a sharded teacher)."""
         if state.get("kind") != self.kind:
             saved = state.get("kind")
             raise ValueError(f"cannot load a '{saved}' teacher into a '{self.kind}' one")
-        if self.module is not None:
+        if self.module is not None and module:
             self.module.load_state_dict(state["module"])
         self.last_step = int(state["last_step"])
         self._load_extra_state(state)

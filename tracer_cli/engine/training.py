@@ -25,12 +25,15 @@ from tracer_cli.engine import checkpoint, distributed
 from tracer_cli.engine.data import BadDataLog, BadItem, TrainStream
 from tracer_cli.engine.distributed import DistContext, Shard
 from tracer_cli.engine.loggers import RunLoggers
-from tracer_cli.engine.loop import FeatureForward, NonFiniteLoss, Trainer
+from tracer_cli.engine.loop import (
+    FeatureForward, NonFiniteLoss, Trainer, enable_grad_checkpointing)
 from tracer_cli.engine.precision import Precision
 from tracer_cli.engine.signals import SignalTrap
-from tracer_cli.engine.teachers import make_teacher
+from tracer_cli.engine.sharding import Sharding
+from tracer_cli.engine.teachers import frozen_copy, make_teacher
 from tracer_cli.errors import DiskFullError, Interrupted, RunError, UsageError
 from tracer_cli.events import Reporter
+from tracer_cli.plugins import get_host
 from tracer_cli.recipe import Recipe
 from tracer_cli.teacher_spec import TeacherSpec
 
@@ -140,8 +143,9 @@ class RunWriter:
         contributes its RNG states, rank 0 writes)."""
         rngs = distributed.gather_objects(self.ctx, checkpoint.capture_rng())
         path = rundir.step_path(self.run_dir, step)
+        state = trainer.state_dict()  # every rank: under FSDP gathering the weights is collective
         if self.ctx.is_main:
-            payload = {"step": step, **trainer.state_dict(), "data_position": dict(position),
+            payload = {"step": step, **state, "data_position": dict(position),
                        "rng": rngs[0], "recipe": self.recipe.to_dict(),
                        "bad_data": bad.state_dict(), "world_size": self.ctx.world_size}
             if self.ctx.distributed:
@@ -167,11 +171,14 @@ class RunWriter:
 
 def build_trainer(recipe: Recipe, ctx: DistContext, backbone: Backbone, task: Task,
                   bundle: DatasetBundle, precision: Precision, notice) -> Trainer:
-    """The Trainer, its student forward in DDP when distributed, and a teacher built from θ₀."""
+    """The Trainer, its student forward in DDP (or FSDP) when distributed, and a teacher built
+    from θ₀."""
     backbone.model = distributed.sync_batchnorm(backbone.model, ctx, recipe.model.freeze_bn_stats)
     if recipe.train.channels_last:
         backbone.model.to(memory_format=torch.channels_last)
     head = build_head(recipe, task, backbone, bundle, precision)
+    if recipe.train.strategy == "fsdp" and ctx.distributed:
+        return _build_sharded_trainer(recipe, ctx, backbone, task, bundle, precision, notice, head)
     # DDP first: its construction broadcasts rank 0's weights, which the teacher then copies.
     forward = distributed.wrap(FeatureForward(backbone, head), ctx,
                                find_unused=head is not None)
@@ -179,9 +186,59 @@ def build_trainer(recipe: Recipe, ctx: DistContext, backbone: Backbone, task: Ta
         forward = torch.compile(forward)
     teacher = make_teacher(recipe.teacher.kind, backbone.model, recipe.train.steps,
                            **teacher_params(recipe))
+    if recipe.train.grad_checkpointing:  # after the teacher's copy: it never back-propagates
+        enable_grad_checkpointing(backbone, backbone.model, notice)
     return Trainer(backbone, task, bundle, teacher, recipe.train, recipe.distill, precision,
                    recipe.model.freeze_bn_stats, recipe.run.seed, notice=notice,
                    track_drift=recipe.run.track_drift, forward=forward, head=head)
+
+
+def _build_sharded_trainer(recipe: Recipe, ctx: DistContext, backbone: Backbone, task: Task,
+                           bundle: DatasetBundle, precision: Precision, notice,
+                           head: torch.nn.Module | None) -> Trainer:
+    """FSDP: student and teacher sharded with one plan (engine.sharding)."""
+    if head is not None:
+        raise UsageError(f"train.strategy = 'fsdp' does not shard task heads (task "
+                         f"'{recipe.task.name}' trains one); use train.strategy = 'ddp'")
+    sharding = Sharding(ctx.device)
+    sharding.broadcast(backbone.model)
+    teacher = make_teacher(recipe.teacher.kind, backbone.model, recipe.train.steps,
+                           **teacher_params(recipe))
+    if recipe.train.grad_checkpointing:
+        enable_grad_checkpointing(backbone, backbone.model, notice)
+    units = getattr(backbone, "shard_units", lambda module: [])
+    forward = sharding.shard(FeatureForward(backbone, head), units(backbone.model))
+    teacher_forward = None
+    if teacher.active:
+        teacher_forward = sharding.shard(FeatureForward(backbone, model=teacher.module),
+                                         units(teacher.module), forward_only=True)
+        teacher.pair_with(backbone.model)
+    if recipe.train.compile:
+        forward = torch.compile(forward)
+    return Trainer(backbone, task, bundle, teacher, recipe.train, recipe.distill, precision,
+                   recipe.model.freeze_bn_stats, recipe.run.seed, notice=notice,
+                   track_drift=recipe.run.track_drift, forward=forward, head=head,
+                   sharding=sharding, teacher_forward=teacher_forward)
+
+
+def consolidate(trainer: Trainer, recipe: Recipe, ctx: DistContext, backbone: Backbone,
+                device: torch.device) -> None:
+    """After sharded training: gather the weights (all ranks) and, on rank 0, put plain student
+    and teacher modules in their places, so evaluation runs on rank 0 alone as after DDP."""
+    if trainer.sharding is None:
+        return
+    student = trainer.sharding.full_state(trainer.student)
+    teacher = trainer.sharding.full_state(trainer.teacher.module) if trainer.teacher.active \
+        else {}
+    if not ctx.is_main:
+        return
+    plain = get_host().backbones.get(recipe.model.backbone).factory(dict(recipe.model.options))
+    plain.model.load_state_dict(student)
+    backbone.model = plain.model.to(device)
+    trainer.student = backbone.model
+    if trainer.teacher.active:
+        trainer.teacher.module = frozen_copy(backbone.model)
+        trainer.teacher.module.load_state_dict(teacher)
 
 
 def task_objective(task: Task) -> str:
@@ -256,6 +313,7 @@ def train(writer: RunWriter, backbone: Backbone, task: Task, bundle: DatasetBund
     loop = _Loop(writer, trainer, stream, bad, interrupt)
     with interrupt if interrupt is not None else contextlib.nullcontext():
         steps = loop.run(first, last)
+    consolidate(trainer, recipe, ctx, backbone, precision.device)
     return Trained(trainer, bad, steps)
 
 
@@ -327,7 +385,9 @@ class _Loop:
         reporter.advance(TRAIN_TASK, done, {k: record.get(k) for k in ("loss", "lr", "kl_i2t")})
         if done % cfg.run.log_every == 0 or done == last:
             elapsed = time.perf_counter() - self.window_start
-            drift = self.trainer.drift_stats() if self.ctx.is_main else {}
+            # Sharded drift statistics are all-reduced: then every rank computes them.
+            drift = self.trainer.drift_stats() \
+                if self.ctx.is_main or self.trainer.sharding is not None else {}
             record = {"event": "train", "step": done, **record, **drift,
                       "img_per_s": round(self.window_images / max(elapsed, 1e-9), 2)}
             self.writer.log(record)
