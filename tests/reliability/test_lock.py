@@ -87,3 +87,19 @@ def test_a_run_that_fails_its_checks_leaves_no_run_directory(runner, tiny_recipe
                        "--set", "data.train.name=no-such-dataset")
     assert result.exit_code == 2, result.output
     assert not (tmp_path / "runs").exists()  # neither the run directory nor runs/ it made
+
+
+def test_overwrite_through_a_symlinked_run_directory_keeps_the_link(runner, tiny_recipe,
+                                                                     tmp_path):
+    """``--overwrite`` empties what the link points to and writes the new run there; the link
+    (say, to a bigger disk) stays a link."""
+    target = tmp_path / "big-disk" / "tiny"
+    target.mkdir(parents=True)
+    (target / "old-run-file.txt").write_text("from the previous run")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "tiny").symlink_to(target, target_is_directory=True)
+    result = _finetune(runner, tiny_recipe, tmp_path / "runs", *FAST, "--overwrite")
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "runs" / "tiny").is_symlink()
+    assert not (target / "old-run-file.txt").exists()
+    assert (target / "last.pt").is_file() and (target / "recipe.lock.toml").is_file()
