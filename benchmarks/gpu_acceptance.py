@@ -237,7 +237,7 @@ def _max_batch_child(args) -> None:
     from tracer_cli.engine.loop import Trainer, enable_grad_checkpointing
     from tracer_cli.engine.precision import resolve_precision
     from tracer_cli.engine.teachers import make_teacher
-    from tracer_cli.recipe import DistillConfig, TrainConfig
+    from tracer_cli.recipe import TRACER_WEIGHTS, TrainConfig
     from tracer_plugins.backbones.openclip import make_backbone
     from tracer_plugins.tasks.classification import ClassificationTask
 
@@ -249,7 +249,7 @@ def _max_batch_child(args) -> None:
     teacher = make_teacher("wma", backbone.model, 10)
     if ckpt:
         enable_grad_checkpointing(backbone, backbone.model, lambda msg: None)
-    distill = DistillConfig(lambda_sd=0.9, crd=1.0, fd=2000.0, icl=1.0, xkd=1.0, lambda_fn=0.05)
+    distill = TRACER_WEIGHTS
     trainer = Trainer(backbone, ClassificationTask(train_templates=["a photo of a {}."]), None,
                       teacher, TrainConfig(steps=10, batch_size=1), distill, precision,
                       freeze_bn_stats=False, seed=0)
