@@ -60,3 +60,21 @@ def test_checkpoint_paths_resolve_inside_the_run_and_removal_keeps_the_rest(tmp_
     rundir.remove_checkpoints(tmp_path, keep_last=True)
     assert os.listdir(tmp_path / rundir.CHECKPOINTS) == []
     assert rundir.last_path(tmp_path).is_file() and rundir.verify(rundir.last_path(tmp_path)).ok
+
+
+def test_last_pt_is_a_copy_where_the_file_system_has_no_hard_links(tmp_path, monkeypatch):
+    import errno
+
+    newest = rundir.step_path(tmp_path, 3)
+    newest.parent.mkdir()
+    newest.write_bytes(b"weights")
+    rundir.write_sha(newest, rundir.file_sha256(newest))
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "hard links not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    last = rundir.publish_last(tmp_path, newest)
+    assert not os.path.samefile(last, newest)  # a copy, not a link
+    assert last.read_bytes() == b"weights" and rundir.verify(last).ok
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
