@@ -197,6 +197,16 @@ def _unreadable(path: Path) -> str | None:
     return None
 
 
+_TOKEN_CACHE_SIZE = 200_000
+
+
+def _rows_independent(tokenizer: Any) -> bool:
+    """Whether each output row of ``tokenizer`` depends on its own text only (open_clip's BPE
+    tokenizer without a batch-level reduction), so rows may be cached per text."""
+    return (isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer)
+            and getattr(tokenizer, "reduction_fn", None) is None)
+
+
 class OpenClipBackbone:
     """An open_clip CLIP with the tokenizer and transforms of its own config."""
 
@@ -214,13 +224,25 @@ class OpenClipBackbone:
         self.image_size = image_size
         self.model = _create(arch, pretrained, cache_dir, image_size, embedded_seed)
         self._tokenizer = open_clip.get_tokenizer(arch, cache_dir=cache_dir)
+        self._token_rows: dict[str, torch.Tensor] = {}
         cfg = PreprocessCfg(**open_clip.get_model_preprocess_cfg(self.model))
         self.preprocess_cfg = cfg
         self.preprocess_train = image_transform_v2(cfg, is_train=True)
         self.preprocess_eval = image_transform_v2(cfg, is_train=False)
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
-        return self._tokenizer(list(texts))
+        texts = list(texts)
+        if not _rows_independent(self._tokenizer):
+            return self._tokenizer(texts)
+        # Training re-tokenizes the same captions and prompts every step; BPE in Python costs
+        # ~0.1 ms per text, so the rows are kept per text (each row depends on its text only).
+        cache = self._token_rows
+        missing = list(dict.fromkeys(t for t in texts if t not in cache))
+        if missing:
+            if len(cache) + len(missing) > _TOKEN_CACHE_SIZE:
+                cache.clear()
+            cache.update(zip(missing, self._tokenizer(missing)))
+        return torch.stack([cache[t] for t in texts]) if texts else self._tokenizer(texts)
 
     def encode_image(self, module: nn.Module, images: torch.Tensor) -> torch.Tensor:
         return module.encode_image(images, normalize=True)

@@ -62,6 +62,20 @@ def test_position_replays_and_global_rng_is_untouched():
     assert resumed.state_dict() == {"epoch": 1, "batch": 3}
 
 
+def test_item_draws_are_those_of_the_item_seed_and_leave_cuda_generators_alone(monkeypatch):
+    """An item reads under the CPU generator seeded with its item seed (the same draws as
+    ``torch.manual_seed(item_seed)``), and never seeds the CUDA generators, which the block
+    would not restore (and which cost a recorded traceback per item before CUDA starts)."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: calls.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: calls.append(seed))
+    batch, _ = _take(TrainStream(Items(8), 4, seed=5), 1)[0]
+    assert calls == []
+    for image, index in zip(batch["image"], batch["label"].tolist()):
+        expected = torch.Generator().manual_seed(item_seed(5, 0, index))
+        assert torch.equal(image, torch.rand(2, generator=expected))
+
+
 def test_item_seeds_differ_by_seed_epoch_and_index():
     seeds = {item_seed(s, e, i) for s in range(3) for e in range(3) for i in range(50)}
     assert len(seeds) == 450 and all(0 <= s < 2**63 for s in seeds)

@@ -89,7 +89,10 @@ def seeded_rng(seed: int) -> Iterator[None]:
     """Seed torch, numpy and ``random`` for the block, then restore all three as they were."""
     py_state, np_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        # Only the CPU generator, the one fork_rng restores: torch.manual_seed would also seed
+        # every CUDA generator (leaving them changed after the block) and, before CUDA is
+        # initialised, record a traceback per call (half the cost of reading a 32 px item).
+        torch.default_generator.manual_seed(seed)
         random.seed(seed)
         np.random.seed(seed % 2**32)
         try:
