@@ -1,16 +1,24 @@
-"""Does the embedded world show the phenomenon TRACER is about? Plain finetuning vs TRACER.
+"""Does the embedded world show the phenomenon TRACER is about? Plain finetuning vs TRACER, for
+every pretrained model.
 
-Runs the quickstart recipe twice per seed through the real CLI: once as plain contrastive
-finetuning (no teacher, no distillation, no regularizer) and once as shipped (TRACER), then prints
-a Markdown table of zero-shot vs finetuned accuracy per domain with standard errors, and says which
-changes are larger than their noise.
+Either runs the quickstart recipe through the real CLI, for every pretraining seed of the
+embedded CLIP (``model.embedded_seed``) and finetuning seed, once as plain contrastive finetuning
+(no teacher, no distillation, no regularizer) and once as shipped (TRACER); or (``--from DIR``)
+reads the same runs from ``python benchmarks/robustness.py --out DIR`` (its ``flyp``, ``tracer``
+and ``zeroshot`` runs: the synth_<method>.toml recipes share the quickstart's problem and
+schedule). Prints Markdown: one table per pretrained model, then one pooled over them.
 
-    python benchmarks/phenomenon.py                      # seeds 0 1 2, runs in ./runs/phenomenon
-    python benchmarks/phenomenon.py --seeds 0 --out /tmp/ph
+    python benchmarks/phenomenon.py                              # pretrain 0 1 2 x seeds 0 1 2
+    python benchmarks/phenomenon.py --pretrain-seeds 0 --seeds 0 --out /tmp/ph
+    python benchmarks/phenomenon.py --from runs/robustness       # no training: the benchmark's
 
-Standard errors: with several seeds, the standard error of the mean over seeds combined with the
-binomial error of each evaluation set; with one seed, the binomial error sqrt(p(1-p)/n) alone.
-A change counts as beyond noise when it exceeds twice the standard error of the difference.
+Errors. Per pretrained model: mean over finetuning seeds, SE = sqrt(var between seeds / n + mean
+binomial variance / n) (one seed: the binomial error alone). Pooled: the mean of the models'
+means, SE = sqrt(var between models / P + mean within-model SE² / P), so the spread over
+pretraining seeds is in it. A change against zero-shot is up/down when it exceeds twice the SE of
+the difference (the two SEs combined), else within noise. A pretrained model "shows the
+phenomenon" when plain finetuning moves its ID accuracy up and its average OOD accuracy down,
+both beyond noise.
 """
 
 from __future__ import annotations
@@ -26,72 +34,155 @@ import numpy as np
 
 PLAIN = ["--set", "teacher.kind=none", "--set", "distill.lambda_sd=0",
          "--set", "distill.lambda_fn=0"]
-METHODS = {"plain finetune": PLAIN, "TRACER (quickstart)": []}
+PLAIN_NAME, TRACER_NAME, TEACHER_NAME = "plain finetune", "TRACER (student)", "TRACER teacher"
 
 
-def _run(recipe: str, out: Path, name: str, seed: int, extra: list[str]) -> dict:
+def _run(recipe: str, out: Path, name: str, seed: int, pseed: int, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "tracer_cli", "finetune", recipe, "--output-dir", str(out),
-           "--overwrite", "--json", "--set", f"run.name={name}", "--set", f"run.seed={seed}", *extra]
+           "--overwrite", "--json", "--set", f"run.name={name}", "--set", f"run.seed={seed}",
+           "--set", f"model.embedded_seed={pseed}", "--set", "train.checkpoint_every=0", *extra]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout)
 
 
-def _mean_se(values: list[float], ns: list[int]) -> tuple[float, float]:
-    """Mean over seeds; SE from the spread over seeds and the binomial error of each set."""
-    v = np.asarray(values)
-    binom = np.mean([p * (1 - p) / n for p, n in zip(values, ns)])
-    spread = v.var(ddof=1) / len(v) if len(v) > 1 else 0.0
-    return float(v.mean()), math.sqrt(spread + binom / len(v))
+def _summary(run_dir: Path) -> dict:
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        sys.exit(f"{path}: missing (is the benchmark finished?)")
+    return json.loads(path.read_text())
 
 
-def _collect(results: list[dict], model: str, datasets: list[str]) -> dict[str, tuple]:
-    out = {}
-    for name in datasets:
-        accs = [r["eval"]["models"][model][name]["accuracy"] for r in results]
-        ns = [r["eval"]["models"][model][name]["n"] for r in results]
-        out[name] = _mean_se(accs, ns)
-    avg = [r["eval"]["models"][model]["avg_ood_accuracy"] for r in results]
-    n_ood = sum(results[0]["eval"]["models"][model][d]["n"] for d in results[0]["eval"]["ood"])
-    out["average OOD"] = _mean_se(avg, [n_ood] * len(avg))
-    return out
+def _model_eval(summary: dict, model: str) -> dict:
+    return summary["eval"]["models"][model]
 
 
-def _fmt(mean: float, se: float) -> str:
-    return f"{100 * mean:.2f} ± {100 * se:.2f}"
+def _accs(ev: dict, datasets: list[str], ood: list[str]) -> tuple[dict, dict]:
+    """Accuracy and binomial variance per dataset, plus the average OOD."""
+    acc = {d: ev[d]["accuracy"] for d in datasets}
+    var = {d: acc[d] * (1 - acc[d]) / ev[d]["n"] for d in datasets}
+    acc["average OOD"] = float(np.mean([acc[d] for d in ood]))
+    var["average OOD"] = sum(var[d] for d in ood) / len(ood) ** 2
+    return acc, var
 
 
-def _verdict(new: tuple, old: tuple) -> str:
+def _mean_se(evals: list[tuple[dict, dict]], key: str) -> tuple[float, float]:
+    values = np.asarray([a[key] for a, _ in evals])
+    spread = values.var(ddof=1) / len(values) if len(values) > 1 else 0.0
+    binom = float(np.mean([v[key] for _, v in evals])) / len(values)
+    return float(values.mean()), math.sqrt(spread + binom)
+
+
+def _pool(cells: list[tuple[float, float]]) -> tuple[float, float]:
+    means = np.asarray([m for m, _ in cells])
+    spread = means.var(ddof=1) / len(means) if len(means) > 1 else 0.0
+    within = float(np.mean([se ** 2 for _, se in cells])) / len(means)
+    return float(means.mean()), math.sqrt(spread + within)
+
+
+def _fmt(cell: tuple[float, float]) -> str:
+    return f"{100 * cell[0]:.2f} ± {100 * cell[1]:.2f}"
+
+
+def _change(new: tuple[float, float], old: tuple[float, float]) -> tuple[float, str]:
     diff = new[0] - old[0]
     se = math.sqrt(new[1] ** 2 + old[1] ** 2)
     word = "within noise" if abs(diff) <= 2 * se else ("up" if diff > 0 else "down")
-    return f"{100 * diff:+.2f} ({word})"
+    return diff, word
+
+
+def _table(title: str, rows: dict[str, dict], zero: dict, names: list[str],
+           roles: dict[str, str]) -> str:
+    lines = [title, "", "| dataset | role | zero-shot | " + " | ".join(rows) + " |",
+             "|---|---|---|" + "---|" * len(rows)]
+    for name in names:
+        cells = []
+        for row in rows.values():
+            diff, word = _change(row[name], zero[name])
+            cells.append(f"{_fmt(row[name])}, {100 * diff:+.2f} ({word})")
+        lines.append(f"| {name} | {roles.get(name, '')} | {_fmt(zero[name])} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _collect_from(root: Path, pseeds: list[int], seeds: list[int]):
+    runs = root / "runs" if (root / "runs").is_dir() else root
+    results = root / "results.json"
+    chosen = json.loads(results.read_text()).get("chosen", {}) if results.is_file() else {}
+    beta, lam = chosen.get("beta"), chosen.get("lambda_sd")
+    tracer = (f"tracer-b{beta:g}-l{lam:g}" if beta is not None and lam is not None else "tracer")
+    data = {}
+    for p in pseeds:
+        zero = _summary(runs / f"zeroshot_p{p}_s{seeds[0]}")
+        data[p] = {"zero": _model_eval(zero, "student"), "eval": zero["eval"],
+                   PLAIN_NAME: [_model_eval(_summary(runs / f"flyp_p{p}_s{s}"), "student")
+                                for s in seeds],
+                   TRACER_NAME: [], TEACHER_NAME: []}
+        for s in seeds:
+            summary = _summary(runs / f"{tracer}_p{p}_s{s}")
+            data[p][TRACER_NAME].append(_model_eval(summary, "student"))
+            data[p][TEACHER_NAME].append(_model_eval(summary, "teacher"))
+    return data, f"`python benchmarks/phenomenon.py --from {root}` (TRACER runs: {tracer})"
+
+
+def _collect_runs(args) -> tuple[dict, str]:
+    data = {}
+    for p in args.pretrain_seeds:
+        plain = [_run(args.recipe, args.out, f"plain_p{p}_s{s}", s, p, PLAIN) for s in args.seeds]
+        tracer = [_run(args.recipe, args.out, f"tracer_p{p}_s{s}", s, p, []) for s in args.seeds]
+        data[p] = {"zero": _model_eval(plain[0], "zeroshot"), "eval": plain[0]["eval"],
+                   PLAIN_NAME: [_model_eval(r, "student") for r in plain],
+                   TRACER_NAME: [_model_eval(r, "student") for r in tracer],
+                   TEACHER_NAME: [_model_eval(r, "teacher") for r in tracer]}
+    return data, f"`python benchmarks/phenomenon.py --recipe {args.recipe}`"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--recipe", default="recipes/quickstart.toml")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--pretrain-seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=Path("runs/phenomenon"))
+    p.add_argument("--from", dest="source", type=Path,
+                   help="read the runs of `python benchmarks/robustness.py --out DIR` instead")
     args = p.parse_args()
-    runs = {m: [_run(args.recipe, args.out, f"{m.split()[0].lower()}_s{s}", s, extra)
-                for s in args.seeds] for m, extra in METHODS.items()}
-    first = next(iter(runs.values()))[0]["eval"]
-    datasets = first["id"] + first["ood"]
-    zeroshot = _collect(runs["plain finetune"][:1], "zeroshot", datasets)
-    rows = {m: _collect(r, "student", datasets) for m, r in runs.items()}
-    rows["TRACER teacher (WMA)"] = _collect(runs["TRACER (quickstart)"], "teacher", datasets)
-    roles = {d: "ID" for d in first["id"]} | {d: "OOD" for d in first["ood"]}
-    print(f"seeds {args.seeds}; recipe {args.recipe}; accuracy % (mean ± SE); change vs zero-shot\n")
-    print("| dataset | role | zero-shot | " + " | ".join(rows) + " |")
-    print("|---|---|---|" + "---|" * len(rows))
-    for name in [*datasets, "average OOD"]:
-        cells = [f"{_fmt(*r[name])}, {_verdict(r[name], zeroshot[name])}" for r in rows.values()]
-        print(f"| {name} | {roles.get(name, '')} | {_fmt(*zeroshot[name])} | " + " | ".join(cells)
-              + " |")
-    walls = {m: np.mean([r["wall_time_s"] for r in rs]) for m, rs in runs.items()}
-    print("\nmean wall time per run: " + ", ".join(f"{m} {w:.0f} s" for m, w in walls.items()))
+    data, how = (_collect_from(args.source, args.pretrain_seeds, args.seeds) if args.source
+                 else _collect_runs(args))
+    first = next(iter(data.values()))["eval"]
+    datasets, ood = first["id"] + first["ood"], first["ood"]
+    names = [*datasets, "average OOD"]
+    roles = {d: "ID" for d in first["id"]} | {d: "OOD" for d in ood}
+    methods = (PLAIN_NAME, TRACER_NAME, TEACHER_NAME)
+    per_model, verdicts = {}, {}
+    out = [f"{how}; pretraining seeds {args.pretrain_seeds}, finetuning seeds {args.seeds}; "
+           "accuracy % (mean ± SE), change against zero-shot.", ""]
+    for pseed, d in data.items():
+        zero_acc = _accs(d["zero"], datasets, ood)
+        zero = {n: (zero_acc[0][n], math.sqrt(zero_acc[1][n])) for n in names}
+        rows = {m: {n: _mean_se([_accs(ev, datasets, ood) for ev in d[m]], n) for n in names}
+                for m in methods}
+        per_model[pseed] = (zero, rows)
+        id_name = first["id"][0]
+        id_word = _change(rows[PLAIN_NAME][id_name], zero[id_name])[1]
+        ood_word = _change(rows[PLAIN_NAME]["average OOD"], zero["average OOD"])[1]
+        verdicts[pseed] = id_word == "up" and ood_word == "down"
+        out += [_table(f"Pretrained model {pseed} (`model.embedded_seed = {pseed}`): plain "
+                       f"finetuning ID {id_word}, average OOD {ood_word}; phenomenon "
+                       f"{'shown' if verdicts[pseed] else 'NOT shown'}.",
+                       rows, zero, names, roles), ""]
+    zero_pool = {n: _pool([per_model[p][0][n] for p in per_model]) for n in names}
+    rows_pool = {m: {n: _pool([per_model[p][1][m][n] for p in per_model]) for n in names}
+                 for m in methods}
+    out.append(_table(f"Pooled over the {len(per_model)} pretrained models (SE includes the "
+                      "spread over pretraining seeds):", rows_pool, zero_pool, names, roles))
+    zs_id = {p: 100 * per_model[p][0][first['id'][0]][0] for p in per_model}
+    out += ["", "Zero-shot ID accuracy per pretrained model: "
+            + ", ".join(f"{p}: {v:.2f}" for p, v in zs_id.items())
+            + f" (range {max(zs_id.values()) - min(zs_id.values()):.2f} points). Phenomenon shown "
+            f"by {sum(verdicts.values())} of {len(verdicts)} pretrained models."]
+    print("\n".join(out))
+    sys.exit(0 if all(verdicts.values()) else 1)
 
 
 if __name__ == "__main__":

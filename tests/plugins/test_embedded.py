@@ -108,3 +108,26 @@ def test_embedded_seed_builds_its_own_pretraining(tmp_path, monkeypatch):
     with pytest.raises(RecipeError) as err:
         make_backbone({"arch": "tracer-tiny-rn", "pretrained": "none", "embedded_seed": 1})
     assert err.value.key == "model.embedded_seed"
+
+
+def test_building_twice_gives_identical_weights(tmp_path, monkeypatch):
+    """The same build repeated on one machine (two empty caches, same recipe and seed) gives
+    bit-identical weights: initialisation, data order, augmentation and the optimizer are seeded.
+    Bit-exact comparison is right here, the computation is the same one repeated."""
+    monkeypatch.setattr(embedded, "pretrain_recipe_text",
+                        lambda: TINY_PRETRAIN.replace("steps = 2", "steps = 4"))
+    built = []
+    for name in ("first", "second"):
+        monkeypatch.setenv(embedded.CACHE_ENV, str(tmp_path / name))
+        with use_reporter(_Notices()):
+            backbone_from_options("openclip", {"arch": "tracer-tiny-rn", "pretrained": "embedded",
+                                               "embedded_seed": 3})
+        path = embedded.embedded_path("tracer-tiny-rn", 3)
+        assert path.parent.parent == tmp_path / name
+        built.append(torch.load(path, weights_only=True)["state_dict"])
+    first, second = built
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+    # The build did train: its lock file records the steps run.
+    assert "steps = 4" in path.with_suffix(".lock.toml").read_text()
