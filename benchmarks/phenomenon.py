@@ -109,7 +109,7 @@ def _table(title: str, rows: dict[str, dict], zero: dict, names: list[str],
 def _collect_from(root: Path, pseeds: list[int], seeds: list[int]):
     runs = root / "runs" if (root / "runs").is_dir() else root
     results = root / "results.json"
-    chosen = json.loads(results.read_text()).get("chosen", {}) if results.is_file() else {}
+    chosen = json.loads(results.read_text()).get("choice", {}) if results.is_file() else {}
     beta, lam = chosen.get("beta"), chosen.get("lambda_sd")
     tracer = (f"tracer-b{beta:g}-l{lam:g}" if beta is not None and lam is not None else "tracer")
     data = {}

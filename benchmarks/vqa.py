@@ -15,7 +15,7 @@ weights, on the finetuning seeds, evaluated on the recipe's ID and OOD test sets
 the paired differences (TRACER − FT, by seed; within noise when |mean| < 2 SE) are ``tracer
 compare --markdown --baseline ft`` over those runs.
 
-Each child gets OMP_NUM_THREADS = MKL_NUM_THREADS = max(1, cpu_count // jobs). A finished run is
+Each child gets OMP_NUM_THREADS = MKL_NUM_THREADS = --threads (default max(1, cpu_count // jobs)). A finished run is
 reused when its command is unchanged (its ``summary.json`` and ``command.txt`` next to it).
 Output: ``OUT/vqa.json`` and, with ``--report``, the block between ``<!-- vqa:begin -->`` and
 ``<!-- vqa:end -->`` of that file (replaced, else appended).
@@ -101,10 +101,12 @@ def main() -> None:
                    help="which pretraining of the embedded CLIP (model.embedded_seed)")
     p.add_argument("--out", type=Path, default=Path("runs/vqa"))
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--threads", type=int,
+                   help="threads per run (default: cpu_count // jobs, at least 1)")
     p.add_argument("--report", type=Path, help="write the Markdown block into this file")
     p.add_argument("--dry-run", action="store_true")
     args = p.parse_args()
-    threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
+    threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.jobs))
     out = args.out.resolve()
     sweep_dir, test_dir = out / "sweep", out / "test"
     grid = [(lam, icl) for lam in args.lambdas for icl in args.icl]

@@ -26,7 +26,7 @@ def _fake_benchmark(root: Path, plain_ood: float) -> None:
     """Zero-shot ID 0.80 / OOD 0.70; plain finetuning ID 0.90 and OOD ``plain_ood``; TRACER
     ID 0.89 / OOD 0.71 (tiny per-seed jitter so every spread is non-zero)."""
     (root / "results.json").parent.mkdir(parents=True, exist_ok=True)
-    (root / "results.json").write_text(json.dumps({"chosen": {"beta": 0.5, "lambda_sd": 0.9}}))
+    (root / "results.json").write_text(json.dumps({"choice": {"beta": 0.5, "lambda_sd": 0.9}}))
     for p in range(3):
         _summary(root / "runs" / f"zeroshot_p{p}_s0",
                  {"student": dict(zip(DATASETS, [0.80 + p / 1000, 0.70, 0.70]))})
