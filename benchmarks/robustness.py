@@ -74,7 +74,7 @@ from tracer_cli.analysis.compare import record as compare_record
 from tracer_cli.analysis.report import ROBUSTNESS_KEYS, write_robustness_report
 from tracer_cli.analysis.stats import (
     average_binomial_var, binomial_var, mean_se, noise_verdict, paired_difference)
-from tracer_cli.analysis.tables import aggregate, analyse, pair
+from tracer_cli.analysis.tables import aggregate, analyse, pair, pooled_paired
 from tracer_cli.errors import TracerError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -795,6 +795,8 @@ def assemble(cfg: Config, plan: Plan, sweep_points: Sequence[tuple[str, float, R
         "sweep_recipe_values": ({"beta": cfg.sweep.beta, "lambda_sd": cfg.sweep.lambda_sd}
                                 if cfg.sweep else None),
         "panels": panels,
+        "paired_pooled": pooled_paired([records[r.name] for r in main_runs], methods,
+                                       REFERENCES, ROBUSTNESS_KEYS),
         "kl": kl_curves(kl, carot),
         "kl_setting": ({"recipe": kl.recipe.path, "update_every": kl.update_every,
                         "updates_per_run": EMA_UPDATES_PER_RUN, "steps": kl.steps,

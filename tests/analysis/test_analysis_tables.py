@@ -116,6 +116,26 @@ def test_runs_from_different_pretrained_weights_are_never_pooled():
     assert second["paired"] == []  # no tracer run on Q to pair with
 
 
+def test_paired_differences_pool_over_pretrained_models_by_model_and_seed():
+    """Pairs are (pretrained model, seed): a difference is only taken within one model, and the
+    pooled SE is the spread of every pair's difference. One pretrained model: nothing to pool."""
+    assert tables.pooled_paired(world(), ["ft", "tracer"], ["ft"], KEYS) == []
+    other = [record("ftQ0", "ft", 0, (0.50, 0.40), pretrained="Q"),
+             record("trQ0", "tracer", 0, (0.52, 0.46), pretrained="Q"),
+             record("trQ5", "tracer", 5, (0.52, 0.46), pretrained="Q")]  # no ft partner
+    (entry,) = tables.pooled_paired(world() + other, ["ft", "tracer"], ["ft"], KEYS)
+    assert (entry["group"], entry["reference"]) == ("tracer", "ft")
+    m = on_line(0.85)
+    diffs = [0.66 - (m - 0.01), 0.70 - (m + 0.01), 0.46 - 0.40]  # P seed 0, P seed 1, Q seed 0
+    ood = entry["avg_ood_accuracy"]
+    assert ood["n"] == 3 and ood["mean"] == pytest.approx(sum(diffs) / 3)
+    mean = sum(diffs) / 3
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
+    assert ood["se"] == pytest.approx(sd / math.sqrt(3))
+    ids = entry["id_accuracy"]
+    assert ids["mean"] == pytest.approx((-0.10 - 0.20 + 0.02) / 3)
+
+
 def test_logit_fit_needs_two_id_accuracies():
     assert stats.logit_fit([(0.6, 0.5), (0.6, 0.4)]) is None
     assert stats.effective_robustness(None, 0.7, 0.6) is None

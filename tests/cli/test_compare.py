@@ -73,7 +73,7 @@ def test_json_groups_by_recipe_without_seed_with_mean_se_and_paired_verdicts(run
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
     assert set(doc) == {"task", "primary", "keys", "id", "ood", "by", "baseline", "groups",
-                        "runs", "panels", "notes", "plot"}
+                        "runs", "panels", "paired_pooled", "notes", "plot"}
     assert doc["groups"] == ["ft", "tracer"] and doc["by"] is None
     assert doc["keys"] == ["id_accuracy", "avg_ood_accuracy", "avg_ood_ece"]
     (panel,) = doc["panels"]
@@ -138,6 +138,22 @@ def test_other_pretrained_weights_get_their_own_panel(runner, runs, real_run, tm
     ft = {r["label"]: r for r in first["rows"]}["ft"]
     assert ft["n_runs"] == 2 and ft["id_accuracy"][0] == pytest.approx(0.85)
     assert {r["label"]: r for r in second["rows"]}["ft"]["runs"] == [str(tmp_path / "ft_emb")]
+
+
+def test_paired_differences_pooled_over_pretrained_models(runner, runs, real_run, tmp_path):
+    for name in ("ft_s0", "ft_s1", "tracer_s0", "tracer_s1"):
+        shutil.copytree(runs / "set" / name, tmp_path / name)
+    other = ('pretrained = "none"', 'pretrained = "embedded"\nembedded_seed = 1')
+    fake_run(real_run, tmp_path / "ft_emb", "ft", 0, 0.5, 0.40, other)
+    fake_run(real_run, tmp_path / "tracer_emb", "tracer", 0, 0.5, 0.46, other)
+    args = (*sorted(tmp_path.iterdir()), "--by", "train.method", "--baseline", "ft")
+    result = invoke(runner, *args, "--json")
+    assert result.exit_code == 0, result.stderr
+    (pooled,) = json.loads(result.stdout)["paired_pooled"]
+    ood = pooled["avg_ood_accuracy"]  # pairs: none/0 +.06, none/1 +.08, embedded-1/0 +.06
+    assert ood["n"] == 3 and ood["mean"] == pytest.approx((0.06 + 0.08 + 0.06) / 3)
+    markdown = invoke(runner, *args, "--markdown")
+    assert markdown.exit_code == 0 and "### Pooled over the 2 pretrained models" in markdown.stdout
 
 
 def test_runs_that_cannot_be_compared_exit_2_naming_them(runner, runs, real_run, tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tracer_cli import rundir
-from tracer_cli.analysis.tables import analyse, model_numbers
+from tracer_cli.analysis.tables import analyse, model_numbers, pooled_paired
 from tracer_cli.errors import UsageError
 
 # Keys that tell runs of one recipe apart without changing what is compared: the seed is what
@@ -255,4 +255,5 @@ def compare(patterns: Sequence[str], by: Sequence[str] | None = None,
                   "seed": r["seed"], "method": r["method"], "steps": r["steps"],
                   "wise_alphas": [e["alpha"] for e in r["wise"]]} for r in records],
         "panels": analyse(records, groups, [baseline] if baseline else [], keys),
+        "paired_pooled": pooled_paired(records, groups, [baseline] if baseline else [], keys),
         "notes": notes, "plot": None}

@@ -140,6 +140,10 @@ def compare_markdown(doc: dict[str, Any]) -> str:
         if panel["frontier"]:
             lines += ["Against the WiSE-FT frontier at matched ID:", "",
                       *frontier_table(panel, *doc["keys"][:2]), ""]
+    if doc.get("paired_pooled"):
+        lines += [f"### Pooled over the {len(doc['panels'])} pretrained models", "",
+                  f"Paired differences against {doc['baseline']}, paired by (pretrained model, "
+                  "seed):", "", *paired_table({"paired": doc["paired_pooled"]}, doc["keys"]), ""]
     lines += [f"- Note: {note}" for note in doc["notes"]]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -260,8 +264,14 @@ def _main_table(res: dict[str, Any]) -> list[str]:
 
 def _paired(res: dict[str, Any]) -> list[str]:
     intro = ["Method − reference in % points, paired by seed.", ""]
-    return _per_panel(res, "Paired differences", intro, lambda p: paired_table(
+    out = _per_panel(res, "Paired differences", intro, lambda p: paired_table(
         p, ROBUSTNESS_KEYS, "method") if p["paired"] else [])
+    if res.get("paired_pooled"):
+        out += [f"#### Pooled over the {len(res['panels'])} pretrained models", "",
+                "Paired by (pretrained model, seed): each difference is taken within one "
+                "pretrained model, and the SE holds the spread over pretrained models.", "",
+                *paired_table({"paired": res["paired_pooled"]}, ROBUSTNESS_KEYS, "method"), ""]
+    return out
 
 
 def _frontier(res: dict[str, Any]) -> list[str]:

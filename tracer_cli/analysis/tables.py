@@ -153,6 +153,23 @@ def paired_table(rows: Sequence[Row], references: Sequence[str], keys: Sequence[
     return out
 
 
+def pooled_paired(records: Sequence[dict[str, Any]], groups: Sequence[str],
+                  references: Sequence[str], keys: Sequence[str]) -> list[dict[str, Any]]:
+    """Each group's student against each reference's, paired by (pretrained model, seed) over
+    every pretrained model; [] with fewer than two pretrained models. A difference is only ever
+    taken within one pretrained model, so pooling the pairs is sound, and their spread includes
+    the spread over pretrained models (what a newcomer's fresh pretraining adds)."""
+    if len({r["pretrained"] for r in records}) < 2:
+        return []
+    rows = []
+    for group in groups:
+        mine = [{**r, "seed": (r["pretrained"], r["seed"])} for r in records
+                if r["group"] == group]
+        if mine:
+            rows.append(Row(group, group, "student", mine))
+    return paired_table(rows, references, keys)
+
+
 def wise_endpoints(asked: Sequence[float], zero: dict[str, Any] | None,
                    student: dict[str, Any] | None, keys: Sequence[str]) -> list[dict[str, Any]]:
     """α = 0 (the pretrained model's numbers ``zero``) and α = 1 (the run's own ``student``)
