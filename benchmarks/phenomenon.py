@@ -4,9 +4,10 @@ every pretrained model.
 Either runs the quickstart recipe through the real CLI, for every pretraining seed of the
 embedded CLIP (``model.embedded_seed``) and finetuning seed, once as plain contrastive finetuning
 (no teacher, no distillation, no regularizer) and once as shipped (TRACER); or (``--from DIR``)
-reads the same runs from ``python benchmarks/robustness.py --out DIR`` (its ``flyp``, ``tracer``
-and ``zeroshot`` runs: the synth_<method>.toml recipes share the quickstart's problem and
-schedule). Prints Markdown: one table per pretrained model, then one pooled over them.
+reads such runs from ``python benchmarks/robustness.py --out DIR`` (its ``flyp`` or ``--plain``
+runs, the chosen ``tracer`` runs and the ``zeroshot`` runs: the synth_<method>.toml recipes pose
+the quickstart's problem at batch 64). Prints Markdown: one table per pretrained model, then one
+pooled over them.
 
     python benchmarks/phenomenon.py                              # pretrain 0 1 2 x seeds 0 1 2
     python benchmarks/phenomenon.py --pretrain-seeds 0 --seeds 0 --out /tmp/ph
@@ -106,7 +107,7 @@ def _table(title: str, rows: dict[str, dict], zero: dict, names: list[str],
     return "\n".join(lines)
 
 
-def _collect_from(root: Path, pseeds: list[int], seeds: list[int]):
+def _collect_from(root: Path, pseeds: list[int], seeds: list[int], plain: str = "flyp"):
     runs = root / "runs" if (root / "runs").is_dir() else root
     results = root / "results.json"
     chosen = json.loads(results.read_text()).get("choice", {}) if results.is_file() else {}
@@ -116,14 +117,16 @@ def _collect_from(root: Path, pseeds: list[int], seeds: list[int]):
     for p in pseeds:
         zero = _summary(runs / f"zeroshot_p{p}_s{seeds[0]}")
         data[p] = {"zero": _model_eval(zero, "student"), "eval": zero["eval"],
-                   PLAIN_NAME: [_model_eval(_summary(runs / f"flyp_p{p}_s{s}"), "student")
+                   PLAIN_NAME: [_model_eval(_summary(runs / f"{plain}_p{p}_s{s}"), "student")
                                 for s in seeds],
                    TRACER_NAME: [], TEACHER_NAME: []}
         for s in seeds:
             summary = _summary(runs / f"{tracer}_p{p}_s{s}")
             data[p][TRACER_NAME].append(_model_eval(summary, "student"))
             data[p][TEACHER_NAME].append(_model_eval(summary, "teacher"))
-    return data, f"`python benchmarks/phenomenon.py --from {root}` (TRACER runs: {tracer})"
+    flag = "" if plain == "flyp" else f" --plain {plain}"
+    return data, (f"`python benchmarks/phenomenon.py --from {root}{flag}` (plain finetuning: the "
+                  f"{plain} runs; TRACER: {tracer})")
 
 
 def _collect_runs(args) -> tuple[dict, str]:
@@ -146,9 +149,12 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/phenomenon"))
     p.add_argument("--from", dest="source", type=Path,
                    help="read the runs of `python benchmarks/robustness.py --out DIR` instead")
+    p.add_argument("--plain", default="flyp", metavar="METHOD",
+                   help="with --from: the benchmark method that stands for plain finetuning "
+                        "(default flyp, contrastive like the quickstart; ft: a cross-entropy head)")
     args = p.parse_args()
-    data, how = (_collect_from(args.source, args.pretrain_seeds, args.seeds) if args.source
-                 else _collect_runs(args))
+    data, how = (_collect_from(args.source, args.pretrain_seeds, args.seeds, args.plain)
+                 if args.source else _collect_runs(args))
     first = next(iter(data.values()))["eval"]
     datasets, ood = first["id"] + first["ood"], first["ood"]
     names = [*datasets, "average OOD"]
