@@ -132,8 +132,12 @@ def _collect_from(root: Path, pseeds: list[int], seeds: list[int], plain: str = 
 def _collect_runs(args) -> tuple[dict, str]:
     data = {}
     for p in args.pretrain_seeds:
-        plain = [_run(args.recipe, args.out, f"plain_p{p}_s{s}", s, p, PLAIN) for s in args.seeds]
-        tracer = [_run(args.recipe, args.out, f"tracer_p{p}_s{s}", s, p, []) for s in args.seeds]
+        # The zero-shot model is evaluated once per pretrained model (the first plain run).
+        once = ["--set", "run.eval_zeroshot=false"]
+        plain = [_run(args.recipe, args.out, f"plain_p{p}_s{s}", s, p, PLAIN + (once if i else []))
+                 for i, s in enumerate(args.seeds)]
+        tracer = [_run(args.recipe, args.out, f"tracer_p{p}_s{s}", s, p, once)
+                  for s in args.seeds]
         data[p] = {"zero": _model_eval(plain[0], "zeroshot"), "eval": plain[0]["eval"],
                    PLAIN_NAME: [_model_eval(r, "student") for r in plain],
                    TRACER_NAME: [_model_eval(r, "student") for r in tracer],

@@ -69,6 +69,15 @@ def execute(cmd: list[str], run_dir: Path, threads: int) -> dict:
     return json.loads(done.stdout)
 
 
+def _recipe_weights(recipe: str) -> tuple[float, float]:
+    """The recipe's own (λ_sd, ICL weight): what a tie on validation goes to."""
+    import tomllib
+
+    with open(ROOT / recipe if not Path(recipe).is_absolute() else recipe, "rb") as f:
+        distill = tomllib.load(f).get("distill", {})
+    return float(distill.get("lambda_sd", 0.0)), float(distill.get("icl", 0.0))
+
+
 def accuracy(summary: dict, dataset: str) -> float:
     return summary["eval"]["models"]["student"][dataset]["accuracy"]
 
@@ -134,8 +143,9 @@ def main() -> None:
     means = {(lam, icl): float(np.mean([accuracy(results[(lam, icl, s)], "vqa-mono")
                                          for s in args.sweep_seeds])) for lam, icl in grid}
     best = max(means.values())
+    own = _recipe_weights(args.recipe)
     chosen = max((k for k, v in means.items() if abs(v - best) <= 1e-12),
-                 key=lambda k: (k == (0.9, 1.0), -grid.index(k)))
+                 key=lambda k: (k == own, -grid.index(k)))
     tests = {}
     for s in args.seeds:
         tests[("ft", s)] = run_cmd(args.recipe, test_dir, f"ft_s{s}", s, PLAIN, args.steps,
