@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tracer_cli.analysis.stats import mean_se
+
 PLAIN = ["--set", "teacher.kind=none", "--set", "distill.lambda_sd=0",
          "--set", "distill.lambda_fn=0"]
 PLAIN_NAME, TRACER_NAME, TEACHER_NAME = "plain finetune", "TRACER (student)", "TRACER teacher"
@@ -69,17 +71,12 @@ def _accs(ev: dict, datasets: list[str], ood: list[str]) -> tuple[dict, dict]:
 
 
 def _mean_se(evals: list[tuple[dict, dict]], key: str) -> tuple[float, float]:
-    values = np.asarray([a[key] for a, _ in evals])
-    spread = values.var(ddof=1) / len(values) if len(values) > 1 else 0.0
-    binom = float(np.mean([v[key] for _, v in evals])) / len(values)
-    return float(values.mean()), math.sqrt(spread + binom)
+    return mean_se([a[key] for a, _ in evals], [v[key] for _, v in evals])
 
 
 def _pool(cells: list[tuple[float, float]]) -> tuple[float, float]:
-    means = np.asarray([m for m, _ in cells])
-    spread = means.var(ddof=1) / len(means) if len(means) > 1 else 0.0
-    within = float(np.mean([se ** 2 for _, se in cells])) / len(means)
-    return float(means.mean()), math.sqrt(spread + within)
+    # The same formula one level up: the models' means, with their SE² as the "binomial" term.
+    return mean_se([m for m, _ in cells], [se ** 2 for _, se in cells])
 
 
 def _fmt(cell: tuple[float, float]) -> str:
