@@ -3,12 +3,14 @@
 Each configuration runs in its own child process (random init, no downloads): it builds the run's
 trainer exactly as ``tracer finetune`` does (``build_trainer``), takes two optimizer steps (step
 indices 1 and 2, so TRACER pays for its teacher forward and AdamW has its moments), and reports
-its peak resident set size (``VmHWM``). The parent prints one table per architecture with each
-peak as a ratio to FLYP's at the same settings:
+its peak resident set size (``VmHWM``), with the drift statistics computed after each step as at
+a log step. The parent prints one table per architecture with each peak as a ratio to FLYP's at
+the same settings:
 
   flyp                  contrastive finetuning (no teacher, no θ₀)
   flyp+ckpt             ... with train.grad_checkpointing
-  tracer                WMA teacher + θ₀ (drift tracking) + distillation views
+  tracer                WMA teacher + θ₀ (drift tracking, kept off the compute device: a
+                        temporary file on CPU) + distillation views
   tracer+ckpt           ... with train.grad_checkpointing
   tracer+accum          ... with train.accum_steps = --accum
   tracer-drift          ... with run.track_drift = false (no θ₀ copy)
@@ -118,6 +120,7 @@ def _child(recipe_path: str) -> None:
     start = time.perf_counter()
     for step, batch in zip((1, 2), loader):
         trainer.step(step, {"image": batch["image"], "label": batch["label"]})
+        trainer.drift_stats()  # as at a log step: ‖θ − θ₀‖ and ‖θ − φ‖ (nothing without drift)
     print(json.dumps({"peak_mib": _peak_mib(), "baseline_mib": baseline, "params": params,
                       "step_s": (time.perf_counter() - start) / 2}))
 

@@ -264,8 +264,9 @@ def test_drift_tracker_measures_distances_to_start_and_teacher():
     assert stats["drift"] == pytest.approx(math.sqrt(n))
     assert stats["gap"] == pytest.approx(0.5 * math.sqrt(n))
     assert stats["param_ratio"] == pytest.approx(0.5)
-    for p, p0 in zip(tracker.theta0, start):
-        assert torch.equal(p, p0)
+    assert tracker.theta0.where == "file"  # CPU parameters: θ₀ lives in a temporary file
+    for i, p0 in enumerate(start):
+        assert torch.equal(tracker.theta0.tensor(i), p0)
     static = DriftTracker(student, StaticTeacher(student))
     assert static.theta0 is None  # a static teacher is θ₀: no second copy, read from it
     with torch.no_grad():

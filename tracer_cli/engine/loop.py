@@ -34,6 +34,7 @@ from tracer_cli.engine.distill import (
 )
 from tracer_cli.engine.distributed import Shard
 from tracer_cli.engine.losses import clip_loss, gather_features, scale_grad
+from tracer_cli.engine.offload import FrozenCopy, squared_distance
 from tracer_cli.engine.precision import Precision
 from tracer_cli.engine.sharding import Sharding, gradient_sync, local
 from tracer_cli.engine.teachers import Teacher
@@ -174,21 +175,17 @@ def phased_schedules(train: TrainConfig, head_ratio: float
     return backbone, head
 
 
-def _squared_distance(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
-    """‖a − b‖² over a list of tensors as one vector, with fused ``_foreach`` ops."""
-    norms = torch._foreach_norm(torch._foreach_sub(a, b))
-    return torch.stack(norms).double().pow(2).sum()
-
-
 class DriftTracker:
     """Distances between the student θ, its starting point θ₀ and the teacher φ.
 
     ``drift`` = ‖θ − θ₀‖, ``gap`` = ‖θ − φ‖ and ``param_ratio`` = gap/drift over all floating
     parameters (buffers excluded), the empirical counterpart of the relative teacher lag ρ(t) that
     ``tracer distill-check`` reads: it shrinks towards 0 as the teacher collapses onto the student.
-    It holds a frozen copy of θ₀, one extra copy of the parameters in memory (shared with a static
-    teacher, which *is* θ₀), and :meth:`stats` allocates one more transiently, so call it at log
-    steps only. Build it before loading a checkpoint, so that θ₀ is the pretrained model.
+    θ₀ is a frozen copy kept off the compute device (:class:`~tracer_cli.engine.offload.
+    FrozenCopy`: host memory under CUDA, an unlinked temporary file on CPU; a static teacher *is*
+    θ₀ and is read instead), and :meth:`stats` streams it back in chunks, so tracking costs no
+    device memory beyond a few 16 MiB chunks. Call it at log steps only. Build it before loading a
+    checkpoint, so that θ₀ is the pretrained model.
 
     Under FSDP (``sharded``) θ₀ is a copy of this rank's shards, each rank sums its squared
     differences and :meth:`stats` all-reduces them: every rank must call it.
@@ -197,9 +194,7 @@ class DriftTracker:
     def __init__(self, student: nn.Module, teacher: Teacher, sharded: bool = False):
         self.student, self.teacher, self.sharded = student, teacher.module, sharded
         self.names = [n for n, p in student.named_parameters() if p.is_floating_point()]
-        with torch.no_grad():
-            self.theta0 = None if teacher.kind == "static" else \
-                [t.detach().clone() for t in self._tensors(student)]
+        self.theta0 = None if teacher.kind == "static" else FrozenCopy(self._tensors(student))
 
     def _tensors(self, module: nn.Module) -> list[torch.Tensor]:
         # Looked up by name at each call: FSDP swaps parameter objects between passes.
@@ -211,7 +206,7 @@ class DriftTracker:
         """``drift`` and ``gap``, plus ``param_ratio`` once the student has moved (drift > 0)."""
         theta, phi = self._tensors(self.student), self._tensors(self.teacher)
         theta0 = phi if self.theta0 is None else self.theta0
-        sums = torch.stack([_squared_distance(theta, theta0), _squared_distance(theta, phi)])
+        sums = torch.stack([squared_distance(theta, theta0), squared_distance(theta, phi)])
         if self.sharded:
             dist.all_reduce(sums)
         drift, gap = (float(x) for x in sums.sqrt())
