@@ -5,8 +5,9 @@
 backbone asks the engine for it (:func:`weights_build`, the backbone's ``weights_build``
 capability): the engine runs the packaged ``tiny_pretrain.toml`` recipe — exactly what
 ``tracer finetune recipes/tiny_pretrain.toml`` does — keeps the student's weights there, and then
-builds the backbone. The digest covers the recipe text and the architecture, so editing the recipe
-builds a new checkpoint instead of silently reusing a stale one.
+builds the backbone. The digest covers the recipe text, the architecture and
+:data:`BUILD_VERSION`, so editing the recipe, or changing engine code in a way that changes what
+the build computes, builds a new checkpoint instead of silently reusing a stale one.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from tracer_cli.contracts import WeightsBuild
 
 CACHE_ENV = "TRACER_CACHE"
 PRETRAIN_RECIPE = "tiny_pretrain.toml"
+# Bumped whenever engine code changes the weights a build produces from the same recipe, so a
+# cache built by older code is never taken for this code's build (the digest includes it).
+# 2: fused AdamW (its float rounding differs from the per-tensor loop that built version 1).
+BUILD_VERSION = 2
 
 
 def cache_dir() -> Path:
@@ -32,7 +37,8 @@ def pretrain_recipe_text() -> str:
 
 def embedded_path(arch: str, seed: int = 0) -> Path:
     """The cache file of ``arch`` pretrained with ``run.seed = seed`` (seed 0: the recipe's own)."""
-    digest = hashlib.sha256(f"{arch}\n{pretrain_recipe_text()}".encode()).hexdigest()[:12]
+    key = f"{arch}\nbuild {BUILD_VERSION}\n{pretrain_recipe_text()}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     suffix = f"-seed{seed}" if seed else ""
     return cache_dir() / "embedded" / f"{arch}-{digest}{suffix}.pt"
 

