@@ -46,6 +46,7 @@ def test_cpu_parameters_go_to_a_file_that_is_not_linked():
     assert os.fstat(fd).st_size == sum(t.numel() * t.element_size() for t in _tensors())
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("where", ["file", "host"])
 @pytest.mark.parametrize("chunk", [3, 1 << 22])
 def test_squared_distance_matches_the_direct_formula(where, chunk):
