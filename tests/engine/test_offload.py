@@ -112,3 +112,17 @@ def test_a_full_disk_names_the_directory_and_the_way_out(monkeypatch, tmp_path):
     monkeypatch.setattr(offload.os, "write", denied)
     with pytest.raises(RunError, match="cannot write a temporary file"):
         FrozenCopy(_tensors())
+
+
+def test_host_copy_falls_back_to_pageable_memory_when_pinning_is_refused(monkeypatch):
+    empty = torch.empty
+
+    def refuse_pinning(*args, pin_memory=False, **kwargs):
+        if pin_memory:
+            raise RuntimeError("cannot pin memory: locked-memory limit")
+        return empty(*args, **kwargs)
+
+    monkeypatch.setattr(offload.torch, "empty", refuse_pinning)
+    src = torch.arange(6.0).view(2, 3)
+    buffer = offload._host_buffer(src, pin=True)
+    assert buffer.shape == src.shape and buffer.dtype == src.dtype and not buffer.is_pinned()

@@ -37,6 +37,18 @@ def _as_bytes(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1).view(torch.uint8)
 
 
+def _host_buffer(t: torch.Tensor, pin: bool) -> torch.Tensor:
+    """An empty CPU tensor like ``t``: pinned when asked and the system allows it (a container's
+    locked-memory limit can refuse large pinned buffers), else pageable (slower to stream back,
+    same values)."""
+    if pin:
+        try:
+            return torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
+        except RuntimeError:
+            pass
+    return torch.empty(t.shape, dtype=t.dtype, device="cpu")
+
+
 class FrozenCopy:
     """A read-only copy of ``tensors`` (taken at construction) kept off the compute device.
 
@@ -65,8 +77,7 @@ class FrozenCopy:
             else:
                 pin = torch.cuda.is_available() and any(t.is_cuda for t in tensors)
                 for t in tensors:
-                    copy = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=pin)
-                    self._host.append(copy.copy_(t.detach()))
+                    self._host.append(_host_buffer(t, pin).copy_(t.detach()))
 
     def _write(self, tensors: Sequence[torch.Tensor]) -> None:
         directory = tempfile.gettempdir()
