@@ -167,3 +167,19 @@ def test_retrieval_and_vqa_runs_are_read_through_their_task_metrics():
     assert row["id_mean_recall"] == [pytest.approx(0.4), pytest.approx(0.0)]
     assert row["avg_ood_mean_recall"] == pytest.approx([0.4, 0.1])  # spread only: |.5−.3|/2
     assert row["datasets"]["flickr"]["n_images"] == 50
+
+
+def test_zero_shot_recipe_runs_count_once_per_pretrained_model():
+    """Three seeds of a zero-shot recipe evaluate one model: one measurement (the binomial error
+    of one run, not divided by sqrt(3)), while pairing against it still finds every seed."""
+    zero = [record(f"zs{s}", "zeroshot", s, (0.60, 0.50)) for s in range(3)]
+    records = zero + [record(f"tr{s}", "tracer", s, (0.70, 0.50 + 0.01 * s)) for s in range(3)]
+    (panel,) = tables.analyse(records, ["zeroshot", "tracer"], ["zeroshot"], KEYS)
+    rows = {r["label"]: r for r in panel["rows"]}
+    assert rows["zeroshot"]["n_runs"] == 1 and rows["zeroshot"]["runs"] == ["zs0"]
+    mean, se = rows["zeroshot"]["id_accuracy"]
+    assert mean == pytest.approx(0.60) and se == pytest.approx(math.sqrt(0.6 * 0.4 / N))
+    assert rows["tracer"]["n_runs"] == 3  # trained runs stay separate measurements
+    (entry,) = panel["paired"]
+    assert entry["avg_ood_accuracy"]["n"] == 3
+    assert entry["avg_ood_accuracy"]["mean"] == pytest.approx(0.01)

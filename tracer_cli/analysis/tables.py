@@ -239,13 +239,27 @@ def group_curve(panel: Sequence[dict[str, Any]], group: str, keys: Sequence[str]
     return wise_curve(runs, keys)
 
 
+def _measured(row: Row) -> list[dict[str, Any]]:
+    """The runs that are separate measurements. A group of zero-shot recipe runs evaluates the
+    same pretrained model whatever the seed (nothing is trained): it counts once per zero-shot
+    model, as the pretrained-model row does, or its binomial error would shrink by the square
+    root of the number of seeds. Pairing by seed still sees every run (:meth:`Row.values`)."""
+    if row.model != "student" or any(r["method"] != "zeroshot" for r in row.records):
+        return row.records
+    first: dict[Hashable, dict[str, Any]] = {}
+    for r in row.records:
+        first.setdefault(r["zeroshot_key"], r)
+    return list(first.values())
+
+
 def _row_doc(row: Row) -> dict[str, Any] | None:
-    agg = aggregate(row.records, row.model)
+    measured = _measured(row)
+    agg = aggregate(measured, row.model)
     if agg is None:
         return None
     method = "zeroshot" if row.model == "zeroshot" else row.records[0]["method"]
     return {"label": row.label, "group": row.group, "model": row.model, "method": method,
-            "runs": [r["name"] for r in row.records if r["models"].get(row.model)], **agg}
+            "runs": [r["name"] for r in measured if r["models"].get(row.model)], **agg}
 
 
 def _fit_points(rows: Sequence[dict[str, Any]], curves: dict[str, list[dict[str, Any]]],
