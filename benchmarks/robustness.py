@@ -20,7 +20,10 @@ Phases
      must not be a reported test domain) with ``tracer eval RUN --ood VAL``. β and λ_sd are each
      chosen to maximise the mean validation accuracy; ties go to the recipe's own value.
   2. Main table: every recipe x pretraining seed x finetuning seed; the sweep recipe runs with the
-     chosen β and λ_sd. A run with the same command as one already made is reused.
+     chosen β and λ_sd. A run with the same command as one already made is reused. The zero-shot
+     runs go with phase 1 (they build every pretrained model while the sweep runs); the rest
+     runs pretrained model by pretrained model, so an interrupted benchmark leaves whole models
+     behind, which ``--pretrain-seeds`` naming them reports from the cache.
   3. WiSE-FT: ``tracer eval RUN --wise-alpha ...`` on every run of the methods in ``--wise``; the
      curve is averaged over runs.
   4. Teacher-student KL: the sweep recipe as it is (WMA teacher) against the same recipe with an
@@ -63,7 +66,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Collection, Iterable, Sequence
 
 import numpy as np
 
@@ -354,12 +357,14 @@ class Plan:
                 out.append((axis, value, run))
         return out
 
-    def main(self, choice: dict[str, float] | None, tuned: bool) -> list[Run]:
+    def main(self, choice: dict[str, float] | None, tuned: bool,
+             methods: Collection[str] | None = None) -> list[Run]:
         """Phase 2 (and 3 for the runs it adds): the untuned recipes when ``tuned`` is False,
-        the tuned one at ``choice`` when True."""
+        the tuned one at ``choice`` when True; only the recipes of ``methods`` when given."""
         cfg, out = self.cfg, []
         for recipe in cfg.recipes:
-            if cfg.tuned(recipe) != tuned:
+            if cfg.tuned(recipe) != tuned or (methods is not None
+                                              and recipe.method not in methods):
                 continue
             variant, tag = ([], "") if choice is None else self.tracer_variant(
                 choice["beta"], choice["lambda_sd"])
@@ -1010,25 +1015,36 @@ def _finish_wave(tasks: Iterable[Task]) -> None:
             task.run.summary = task.result
 
 
+def model_major(tasks: Iterable[Task]) -> list[Task]:
+    """``tasks`` grouped by pretraining seed (the plan's order kept within one), so that an
+    interrupted benchmark leaves whole pretrained models behind: rerun with ``--pretrain-seeds``
+    naming the finished ones, it reports them from the cache."""
+    return sorted(tasks, key=lambda t: t.run.pseed)
+
+
 def execute(cfg: Config, plan: Plan, ui: Ui, ex: Executor, pruner: Pruner
             ) -> tuple[list[tuple[str, float, Run]], dict[str, Any] | None, KlPlan | None]:
-    """Phases 1-4: the untuned work first, then the tuned recipe at the chosen values."""
+    """Wave 1: the sweep, the KL runs and the zero-shot runs (which build every pretrained model
+    while the sweep runs). Wave 2, once β and λ_sd are chosen: every other main run, pretrained
+    model by pretrained model (:func:`model_major`)."""
     sweep_points = plan.sweep()
-    plan.main(None, tuned=False)
+    plan.main(None, tuned=False, methods={"zeroshot"})
     kl = plan.kl()
     wave1 = list(plan.tasks.values())
     resolve_cache(wave1)
     add_build_barriers(wave1)
-    n_tuned = sum(len(cfg.pseeds_of(r)) * len(cfg.seeds) * (2 if r.name in cfg.wise else 1)
-                  for r in cfg.recipes if cfg.tuned(r))
-    ui.set_total(len(_pending(wave1)) + n_tuned)
+    n_later = sum(len(cfg.pseeds_of(r)) * len(cfg.seeds) * (2 if r.name in cfg.wise else 1)
+                  for r in cfg.recipes if r.method != "zeroshot")
+    ui.set_total(len(_pending(wave1)) + n_later)
     ex.execute(wave1)
     _finish_wave(wave1)
     choice = choose(sweep_table(sweep_points, plan), cfg.sweep) if cfg.sweep else None
+    plan.main(None, tuned=False)
     plan.main(choice, tuned=True)
     pruner.final = True
     resolve_cache(list(plan.tasks.values()))
-    wave2 = _pending(plan.tasks.values())
+    wave2 = model_major(_pending(plan.tasks.values()))
+    add_build_barriers(wave2)
     ui.set_total(ui.done + len(wave2))
     ex.execute(wave2)
     _finish_wave(plan.tasks.values())

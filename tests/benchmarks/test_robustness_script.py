@@ -271,3 +271,20 @@ def test_wise_curve_takes_its_end_points_from_the_runs():
     # An α the evaluation did cover is not added a second time.
     records[1]["wise"].append({"alpha": 1.0, **numbers(0.5, 0.5)})
     assert tables.group_curve(records, "ft", keys)[2]["n_runs"] == 2
+
+
+def test_main_runs_go_pretrained_model_by_pretrained_model(rb):
+    """After the sweep, the main runs are grouped by pretraining seed (the plan's order kept
+    within one), so an interrupted benchmark leaves whole pretrained models behind."""
+    cfg = rb.build_config(rb.parse_args(["--pretrain-seeds", "0", "1", "2", "--seeds", "0", "1"]))
+    plan = rb.Plan(cfg)
+    plan.main(None, tuned=False)
+    plan.main({"beta": 0.5, "lambda_sd": 0.9}, tuned=True)
+    tasks = list(plan.tasks.values())
+    ordered = rb.model_major(tasks)
+    seeds = [t.run.pseed for t in ordered]
+    assert seeds == sorted(seeds) and set(seeds) == {0, 1, 2}
+    for p in (0, 1, 2):  # within one pretrained model, the plan's own order
+        assert [t for t in ordered if t.run.pseed == p] == [t for t in tasks if t.run.pseed == p]
+    methods = {t.run.recipe.method for t in ordered if t.run.pseed == 0}
+    assert {"zeroshot", "ft", "tracer"} <= methods
