@@ -266,7 +266,7 @@ def test_drift_tracker_measures_distances_to_start_and_teacher():
     assert stats["param_ratio"] == pytest.approx(0.5)
     assert tracker.theta0.where == "file"  # CPU parameters: θ₀ lives in a temporary file
     for i, p0 in enumerate(start):
-        assert torch.equal(tracker.theta0.tensor(i), p0)
+        assert torch.equal(tracker.theta0.tensor(i), p0)  # θ₀ is a byte copy: exact
     static = DriftTracker(student, StaticTeacher(student))
     assert static.theta0 is None  # a static teacher is θ₀: no second copy, read from it
     with torch.no_grad():
