@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import Dataset
 
 from tracer_cli.contracts import SkippedItem
-from tracer_cli.engine.data import BadDataLog, BadItem, TrainStream, eval_loader, item_seed
+from tracer_cli.engine.data import (BadDataLog, BadItem, TrainStream, _SeededItems, eval_loader,
+                                    item_seed)
 from tracer_cli.errors import UsageError
 
 
@@ -74,6 +78,30 @@ def test_item_draws_are_those_of_the_item_seed_and_leave_cuda_generators_alone(m
     for image, index in zip(batch["image"], batch["label"].tolist()):
         expected = torch.Generator().manual_seed(item_seed(5, 0, index))
         assert torch.equal(image, torch.rand(2, generator=expected))
+
+
+class ThreeDraws(Dataset):
+    """Item i: one draw from each of torch, numpy and ``random`` (augmentations use all three)."""
+
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, i: int):
+        return {"draws": (torch.rand(1).item(), float(np.random.rand()), random.random()), "i": i}
+
+
+def test_a_batched_fetch_reads_every_item_as_a_single_fetch_does():
+    """``__getitems__`` (one save/restore of the generators per batch) gives each item exactly
+    the draws of ``__getitem__`` (one per item), and leaves all three generators as they were."""
+    items = _SeededItems(ThreeDraws(), seed=4)
+    keys = [(0, 3), (0, 3), (1, 3), (0, 9), (2, 0)]
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    states = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+    batched = items.__getitems__(keys)
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert np.array_equal(np.random.get_state()[1], states[1]) and random.getstate() == states[2]
+    assert batched == [items[key] for key in keys]
+    assert batched[0] == batched[1] and batched[0] != batched[2]  # keyed by (epoch, index)
 
 
 def test_item_seeds_differ_by_seed_epoch_and_index():

@@ -85,21 +85,33 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
 
 
 @contextmanager
-def seeded_rng(seed: int) -> Iterator[None]:
-    """Seed torch, numpy and ``random`` for the block, then restore all three as they were."""
+def preserved_rng() -> Iterator[None]:
+    """Restore the CPU generators of torch, numpy and ``random`` to their state at entry."""
     py_state, np_state = random.getstate(), np.random.get_state()
+    # Only the CPU generator, the one fork_rng restores: torch.manual_seed would also seed every
+    # CUDA generator (leaving them changed after the block) and, before CUDA is initialised,
+    # record a traceback per call (half the cost of reading a 32 px item).
     with torch.random.fork_rng(devices=[]):
-        # Only the CPU generator, the one fork_rng restores: torch.manual_seed would also seed
-        # every CUDA generator (leaving them changed after the block) and, before CUDA is
-        # initialised, record a traceback per call (half the cost of reading a 32 px item).
-        torch.default_generator.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
         try:
             yield
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
+
+
+def seed_all(seed: int) -> None:
+    """Seed the CPU generators of torch, numpy and ``random`` with ``seed``."""
+    torch.default_generator.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+@contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Seed torch, numpy and ``random`` for the block, then restore all three as they were."""
+    with preserved_rng():
+        seed_all(seed)
+        yield
 
 
 class _SeededItems(Dataset):
@@ -115,6 +127,17 @@ class _SeededItems(Dataset):
         epoch, index = key
         with seeded_rng(item_seed(self.seed, epoch, index)):
             return read_item(self.dataset, index)
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[dict[str, Any] | BadItem]:
+        """A whole batch (the DataLoader's batched fetch): every item under its own seed, as
+        :meth:`__getitem__` reads it, but the generators are saved and restored once per batch
+        (numpy's state round trip alone cost more than reading a 32 px item)."""
+        items = []
+        with preserved_rng():
+            for epoch, index in keys:
+                seed_all(item_seed(self.seed, epoch, index))
+                items.append(read_item(self.dataset, index))
+        return items
 
 
 class TrainStream:
