@@ -32,7 +32,8 @@ Phases
 
 Each finetune child gets OMP_NUM_THREADS = MKL_NUM_THREADS = max(1, cpu_count // jobs). Every
 result is cached next to its run (``OUT/runs/NAME.robustness.json``, ``NAME.val.json``,
-``NAME.wise.json``, keyed by the full command and the recipe file's hash), so a second invocation
+``NAME.wise.json``, keyed by the full command, the recipe file's hash and, for the embedded CLIP, the
+file name of its weights, which carries their digest), so a second invocation
 resumes instead of recomputing. Finished runs keep their numbers but, unless --keep-weights, lose
 their checkpoints once every evaluation that needs them is done (about 190 MB per tiny run).
 
@@ -229,6 +230,12 @@ class Task:
 
     def key(self) -> dict[str, Any]:
         key = {"argv": self.argv, "recipe_sha256": self.run.recipe.sha256}
+        if self.run.recipe.embedded:
+            # The embedded weights' file name carries their digest (arch config, pretraining
+            # recipe, build version): a run finetuned from an older build is not this run.
+            from tracer_plugins.backbones.embedded import embedded_path
+
+            key["embedded_weights"] = embedded_path(self.run.recipe.arch, self.run.pseed).name
         if self.kind != "finetune":
             summary = rundir.summary_path(self.run.run_dir)
             key["summary_sha256"] = (hashlib.sha256(summary.read_bytes()).hexdigest()

@@ -5,9 +5,10 @@
 backbone asks the engine for it (:func:`weights_build`, the backbone's ``weights_build``
 capability): the engine runs the packaged ``tiny_pretrain.toml`` recipe — exactly what
 ``tracer finetune recipes/tiny_pretrain.toml`` does — keeps the student's weights there, and then
-builds the backbone. The digest covers the recipe text, the architecture and
-:data:`BUILD_VERSION`, so editing the recipe, or changing engine code in a way that changes what
-the build computes, builds a new checkpoint instead of silently reusing a stale one.
+builds the backbone. The digest covers the recipe text, the architecture's name and config
+(``model_configs/<arch>.json``) and :data:`BUILD_VERSION`, so editing the recipe or the config,
+or changing engine code in a way that changes what the build computes, builds a new checkpoint
+instead of silently reusing a stale one.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ PRETRAIN_RECIPE = "tiny_pretrain.toml"
 # Bumped whenever engine code changes the weights a build produces from the same recipe, so a
 # cache built by older code is never taken for this code's build (the digest includes it).
 # 2: fused AdamW (its float rounding differs from the per-tensor loop that built version 1).
-BUILD_VERSION = 2
+# 3: the smaller, faster tiny CLIP (width 16, 64-wide text tower) and its pretraining schedule.
+BUILD_VERSION = 3
+CONFIG_DIR = Path(__file__).parent / "model_configs"
 
 
 def cache_dir() -> Path:
@@ -37,7 +40,9 @@ def pretrain_recipe_text() -> str:
 
 def embedded_path(arch: str, seed: int = 0) -> Path:
     """The cache file of ``arch`` pretrained with ``run.seed = seed`` (seed 0: the recipe's own)."""
-    key = f"{arch}\nbuild {BUILD_VERSION}\n{pretrain_recipe_text()}"
+    config = CONFIG_DIR / f"{arch}.json"
+    config_text = config.read_text("utf-8") if config.is_file() else ""
+    key = f"{arch}\nbuild {BUILD_VERSION}\n{config_text}\n{pretrain_recipe_text()}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     suffix = f"-seed{seed}" if seed else ""
     return cache_dir() / "embedded" / f"{arch}-{digest}{suffix}.pt"

@@ -39,7 +39,7 @@ from tracer_cli.options import Options
 from tracer_plugins.backbones import embedded
 from tracer_plugins.backbones.openclip_export import OpenClipFormat
 
-CONFIG_DIR = Path(__file__).parent / "model_configs"
+CONFIG_DIR = embedded.CONFIG_DIR
 TINY_ARCHS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
 _registered_configs = False
 

@@ -288,3 +288,18 @@ def test_main_runs_go_pretrained_model_by_pretrained_model(rb):
         assert [t for t in ordered if t.run.pseed == p] == [t for t in tasks if t.run.pseed == p]
     methods = {t.run.recipe.method for t in ordered if t.run.pseed == 0}
     assert {"zeroshot", "ft", "tracer"} <= methods
+
+
+def test_a_run_cached_from_an_older_embedded_build_is_not_reused(rb, monkeypatch):
+    """The cache key of a run on the embedded CLIP names the weights' file (its digest): after a
+    change of the build (here its version), the same command is a different run."""
+    from tracer_plugins.backbones import embedded
+
+    cfg = rb.build_config(rb.parse_args(["--pretrain-seeds", "0", "1", "--seeds", "0"]))
+    plan = rb.Plan(cfg)
+    plan.main(None, tuned=False)
+    task = next(t for t in plan.tasks.values() if t.run.pseed == 1)
+    key = task.key()
+    assert key["embedded_weights"] == embedded.embedded_path(task.run.recipe.arch, 1).name
+    monkeypatch.setattr(embedded, "BUILD_VERSION", embedded.BUILD_VERSION + 1)
+    assert task.key() != key

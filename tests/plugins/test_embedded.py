@@ -94,6 +94,21 @@ def test_build_version_change_means_new_cache_file(monkeypatch, tmp_path):
     assert embedded.embedded_path("tracer-tiny-rn") != first
 
 
+def test_arch_config_change_means_new_cache_file(monkeypatch, tmp_path):
+    """Editing an arch's config (its width, say) changes the digest: weights of the old shape
+    are never offered for the new one."""
+    monkeypatch.setenv(embedded.CACHE_ENV, str(tmp_path))
+    first = embedded.embedded_path("tracer-tiny-rn")
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    text = (embedded.CONFIG_DIR / "tracer-tiny-rn.json").read_text()
+    (configs / "tracer-tiny-rn.json").write_text(text)
+    monkeypatch.setattr(embedded, "CONFIG_DIR", configs)
+    assert embedded.embedded_path("tracer-tiny-rn") == first  # same text, same file
+    (configs / "tracer-tiny-rn.json").write_text(text.replace('"layers": 2', '"layers": 3'))
+    assert embedded.embedded_path("tracer-tiny-rn") != first
+
+
 def test_embedded_seed_builds_its_own_pretraining(tmp_path, monkeypatch):
     """``model.embedded_seed`` is a separate pretraining run (its own file, its own weights);
     seed 0 keeps the recipe's file name, and the key is refused for non-embedded weights."""
