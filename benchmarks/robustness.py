@@ -99,10 +99,10 @@ EMA_UPDATES_PER_RUN = 50
 # Rough single-thread cost of one tiny-CLIP run on the embedded world when no cached run says
 # better, measured on a busy 2-core machine at 1 thread: recipes/synth_tracer.toml at 150 steps
 # took 196 s, synth_zeroshot 38 s (start-up, rendering, evaluations of 4 x 7,000 images), a
-# validation evaluation 21 s; quickstart's steps cost 0.63-0.95 s each. Building an embedded CLIP:
-# ~10 min on 2 cores.
+# validation evaluation 21 s; quickstart's steps cost 0.63-0.95 s each. Building an embedded CLIP
+# in one job slot (1 thread): ~20 min (281,600 images at ~240 img/s).
 EST_OVERHEAD_S, EST_STEP_S = 50.0, 0.8
-EST_EVAL_S, EST_EVAL_PER_MODEL_S, EST_BUILD_S = 8.0, 13.0, 600.0
+EST_EVAL_S, EST_EVAL_PER_MODEL_S, EST_BUILD_S = 8.0, 13.0, 1200.0
 
 
 # --------------------------------------------------------------------------- choosing
@@ -971,7 +971,8 @@ def estimate_s(tasks: Sequence[Task], cfg: Config, builds: int) -> tuple[float, 
     threads = threads_per_job(cfg.jobs)
     speedup = 1.0 + 0.6 * (threads - 1)  # more threads per run help less than more runs
     work = sum(guess(t) for t in _pending(tasks)) * scale / speedup
-    return work / cfg.jobs + builds * EST_BUILD_S, basis
+    # A build takes one job slot (one thread) while the other slots run finetunes.
+    return (work + builds * EST_BUILD_S) / cfg.jobs, basis
 
 
 def _run_steps(run: Run, cfg: Config) -> int:
