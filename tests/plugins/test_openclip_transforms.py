@@ -39,6 +39,7 @@ def test_fused_transforms_compute_open_clips_tensors(backbone, train):
         torch.manual_seed(3)
         expected = theirs(image)
         assert got.dtype == expected.dtype == torch.float32
+        assert got.is_contiguous() and got.shape == expected.shape
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
 
