@@ -92,7 +92,8 @@ class ThreeDraws(Dataset):
 
 def test_a_batched_fetch_reads_every_item_as_a_single_fetch_does():
     """``__getitems__`` (one save/restore of the generators per batch) gives each item exactly
-    the draws of ``__getitem__`` (one per item), and leaves all three generators as they were."""
+    the draws it gets when fetched alone, reseeds per item (not once per batch), and leaves all
+    three generators as they were."""
     items = _SeededItems(ThreeDraws(), seed=4)
     keys = [(0, 3), (0, 3), (1, 3), (0, 9), (2, 0)]
     torch.manual_seed(1), np.random.seed(1), random.seed(1)

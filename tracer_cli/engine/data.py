@@ -106,14 +106,6 @@ def seed_all(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-@contextmanager
-def seeded_rng(seed: int) -> Iterator[None]:
-    """Seed torch, numpy and ``random`` for the block, then restore all three as they were."""
-    with preserved_rng():
-        seed_all(seed)
-        yield
-
-
 class _SeededItems(Dataset):
     """Training items keyed by (epoch, index); each is read under :func:`item_seed`."""
 
@@ -124,14 +116,12 @@ class _SeededItems(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any] | BadItem:
-        epoch, index = key
-        with seeded_rng(item_seed(self.seed, epoch, index)):
-            return read_item(self.dataset, index)
+        return self.__getitems__([key])[0]
 
     def __getitems__(self, keys: list[tuple[int, int]]) -> list[dict[str, Any] | BadItem]:
-        """A whole batch (the DataLoader's batched fetch): every item under its own seed, as
-        :meth:`__getitem__` reads it, but the generators are saved and restored once per batch
-        (numpy's state round trip alone cost more than reading a 32 px item)."""
+        """A whole batch (the DataLoader's batched fetch): every item under its own seed, the
+        generators saved and restored once per batch, not per item (numpy's state round trip
+        alone cost more than reading a 32 px item)."""
         items = []
         with preserved_rng():
             for epoch, index in keys:
