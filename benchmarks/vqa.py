@@ -27,16 +27,14 @@ import argparse
 import concurrent.futures as cf
 import json
 import os
-import re
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from cli_runs import ROOT, compare_markdown, execute, replace_block
 
-ROOT = Path(__file__).resolve().parents[1]
 VAL_SET = ('[{ name = "synth-vqa", label = "vqa-mono", domains = ["mono"], '
            'kinds = ["shape", "size", "position", "count"] }]')
 PLAIN = ["--set", "train.method=ft", "--set", "teacher={}", "--set", "distill={}"]
@@ -55,20 +53,6 @@ def run_cmd(recipe: str, out: Path, name: str, seed: int, extra: list[str],
     return cmd
 
 
-def execute(cmd: list[str], run_dir: Path, threads: int) -> dict:
-    """Run (or reuse) one finetune; its summary."""
-    stamp = run_dir / "command.txt"
-    text = shlex.join(cmd[1:])
-    if stamp.is_file() and stamp.read_text() == text and (run_dir / "summary.json").is_file():
-        return json.loads((run_dir / "summary.json").read_text())
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"failed ({done.returncode}): {text}\n{done.stderr[-3000:]}")
-    stamp.write_text(text)
-    return json.loads(done.stdout)
-
-
 def _recipe_weights(recipe: str) -> tuple[float, float]:
     """The recipe's own (λ_sd, ICL weight): what a tie on validation goes to."""
     import tomllib
@@ -80,20 +64,6 @@ def _recipe_weights(recipe: str) -> tuple[float, float]:
 
 def accuracy(summary: dict, dataset: str) -> float:
     return summary["eval"]["models"]["student"][dataset]["accuracy"]
-
-
-def replace_block(report: Path, body: str) -> None:
-    begin, end = "<!-- vqa:begin -->", "<!-- vqa:end -->"
-    block = f"{begin}\n{body.rstrip()}\n{end}"
-    text = report.read_text() if report.is_file() else ""
-    if begin in text and end in text:
-        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text,
-                      flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    tmp = report.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(report)
 
 
 def main() -> None:
@@ -155,12 +125,8 @@ def main() -> None:
             ["--set", f"distill.lambda_sd={chosen[0]}", "--set", f"distill.icl={chosen[1]}"],
             args.steps, args.embedded_seed, args.sets)
     launch(tests, test_dir)
-    compare = subprocess.run([sys.executable, "-m", "tracer_cli", "compare",
-                              str(test_dir / "ft_s*"), str(test_dir / "tracer_s*"),
-                              "--by", "train.method", "--baseline", "ft", "--markdown"],
-                             cwd=ROOT, capture_output=True, text=True)
-    if compare.returncode != 0:
-        sys.exit(f"tracer compare failed:\n{compare.stderr[-3000:]}")
+    compare = compare_markdown([str(test_dir / "ft_s*"), str(test_dir / "tracer_s*")],
+                               "train.method", "ft", top=5)
     minutes = (time.perf_counter() - t0) / 60
     sweep_rows = "\n".join(
         f"| {lam:g} | {icl:g} | " + " | ".join(
@@ -177,14 +143,14 @@ def main() -> None:
             + sweep_rows + "\n\nTest sets, FT (no teacher) vs TRACER at the chosen weights "
             f"(λ_sd {chosen[0]:g}, ICL {chosen[1]:g}), seeds {' '.join(map(str, args.seeds))}, "
             "`tracer compare --by train.method --baseline ft --markdown`:\n\n"
-            + compare.stdout)
+            + compare)
     (out / "vqa.json").write_text(json.dumps(
         {"chosen": {"lambda_sd": chosen[0], "icl": chosen[1]},
          "validation": {f"{lam:g},{icl:g}": means[(lam, icl)] for lam, icl in grid},
          "minutes": minutes, "markdown": body}, indent=2))
     print(body)
     if args.report:
-        replace_block(args.report, body)
+        replace_block(args.report, body, "vqa")
 
 
 if __name__ == "__main__":

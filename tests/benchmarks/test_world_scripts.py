@@ -1,5 +1,6 @@
 """The embedded-world scripts: phenomenon.py's pooled table over pretrained models (from a
-benchmark's runs), vqa.py's plan, and first_result.py's measurement (on a tiny recipe)."""
+benchmark's runs), vqa.py's plan, tasks.py's plan and report (on tiny runs), the report block
+both write, and first_result.py's measurement (on a tiny recipe)."""
 
 from __future__ import annotations
 
@@ -71,6 +72,74 @@ def test_vqa_plan_sweeps_on_the_validation_domain_only():
         assert 'label = "vqa-mono"' in command and 'domains = ["mono"]' in command
         assert "data.ood=" in command
     assert "phase 1: 4 runs; phase 2: 6 runs" in done.stdout
+
+
+def test_tasks_plan_runs_each_quickstart_as_shipped_and_its_plain_baselines():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "tasks.py"), "--dry-run",
+                           "--embedded-seed", "2"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    commands = [line for line in done.stdout.splitlines() if line.startswith("-m tracer_cli")]
+    names = sorted(c.split("run.name=")[1].split()[0] for c in commands)
+    assert names == sorted(f"{m}_s{s}" for m in ("tracer", "flyp", "tracer", "lp", "ft")
+                           for s in range(3))
+    assert "# 15 runs" in done.stdout
+    for command in commands:
+        assert "model.embedded_seed=2" in command
+        shipped = "run.name=tracer_" in command
+        # the TRACER run is the recipe as shipped and evaluates the pretrained model; a baseline
+        # names its method and empties the teacher and distillation tables
+        assert ("train.method=" in command) is not shipped
+        assert ("run.eval_zeroshot=false" in command) is not shipped
+        assert ("teacher={}" in command and "distill={}" in command) is not shipped
+        recipe = command.split()[3]
+        method = command.split("run.name=")[1].split("_s")[0]
+        assert recipe == {"flyp": "recipes/quickstart_retrieval.toml",
+                          "lp": "recipes/quickstart_vqa.toml",
+                          "ft": "recipes/quickstart_vqa.toml"}.get(method, recipe)
+
+
+def test_report_block_is_replaced_between_its_markers_and_appended_when_absent(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from cli_runs import replace_block
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    report = tmp_path / "REPORT.md"
+    report.write_text("# Title\n\n<!-- x:begin -->\nold\n<!-- x:end -->\n\nafter\n")
+    replace_block(report, "new\n", "x")
+    assert report.read_text() == "# Title\n\n<!-- x:begin -->\nnew\n<!-- x:end -->\n\nafter\n"
+    replace_block(report, "other", "y")
+    assert report.read_text().endswith("after\n\n<!-- y:begin -->\nother\n<!-- y:end -->\n")
+    assert "new" in report.read_text() and not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_tasks_report_compares_the_runs_and_reuses_them(tmp_path):
+    report = tmp_path / "REPORT.md"
+    report.write_text("### Quickstarts\n\n<!-- tasks:begin -->\nstale\n<!-- tasks:end -->\n")
+    tiny = ["model.pretrained=none", "run.device=cpu", "data.options.size=32",
+            "data.eval_batch_size=32", "train.steps=2", "train.batch_size=16",
+            "train.warmup_steps=1"]
+    args = [sys.executable, str(ROOT / "benchmarks" / "tasks.py"), "--tasks", "vqa", "--seeds",
+            "0", "--out", str(tmp_path / "runs"), "--jobs", "2", "--threads", "1", "--report",
+            str(report), *[a for item in tiny for a in ("--set", item)]]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    text = report.read_text()
+    assert "stale" not in text and text.startswith("### Quickstarts\n\n<!-- tasks:begin -->")
+    assert "**vqa** (`recipes/quickstart_vqa.toml`; tracer, lp, ft)" in text
+    # tracer compare's tables, their headings moved under the report's own sections
+    assert "\n#### tracer compare: 3 run(s), 3 group(s)" in text and "\n## tracer" not in text
+    for row in ("| zero-shot (pretrained) |", "| ft |", "| lp |", "| tracer |",
+                "| teacher of tracer |"):
+        assert row in text
+    assert "Paired differences against ft" in text and "**retrieval**" not in text
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("vqa/*/command.txt")}
+    assert len(stamps) == 3
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert again.returncode == 0, again.stderr
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # every run reused
 
 
 @pytest.mark.slow
