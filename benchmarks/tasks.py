@@ -19,7 +19,8 @@ compare --by train.method --baseline B --markdown`` over each task's runs, B bei
 method that trains what TRACER trains (retrieval: flyp; vqa: ft). ``--set KEY=VALUE`` overrides
 every run (e.g. a shorter schedule); each child gets OMP_NUM_THREADS = MKL_NUM_THREADS =
 ``--threads`` (default max(1, cpu_count // jobs)). A finished run is reused when its command is
-unchanged (``command.txt`` and ``summary.json`` next to it).
+unchanged (``command.txt`` and ``summary.json`` next to it); runs go seed by seed, so an
+interrupted study can be reported for the seeds it finished (``--seeds`` naming them).
 
 Output: ``OUT/tasks.json`` (the Markdown and the minutes it took) and, with ``--report``, the block
 between ``<!-- tasks:begin -->`` and ``<!-- tasks:end -->`` of that file (replaced, else appended).
@@ -68,10 +69,13 @@ def run_cmd(recipe: str, out: Path, method: str, seed: int, embedded_seed: int,
 
 
 def plan(args: argparse.Namespace, out: Path) -> dict[tuple[str, str, int], list[str]]:
+    """Every run, seed by seed: an interrupted study leaves whole seeds behind, which a second
+    invocation with ``--seeds`` naming them reports from the finished runs."""
     return {(task, method, seed): run_cmd(recipe, out / task, method, seed, args.embedded_seed,
                                           args.sets)
+            for seed in args.seeds
             for task, (recipe, baselines, _, _) in TASKS.items() if task in args.tasks
-            for method in ("tracer", *baselines) for seed in args.seeds}
+            for method in ("tracer", *baselines)}
 
 
 def main() -> None:
