@@ -6,6 +6,8 @@ Used by ``vqa.py`` and ``tasks.py`` (run as scripts, so this folder is on ``sys.
 
 from __future__ import annotations
 
+import argparse
+import concurrent.futures as cf
 import json
 import os
 import re
@@ -34,6 +36,43 @@ def execute(cmd: list[str], run_dir: Path, threads: int) -> dict:
         sys.exit(f"failed ({done.returncode}): {text}\n{done.stderr[-3000:]}")
     stamp.write_text(text)
     return json.loads(done.stdout)
+
+
+def run_all(runs: dict, jobs: int, threads: int) -> dict:
+    """``{key: (command, run_dir)}`` → ``{key: summary}``, ``jobs`` runs at a time (each
+    through :func:`execute`, so finished ones are reused), started in the dict's order."""
+    with cf.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {key: pool.submit(execute, cmd, run_dir, threads)
+                   for key, (cmd, run_dir) in runs.items()}
+        return {key: future.result() for key, future in futures.items()}
+
+
+def add_run_options(parser: argparse.ArgumentParser, out: str) -> None:
+    """The options every study script takes: recipe overrides, the embedded CLIP's pretraining,
+    where the runs go, how many run at once with how many threads, the report, the plan."""
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="a recipe override for every run (repeatable), e.g. "
+                             "train.batch_size=64")
+    parser.add_argument("--embedded-seed", type=int, default=0,
+                        help="which pretraining of the embedded CLIP (model.embedded_seed)")
+    parser.add_argument("--out", type=Path, default=Path(out))
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--threads", type=int,
+                        help="threads per run (default: cpu_count // jobs, at least 1)")
+    parser.add_argument("--report", type=Path, help="write the Markdown block into this file")
+    parser.add_argument("--dry-run", action="store_true")
+
+
+def print_plan(commands, footer: str) -> None:
+    """``--dry-run``: every command (without the interpreter), then ``# FOOTER``."""
+    for cmd in commands:
+        print(shlex.join(cmd[1:]))
+    print(f"# {footer}")
+
+
+def threads_per_run(args: argparse.Namespace) -> int:
+    """``--threads``, else the CPUs shared out over ``--jobs`` (at least 1)."""
+    return args.threads or max(1, (os.cpu_count() or 1) // max(1, args.jobs))
 
 
 def compare_markdown(patterns: list[str], by: str, baseline: str, top: int = 2) -> str:

@@ -29,7 +29,6 @@ between ``<!-- tasks:begin -->`` and ``<!-- tasks:end -->`` of that file (replac
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import json
 import os
 import shlex
@@ -38,7 +37,8 @@ import time
 from datetime import date
 from pathlib import Path
 
-from cli_runs import compare_markdown, execute, replace_block
+from cli_runs import (add_run_options, compare_markdown, print_plan, replace_block, run_all,
+                      threads_per_run)
 
 # task -> (recipe, plain baselines, the baseline of the paired differences, what a row means)
 TASKS = {
@@ -82,31 +82,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--embedded-seed", type=int, default=0,
-                   help="which pretraining of the embedded CLIP (model.embedded_seed)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="a recipe override for every run (repeatable)")
-    p.add_argument("--out", type=Path, default=Path("runs/tasks"))
-    p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--threads", type=int,
-                   help="threads per run (default: cpu_count // jobs, at least 1)")
-    p.add_argument("--report", type=Path, help="write the Markdown block into this file")
-    p.add_argument("--dry-run", action="store_true")
+    add_run_options(p, "runs/tasks")
     args = p.parse_args()
-    threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.jobs))
+    threads = threads_per_run(args)
     out = args.out.resolve()
     commands = plan(args, out)
     if args.dry_run:
-        for cmd in commands.values():
-            print(shlex.join(cmd[1:]))
-        print(f"# {len(commands)} runs")
-        return
+        return print_plan(commands.values(), f"{len(commands)} runs")
     t0 = time.perf_counter()
-    with cf.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [pool.submit(execute, cmd, out / task / f"{method}_s{seed}", threads)
-                   for (task, method, seed), cmd in commands.items()]
-        for future in futures:
-            future.result()
+    run_all({key: (cmd, out / key[0] / f"{key[1]}_s{key[2]}")
+             for key, cmd in commands.items()}, args.jobs, threads)
     minutes = (time.perf_counter() - t0) / 60
     cmdline = "python benchmarks/tasks.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     parts = [f"`{cmdline.strip()}` ({date.today().isoformat()}, {minutes:.0f} min, "

@@ -24,7 +24,6 @@ Output: ``OUT/vqa.json`` and, with ``--report``, the block between ``<!-- vqa:be
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import json
 import os
 import shlex
@@ -33,7 +32,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from cli_runs import ROOT, compare_markdown, execute, replace_block
+from cli_runs import (ROOT, add_run_options, compare_markdown, print_plan, replace_block,
+                      run_all, threads_per_run)
 
 VAL_SET = ('[{ name = "synth-vqa", label = "vqa-mono", domains = ["mono"], '
            'kinds = ["shape", "size", "position", "count"] }]')
@@ -74,18 +74,9 @@ def main() -> None:
     p.add_argument("--lambdas", type=float, nargs="+", default=[0.1, 0.3, 0.9])
     p.add_argument("--icl", type=float, nargs="+", default=[0.0, 1.0])
     p.add_argument("--steps", type=int, help="train.steps of every run (default: the recipe's)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="a recipe override for every run (repeatable), e.g. train.batch_size=64")
-    p.add_argument("--embedded-seed", type=int, default=0,
-                   help="which pretraining of the embedded CLIP (model.embedded_seed)")
-    p.add_argument("--out", type=Path, default=Path("runs/vqa"))
-    p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--threads", type=int,
-                   help="threads per run (default: cpu_count // jobs, at least 1)")
-    p.add_argument("--report", type=Path, help="write the Markdown block into this file")
-    p.add_argument("--dry-run", action="store_true")
+    add_run_options(p, "runs/vqa")
     args = p.parse_args()
-    threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.jobs))
+    threads = threads_per_run(args)
     out = args.out.resolve()
     sweep_dir, test_dir = out / "sweep", out / "test"
     grid = [(lam, icl) for lam in args.lambdas for icl in args.icl]
@@ -95,19 +86,14 @@ def main() -> None:
                                     args.steps, args.embedded_seed, args.sets)
              for lam, icl in grid for s in args.sweep_seeds}
     if args.dry_run:
-        for cmd in sweep.values():
-            print(shlex.join(cmd[1:]))
-        print(f"# phase 1: {len(sweep)} runs; phase 2: {2 * len(args.seeds)} runs")
-        return
+        return print_plan(sweep.values(),
+                          f"phase 1: {len(sweep)} runs; phase 2: {2 * len(args.seeds)} runs")
     t0 = time.perf_counter()
 
     def launch(cmds: dict, folder: Path) -> dict:
         folder.mkdir(parents=True, exist_ok=True)
-        with cf.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            futures = {key: pool.submit(execute, cmd, folder / cmd[cmd.index("--set") + 1]
-                                        .split("=", 1)[1], threads)
-                       for key, cmd in cmds.items()}
-            return {key: f.result() for key, f in futures.items()}
+        return run_all({key: (cmd, folder / cmd[cmd.index("--set") + 1].split("=", 1)[1])
+                        for key, cmd in cmds.items()}, args.jobs, threads)
 
     results = launch(sweep, sweep_dir)
     means = {(lam, icl): float(np.mean([accuracy(results[(lam, icl, s)], "vqa-mono")
