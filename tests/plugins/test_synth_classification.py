@@ -115,3 +115,45 @@ def test_world_never_mixes_in_the_validation_domain(synth_factories):
     with pytest.raises(RecipeError) as info:
         synth_factories["synth-world"]({"mix": {"mono": 1}}, "train", None)
     assert info.value.key == "data.mix.mono"
+
+
+def test_colour_bias_ties_colours_to_classes_and_nothing_else(synth_factories):
+    from tracer_plugins.datasets.synth.rendering import class_colours, render
+
+    plain = render("photo", 2000, 5, return_attributes=True)
+    biased = render("photo", 2000, 5, colour_bias=0.8, return_attributes=True)
+    np.testing.assert_array_equal(plain[1], biased[1])  # same labels
+    for key in ("size", "position", "rotation", "background"):
+        assert [a[key] for a in plain[3]] == [a[key] for a in biased[3]]
+    typical = [synth.COLOURS[class_colours(range(len(synth.COLOURS)))[a["label"]]]
+               for a in biased[3]]
+    share = np.mean([a["colour"] == c for a, c in zip(biased[3], typical)])
+    # 80% take their class's colour, and 1 in 8 of the rest draws it anyway: 0.825.
+    assert abs(share - 0.825) < 4 * np.sqrt(0.825 * 0.175 / 2000)
+    assert np.mean([a["colour"] == c for a, c in zip(plain[3], typical)]) < 0.2
+    every = render("photo", 300, 5, colour_bias=1.0, return_attributes=True)[3]
+    assert all(a["colour"] == c for a, c in zip(every, typical))
+    # A caption that names a colour names the one drawn: the text stays true to the pixels.
+    captions = render("photo", 300, 5, colour_bias=1.0)[2]
+    named = [(a["colour"], [c for c in synth.COLOURS if f" {c} " in f" {t} "])
+             for a, t in zip(every, captions)]
+    assert sum(bool(names) for _, names in named) > 50
+    assert all(names == [colour] for colour, names in named if names)
+
+
+def test_colour_bias_option(synth_factories):
+    spec = {"size": 40, "colour_bias": 1.0}
+    bundle = synth_factories["synth-photo"](spec, "test", None)
+    assert bundle.info["colour_bias"] == 1.0
+    plain = synth_factories["synth-photo"]({"size": 40}, "test", None)
+    assert "colour_bias" not in plain.info  # bias 0 is the plain domain, images unchanged
+    np.testing.assert_array_equal(
+        plain.dataset.images, synth_factories["synth-photo"](
+            {"size": 40, "colour_bias": 0}, "test", None).dataset.images)
+    narrow = synth_factories["synth-photo-narrow"](
+        {"size": 200, "colour_bias": 1.0, "colours": ["red", "blue"]}, "train", None)
+    assert narrow.info["colour_bias"] == 1.0
+    with pytest.raises(RecipeError, match=r"data\.colour_bias.*<= 1"):
+        synth_factories["synth-photo"]({"size": 4, "colour_bias": 1.5}, "test", None)
+    with pytest.raises(RecipeError, match="colour_bias"):  # sketches have no colour to bias
+        synth_factories["synth-sketch"]({"size": 4, "colour_bias": 0.5}, "test", None)

@@ -20,7 +20,7 @@ from tracer_cli.options import Options
 from tracer_plugins.datasets.synth.factory import as_image, open_options, read_names, split_seed
 from tracer_plugins.datasets.synth.rendering import render
 from tracer_plugins.datasets.synth.world import (
-    BACKGROUNDS, CLASSNAMES, COLOURS, DOMAINS, TEMPLATES, VALIDATION_DOMAINS)
+    BACKGROUNDS, CLASSNAMES, COLOURLESS, COLOURS, DOMAINS, TEMPLATES, VALIDATION_DOMAINS)
 
 DEFAULT_MIX = {"photo": 0.7, "sketch": 0.1, "cartoon": 0.1, "noisy": 0.1}
 
@@ -54,16 +54,25 @@ def domain_factory(domain: str) -> Callable[..., DatasetBundle]:
 
     def factory(spec: dict[str, Any], split: str, transform=None) -> DatasetBundle:
         opts, common = open_options(spec, split)
+        bias = {} if domain in COLOURLESS else read_colour_bias(opts)
         opts.done()
         images, labels, captions = render(domain, common["size"],
-                                          split_seed(common["seed"], split), common["image_size"])
+                                          split_seed(common["seed"], split), common["image_size"],
+                                          **bias)
         return _bundle(images, labels, captions, transform,
-                       {"domain": domain, "split": split, **common, **role})
+                       {"domain": domain, "split": split, **common, **bias, **role})
     factory.__name__ = f"synth_{domain}"
     return factory
 
 
 NARROW_COLOURS = ("red", "blue", "green", "yellow")
+
+
+def read_colour_bias(opts: Options) -> dict[str, float]:
+    """The ``colour_bias`` option (0 to 1, default 0): the chance that an image shows its class's
+    colour instead of an independent one. ``{}`` at 0, so unbiased renders stay as they were."""
+    bias = opts.float("colour_bias", default=0.0, minimum=0.0, maximum=1.0)
+    return {"colour_bias": bias} if bias else {}
 
 
 def synth_photo_narrow(spec: dict[str, Any], split: str, transform=None) -> DatasetBundle:
@@ -77,12 +86,13 @@ def synth_photo_narrow(spec: dict[str, Any], split: str, transform=None) -> Data
     opts, common = open_options(spec, split)
     colours = read_names(opts, "colours", NARROW_COLOURS, COLOURS)
     backgrounds = read_names(opts, "backgrounds", BACKGROUNDS, BACKGROUNDS)
+    bias = read_colour_bias(opts)
     opts.done()
     images, labels, captions = render("photo", common["size"], split_seed(common["seed"], split),
-                                      common["image_size"], colours, backgrounds)
+                                      common["image_size"], colours, backgrounds, **bias)
     return _bundle(images, labels, captions, transform,
                    {"domain": "photo-narrow", "split": split, **common,
-                    "colours": colours, "backgrounds": backgrounds})
+                    "colours": colours, "backgrounds": backgrounds, **bias})
 
 
 def _read_mix(opts: Options) -> dict[str, float]:

@@ -51,11 +51,36 @@ class Chunk(NamedTuple):
     captions: list[str]
 
 
+_BIAS_STREAM = int.from_bytes(b"bias", "little")  # seed-sequence tag of the colour-bias draws
+
+
+def class_colours(colours: Sequence[int]) -> np.ndarray:
+    """The colour each class takes under a colour bias: class ``i`` gets ``colours[i % k]``."""
+    return np.asarray(colours)[np.arange(len(CLASSNAMES)) % len(colours)]
+
+
+def bias_colours(attrs: dict[str, np.ndarray], domain: str, seed: int, index: int,
+                 colours: Sequence[int], colour_bias: float) -> None:
+    """Give each image of the chunk its class's colour (:func:`class_colours`) with probability
+    ``colour_bias``, in place; the other images keep their independent draw.
+
+    The draws come from a stream of their own, so a chunk's other attributes and pixels are the
+    same at every bias, and a bias of 0 changes nothing.
+    """
+    if colour_bias <= 0:
+        return
+    rng = np.random.default_rng([seed, DOMAIN_ID[domain], _BIAS_STREAM, index])
+    biased = rng.random(CHUNK) < colour_bias
+    attrs["colour"] = np.where(biased, class_colours(colours)[attrs["label"]], attrs["colour"])
+
+
 def _render_chunk(domain: str, seed: int, index: int, side: int,
-                  colours: tuple[int, ...], backgrounds: tuple[int, ...]) -> Chunk:
+                  colours: tuple[int, ...], backgrounds: tuple[int, ...],
+                  colour_bias: float = 0.0) -> Chunk:
     # Attributes and pixels get separate streams, so attributes do not depend on the resolution.
     attr_seq, pixel_seq = np.random.SeedSequence([seed, DOMAIN_ID[domain], index]).spawn(2)
     attrs = sample_attributes(np.random.default_rng(attr_seq), colours, backgrounds)
+    bias_colours(attrs, domain, seed, index, colours, colour_bias)
     dist, u, v = shape_distance(attrs, side)
     image = PAINTERS[domain](np.random.default_rng(pixel_seq), attrs, dist, u, v, side)
     images = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
@@ -83,10 +108,10 @@ def run_chunks(work: Callable[[int], Chunk], n: int) -> list[Chunk]:
 
 @functools.lru_cache(maxsize=8)
 def _render_cached(domain: str, n: int, seed: int, side: int, colours: tuple[int, ...],
-                   backgrounds: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, list[str],
-                                                          dict[str, np.ndarray]]:
+                   backgrounds: tuple[int, ...], colour_bias: float = 0.0
+                   ) -> tuple[np.ndarray, np.ndarray, list[str], dict[str, np.ndarray]]:
     work = functools.partial(_render_chunk, domain, seed, side=side, colours=colours,
-                             backgrounds=backgrounds)
+                             backgrounds=backgrounds, colour_bias=colour_bias)
     parts = run_chunks(work, n)
     images = np.concatenate([p.images for p in parts])[:n]
     attrs = {key: np.concatenate([p.attrs[key] for p in parts])[:n] for key in parts[0].attrs}
@@ -97,40 +122,48 @@ def _render_cached(domain: str, n: int, seed: int, side: int, colours: tuple[int
     return images, labels, captions, attrs
 
 
-def check_render(domain: str, n: int, image_size: int) -> None:
-    """Reject an unknown domain, a negative count or an image side under 8 pixels."""
+def check_render(domain: str, n: int, image_size: int, colour_bias: float = 0.0) -> None:
+    """Reject an unknown domain, a negative count, an image side under 8 pixels, or a colour
+    bias outside [0, 1] or on a domain without colour."""
     if domain not in RENDER_DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; allowed: {', '.join(RENDER_DOMAINS)}")
     if n < 0 or image_size < 8:
         raise ValueError(f"need n >= 0 and image_size >= 8, got n={n}, image_size={image_size}")
+    if not 0 <= colour_bias <= 1:
+        raise ValueError(f"colour_bias must lie in [0, 1], got {colour_bias}")
+    if colour_bias and domain in COLOURLESS:
+        raise ValueError(f"domain {domain!r} draws no colour, so it takes no colour_bias")
 
 
 def render_arrays(domain: str, n: int, seed: int, image_size: int,
                   colours: Sequence[str] | None = None,
-                  backgrounds: Sequence[str] | None = None):
+                  backgrounds: Sequence[str] | None = None, colour_bias: float = 0.0):
     """:func:`render`'s cached arrays for ``n >= 1``: images, labels, captions, raw attributes."""
     colour_ids = _indices(colours, COLOURS, "colours")
     background_ids = _indices(backgrounds, DOMAIN_BACKGROUNDS[domain], f"{domain} backgrounds")
-    return _render_cached(domain, n, seed, image_size, colour_ids, background_ids)
+    return _render_cached(domain, n, seed, image_size, colour_ids, background_ids,
+                          float(colour_bias))
 
 
 def render(domain: str, n: int, seed: int, image_size: int = 32,
            colours: Sequence[str] | None = None, backgrounds: Sequence[str] | None = None,
-           return_attributes: bool = False):
+           return_attributes: bool = False, colour_bias: float = 0.0):
     """Render ``n`` images of ``domain`` (one of :data:`RENDER_DOMAINS`) from ``seed``.
 
     Returns ``(images, labels, captions)``: a read-only uint8 array N×H×W×3, read-only int64
     labels (indices into :data:`CLASSNAMES`) and a list of captions; with ``return_attributes``
     a fourth item, one dict per image (domain, label, shape, colour, size, position, rotation,
     background). ``colours`` / ``backgrounds`` restrict the draws to those names (backgrounds
-    must belong to the domain: :data:`DOMAIN_BACKGROUNDS`). Results are cached per argument set.
+    must belong to the domain: :data:`DOMAIN_BACKGROUNDS`). ``colour_bias`` gives each image
+    its class's colour with that probability (:func:`bias_colours`), as a dataset whose classes
+    come in typical colours does. Results are cached per argument set.
     """
-    check_render(domain, n, image_size)
+    check_render(domain, n, image_size, colour_bias)
     if n == 0:
         empty = np.zeros((0, image_size, image_size, 3), np.uint8)
         return (empty, np.zeros(0, np.int64), [], *([[]] if return_attributes else []))
     images, labels, captions, attrs = render_arrays(domain, n, seed, image_size,
-                                                    colours, backgrounds)
+                                                    colours, backgrounds, colour_bias)
     if not return_attributes:
         return images, labels, list(captions)
     return images, labels, list(captions), [_describe(domain, attrs, i) for i in range(n)]
