@@ -445,14 +445,14 @@ def resolve_cache(tasks: Sequence[Task]) -> None:
 
 
 def embedded_cached(arch_seed: tuple[str, int]) -> bool:
-    """Whether the embedded tiny CLIP of this pretraining seed is already built (False when
-    tracer cannot tell)."""
+    """Whether the embedded tiny CLIP of this pretraining seed is already built, or shipped with
+    tracer (unpacked in seconds, no build); False when tracer cannot tell."""
     try:
-        from tracer_plugins.backbones.embedded import embedded_path
+        from tracer_plugins.backbones.embedded import embedded_path, shipped_path
     except ImportError:
         return False
     try:
-        return embedded_path(*arch_seed).is_file()
+        return embedded_path(*arch_seed).is_file() or shipped_path(*arch_seed).is_file()
     except Exception:  # an engine older or newer than this script: assume a build
         return False
 

@@ -136,12 +136,20 @@ class WeightsBuild:
     ``overrides`` (``--set`` items) exactly as ``tracer finetune`` would, stores the student's
     weights at ``target`` (``{"state_dict": ...}``, with the run's lock file beside it as
     ``<target>.lock.toml``), and then calls the factory, which loads them.
+
+    Optional: ``finalize(state_dict, checkpoint)`` turns the trained student's weights (and the
+    run's last checkpoint, optimizer state included) into the weights kept at ``target``;
+    ``shipped()`` returns ``(state_dict, lock_text)`` of weights packaged with the plugin for
+    exactly this ``target``, checked for integrity, which the engine keeps instead of training.
     """
 
     recipe: str
     overrides: tuple[str, ...]
     target: Path
     what: str  # for the notice: "the embedded tiny CLIP 'tracer-tiny-rn' (...)"
+    finalize: Callable[[dict[str, torch.Tensor], dict[str, Any]], dict[str, torch.Tensor]] | None \
+        = None
+    shipped: Callable[[], tuple[dict[str, torch.Tensor], str]] | None = None
 
 
 class Task(Protocol):

@@ -73,7 +73,9 @@ def test_rn50_recipe_runs_two_steps_from_random_init(runner, tmp_path):
 def test_resnet_and_vit_projections():
     rn = make_backbone({"arch": "tracer-tiny-rn"}).model
     v, t = visual_text_projections(rn)
-    assert v.shape == (rn.visual.attnpool.c_proj.in_features, 128) and t.shape == (128, 128)
+    dim = rn.text_projection.shape[1]  # the embedding width (64 for tracer-tiny-rn)
+    assert v.shape == (rn.visual.attnpool.c_proj.in_features, dim) and t.shape == (dim, dim)
+    assert v.shape[0] != dim  # the projection's input is the tower's width, not the embedding
     assert v.data_ptr() == rn.visual.attnpool.c_proj.weight.data_ptr()  # a view, not a copy
     vit = make_backbone({"arch": "tracer-tiny-vit"}).model
     v, t = visual_text_projections(vit)

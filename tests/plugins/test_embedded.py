@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from tracer_cli.engine.build import backbone_from_options
-from tracer_cli.errors import MissingResourceError
+from tracer_cli.errors import MissingResourceError, UsageError
 from tracer_cli.events import Reporter, use_reporter
 from tracer_plugins.backbones import embedded
 from tracer_plugins.backbones.openclip import make_backbone
@@ -155,3 +155,145 @@ def test_building_twice_gives_identical_weights(tmp_path, monkeypatch):
         assert torch.equal(first[key], second[key]), key
     # The build did train: its lock file records the steps run.
     assert "steps = 4" in path.with_suffix(".lock.toml").read_text()
+
+
+def _fake_state(rows: int = 50) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    state = {"token_embedding.weight": torch.randn(rows, 8, generator=g) * 0.02,
+             "visual.conv1.weight": torch.randn(4, 3, 3, 3, generator=g),
+             "visual.bn1.num_batches_tracked": torch.tensor(7)}
+    trained = torch.zeros(rows, dtype=torch.bool)
+    trained[[1, 4, 9]] = True
+    return state, trained
+
+
+def test_pack_keeps_trained_rows_in_float16_and_redraws_the_rest():
+    state, trained = _fake_state()
+    packed = embedded.pack(state, trained)
+    assert all(v.dtype in (torch.float16, torch.int32, torch.int64) for v in packed.values())
+    out = embedded.unpack(packed)
+    assert out.keys() == state.keys()
+    assert out["visual.bn1.num_batches_tracked"].item() == 7
+    torch.testing.assert_close(out["visual.conv1.weight"], state["visual.conv1.weight"],
+                               rtol=1e-3, atol=1e-4)  # float16 rounding
+    table, original = out["token_embedding.weight"], state["token_embedding.weight"]
+    assert table.dtype == torch.float32 and table.shape == original.shape
+    torch.testing.assert_close(table[trained], original[trained], rtol=1e-3, atol=1e-6)
+    # Untrained rows: redrawn at the measured scale, the same draw every time.
+    assert not torch.equal(table[~trained], original[~trained].half().float())
+    rms = table[~trained].pow(2).mean().sqrt()
+    torch.testing.assert_close(rms, original[~trained].pow(2).mean().sqrt(), rtol=0.1, atol=0)
+    assert torch.equal(embedded.unpack(packed)["token_embedding.weight"], table)
+    # Values already in float16 pass a second packing unchanged.
+    again = embedded.unpack(embedded.pack(out, trained))
+    for key in ("visual.conv1.weight", "visual.bn1.num_batches_tracked"):
+        assert torch.equal(again[key], out[key]), key
+    assert torch.equal(again["token_embedding.weight"][trained], table[trained])
+
+
+def test_trained_rows_read_from_the_optimizer_state():
+    state, trained = _fake_state()
+    moment = torch.zeros(50, 8)
+    moment[trained] = 1e-9
+    checkpoint = {"optimizer": {"state": {0: {"exp_avg_sq": moment},
+                                          1: {"exp_avg_sq": torch.ones(4, 3, 3, 3)}}}}
+    assert torch.equal(embedded.trained_rows(checkpoint, torch.Size([50, 8])), trained)
+    # Without an optimizer state that singles the table out, every row counts as trained.
+    assert embedded.trained_rows({}, torch.Size([50, 8])).all()
+
+
+def test_shipped_weights_are_unpacked_instead_of_trained(tmp_path, monkeypatch):
+    """The packed file benchmarks/embedded_weights.py writes from a pretraining run unpacks to
+    exactly what a build of that run keeps (``finalize``: the same stored numbers through the
+    same functions, so bit-exact), and a shipped file means no training at all."""
+    import importlib.util
+
+    import pytest
+
+    from tracer_cli import recipe as recipe_mod
+    from tracer_cli import rundir
+    from tracer_cli.engine import checkpoint
+    from tracer_cli.engine.run import finetune
+
+    spec = importlib.util.spec_from_file_location(
+        "embedded_weights",
+        Path(__file__).resolve().parents[2] / "benchmarks" / "embedded_weights.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(embedded, "pretrain_recipe_text", lambda: TINY_PRETRAIN)
+    monkeypatch.setenv(embedded.CACHE_ENV, str(tmp_path / "unused"))
+    source = tmp_path / "tiny_pretrain.toml"
+    source.write_text(TINY_PRETRAIN)
+    overrides = list(embedded.build_overrides("tracer-tiny-rn", 0))
+    with use_reporter(_Notices()) as reporter:
+        run = finetune(recipe_mod.load(source, overrides), output_dir=tmp_path / "runs",
+                       reporter=reporter).run_dir
+    last = checkpoint.load(rundir.last_path(run))
+    expected = embedded.finalize(last["state_dict"], last)
+
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", str(threads))  # the script sets it; restored after
+    assert script.main(["--from", str(run), "--out", str(tmp_path / "weights"),
+                        "--threads", str(threads)]) == 0
+    monkeypatch.setattr(embedded, "WEIGHTS_DIR", tmp_path / "weights")
+    shipped = embedded.shipped_path("tracer-tiny-rn")
+    assert shipped.is_file() and shipped.stat().st_size < 4_000_000
+    monkeypatch.setenv(embedded.CACHE_ENV, str(tmp_path / "shipped"))
+    notices = _Notices()
+    with use_reporter(notices):
+        backbone_from_options("openclip", {"arch": "tracer-tiny-rn", "pretrained": "embedded"})
+    assert any("unpacked the weights shipped" in n for n in notices.lines)
+    assert not any("building" in n for n in notices.lines)
+    path = embedded.embedded_path("tracer-tiny-rn")
+    assert path.with_suffix(".lock.toml").read_text().count("steps = 2") == 1
+    unpacked = torch.load(path, weights_only=True)["state_dict"]
+    assert unpacked.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(unpacked[key], expected[key]), key
+
+    # A run of another recipe or seed is refused: it is not this build.
+    assert script.main(["--from", str(run), "--seed", "1", "--out",
+                        str(tmp_path / "other")]) == 2
+
+    # A damaged file is refused, naming it, before anything is cached.
+    shipped.write_bytes(shipped.read_bytes()[:-1] + b"\0")
+    monkeypatch.setenv(embedded.CACHE_ENV, str(tmp_path / "damaged"))
+    with pytest.raises(UsageError, match="damaged"):
+        backbone_from_options("openclip", {"arch": "tracer-tiny-rn", "pretrained": "embedded"})
+    assert not embedded.embedded_path("tracer-tiny-rn").exists()
+    shipped.with_name(shipped.name + ".sha256").unlink()
+    with pytest.raises(UsageError, match="come without .*sha256"):
+        backbone_from_options("openclip", {"arch": "tracer-tiny-rn", "pretrained": "embedded"})
+
+
+def test_a_build_keeps_its_finalized_weights(tmp_path, monkeypatch):
+    """Without shipped weights the engine trains, then keeps ``finalize``'s output."""
+    calls = []
+
+    def finalize(state, last):
+        calls.append(sorted(last))
+        return embedded.unpack(embedded.pack(state, torch.ones(len(state[embedded.TOKEN_KEY]),
+                                                               dtype=torch.bool)))
+
+    monkeypatch.setattr(embedded, "finalize", finalize)
+    monkeypatch.setattr(embedded, "pretrain_recipe_text", lambda: TINY_PRETRAIN)
+    monkeypatch.setattr(embedded, "WEIGHTS_DIR", tmp_path / "none")
+    monkeypatch.setenv(embedded.CACHE_ENV, str(tmp_path / "cache"))
+    with use_reporter(_Notices()):
+        backbone_from_options("openclip", {"arch": "tracer-tiny-rn", "pretrained": "embedded"})
+    assert len(calls) == 1 and "optimizer" in calls[0]
+    saved = torch.load(embedded.embedded_path("tracer-tiny-rn"), weights_only=True)["state_dict"]
+    for value in saved.values():  # float16-rounded, stored as float32
+        if value.is_floating_point():
+            assert value.dtype == torch.float32 and torch.equal(value, value.half().float())
+
+
+def test_the_repository_ships_seed_0_of_the_current_build():
+    """Editing the pretraining recipe, the arch config or BUILD_VERSION changes the digest; the
+    shipped file must then be rebuilt (python benchmarks/embedded_weights.py), or every
+    newcomer's first run silently pretrains for minutes."""
+    path = embedded.shipped_path("tracer-tiny-rn", 0)
+    assert path.is_file(), f"{path.name} missing: run python benchmarks/embedded_weights.py"
+    recorded = path.with_name(path.name + ".sha256").read_text().split()[0]
+    assert embedded.file_sha256(path) == recorded
+    assert path.stat().st_size < 4_000_000

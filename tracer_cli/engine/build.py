@@ -59,13 +59,24 @@ def backbone_from_options(name: str, options: dict[str, Any]) -> Backbone:
 
 
 def train_weights(build: WeightsBuild) -> Path:
-    """Run ``build.recipe`` as ``tracer finetune`` would (in a temporary run directory) and keep
-    the student's weights at ``build.target``, with the run's lock file beside it."""
+    """Keep ``build``'s weights at ``build.target``, with their lock file beside it: the
+    plugin's packaged weights when it ships them (``build.shipped``), else ``build.recipe`` run
+    as ``tracer finetune`` would (in a temporary run directory), its student's weights passed
+    through ``build.finalize`` when given."""
     from tracer_cli import recipe as recipe_mod
     from tracer_cli.engine import checkpoint
     from tracer_cli.engine.run import finetune
 
     reporter = current_reporter()
+    if build.shipped is not None:
+        state, lock = build.shipped()
+        build.target.parent.mkdir(parents=True, exist_ok=True)
+        # The lock first: the weights file appearing is what marks the build complete.
+        build.target.with_suffix(".lock.toml").write_text(lock, encoding="utf-8")
+        checkpoint.save(build.target, {"state_dict": state})
+        reporter.notice(f"{build.what}: unpacked the weights shipped with tracer to "
+                        f"{build.target}")
+        return build.target
     reporter.notice(f"building {build.what} (one-time training; it will be cached at "
                     f"{build.target})")
     with tempfile.TemporaryDirectory(prefix="tracer-weights-") as tmp:
@@ -73,10 +84,14 @@ def train_weights(build: WeightsBuild) -> Path:
         source.write_text(build.recipe, encoding="utf-8")
         recipe = recipe_mod.load(source, list(build.overrides))
         result = finetune(recipe, output_dir=Path(tmp) / "runs", reporter=reporter)
-        state = checkpoint.load(rundir.last_path(result.run_dir))["state_dict"]
-        checkpoint.save(build.target, {"state_dict": state})
+        last = checkpoint.load(rundir.last_path(result.run_dir))
+        state = last["state_dict"]
+        if build.finalize is not None:
+            state = build.finalize(state, last)
         lock = rundir.recipe_lock_path(result.run_dir).read_text(encoding="utf-8")
+        build.target.parent.mkdir(parents=True, exist_ok=True)
         build.target.with_suffix(".lock.toml").write_text(lock, encoding="utf-8")
+        checkpoint.save(build.target, {"state_dict": state})
     values = sum(v.numel() for v in state.values() if torch.is_tensor(v))
     reporter.notice(f"{build.what} ready: {build.target} ({values:,} values)")
     return build.target
