@@ -32,6 +32,7 @@ import torch
 
 from tracer_cli.contracts import WeightsBuild
 from tracer_cli.errors import UsageError
+from tracer_cli.export import sha256 as file_sha256
 
 CACHE_ENV = "TRACER_CACHE"
 PRETRAIN_RECIPE = "tiny_pretrain.toml"
@@ -146,14 +147,6 @@ def unpack(packed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def finalize(state: dict[str, torch.Tensor], checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     """What a build keeps: ``unpack(pack(state))``, exactly what its shipped form unpacks to."""
     return unpack(pack(state, trained_rows(checkpoint, state[TOKEN_KEY].shape)))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_shipped(path: Path) -> tuple[dict[str, torch.Tensor], str]:
