@@ -100,9 +100,10 @@ EMA_UPDATES_PER_RUN = 50
 # better, measured on a busy 2-core machine at 1 thread: recipes/synth_tracer.toml at 150 steps
 # took 196 s, synth_zeroshot 38 s (start-up, rendering, evaluations of 4 x 7,000 images), a
 # validation evaluation 21 s; quickstart's steps cost 0.63-0.95 s each. Building an embedded CLIP
-# in one job slot (1 thread): ~20 min (281,600 images at ~240 img/s).
+# in one job slot (1 thread; build version 5, only when its weights are not shipped): ~22 min
+# (768,000 images at ~580 img/s).
 EST_OVERHEAD_S, EST_STEP_S = 50.0, 0.8
-EST_EVAL_S, EST_EVAL_PER_MODEL_S, EST_BUILD_S = 8.0, 13.0, 1200.0
+EST_EVAL_S, EST_EVAL_PER_MODEL_S, EST_BUILD_S = 8.0, 13.0, 1320.0
 
 
 # --------------------------------------------------------------------------- choosing
