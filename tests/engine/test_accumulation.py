@@ -54,7 +54,12 @@ def _step(path, accum: int, *sets: str):
     return record, grads
 
 
-def assert_same_gradients(expected: dict, actual: dict, rel: float = 1e-5) -> None:
+def assert_same_gradients(expected: dict, actual: dict, rel: float = 1e-4) -> None:
+    """Each gradient within ``rel`` of its largest entry. Whole-batch and micro-batched steps sum
+    the same terms in another order and shape: conv1's gradient sums 16 images x 32 x 32
+    positions with cancellation, and float32 rounding of such a sum reached 1.15e-5 of the
+    largest entry on one CI machine (2026-12-02), above the earlier 1e-5. A dropped or mis-scaled
+    micro-batch moves the gradient by a quarter of itself or more, far above 1e-4."""
     assert expected.keys() == actual.keys() and len(expected) > 3
     for name, g in expected.items():
         tol = rel * float(g.abs().max()) + 1e-8
