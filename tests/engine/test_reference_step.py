@@ -38,6 +38,7 @@ import json
 import math
 from pathlib import Path
 
+import open_clip
 import pytest
 import torch
 
@@ -68,8 +69,6 @@ RECORDER = _recorder()
 
 def _weights_folder(folder: Path) -> Path:
     """An open_clip ``local-dir`` folder: the recorded model config and the seeded θ₀."""
-    import open_clip
-
     cfg = DATA["model_config"]
     net = open_clip.CLIP(cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"],
                          quick_gelu=cfg["quick_gelu"])
@@ -107,9 +106,9 @@ def _trainer(recipe: recipe_mod.Recipe, settings: dict):
     # The reference decays every parameter (one AdamW group, tracer_loss.py l.168).
     for group in trainer.optimizer.param_groups:
         group["weight_decay"] = settings["weight_decay"]
+    params = dict(backbone.model.named_parameters())
     floating_buffers = [n for n, b in backbone.model.state_dict().items()
-                        if b.is_floating_point() and n not in dict(
-                            backbone.model.named_parameters())]
+                        if n not in params and b.is_floating_point()]
     assert not floating_buffers  # so averaging BatchNorm buffers cannot act here
     return trainer
 
@@ -223,7 +222,8 @@ def test_a_whole_run_matches_the_reference_step_by_step(tiny_recipe, tmp_path, m
     trainer = _trainer(recipe, settings)
     theta0 = {n: p.detach().clone() for n, p in trainer.student.named_parameters()}
     assert RECORDER.fingerprint(theta0, theta0)["all"]["weights"] == \
-        pytest.approx(expected["theta0"], rel=1e-12)  # the same initial weights
+        pytest.approx(expected["theta0"], rel=1e-12), \
+        "initial_state() no longer draws the recorded initial weights (record them again)"
     records = _run(trainer, settings, monkeypatch)
     ulps = _ulps(theta0)
     assert len(records) == len(expected["steps"])
