@@ -115,7 +115,8 @@ def _quiet_root_logger():
         root.setLevel(level)
 
 
-LOCATION_SCHEMAS = ("local-dir", "hf-hub")
+# Archs whose name is a location holding their config and weights.
+_LOCATION_SCHEMAS = ("local-dir", "hf-hub")
 
 
 def _is_tag(arch: str, pretrained: str) -> bool:
@@ -134,7 +135,7 @@ def quick_gelu_for(arch: str, pretrained: str, requested: bool | None) -> bool |
     contradicts them is a recipe error. None for ``local-dir:`` / ``hf-hub:`` archs, whose own
     ``open_clip_config.json`` decides. Nothing is built or downloaded.
     """
-    if arch.split(":", 1)[0] in LOCATION_SCHEMAS:
+    if arch.split(":", 1)[0] in _LOCATION_SCHEMAS:
         if requested is not None:
             raise RecipeError("model.quick_gelu", f"does not apply to '{arch}': its "
                               "open_clip_config.json says how the weights were trained "
@@ -321,8 +322,7 @@ class OpenClipBackbone:
                  image_size: int | None = None, embedded_seed: int = 0,
                  quick_gelu: bool | None = None, train_augment: str = "crop"):
         register_tiny_configs()
-        if not arch.startswith(("local-dir:", "hf-hub:")) and \
-                arch not in open_clip.list_models():
+        if arch.split(":", 1)[0] not in _LOCATION_SCHEMAS and arch not in open_clip.list_models():
             import difflib
 
             close = difflib.get_close_matches(arch, open_clip.list_models(), n=3)
@@ -496,7 +496,7 @@ class OpenClipFactory:
     # `tracer eval --model openclip:ARCH:PRETRAINED`: archs whose name is a location holding their
     # weights, and what PRETRAINED may be (without it, pretrained = "none" would silently give
     # random weights).
-    location_archs = ("local-dir", "hf-hub")
+    location_archs = _LOCATION_SCHEMAS
     weights_required = ("an open_clip tag such as 'openai', a weights file, 'embedded' or "
                         "'none'")
 

@@ -2,8 +2,8 @@
 
 A folder open_clip's ``local-dir:`` loader (and so CLIP_benchmark) reads as it is:
 ``open_clip_config.json`` (the model config the run's backbone was built from, its activation
-``quick_gelu`` spelled out, and its preprocessing, so nothing is silently defaulted) and ``open_clip_model.safetensors``, the first weights name that
-loader looks for. For archs open_clip knows by name the weights file also works as
+``quick_gelu`` spelled out, and its preprocessing, so nothing is silently defaulted) and
+``open_clip_model.safetensors``, the first weights name that loader looks for. For archs open_clip knows by name the weights file also works as
 ``create_model_and_transforms(ARCH, pretrained=FILE)``. The openclip backbone factory declares
 this format in its ``export_formats`` (:class:`tracer_cli.contracts.ExportFormat`); tracer's
 export builds the folder atomically and adds the model card.

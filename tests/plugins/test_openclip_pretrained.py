@@ -111,7 +111,7 @@ def test_tagged_weights_build_the_network_they_were_trained_as(hub, loaded, pair
 
 @pytest.mark.slow
 def test_openai_vit_l14_is_built_with_quick_gelu(hub, loaded):
-    """The one ViT-L/14 built: OpenAI's weights under the plain arch name (whose config is GELU)."""
+    """The one ViT-L/14 built: OpenAI's weights under the plain arch name (a GELU config)."""
     backbone = _build_tagged(hub, loaded, {"arch": "ViT-L-14", "pretrained": "openai"})
     _assert_built_as_trained(backbone, "ViT-L-14", "openai", True)
 
