@@ -17,17 +17,29 @@ test split reads ``test``, so an ID evaluation names its split explicitly::
     id = [{ name = "iwildcam", split = "id_test", label = "iwildcam-id" }]
     ood = [{ name = "iwildcam", split = "test", label = "iwildcam-ood" }]
 
-Class names are categories.csv's ``name`` column in label order; prompts are a camera-trap set
-(:data:`CAMERA_TRAP_TEMPLATES`; ``templates`` replaces it). The benchmark reports macro-F1 (most
-classes are rare): set ``task.headline = "macro_f1"`` (see docs/tasks.md). ``max_per_class``
-keeps the first N images of each class, for quick looks. Every listed image must exist; one that
-exists but cannot be decoded is skipped and counted, as for the other datasets.
+Class names and prompts are by default those of the paper's reference code (TRACER's, which takes
+them from WiSE-FT and FLYP): the English name of each class, lower-cased ("white-lipped
+peccary"), and the two prompts :data:`IWILDCAM_TEMPLATES`. WILDS' download names its classes only
+in Latin (categories.csv's ``name``: "tayassu pecari"), so the English names ship with tracer
+(``iwildcam_english_names.csv`` beside this module: WiSE-FT's ``labels.csv``, whose header
+states its source); each categories.csv row must have the shipped row's label and Latin name.
+Option ``names = "wilds"`` uses categories.csv's ``name`` column instead; ``templates`` replaces
+the prompts. (The reference's training captions keep the English names' capitals, "a photo of
+White-lipped peccary."; tracer uses the one lower-cased list for both.)
+
+The benchmark reports macro-F1 (most classes are rare): set ``task.headline = "macro_f1"`` (see
+docs/tasks.md; ``macro_f1`` is the reference's definition, ``macro_f1_wilds`` WILDS' own).
+``max_per_class`` keeps the first N images of each class, for quick looks. Every listed image
+must exist; one that exists but cannot be decoded is skipped and counted, as for the other
+datasets.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,16 +57,10 @@ METADATA = "metadata.csv"
 CATEGORIES = "categories.csv"
 METADATA_COLUMNS = ("split", "y", "filename")
 CATEGORY_COLUMNS = ("y", "name")
-# Prompts for camera-trap images: wide-angle, often at night (infrared), animals small or partly
-# out of frame.
-CAMERA_TRAP_TEMPLATES = (
-    "a camera trap photo of a {}.",
-    "a camera trap image of a {}.",
-    "a trail camera photo of a {}.",
-    "an infrared camera trap photo of a {} at night.",
-    "a photo of a {} in the wild.",
-    "a blurry camera trap photo of a {}.",
-)
+# The reference code's iWildCam prompts (WiSE-FT's and FLYP's too).
+IWILDCAM_TEMPLATES = ("a photo of {}.", "{} in the wild.")
+ENGLISH_NAMES = "iwildcam_english_names.csv"
+NAME_SOURCES = ("english", "wilds")
 TREE = ("<root>/  (or <root>/iwildcam_v2.0/)",
         f"  {METADATA} (split, location_remapped, y, filename, ...), "
         f"{CATEGORIES} (y, category_id, name)",
@@ -104,6 +110,29 @@ def read_categories(path: Path, where: Where) -> list[str]:
     return [names[y] for y in range(len(names))]
 
 
+@functools.lru_cache(maxsize=None)
+def english_names() -> tuple[tuple[str, str], ...]:
+    """(WILDS Latin name, English name) of each label y = 0 ... 181, from the shipped list."""
+    text = resources.files("tracer_plugins.datasets").joinpath(ENGLISH_NAMES).read_text("utf-8")
+    rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
+    return tuple((row["name"], row["english"]) for row in rows)
+
+
+def english_classnames(latin: list[str], path: Path, where: Where) -> list[str]:
+    """The lower-cased English names of categories.csv's classes (``latin``, by label), checked
+    against the shipped list so that another label order cannot be named wrongly."""
+    shipped = english_names()
+    if len(latin) > len(shipped):
+        raise where.error(f"{path} has {len(latin)} classes, the shipped English names cover "
+                          f"WILDS v2.0's {len(shipped)}; set names = \"wilds\" to use its own")
+    wrong = [f"y={y}: {name!r} (shipped: {shipped[y][0]!r})" for y, name in enumerate(latin)
+             if name.lower() != shipped[y][0]]
+    if wrong:
+        raise where.error(f"{path} does not label its classes as WILDS v2.0 does: "
+                          f"{preview(wrong)}; set names = \"wilds\" to use its own names")
+    return [shipped[y][1].lower() for y in range(len(latin))]
+
+
 def read_split(path: Path, split: str, classes: int, where: Where,
                limit: int | None) -> list[tuple[str, int]]:
     """(filename, label) of the rows of WILDS split ``split``, in file order; every row's split
@@ -144,7 +173,8 @@ def make_iwildcam(spec: dict[str, Any], split: str,
     opts: Options = options_for(spec)
     root, origin = resolve_root(opts, "iwildcam")
     wilds_split = opts.str("split", default=DEFAULT_SPLITS[split], choices=WILDS_SPLITS)
-    templates = read_templates(opts) if opts.has("templates") else list(CAMERA_TRAP_TEMPLATES)
+    templates = read_templates(opts) if opts.has("templates") else list(IWILDCAM_TEMPLATES)
+    names = opts.str("names", default="english", choices=NAME_SOURCES)
     limit = opts.int("max_per_class", default=None, minimum=1)
     opts.done()  # before touching the disk, so a misspelt key is reported as such
     where = Where("iwildcam", root, origin, TREE, opts.key("root"))
@@ -154,6 +184,8 @@ def make_iwildcam(spec: dict[str, Any], split: str,
     if absent:
         raise where.error(f"{base} lacks {', '.join(absent)}")
     classnames = read_categories(base / CATEGORIES, where)
+    if names == "english":
+        classnames = english_classnames(classnames, base / CATEGORIES, where)
     rows = read_split(base / METADATA, wilds_split, len(classnames), where, limit)
     images = base / "train"
     _check_images(images, rows, wilds_split, where)
@@ -162,7 +194,7 @@ def make_iwildcam(spec: dict[str, Any], split: str,
                                  resolve_transform(transform)),
         classnames=classnames, templates=templates,
         info={"source": "iwildcam", "root": str(base), "split": split,
-              "wilds_split": wilds_split, "num_images": len(rows),
+              "wilds_split": wilds_split, "names": names, "num_images": len(rows),
               "classes_present": len({y for _, y in rows}), "max_per_class": limit})
 
 

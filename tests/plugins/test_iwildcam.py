@@ -8,11 +8,11 @@ import shutil
 import pytest
 import torch
 
-from tests.layouts import IWILDCAM_CLASSES, write_iwildcam
+from tests.layouts import IWILDCAM_CLASSES, IWILDCAM_ENGLISH, write_iwildcam
 from tracer_cli.errors import EXIT_USAGE, MissingResourceError, RecipeError
 from tracer_cli.plugins import PluginHost
 from tracer_plugins.datasets import iwildcam
-from tracer_plugins.datasets.iwildcam import CAMERA_TRAP_TEMPLATES, WILDS_SPLITS, make_iwildcam
+from tracer_plugins.datasets.iwildcam import WILDS_SPLITS, english_names, make_iwildcam
 
 NAMES = [name for name, _ in IWILDCAM_CLASSES]
 COUNTS = {"train": 3, "id_val": 1, "id_test": 2, "val": 1, "test": 2}
@@ -45,8 +45,9 @@ def test_default_splits_labels_names_and_items(root):
     train = make_iwildcam({"root": str(root)}, "train", None)
     test = make_iwildcam({"root": str(root)}, "test", None)
     assert train.info["wilds_split"] == "train" and test.info["wilds_split"] == "test"  # OOD
-    assert list(train.classnames) == NAMES  # categories.csv's names, by y
-    assert list(train.templates) == list(CAMERA_TRAP_TEMPLATES)
+    # The reference's names (English, lower-cased) and its two prompts.
+    assert list(train.classnames) == list(IWILDCAM_ENGLISH) and train.info["names"] == "english"
+    assert list(train.templates) == ["a photo of {}.", "{} in the wild."]
     assert sorted({label for _, label in _rows(train)}) == [0, 1, 2, 3]
     item = test.dataset[len(test.dataset) - 1]
     assert set(item) == {"image", "label"} and item["label"] == 3
@@ -60,6 +61,30 @@ def test_options_templates_and_max_per_class(root):
                             "max_per_class": 1}, "train", None)
     assert list(bundle.templates) == ["a {} on camera."]
     assert [label for _, label in _rows(bundle)] == [0, 1, 2, 3]
+
+
+def test_wilds_names_option(root):
+    bundle = make_iwildcam({"root": str(root), "names": "wilds"}, "test", None)
+    assert list(bundle.classnames) == NAMES  # categories.csv's Latin names, by y
+    with pytest.raises(RecipeError, match="data.names.*allowed: english, wilds"):
+        make_iwildcam({"root": str(root), "names": "latin"}, "test", None)
+
+
+def test_shipped_english_names_cover_wilds_v2():
+    shipped = english_names()
+    assert len(shipped) == 182  # WILDS v2.0's label space, y = 0 ... 181
+    assert shipped[1] == ("tayassu pecari", "White-lipped peccary")
+    assert shipped[181] == ("mazama temama", "central American red brocket")
+
+
+def test_english_names_need_wilds_label_order(root, tmp_path):
+    copy = _copy(root, tmp_path)
+    _rewrite(copy / "categories.csv", lambda rows: rows[2].__setitem__(2, "puma concolor"))
+    with pytest.raises(MissingResourceError, match=r"y=1: 'puma concolor' \(shipped: 'tayassu "
+                                                   r"pecari'\); set names = \"wilds\""):
+        make_iwildcam({"root": str(copy)}, "test", None)
+    assert make_iwildcam({"root": str(copy), "names": "wilds"}, "test", None).classnames[1] == \
+        "puma concolor"
 
 
 def test_wilds_folder_under_root_and_tracer_data(tmp_path, monkeypatch, root):
