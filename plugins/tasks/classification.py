@@ -288,6 +288,7 @@ class ClassificationTask:
         return self.classnames.for_bundle(bundle, dataset)
 
     def _scoring(self, bundle: DatasetBundle, dataset: str) -> _Scoring:
+        """How ``bundle`` is scored: its own classes, a subset of a parent's, or grouped ones."""
         templates = tuple(self.templates or bundle.templates)
         grouped = _class_groups(bundle, dataset)
         if grouped is None:

@@ -1,4 +1,5 @@
-"""The ``iwildcam`` dataset plugin on a tiny fabricated WILDS v2.0 layout in tmp_path."""
+"""The ``iwildcam`` dataset plugin on a tiny fabricated WILDS v2.0 layout in tmp_path: splits, the
+reference's English names and prompts, and both macro-F1s of its OOD splits."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import torch
 
 from tests.layouts import IWILDCAM_CLASSES, IWILDCAM_ENGLISH, write_iwildcam
 from tracer_cli.errors import EXIT_USAGE, MissingResourceError, RecipeError
+from tracer_cli.evaluation import summarize
+from tracer_cli.metric_spec import classification_spec
+from tracer_cli.metrics import classification_metrics
 from tracer_cli.plugins import PluginHost
 from tracer_plugins.datasets import iwildcam
 from tracer_plugins.datasets.iwildcam import WILDS_SPLITS, english_names, make_iwildcam
@@ -85,6 +89,11 @@ def test_english_names_need_wilds_label_order(root, tmp_path):
         make_iwildcam({"root": str(copy)}, "test", None)
     assert make_iwildcam({"root": str(copy), "names": "wilds"}, "test", None).classnames[1] == \
         "puma concolor"
+    more = [["y", "category_id", "name"], *([y, y, f"species {y}"] for y in range(183))]
+    _rewrite(copy / "categories.csv", lambda rows: rows.__setitem__(slice(None), more))
+    with pytest.raises(MissingResourceError, match="has 183 classes, the shipped English names "
+                                                   "cover WILDS v2.0's 182"):
+        make_iwildcam({"root": str(copy)}, "test", None)
 
 
 def test_wilds_folder_under_root_and_tracer_data(tmp_path, monkeypatch, root):
@@ -187,3 +196,34 @@ def test_missing_files(root, tmp_path):
     shutil.rmtree(copy / "train")
     with pytest.raises(MissingResourceError, match="lacks categories.csv, train/"):
         make_iwildcam({"root": str(copy)}, "test", None)
+
+
+# --------------------------------------------------------------------------- macro-F1 averages
+
+
+def _move_class_3_out_of_val(rows):
+    for row in rows[1:]:
+        if row[1] == "val" and row[6] == "3":  # columns split, y
+            row[1] = "id_val"
+
+
+def test_ood_macro_f1_averages_by_hand(root, tmp_path):
+    """Both macro-F1s of two OOD splits of a fabricated layout, and their averages, by hand."""
+    copy = _copy(root, tmp_path)
+    # No class-3 image in `val`: a class that is predicted there but absent.
+    _rewrite(copy / "metadata.csv", _move_class_3_out_of_val)
+    labels, preds = {}, {"val": [0, 3, 2], "test": [0, 0, 1, 0, 2, 2, 0, 3]}
+    for split in preds:
+        bundle = make_iwildcam({"root": str(copy), "split": split}, "test", None)
+        labels[split] = [label for _, label, _ in bundle.dataset.rows]
+    assert labels == {"val": [0, 1, 2], "test": [0, 0, 1, 1, 2, 2, 3, 3]}
+    metrics = {s: classification_metrics(torch.eye(4)[preds[s]], torch.tensor(labels[s]))
+               for s in preds}
+    # val: F1 = 1, 0, 1 for classes 0-2 and 0 for class 3 (predicted once, never present).
+    # test: F1 = 4/6, 2/3, 1, 2/3 for classes 0-3 (all present): both definitions agree.
+    assert metrics["val"]["macro_f1"] == pytest.approx(2 / 4)  # the reference's: class 3 counts
+    assert metrics["val"]["macro_f1_wilds"] == pytest.approx(2 / 3)  # WILDS': classes 0-2
+    assert metrics["test"]["macro_f1"] == metrics["test"]["macro_f1_wilds"] == pytest.approx(3 / 4)
+    summary = summarize(metrics, [], ["val", "test"], classification_spec("macro_f1"))
+    assert summary["avg_ood_macro_f1"] == pytest.approx((2 / 4 + 3 / 4) / 2)
+    assert summary["avg_ood_macro_f1_wilds"] == pytest.approx((2 / 3 + 3 / 4) / 2)
