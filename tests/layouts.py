@@ -36,14 +36,22 @@ def png(size: int = 8, colour: tuple[int, int, int] = (0, 90, 200)) -> bytes:
 
 def write_iwildcam(root: Path, per_split: dict[str, int] | None = None,
                    classes: tuple[tuple[str, int], ...] = IWILDCAM_CLASSES) -> Path:
-    """``root/{metadata.csv, categories.csv, train/}``: ``per_split[s]`` images of each class in
-    WILDS split ``s`` (default 2 in train, 1 in each other split), each class its own colour."""
+    """``root/{metadata.csv, categories.csv, labels.csv, train/}``: ``per_split[s]`` images of
+    each class in WILDS split ``s`` (default 2 in train, 1 in each other split), each class its
+    own colour; ``labels.csv`` in WiSE-FT's form (English names capitalised as there, plus one of
+    its y = 99999 rows)."""
     per_split = per_split or {"train": 2, "id_val": 1, "id_test": 1, "val": 1, "test": 1}
     (root / "train").mkdir(parents=True)
     with open(root / "categories.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["y", "category_id", "name"])
         writer.writerows([y, cid, name] for y, (name, cid) in enumerate(classes))
+    with open(root / "labels.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["y", "category_id", "name", "english"])
+        writer.writerows([y, cid, name, english.capitalize()] for y, ((name, cid), english)
+                         in enumerate(zip(classes, IWILDCAM_ENGLISH + ("",) * len(classes))))
+        writer.writerow([99999, 243, "didelphis sp", "opossum"])
     rows, index = [], 0
     for split, count in per_split.items():
         location = {"train": 0, "id_val": 0, "id_test": 0, "val": 1, "test": 2}[split]

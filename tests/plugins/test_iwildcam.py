@@ -16,7 +16,7 @@ from tracer_cli.metric_spec import classification_spec
 from tracer_cli.metrics import classification_metrics
 from tracer_cli.plugins import PluginHost
 from tracer_plugins.datasets import iwildcam
-from tracer_plugins.datasets.iwildcam import WILDS_SPLITS, english_names, make_iwildcam
+from tracer_plugins.datasets.iwildcam import WILDS_SPLITS, make_iwildcam
 
 NAMES = [name for name, _ in IWILDCAM_CLASSES]
 COUNTS = {"train": 3, "id_val": 1, "id_test": 2, "val": 1, "test": 2}
@@ -74,25 +74,31 @@ def test_wilds_names_option(root):
         make_iwildcam({"root": str(root), "names": "latin"}, "test", None)
 
 
-def test_shipped_english_names_cover_wilds_v2():
-    shipped = english_names()
-    assert len(shipped) == 182  # WILDS v2.0's label space, y = 0 ... 181
-    assert shipped[1] == ("tayassu pecari", "White-lipped peccary")
-    assert shipped[181] == ("mazama temama", "central American red brocket")
+def test_english_names_come_from_the_labels_file(root, tmp_path):
+    copy = _copy(root, tmp_path)
+    moved = tmp_path / "elsewhere.csv"
+    (copy / "labels.csv").rename(moved)
+    # No labels.csv: one error naming the file, where to get it and the alternative.
+    with pytest.raises(MissingResourceError, match=r"needs .*labels\.csv: the labels\.csv that "
+                                                   r"WiSE-FT.*set names = \"wilds\""):
+        make_iwildcam({"root": str(copy)}, "test", None)
+    bundle = make_iwildcam({"root": str(copy), "labels_file": str(moved)}, "test", None)
+    assert list(bundle.classnames) == list(IWILDCAM_ENGLISH)  # lower-cased; y = 99999 ignored
+    assert make_iwildcam({"root": str(copy), "names": "wilds"}, "test", None).classnames == NAMES
 
 
 def test_english_names_need_wilds_label_order(root, tmp_path):
     copy = _copy(root, tmp_path)
     _rewrite(copy / "categories.csv", lambda rows: rows[2].__setitem__(2, "puma concolor"))
-    with pytest.raises(MissingResourceError, match=r"y=1: 'puma concolor' \(shipped: 'tayassu "
+    with pytest.raises(MissingResourceError, match=r"y=1: 'puma concolor' \(labels\.csv: 'tayassu "
                                                    r"pecari'\); set names = \"wilds\""):
         make_iwildcam({"root": str(copy)}, "test", None)
     assert make_iwildcam({"root": str(copy), "names": "wilds"}, "test", None).classnames[1] == \
         "puma concolor"
-    more = [["y", "category_id", "name"], *([y, y, f"species {y}"] for y in range(183))]
+    more = [["y", "category_id", "name"], *([y, y, f"species {y}"] for y in range(5))]
     _rewrite(copy / "categories.csv", lambda rows: rows.__setitem__(slice(None), more))
-    with pytest.raises(MissingResourceError, match="has 183 classes, the shipped English names "
-                                                   "cover WILDS v2.0's 182"):
+    with pytest.raises(MissingResourceError, match=r"has no English name for label\(s\) 4 of "
+                                                   r"categories\.csv's 5"):
         make_iwildcam({"root": str(copy)}, "test", None)
 
 
