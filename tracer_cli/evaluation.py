@@ -11,8 +11,8 @@ milliseconds); :func:`run_plan` evaluates it into an :class:`EvalReport`, whose 
 The document (``datasets`` and the averages describe the reported model: the one model, or for
 WiSE-FT the entry with α = 1, else the largest α asked for), for the ``classification`` task::
 
-    {"datasets": {NAME: {"accuracy", "top5", "ece", "nll", "brier", "macro_f1", "n",
-                         "accuracy_se"}},
+    {"datasets": {NAME: {"accuracy", "top5", "ece", "nll", "brier", "macro_f1",
+                         "macro_f1_wilds", "n", "accuracy_se"}},
      "avg_ood_accuracy", "avg_ood_ece", "id_accuracy",   # null without OOD / ID sets
      "id": [NAME, ...], "ood": [NAME, ...],
      "model": {"source", "path", "spec", "checkpoint", "step", "which", "backbone", "arch",
