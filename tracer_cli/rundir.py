@@ -232,6 +232,41 @@ def read_json(path: Path) -> Any:
         return None
 
 
+# --------------------------------------------------------------------------- the built network
+
+# Entries of a backbone's ``describe()`` that decide which network its weights belong to: a run
+# rebuilt later (eval, export, --resume) must come out as the lock file says it was trained.
+BUILT_AS = ("activation",)
+
+
+def check_built_as_locked(run_dir: Path, locked: dict[str, Any], built: dict[str, Any]
+                          ) -> str | None:
+    """Compare the backbone rebuilt for a run (``built``: its ``describe()``) with the one its
+    lock file recorded (``locked``: ``[lock.backbone]``).
+
+    A recorded entry of :data:`BUILT_AS` that differs is a :class:`UsageError` (the weights would
+    be read into another network). An entry the lock file does not record (written by a tracer
+    that did not record it) cannot be checked: the returned notice says what was built, so that
+    a run trained before the entry was recorded is not silently read into another network.
+    """
+    unrecorded = []
+    for key in BUILT_AS:
+        if built.get(key) is None:
+            continue
+        if locked.get(key) is None:
+            unrecorded.append(f"{key} {built[key]}")
+        elif locked[key] != built[key]:
+            raise UsageError(f"run '{run_dir}' was trained with {key} {locked[key]} (its "
+                             f"{RECIPE_LOCK}), but its recipe now builds {built[key]}; use the "
+                             "tracer version that trained it, or finetune it again")
+    if not unrecorded:
+        return None
+    return (f"run '{run_dir}': its {RECIPE_LOCK} does not record the network it was trained in "
+            f"(an older tracer wrote it); rebuilt with {', '.join(unrecorded)}, as its pretrained "
+            "weights require. Runs with OpenAI weights made before tracer built them with "
+            "QuickGELU trained a GELU network: finetune those again for comparable numbers")
+
+
 # --------------------------------------------------------------------------- checksums
 
 def file_sha256(path: Path) -> str:

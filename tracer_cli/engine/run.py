@@ -186,6 +186,8 @@ def _setup(recipe: Recipe, ctx: DistContext, output_dir: Path | None, overwrite:
     seed_everything(recipe.run.seed)
     with distributed.main_first(ctx):  # downloads and the embedded build happen once
         backbone = build_backbone(recipe)
+    if resumed is not None and ctx.is_main and rundir.is_run_dir(run_dir):
+        _check_built_as_locked(run_dir, backbone, reporter)
     check_grad_checkpointing(backbone, recipe.train.grad_checkpointing)
     bundle = build_dataset(recipe.data.train, "data.train", "train", backbone.preprocess_train)
     sets = eval_sets(recipe, backbone) if recipe.run.eval and ctx.is_main else {}
@@ -205,6 +207,15 @@ def _setup(recipe: Recipe, ctx: DistContext, output_dir: Path | None, overwrite:
         run.evals["zeroshot"] = _zeroshot(run)
     distributed.barrier(ctx)  # the others wait while rank 0 evaluates the pretrained model
     return run
+
+
+def _check_built_as_locked(run_dir: Path, backbone: Backbone, reporter: Reporter) -> None:
+    """A resumed run continues in the network its lock file says it was trained in."""
+    locked = rundir.read_recipe_lock(run_dir)[1].get("backbone")
+    notice = rundir.check_built_as_locked(run_dir, locked if isinstance(locked, dict) else {},
+                                          backbone.describe())
+    if notice:
+        reporter.notice(notice)
 
 
 def _write_lock(recipe: Recipe, run_dir: Path, ctx: DistContext, precision: Precision,
