@@ -7,9 +7,11 @@ next step boundary and exit 130 / 143 with the command that resumes the run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
+import sys
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -89,6 +91,9 @@ def finetune(
         "--overwrite", help="Replace an existing run directory of the same name.")] = False,
     resume: ResumeOpt = None,
     nproc: NprocOpt = None,
+    print_recipe: Annotated[bool, typer.Option(
+        "--print-recipe", help="Print the resolved recipe (method defaults and --set applied) as "
+        "TOML on stdout and exit without training.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Finetune a model as RECIPE describes; writes a run directory and prints the evaluation."""
@@ -96,7 +101,13 @@ def finetune(
     from tracer_cli.engine.signals import SignalTrap
 
     sets = _overrides(recipe, overrides, max_steps)
-    rec = recipe_mod.load(recipe, sets)
+    # Notices about the recipe come once: from this process, or from the launcher of --nproc.
+    quiet = os.environ.get("RANK", "0") != "0" or NPROC_ENV in os.environ
+    with use_reporter(Reporter()) if quiet else contextlib.nullcontext():
+        rec = recipe_mod.load(recipe, sets)
+    if print_recipe:
+        sys.stdout.write(recipe_mod.recipe_text(rec))
+        return
     if resume is not None and overwrite:
         raise UsageError("--resume continues a run directory and --overwrite deletes it; use one")
     if nproc is not None and nproc > 1:
