@@ -7,7 +7,6 @@ next step boundary and exit 130 / 143 with the command that resumes the run.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 import signal
@@ -30,7 +29,7 @@ from tracer_cli.cli.common import (
 )
 from tracer_cli.cli.progress import make_reporter
 from tracer_cli.errors import EXIT_USAGE, DiskFullError, Interrupted, UsageError, WorkerFailed
-from tracer_cli.events import Reporter, use_reporter
+from tracer_cli.events import PlainReporter, Reporter, use_reporter
 from tracer_cli.report import accuracy_table
 
 app = typer.Typer()
@@ -103,7 +102,7 @@ def finetune(
     sets = _overrides(recipe, overrides, max_steps)
     # Notices about the recipe come once: from this process, or from the launcher of --nproc.
     quiet = os.environ.get("RANK", "0") != "0" or NPROC_ENV in os.environ
-    with use_reporter(Reporter()) if quiet else contextlib.nullcontext():
+    with use_reporter(Reporter() if quiet else PlainReporter()):
         rec = recipe_mod.load(recipe, sets)
     if print_recipe:
         sys.stdout.write(recipe_mod.recipe_text(rec))
