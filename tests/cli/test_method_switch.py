@@ -31,6 +31,13 @@ def _written_for(tmp_path: Path, method: str) -> Path:
     return path
 
 
+def _explicit(tmp_path: Path, method: str) -> Path:
+    """The resolved recipe of ``method``, every key written out (as in a lock file)."""
+    path = tmp_path / f"{method}-explicit.toml"
+    path.write_text(recipe_mod.recipe_text(recipe_mod.load(_written_for(tmp_path, method))))
+    return path
+
+
 def _loss_keys(runner, recipe: Path, out: Path, *sets: str) -> set[str]:
     """The keys of the last train record of a 2-step run (step 2: the teacher terms are there)."""
     result = runner.invoke(app, ["finetune", str(recipe), "--output-dir", str(out), *RUN,
@@ -45,7 +52,7 @@ def _loss_keys(runner, recipe: Path, out: Path, *sets: str) -> set[str]:
 @pytest.mark.parametrize("source, target", [("tracer", "flyp"), ("tracer", "ft"),
                                             ("flyp", "carot")])
 def test_a_switched_run_logs_the_loss_parts_of_the_new_method(runner, tmp_path, source, target):
-    switched = _loss_keys(runner, _written_for(tmp_path, source), tmp_path / "switched",
+    switched = _loss_keys(runner, _explicit(tmp_path, source), tmp_path / "switched",
                           f"train.method={target}")
     native = _loss_keys(runner, _written_for(tmp_path, target), tmp_path / "native")
     assert switched == native
