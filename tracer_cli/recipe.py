@@ -34,6 +34,8 @@ METHODS = ("zeroshot", "lp", "ft", "lpft", "flyp", "carot", "tracer")
 # Methods that train a task head with its supervised loss (cross-entropy for classification)
 # instead of the contrastive image-text loss, and take no teacher.
 HEAD_METHODS = ("lp", "ft", "lpft")
+# Methods with a teacher and distillation terms; every other method refuses their keys.
+TEACHER_METHODS = ("carot", "tracer")
 # numpy seeds its global generator from an unsigned 32-bit value.
 MAX_SEED = 2**32 - 1
 # The longest file name most file systems accept (NAME_MAX, in bytes).
@@ -486,9 +488,10 @@ def _check_method(recipe: Recipe) -> None:
     """Methods without a teacher term refuse teacher and distillation keys instead of silently
     ignoring them."""
     method = recipe.train.method
-    if method in ("flyp", "carot", "tracer"):
+    if method in TEACHER_METHODS:
         return
     what = ("trains a task head with cross-entropy" if method in HEAD_METHODS
+            else "trains with the contrastive loss alone" if method == "flyp"
             else "evaluates the pretrained model without training")
     _check("teacher.kind", recipe.teacher.kind == "none",
            f"got {recipe.teacher.kind!r}, but train.method = '{method}' {what} and takes no "
@@ -613,10 +616,15 @@ def too_deep(value: Any, limit: int = MAX_NESTING) -> str | None:
     return None
 
 
+# The value of ``--set key=`` (nothing after "="): remove the key, so that its default applies.
+REMOVE = object()
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b.c=value`` → (["a","b","c"], value). The value is read as TOML if it parses
     (numbers, booleans, quoted strings, lists, inline tables), else taken as a plain string, and a
-    bare word with commas becomes a list (``data.ood=synth-sketch,synth-noisy``)."""
+    bare word with commas becomes a list (``data.ood=synth-sketch,synth-noisy``). Nothing after
+    the "=" gives :data:`REMOVE` (an empty string is ``a.b.c=""``)."""
     key, sep, value = text.partition("=")
     parts = key.strip().split(".")
     if not sep or not all(p.strip() for p in parts):
@@ -624,6 +632,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if len(parts) > MAX_NESTING:
         raise UsageError(f"--set '{key[:40]}...': the key path has {len(parts)} parts; a recipe "
                          f"nests at most {MAX_NESTING} levels")
+    if not value.strip():
+        return [p.strip() for p in parts], REMOVE
     try:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
     except (tomllib.TOMLDecodeError, RecursionError, KeyError):
@@ -638,10 +648,17 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
     A part ``name[i]`` indexes a list (``data.ood[0].root=/x``); a dataset given by its name alone
     (``data.train``, ``data.id[i]``, ``data.ood[i]``) becomes a table when a key is set inside it.
+    ``key=`` removes the key. An override of ``train.method`` first drops the keys the recipe's
+    own method set (:func:`method_switch`).
     """
     raw = copy.deepcopy(raw)
+    for key in method_switch(raw, overrides)[1]:
+        _remove(raw, key.split("."))
     for text in overrides:
         parts, value = parse_override(text)
+        if value is REMOVE:
+            _remove(raw, parts)
+            continue
         deep = too_deep(value, MAX_NESTING - len(parts))
         if deep is not None:
             raise UsageError(f"--set '{'.'.join(parts)}': the value nests tables or arrays more "
@@ -653,6 +670,54 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         old = owner.get(slot) if isinstance(owner, dict) else owner[slot]
         owner[slot] = _keep_string_type(old, value)
     return raw
+
+
+# What a method owns: its teacher, its distillation and projection-regularizer weights
+# ([distill], lambda_fn and lambda_orth included) and lpft's probing phase.
+METHOD_OWNED = ("teacher", "distill", "train.lp_steps")
+
+
+def method_switch(raw: dict[str, Any], overrides: list[str]) -> tuple[str | None, list[str]]:
+    """(the method ``overrides`` switch ``raw`` to, the keys of ``raw`` the switch resets), or
+    (None, []) when they keep its method.
+
+    ``--set train.method=X`` trains X as its defaults define it: the recipe's method-owned keys
+    (:data:`METHOD_OWNED`) go, so X's defaults (:data:`METHOD_DEFAULTS`) fill them, except those
+    the same overrides set again.
+    """
+    parsed = [parse_override(text) for text in overrides]
+    given = [".".join(parts) for parts, _ in parsed]
+    methods = ["tracer" if value is REMOVE else value for parts, value in parsed
+               if parts == ["train", "method"]]
+    train = raw.get("train")
+    current = train.get("method", "tracer") if isinstance(train, dict) else "tracer"
+    if not methods or methods[-1] == current or methods[-1] not in METHODS:
+        return None, []  # an unknown method is refused, naming the allowed ones, by from_dict
+    owned = [key for key in _flatten(raw) if any(
+        key == o or key.startswith(o + ".") for o in METHOD_OWNED)]
+    kept = [key for key in owned if any(key == g or key.startswith(g + ".") for g in given)]
+    return methods[-1], [key for key in owned if key not in kept]
+
+
+def _remove(raw: dict[str, Any], parts: list[str]) -> None:
+    """Remove the key (or list entry) at ``parts``; one that is not there is already removed."""
+    node: Any = raw
+    for i, part in enumerate(parts):
+        match = _INDEXED.match(part)
+        key, index = (match.group(1), int(match.group(2))) if match else (part, None)
+        if not isinstance(node, dict) or key not in node:
+            return
+        if index is not None:
+            if not isinstance(node[key], list) or index >= len(node[key]):
+                return
+            if i == len(parts) - 1:
+                del node[key][index]
+                return
+            node = node[key][index]
+        elif i == len(parts) - 1:
+            del node[key]
+        else:
+            node = node[key]
 
 
 _INDEXED = re.compile(r"^(.+)\[(\d+)\]$")
@@ -694,18 +759,35 @@ def _keep_string_type(old: Any, new: Any) -> Any:
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override and validate a recipe file."""
-    raw = apply_overrides(read_toml(Path(path)), overrides or [])
-    return from_dict(raw, source=str(path))
+    """Read, override and validate a recipe file. A ``--set train.method`` that resets the
+    recipe's method-owned keys says so in one notice."""
+    raw = read_toml(Path(path))
+    method, reset = method_switch(raw, overrides or [])
+    if reset:
+        from tracer_cli.events import current_reporter
+
+        current_reporter().notice(
+            f"notice: train.method = '{method}' replaces the recipe's own method: "
+            f"{', '.join(reset)} reset to {method}'s defaults (--set them to keep them)")
+    return from_dict(apply_overrides(raw, overrides or []), source=str(path))
+
+
+def recipe_text(recipe: Recipe) -> str:
+    """The resolved recipe as TOML (``tracer finetune --print-recipe``)."""
+    return _toml_text(recipe.to_dict())
 
 
 def lock_text(recipe: Recipe, extra: dict[str, Any]) -> str:
     """The resolved recipe plus ``extra`` (versions, git hash) in a ``[lock]`` table, as TOML:
     what a run's ``recipe.lock.toml`` holds."""
+    doc = recipe.to_dict()
+    doc["lock"] = extra
+    return _toml_text(doc)
+
+
+def _toml_text(doc: dict[str, Any]) -> str:
     import tomli_w
 
-    doc = recipe.to_dict()
-    doc["lock"] = _toml_safe(extra)
     return tomli_w.dumps(_toml_safe(doc))
 
 
