@@ -33,7 +33,7 @@ class RecipeError(UsageError):
     def __init__(self, key: str, message: str, source: str | None = None):
         self.key, self.detail = key, message
         where = f" ({source})" if source else ""
-        super().__init__(f"recipe key '{key}'{where}: {message}")
+        super().__init__(f"recipe key '{key}': {message}{where}")
 
 
 class MissingResourceError(UsageError):
