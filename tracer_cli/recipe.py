@@ -102,8 +102,7 @@ class RunConfig:
                f"have at most {MAX_NAME_BYTES} bytes")
         _check_name(f"{path}.name", self.name, "folder name")
         _check_name(f"{path}.output_dir", self.output_dir, "path")
-        _check(f"{path}.seed", 0 <= self.seed <= MAX_SEED,
-               f"got {self.seed}; must be between 0 and {MAX_SEED}")
+        _check_range(f"{path}.seed", self.seed, 0, MAX_SEED)
         _check_range(f"{path}.log_every", self.log_every, 1, MAX_STEPS)
         ok = self.device in ("auto", "cpu", "cuda") or bool(_CUDA_DEVICE.fullmatch(self.device))
         _check(f"{path}.device", ok, f"got {self.device!r}; allowed: auto, cpu, cuda, cuda:N")
