@@ -176,6 +176,7 @@ def test_counts_have_upper_bounds(runner, recipe, override, fragments):
      "images of 128 px are kept in memory, at most 4 GiB of them: must be between 1 and 87,381"),
     (["data.ood[0].image_size=4096"], "data.ood[0].image_size", "between 16 and 128"),
     (["model.image_size=100000"], "model.image_size", "between 8 and 4,096"),
+    (["data.train.seed=" + str(2**70)], "data.train.seed", "between 0 and 4,294,967,295"),
 ])
 def test_dataset_and_model_sizes_are_bounded_before_anything_is_allocated(
         runner, recipe, monkeypatch, overrides, key, fragment):
@@ -216,3 +217,12 @@ def test_an_override_replaces_a_mistyped_value_and_errors_name_the_value_in_forc
                          "--set train.steps=twenty)"), line
     line = _one_line(_finetune(runner, recipe))
     assert "recipe key 'train.steps': expected an integer, got 'ten'" in line, line
+
+
+@pytest.mark.parametrize("key", ["vocab_size", "hidden", "zeroshot_answers"])
+def test_vqa_head_sizes_are_bounded(key):
+    from tracer_cli.errors import RecipeError
+    from tracer_plugins.tasks.vqa import make_task
+
+    with pytest.raises(RecipeError, match=rf"'task\.{key}': got {10**12}; must be between"):
+        make_task({key: 10**12})

@@ -12,6 +12,7 @@ from PIL import Image
 
 from tracer_cli.errors import RecipeError
 from tracer_cli.options import Options
+from tracer_cli.recipe import MAX_SEED
 
 DEFAULT_SIZE = {"train": 20000, "test": 5000}
 # Every image is rendered up front and kept in memory (image_size² × 3 bytes each), so the size
@@ -50,7 +51,7 @@ def open_options(spec: dict[str, Any], split: str,
     common = {"size": opts.int("size", default=default_size[split], minimum=1, maximum=MAX_SIZE),
               "image_size": opts.int("image_size", default=32, minimum=16,
                                      maximum=MAX_IMAGE_SIZE),
-              "seed": opts.int("seed", default=0, minimum=0)}
+              "seed": opts.int("seed", default=0, minimum=0, maximum=MAX_SEED)}
     fits = MAX_BYTES // (3 * common["image_size"] ** 2)
     if common["size"] > fits:
         raise RecipeError(opts.key("size"), f"got {common['size']}; images of "
