@@ -30,9 +30,10 @@ class UsageError(TracerError):
 class RecipeError(UsageError):
     """A recipe key has a wrong type or value; the message names the key path."""
 
-    def __init__(self, key: str, message: str):
-        self.key = key
-        super().__init__(f"recipe key '{key}': {message}")
+    def __init__(self, key: str, message: str, source: str | None = None):
+        self.key, self.detail = key, message
+        where = f" ({source})" if source else ""
+        super().__init__(f"recipe key '{key}': {message}{where}")
 
 
 class MissingResourceError(UsageError):

@@ -97,6 +97,7 @@ def finetune(
 ) -> None:
     """Finetune a model as RECIPE describes; writes a run directory and prints the evaluation."""
     from tracer_cli.engine.run import finetune as run_finetune
+    from tracer_cli.engine.run import run_dir_of
     from tracer_cli.engine.signals import SignalTrap
 
     sets = _overrides(recipe, overrides, max_steps)
@@ -123,10 +124,10 @@ def finetune(
         except (Interrupted, DiskFullError) as exc:
             if not main_rank:  # rank 0 says it once for all
                 raise typer.Exit(exc.exit_code) from None
-            again = "resume with: " + _resume_command(recipe, sets, output_dir)
+            again = _again(recipe, sets, output_dir, run_dir_of(rec, output_dir))
             if isinstance(exc, DiskFullError):
-                raise DiskFullError(exc.path, f"{exc.hint}; free some space, then {again}"
-                                    ) from None
+                hint = "; ".join(h for h in (exc.hint, f"free some space, then {again}") if h)
+                raise DiskFullError(exc.path, hint) from None
             raise Interrupted(exc.signum, exc.step, exc.checkpoint, again) from None
     if result.rank != 0:
         return
@@ -137,10 +138,23 @@ def finetune(
         emit_json(result.summary)
 
 
-def _resume_command(recipe: Path, sets: list[str], output_dir: Path | None) -> str:
+def _again(recipe: Path, sets: list[str], output_dir: Path | None, run_dir: Path) -> str:
+    """How to go on after a stop: resume when the run has a checkpoint, else start it again
+    (with --overwrite when it left files), so that the printed command works as it is."""
+    from tracer_cli import rundir
+
+    if next(rundir.resume_candidates(run_dir), None) is not None:
+        return "resume with: " + _rerun_command(recipe, sets, output_dir, resume="auto")
+    return ("start again (there is no checkpoint to resume from yet) with: "
+            + _rerun_command(recipe, sets, output_dir, overwrite=bool(rundir.contents(run_dir))))
+
+
+def _rerun_command(recipe: Path, sets: list[str], output_dir: Path | None,
+                   resume: str | None = None, overwrite: bool = False) -> str:
     from tracer_cli.engine import distributed
 
-    command = "tracer " + shlex.join(_command(recipe, sets, output_dir, "auto"))
+    command = "tracer " + shlex.join(_command(recipe, sets, output_dir, resume,
+                                              overwrite=overwrite))
     if os.environ.get(NPROC_ENV):
         command += f" --nproc {os.environ[NPROC_ENV]}"
     elif distributed.launched_world_size() > 1:
