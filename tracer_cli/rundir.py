@@ -258,8 +258,10 @@ def read_json(path: Path) -> Any:
 # --------------------------------------------------------------------------- the built network
 
 # Entries of a backbone's ``describe()`` that decide which network its weights belong to: a run
-# rebuilt later (eval, export, --resume) must come out as the lock file says it was trained.
-BUILT_AS = ("activation",)
+# rebuilt later (eval, export, --resume) must come out as the lock file says it was trained. Each
+# maps to the one value an older tracer, which did not record the entry, may have built otherwise
+# (before QuickGELU conformance, OpenAI-tag weights went into a GELU network).
+BUILT_AS = {"activation": "QuickGELU"}
 
 
 def check_built_as_locked(run_dir: Path, locked: dict[str, Any], built: dict[str, Any]
@@ -268,16 +270,17 @@ def check_built_as_locked(run_dir: Path, locked: dict[str, Any], built: dict[str
     lock file recorded (``locked``: ``[lock.backbone]``).
 
     A recorded entry of :data:`BUILT_AS` that differs is a :class:`UsageError` (the weights would
-    be read into another network). An entry the lock file does not record (written by a tracer
-    that did not record it) cannot be checked: the returned notice says what was built, so that
-    a run trained before the entry was recorded is not silently read into another network.
+    be read into another network). An entry the lock file does not record (an older tracer wrote
+    it) cannot be checked: when the rebuilt value is the one such a tracer may not have built, the
+    returned notice says so, so that such a run is not silently read into another network.
     """
     unrecorded = []
-    for key in BUILT_AS:
+    for key, changed in BUILT_AS.items():
         if built.get(key) is None:
             continue
         if locked.get(key) is None:
-            unrecorded.append(f"{key} {built[key]}")
+            if built[key] == changed:
+                unrecorded.append(f"{key} {built[key]}")
         elif locked[key] != built[key]:
             raise UsageError(f"run '{run_dir}' was trained with {key} {locked[key]} (its "
                              f"{RECIPE_LOCK}), but its recipe now builds {built[key]}; use the "

@@ -324,8 +324,8 @@ def test_rebuilt_network_is_checked_against_the_lock(runner, run_dir, tmp_path):
     assert result.exit_code == 2
     assert "was trained with activation QuickGELU" in result.stderr
     assert "now builds GELU" in result.stderr
-    # Not recorded (an older tracer's lock file): evaluated, with a notice of what was built.
+    # Not recorded (an older tracer's lock file): evaluated; GELU is what older tracers built
+    # too, so nothing to say (rundir's test covers the QuickGELU notice).
     _rewrite_locked_activation(run, None)
     result = _eval(runner, run, *args)
-    assert result.exit_code == 0, result.stderr
-    assert "does not record the network" in result.stderr and "activation GELU" in result.stderr
+    assert result.exit_code == 0 and "does not record" not in result.stderr, result.stderr
