@@ -1,7 +1,8 @@
-"""``tracer finetune`` on WebDataset shards: trained on tar shards, evaluated on a shard test set,
-and a run stopped by SIGTERM then resumed ends bit-for-bit where an uninterrupted run ends.
+"""``tracer finetune`` on WebDataset shards: trained on tar shards, evaluated on a shard test set;
+a run stopped by SIGTERM then resumed ends bit-for-bit where an uninterrupted run ends, and two
+gloo processes, each reading its own samples, end where one process ends.
 
-The runs are in-process (one process, so the two computations of the weights are the same
+The resume runs are in-process (one process, so the two computations of the weights are the same
 computation repeated, and can be compared exactly).
 """
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,3 +88,29 @@ def test_a_run_on_shards_stopped_and_resumed_ends_as_an_uninterrupted_one(runner
     different = [k for k in reference["state_dict"]
                  if not torch.equal(reference["state_dict"][k], final["state_dict"][k])]
     assert not different, f"the resumed run's weights differ in {different[:5]}"
+
+
+def _subprocess_finetune(recipe: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CI": "1"}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "TRACER_NPROC"):
+        env.pop(key, None)
+    # The learning rate of tests/cli/test_distributed_run.py, which says why it is low.
+    args = [*ARGS, "--set", "train.steps=4", "--set", "train.lr=1e-5", "--set", "run.eval=false"]
+    return subprocess.run([sys.executable, "-m", "tracer_cli", "finetune", str(recipe),
+                           "--output-dir", str(out), *args, *extra], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.numerics
+def test_two_gloo_processes_on_shards_end_with_the_weights_of_one(recipe, tmp_path):
+    one = _subprocess_finetune(recipe, tmp_path / "one")
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _subprocess_finetune(recipe, tmp_path / "two", "--nproc", "2")
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = checkpoint.load(tmp_path / "one" / "tiny" / "last.pt")
+    b = checkpoint.load(tmp_path / "two" / "tiny" / "last.pt")
+    assert b["world_size"] == 2 and a["data_position"] == b["data_position"]
+    # Two different computations (other batch shapes, a gather): float32 rounding apart.
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=1e-5)
