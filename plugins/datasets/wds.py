@@ -105,13 +105,13 @@ def _members(tar: tarfile.TarFile, url: str) -> Iterator[dict[str, Any]]:
             yield {"fname": info.name, "data": info, "__url__": url}
 
 
-def _text(tar: tarfile.TarFile, info: tarfile.TarInfo, url: str, key: str) -> str:
-    handle = tar.extractfile(info)
+def _text(tar: tarfile.TarFile, info: tarfile.TarInfo, url: str) -> str:
+    """The stripped UTF-8 text of member ``info`` (a caption or a label)."""
     try:
-        return handle.read().decode("utf-8").strip()
+        return tar.extractfile(info).read().decode("utf-8").strip()
     except UnicodeDecodeError as exc:
         raise MissingResourceError(f"webdataset: {url}: {info.name} is not UTF-8 text "
-                                   f"({exc}); {key}") from None
+                                   f"({exc}); write captions and labels as UTF-8") from None
 
 
 def _scan(index: _Index, shard: int, fields: dict[str, str], image_keys: tuple[str, ...]) -> None:
@@ -131,8 +131,7 @@ def _scan(index: _Index, shard: int, fields: dict[str, str], image_keys: tuple[s
                 index.images.append((shard, image.offset_data, image.size))
                 for option, ext in fields.items():
                     index.texts[option].append(
-                        _text(tar, sample[ext], str(path), f"option {option}") if ext in sample
-                        else None)
+                        _text(tar, sample[ext], str(path)) if ext in sample else None)
     except (tarfile.TarError, ValueError, OSError) as exc:
         raise MissingResourceError(f"webdataset: cannot read shard {path} ({type(exc).__name__}: "
                                    f"{exc}); {LAYOUT}") from None

@@ -135,6 +135,9 @@ def test_samples_missing_a_field_or_an_image_are_errors(tmp_path):
     write_shards(tmp_path / "b", [{"__key__": "x", "txt": "no image"}], per_shard=1)
     with pytest.raises(MissingResourceError, match="sample 'x' has no image.*it has txt"):
         _make(tmp_path, urls=str(tmp_path / "b" / "train-000000.tar"))
+    write_shards(tmp_path / "d", [_sample(0, txt=b"caf\xe9")], per_shard=1)
+    with pytest.raises(MissingResourceError, match=r"000000.txt is not UTF-8 text"):
+        _make(tmp_path, urls=str(tmp_path / "d" / "train-000000.tar"))
     write_shards(tmp_path / "c", [_sample(0, json=b"{}")], per_shard=1)
     with pytest.raises(MissingResourceError, match=r"neither \.cls \(label_key\) nor \.txt"):
         _make(tmp_path, urls=str(tmp_path / "c" / "train-000000.tar"))
