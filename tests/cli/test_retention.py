@@ -34,6 +34,12 @@ def retain_run(tmp_path_factory) -> tuple[Path, dict, str]:
     return base / "runs" / "tiny", json.loads(result.stdout), result.stderr
 
 
+@pytest.fixture(scope="module")
+def plain_run(make_tiny_run) -> Path:
+    """The same run without retention sets."""
+    return make_tiny_run("retain-plain")
+
+
 def _eval(*args: str) -> dict:
     result = CliRunner().invoke(app, ["eval", *map(str, args), "--json"])
     assert result.exit_code == 0, result.stderr
@@ -74,6 +80,23 @@ def test_summary_reports_retention_before_and_after(retain_run):
     oods = [student[n]["accuracy"] for n in ev["ood"]]
     assert student["avg_ood_accuracy"] == pytest.approx(sum(oods) / len(oods), abs=1e-12)
     assert "retained (mean)" in stderr and "change vs pretrained" in stderr
+
+
+def test_retention_sets_leave_training_and_the_other_numbers_unchanged(retain_run, plain_run):
+    """Retention only evaluates: the same losses step by step, the same ID and OOD metrics."""
+    run, _, _ = retain_run
+
+    def train_records(path: Path) -> list[dict]:
+        lines = (path / "metrics.jsonl").read_text().splitlines()
+        records = [json.loads(line) for line in lines]
+        return [{k: v for k, v in r.items() if k not in ("img_per_s", "time")}
+                for r in records if r.get("event") == "train"]
+
+    assert train_records(run) == train_records(plain_run)
+    for tag in ("zeroshot", "final_student", "final_teacher"):
+        with_retain = json.loads((run / "eval" / f"{tag}.json").read_text())
+        without = json.loads((plain_run / "eval" / f"{tag}.json").read_text())
+        assert {k: v for k, v in with_retain.items() if k != "synth-colour"} == without
 
 
 def test_eval_of_the_run_measures_before_on_the_pretrained_model(retain_run):
@@ -144,7 +167,7 @@ def test_bad_retain_key_exits_2(tmp_path, value, fragment):
     assert fragment in result.stderr
 
 
-def test_compare_reports_retention_and_refuses_other_retention_sets(retain_run, make_tiny_run):
+def test_compare_reports_retention_and_refuses_other_retention_sets(retain_run, plain_run):
     run, _, _ = retain_run
     result = CliRunner().invoke(app, ["compare", str(run), "--json"])
     assert result.exit_code == 0, result.stderr
@@ -157,8 +180,7 @@ def test_compare_reports_retention_and_refuses_other_retention_sets(retain_run, 
     assert rows["student"]["retain_change"][0] == summary["student"]["retain_change"]
     text = CliRunner().invoke(app, ["compare", str(run), "--markdown"]).stdout
     assert "synth-colour (retain)" in text and "retained change" in text
-    plain = make_tiny_run("retain-plain")
-    mixed = CliRunner().invoke(app, ["compare", str(run), str(plain)])
+    mixed = CliRunner().invoke(app, ["compare", str(run), str(plain_run)])
     assert mixed.exit_code == 2 and "retain synth-colour" in mixed.stderr
 
 
