@@ -56,8 +56,10 @@ import torch
 
 from tracer_cli import recipe as recipe_mod
 from tracer_cli import rundir
-from tracer_cli.contracts import CLASSIFICATION_METRICS, TaskMetrics, task_metrics
+from tracer_cli.contracts import (
+    CLASSIFICATION_METRICS, Backbone, DatasetBundle, Task, TaskMetrics, task_metrics)
 from tracer_cli.engine.build import pretrained_backbone
+from tracer_cli.engine.precision import Precision
 from tracer_cli.errors import GateError, RecipeError, UsageError
 from tracer_cli.events import Reporter, current_reporter
 from tracer_cli.metric_spec import RETAIN_KEYS, retention
@@ -548,12 +550,12 @@ class _Scorer:
     """The model's evaluation on the plan's sets: the task's on the ID and OOD sets (through the
     run's head when it has one), the zero-shot classification head's on the retention sets."""
 
-    task: Any
-    backbone: Any
+    task: Task
+    backbone: Backbone
     module: torch.nn.Module
-    precision: Any
-    sets: dict[str, Any]
-    retain: dict[str, Any]
+    precision: Precision
+    sets: dict[str, tuple[DatasetBundle, Any]]
+    retain: dict[str, tuple[DatasetBundle, Any]]
 
     @property
     def names(self) -> list[str]:
