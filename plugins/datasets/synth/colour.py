@@ -27,7 +27,7 @@ import numpy as np
 from tracer_cli.contracts import DatasetBundle
 from tracer_plugins.datasets.synth.classification import SynthDataset
 from tracer_plugins.datasets.synth.factory import open_options, split_seed
-from tracer_plugins.datasets.synth.rendering import check_render, render_arrays
+from tracer_plugins.datasets.synth.rendering import render_arrays
 from tracer_plugins.datasets.synth.world import CLASSNAMES, COLOURLESS, COLOURS, DOMAINS, SIZES
 
 _COLOUR_STREAM = int.from_bytes(b"colour", "little")  # seed-sequence tag of this dataset
@@ -52,7 +52,6 @@ def synth_colour(spec: dict[str, Any], split: str, transform=None) -> DatasetBun
     opts, common = open_options(spec, split)
     domain = opts.str("domain", default="photo", choices=COLOUR_DOMAINS)
     opts.done()
-    check_render(domain, common["size"], common["image_size"])
     images, _, captions, attrs = render_arrays(domain, common["size"],
                                                colour_seed(common["seed"], split),
                                                common["image_size"])
