@@ -128,6 +128,9 @@ class DataConfig:
     train: dict[str, Any] = field(default_factory=dict)
     id: list[dict[str, Any]] = field(default_factory=list)
     ood: list[dict[str, Any]] = field(default_factory=list)
+    # Retention: datasets of other tasks, scored zero-shot before and after finetuning (what the
+    # model kept of its general knowledge; tracer_cli.metric_spec.retention).
+    retain: list[dict[str, Any]] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
     eval_batch_size: int = 256
     num_workers: int = 0
@@ -341,6 +344,7 @@ class Recipe:
             "model": {"backbone": self.model.backbone, "freeze_bn_stats": self.model.freeze_bn_stats,
                       **self.model.options},
             "data": {"train": self.data.train, "id": self.data.id, "ood": self.data.ood,
+                     "retain": self.data.retain,
                      "eval_batch_size": self.data.eval_batch_size,
                      "num_workers": self.data.num_workers,
                      "max_bad_fraction": self.data.max_bad_fraction,
@@ -426,6 +430,10 @@ def _dataset_spec(value: Any, path: str, defaults: dict[str, Any]) -> dict[str, 
     return spec
 
 
+# The evaluation roles of [data]: in-distribution, out-of-distribution and retention sets.
+EVAL_ROLES = ("id", "ood", "retain")
+
+
 def _data_section(table: Any, path: str) -> DataConfig:
     _check(path, isinstance(table, dict), f"expected a table, got {table!r}")
     table = dict(table)
@@ -434,17 +442,18 @@ def _data_section(table: Any, path: str) -> DataConfig:
     _check(f"{path}.train", "train" in table, "is required (the finetuning dataset)")
     train = _dataset_spec(table.pop("train"), f"{path}.train", options)
     lists = {}
-    for role in ("id", "ood"):
+    for role in EVAL_ROLES:
         raw = table.pop(role, [])
         raw = [raw] if isinstance(raw, (str, dict)) else raw
         _check(f"{path}.{role}", isinstance(raw, list), f"expected a list of datasets, got {raw!r}")
         lists[role] = [_dataset_spec(v, f"{path}.{role}[{i}]", options) for i, v in enumerate(raw)]
     cfg = _section(DataConfig, table, path)
     cfg.train, cfg.id, cfg.ood, cfg.options = train, lists["id"], lists["ood"], options
-    names = [_display(s) for s in cfg.id + cfg.ood]
+    cfg.retain = lists["retain"]
+    names = [_display(s) for s in cfg.id + cfg.ood + cfg.retain]
     dupes = sorted({n for n in names if names.count(n) > 1})
-    _check(f"{path}.ood", not dupes, f"evaluation datasets {dupes} appear twice; give each a "
-           "distinct 'label'")
+    _check(f"{path}.{'retain' if cfg.retain else 'ood'}", not dupes, f"evaluation datasets "
+           f"{dupes} appear twice; give each a distinct 'label'")
     return cfg
 
 
@@ -537,7 +546,8 @@ def _check_method(recipe: Recipe) -> None:
 RESUME_FREE_KEYS = (
     "run.name", "run.output_dir", "run.device", "run.precision", "run.eval", "run.eval_zeroshot",
     "run.log_every",
-    "run.track_drift", "run.loggers", "loggers", "data.id", "data.ood", "data.eval_batch_size",
+    "run.track_drift", "run.loggers", "loggers", "data.id", "data.ood", "data.retain",
+    "data.eval_batch_size",
     "data.num_workers", "data.max_bad_fraction", "data.options",
     "train.checkpoint_every", "train.keep_checkpoints", "train.keep_every", "train.on_nonfinite",
     "train.compile", "train.channels_last", "train.grad_checkpointing", "train.accum_steps",
@@ -669,9 +679,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     """Apply ``--set`` overrides to a parsed recipe (a deep copy is returned).
 
     A part ``name[i]`` indexes a list (``data.ood[0].root=/x``); a dataset given by its name alone
-    (``data.train``, ``data.id[i]``, ``data.ood[i]``) becomes a table when a key is set inside it.
-    ``key=`` removes the key. An override of ``train.method`` first drops the keys the recipe's
-    own method set (:func:`method_switch`).
+    (``data.train``, ``data.id[i]``, ``data.ood[i]``, ``data.retain[i]``) becomes a table when a key
+    is set inside it. ``key=`` removes the key. An override of ``train.method`` first drops the
+    keys the recipe's own method set (:func:`method_switch`).
     """
     raw = copy.deepcopy(raw)
     for key in method_switch(raw, overrides)[1]:
@@ -743,7 +753,7 @@ def _remove(raw: dict[str, Any], parts: list[str]) -> None:
 
 
 _INDEXED = re.compile(r"^(.+)\[(\d+)\]$")
-_DATASET_SLOT = re.compile(r"^data\.(train|id\[\d+\]|ood\[\d+\])$")
+_DATASET_SLOT = re.compile(r"^data\.(train|(id|ood|retain)\[\d+\])$")
 
 
 def _slot(node: dict[str, Any], part: str, path: str, full: str) -> tuple[Any, Any]:

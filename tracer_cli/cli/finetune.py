@@ -30,7 +30,7 @@ from tracer_cli.cli.common import (
 from tracer_cli.cli.progress import make_reporter
 from tracer_cli.errors import EXIT_USAGE, DiskFullError, Interrupted, UsageError, WorkerFailed
 from tracer_cli.events import PlainReporter, Reporter, use_reporter
-from tracer_cli.report import accuracy_table
+from tracer_cli.report import accuracy_table, retention_table
 
 app = typer.Typer()
 NPROC_ENV = "TRACER_NPROC"
@@ -132,7 +132,10 @@ def finetune(
     if result.rank != 0:
         return
     if rec.run.eval:
-        console.print(accuracy_table(result.summary["eval"], metrics=result.metrics))
+        ev = result.summary["eval"]
+        console.print(accuracy_table(ev, metrics=result.metrics))
+        if ev.get("retain"):
+            console.print(retention_table(ev["retain"], ev["models"]))
     console.print(f"run directory: {result.run_dir}")
     if as_json:
         emit_json(result.summary)

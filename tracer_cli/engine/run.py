@@ -27,7 +27,7 @@ from tracer_cli.contracts import (
     CLASSIFICATION_METRICS, Backbone, DatasetBundle, Task, TaskMetrics, task_metrics)
 from tracer_cli.engine import distributed
 from tracer_cli.engine.build import (
-    build_backbone, build_dataset, build_task, eval_sets, seed_everything)
+    build_backbone, build_dataset, build_task, eval_sets, retain_task, seed_everything)
 from tracer_cli.engine.distributed import DistContext
 from tracer_cli.engine.loggers import RunLoggers, build_loggers
 from tracer_cli.engine.loop import check_grad_checkpointing
@@ -165,6 +165,15 @@ class _Setup:
     sets: dict[str, tuple[DatasetBundle, Any]]
     resume: Resume | None
     evals: dict[str, dict[str, Any]]
+    # Retention sets (data.retain), scored zero-shot by retain_scorer, and the pretrained model's
+    # metrics on them (retention's "before").
+    retain: dict[str, tuple[DatasetBundle, Any]] = field(default_factory=dict)
+    retain_scorer: Task | None = None
+    before: dict[str, Any] | None = None
+
+    @property
+    def evaluates(self) -> bool:
+        return bool(self.sets or self.retain)
 
 
 def _setup(recipe: Recipe, ctx: DistContext, output_dir: Path | None, overwrite: bool,
@@ -186,7 +195,9 @@ def _setup(recipe: Recipe, ctx: DistContext, output_dir: Path | None, overwrite:
         _check_built_as_locked(run_dir, backbone, reporter)
     check_grad_checkpointing(backbone, recipe.train.grad_checkpointing)
     bundle = build_dataset(recipe.data.train, "data.train", "train", backbone.preprocess_train)
-    sets = eval_sets(recipe, backbone) if recipe.run.eval and ctx.is_main else {}
+    evaluates = recipe.run.eval and ctx.is_main
+    sets = eval_sets(recipe, backbone) if evaluates else {}
+    retain = eval_sets(recipe, backbone, ("retain",)) if evaluates else {}
     if ctx.is_main:
         prepare_run_dir(recipe, output_dir, overwrite, resuming=resumed is not None)
         if resumed is None or not rundir.is_run_dir(run_dir):  # a resumed run keeps its lock
@@ -198,9 +209,11 @@ def _setup(recipe: Recipe, ctx: DistContext, output_dir: Path | None, overwrite:
     # Each rank its own stream for model-internal randomness (dropout); rank 0 matches a single
     # process. Data augmentation does not use this RNG (see engine.data).
     torch.manual_seed(recipe.run.seed + ctx.rank)
-    run = _Setup(writer, backbone, task, bundle, precision, sets, resumed, {})
-    if sets and (recipe.run.eval_zeroshot or recipe.train.method == "zeroshot"):
+    run = _Setup(writer, backbone, task, bundle, precision, sets, resumed, {}, retain,
+                 retain_task() if retain else None)
+    if run.evaluates and (recipe.run.eval_zeroshot or recipe.train.method == "zeroshot"):
         run.evals["zeroshot"] = _zeroshot(run)
+    run.before = _retain_before(run)
     distributed.barrier(ctx)  # the others wait while rank 0 evaluates the pretrained model
     return run
 
@@ -226,16 +239,39 @@ def _zeroshot(run: _Setup) -> dict[str, Any]:
     saved = rundir.read_eval(run.writer.run_dir, "zeroshot")
     if run.resume is not None and isinstance(saved, dict):
         return saved
-    run.writer.reporter.notice(f"evaluating the pretrained model on {', '.join(run.sets)}")
+    run.writer.reporter.notice(f"evaluating the pretrained model on "
+                                f"{', '.join([*run.sets, *run.retain])}")
     metrics = _evaluate(run, "zeroshot", run.backbone.model)
     run.writer.eval_record("zeroshot", metrics, 0, task_metrics(run.task).primary)
     return metrics
 
 
+def _retain_before(run: _Setup) -> dict[str, Any] | None:
+    """The pretrained model's metrics on the retention sets: from its zero-shot evaluation, or,
+    when that was skipped (``run.eval_zeroshot = false``) or a resumed run added sets, measured
+    now, on the retention sets alone."""
+    if not run.retain:
+        return None
+    zeroshot = run.evals.get("zeroshot") or {}
+    if all(name in zeroshot for name in run.retain):
+        return {name: zeroshot[name] for name in run.retain}
+    run.writer.reporter.notice(f"evaluating the pretrained model on {', '.join(run.retain)} "
+                               "(retention before finetuning)")
+    return evaluate(run.retain_scorer, run.backbone, run.backbone.model, run.retain,
+                    run.precision)
+
+
 def _evaluate(run: _Setup, tag: str, module: torch.nn.Module,
               head: torch.nn.Module | None = None) -> dict[str, Any]:
-    metrics = evaluate(run.task, run.backbone, module, run.sets, run.precision, head)
-    for name, (_, loader) in run.sets.items():
+    """The task's metrics on the ID and OOD sets (through ``head`` when the run trained one) and
+    the zero-shot metrics on the retention sets (never through a head: it has only the
+    finetuning classes)."""
+    metrics = evaluate(run.task, run.backbone, module, run.sets, run.precision, head) \
+        if run.sets else {}
+    if run.retain:
+        metrics.update(evaluate(run.retain_scorer, run.backbone, module, run.retain,
+                                run.precision))
+    for name, (_, loader) in {**run.sets, **run.retain}.items():
         skipped = getattr(loader, "bad", [])
         if skipped:
             run.writer.log({"event": "bad_data", "split": "eval", "model": tag, "dataset": name,
@@ -257,10 +293,10 @@ def _finish(run: _Setup, trained: Trained, start: float) -> RunResult:
                                f"{100 * trained.bad.fraction:.2f}% of the training set, skipped "
                                f"{trained.bad.skipped} time(s) in all (first: {first.describe()})")
     evals = dict(run.evals)
-    if run.sets and recipe.train.method == "zeroshot" and "zeroshot" in evals:
+    if run.evaluates and recipe.train.method == "zeroshot" and "zeroshot" in evals:
         evals["student"] = evals["zeroshot"]  # the same weights: no second evaluation
         writer.eval_record("final_student", evals["student"], trained.steps, spec.primary)
-    elif run.sets:
+    elif run.evaluates:
         writer.reporter.notice("evaluating the finetuned model")
         head = trained.trainer.head
         evals["student"] = _evaluate(run, "student", run.backbone.model, head)
@@ -273,7 +309,7 @@ def _finish(run: _Setup, trained: Trained, start: float) -> RunResult:
                 writer.eval_record(f"final_{tag}", metrics, trained.steps, spec.primary)
     summary = {"run_dir": str(writer.run_dir), "steps": trained.steps,
                "wall_time_s": round(time.time() - start, 2),
-               "eval": summarize(recipe, evals, spec)}
+               "eval": summarize(recipe, evals, spec, run.before)}
     if trained.bad.skipped:
         summary["bad_data"] = trained.bad.summary()
     rundir.write_summary(writer.run_dir, summary)
