@@ -227,7 +227,8 @@ def _zeroshot(run: _Setup) -> dict[str, Any]:
 
 def _evaluate(run: _Setup, tag: str, module: torch.nn.Module,
               head: torch.nn.Module | None = None) -> dict[str, Any]:
-    metrics = evaluate(run.task, run.backbone, module, run.sets, run.precision, head)
+    metrics, correct = evaluate(run.task, run.backbone, module, run.sets, run.precision, head)
+    run.writer.correct_record("zeroshot" if tag == "zeroshot" else f"final_{tag}", correct)
     for name, (_, loader) in run.sets.items():
         skipped = getattr(loader, "bad", [])
         if skipped:
