@@ -101,20 +101,25 @@ def _read_json(path: Path) -> Any:
         raise UsageError(f"'{path}' cannot be read as JSON: {exc}") from None
 
 
-def read_run(path: Path, notes: list[str]) -> RunData | None:
-    """A finished run: its lock file, its summary with evaluations, its WiSE-FT entries; None
-    (with a note) for a run without summary.json or without a final evaluation."""
-    tables, _ = rundir.read_recipe_lock(path)
+def unfinished(path: Path) -> str | None:
+    """Why the run at ``path`` has nothing to compare yet (no summary.json, or no evaluation in
+    it), or None when it has."""
     summary_path = rundir.summary_path(path)
     if not summary_path.is_file():
-        notes.append(f"run '{path}' has no summary.json (it has not finished): skipped")
-        return None
+        return "has no summary.json (it has not finished)"
     summary = _read_json(summary_path)
     if not isinstance(summary, dict) or not summary.get("eval"):
-        notes.append(f"run '{path}' has no evaluation in summary.json (run.eval = false): "
-                     "skipped")
-        return None
-    run = RunData(path, str(path), tables, summary)
+        return "has no evaluation in summary.json (run.eval = false)"
+    return None
+
+
+def read_run(path: Path, notes: list[str]) -> RunData:
+    """A finished run: its lock file, its summary with evaluations, its WiSE-FT entries."""
+    tables, _ = rundir.read_recipe_lock(path)
+    reason = unfinished(path)
+    if reason is not None:
+        raise UsageError(f"run '{path}' {reason}; evaluate it or leave it out")
+    run = RunData(path, str(path), tables, _read_json(rundir.summary_path(path)))
     run.wise = _wise_entries(run, notes)
     return run
 
@@ -123,7 +128,13 @@ def read_runs(paths: Sequence[Path], notes: list[str]) -> list[RunData]:
     """The finished runs among ``paths``, each measurement once: a run whose recipe (seed
     included, keys that cannot change training left out) repeats an earlier one's is noted and
     dropped, or two copies of one seed would count as two seeds. Nothing finished: exit 2."""
-    runs = [r for r in (read_run(p, notes) for p in paths) if r is not None]
+    runs = []
+    for path in paths:
+        reason = unfinished(path)
+        if reason is None:
+            runs.append(read_run(path, notes))
+        else:
+            notes.append(f"run '{path}' {reason}: skipped")
     if not runs:
         raise UsageError(f"no finished run to compare among {len(paths)} run director"
                          f"{'y' if len(paths) == 1 else 'ies'}: " + "; ".join(notes))
