@@ -78,3 +78,20 @@ def test_last_pt_is_a_copy_where_the_file_system_has_no_hard_links(tmp_path, mon
     assert not os.path.samefile(last, newest)  # a copy, not a link
     assert last.read_bytes() == b"weights" and rundir.verify(last).ok
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
+
+
+def test_per_example_correctness_round_trips_bit_packed(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    correct = {"synth-photo": rng.random(13) < 0.5, "odd/name": np.ones(8, dtype=bool)}
+    path = rundir.write_correct(tmp_path, "final_student", correct)
+    assert path == tmp_path / "eval" / "final_student.correct.npz"
+    back = rundir.read_correct(tmp_path, "final_student")
+    assert set(back) == set(correct)
+    for name, vector in correct.items():
+        assert back[name].dtype == bool and (back[name] == vector).all()
+    assert rundir.read_correct(tmp_path, "final_teacher") is None
+    path.write_bytes(b"not a zip")
+    assert rundir.read_correct(tmp_path, "final_student") is None
+    assert rundir.eval_files(tmp_path) == []  # not an eval document

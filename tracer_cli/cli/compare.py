@@ -73,7 +73,7 @@ def compare_command(
 def terminal_blocks(text: str) -> list[Any]:
     """The Markdown of a comparison as rich renderables: each table a rich Table whose cells
     wrap (``overflow="fold"``: long group labels are shown whole, never cut with an ellipsis),
-    every other line as plain text."""
+    every other line (blank ones included, they separate the sections) as plain text."""
     from rich.table import Table
     from rich.text import Text
 
@@ -93,7 +93,6 @@ def terminal_blocks(text: str) -> list[Any]:
                 table.add_row(*cells)
             blocks.append(table)
             rows = []
-        if line:
-            style = "bold" if line.startswith("#") else None
-            blocks.append(Text(line.lstrip("# ").replace("**", ""), style=style))
-    return blocks
+        style = "bold" if line.startswith("#") else None
+        blocks.append(Text(line.lstrip("# ").replace("**", ""), style=style))
+    return blocks[:-1]  # the "" that closed the last table
