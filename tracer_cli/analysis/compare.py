@@ -281,8 +281,9 @@ def correctness(run: RunData, model: str) -> dict[str, list[Any]]:
     for key, sets in (("id_accuracy", ev["id"]), ("avg_ood_accuracy", ev["ood"])):
         metrics = ev["models"][model]
         vectors = [stored.get(d) for d in sets]
-        if sets and all(v is not None and v.size and abs(v.mean() - metrics[d]["accuracy"])
-                        < 0.5 / v.size for v, d in zip(vectors, sets)):
+        if sets and all(v is not None and v.size and metrics[d].get("accuracy") is not None
+                        and abs(v.mean() - metrics[d]["accuracy"]) < 0.5 / v.size
+                        for v, d in zip(vectors, sets)):
             out[key] = vectors
     return out
 

@@ -1,5 +1,6 @@
 """The statistics of a comparison: mean ± SE over runs, paired differences, the WiSE-FT frontier
-gap and the logit-linear fit behind effective robustness.
+gap, the logit-linear fit behind effective robustness, t intervals for few runs (our own t
+quantile: scipy is not a dependency) and the SE of a mean over seeds on shared test images.
 
 Errors follow benchmarks/phenomenon.py: an accuracy measured on n examples has binomial variance
 p(1 − p)/n; the mean over runs has SE sqrt(var_between_runs / n_runs + mean binomial var / n_runs),
@@ -150,7 +151,7 @@ def betainc(a: float, b: float, x: float) -> float:
         return 0.0 if x <= 0.0 else 1.0
     front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
                      + a * math.log(x) + b * math.log1p(-x))
-    # The fraction converges fast only left of the mean; use the symmetry I_x(a,b) = 1 − I_{1−x}(b,a).
+    # The fraction converges fast only left of the mean; beyond it, I_x(a, b) = 1 − I_{1−x}(b, a).
     if x < (a + 1.0) / (a + b + 2.0):
         return front * _betacf(a, b, x) / a
     return 1.0 - front * _betacf(b, a, 1.0 - x) / b
@@ -167,10 +168,10 @@ def t_quantile(p: float, df: float | None) -> float:
     by bisection on :func:`t_cdf` to 1e-10. scipy is not a dependency, hence our own."""
     if not 0.0 < p < 1.0:
         raise ValueError(f"t_quantile: p must lie in (0, 1), got {p}")
-    if df is None:
-        cdf = lambda x: 0.5 * math.erfc(-x / math.sqrt(2.0))  # noqa: E731
-    else:
-        cdf = lambda x: t_cdf(x, df)  # noqa: E731
+
+    def cdf(x: float) -> float:
+        return 0.5 * math.erfc(-x / math.sqrt(2.0)) if df is None else t_cdf(x, df)
+
     lo, hi = -1.0, 1.0
     while cdf(lo) > p:
         lo *= 2.0

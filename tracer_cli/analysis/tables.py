@@ -18,8 +18,8 @@ from typing import Any, Hashable, Sequence
 import numpy as np
 
 from tracer_cli.analysis.stats import (
-    average_binomial_var, binomial_var, shared_images_se, ci95, effective_robustness,
-    frontier_gap, logit_fit, mean_se, paired_difference)
+    average_binomial_var, binomial_var, ci95, effective_robustness, frontier_gap, logit_fit,
+    mean_se, paired_difference, shared_images_se)
 
 PRETRAINED_ROW = "zero-shot (pretrained)"
 # Per-dataset counts: reported as they are, never averaged into a summary.
@@ -105,9 +105,9 @@ def aggregate(records: Sequence[dict[str, Any]], model: str) -> dict[str, Any] |
 
 
 def _shared_images_se(records: Sequence[dict[str, Any]], model: str, key: str) -> float | None:
-    """The SE (:func:`~tracer_cli.analysis.stats.shared_images_se`) of the mean
-    of ``key`` over runs evaluated on the same images, when every run stored its per-example
-    correctness for it on equally long sets; else None."""
+    """The SE (:func:`~tracer_cli.analysis.stats.shared_images_se`) of the mean of ``key`` over
+    runs evaluated on the same images, when every run stored its per-example correctness for it
+    on equally long sets; else None."""
     vectors = [r.get("correct", {}).get(model, {}).get(key) for r in records]
     if not vectors or any(v is None for v in vectors):
         return None
