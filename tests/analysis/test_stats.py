@@ -97,3 +97,14 @@ def test_shared_images_se_of_an_average_over_sets_adds_the_spread_between_runs()
     runs = np.var([(a.mean() + b.mean()) / 2, (a.mean() + b2.mean()) / 2], ddof=1) / 2
     assert stats.shared_images_se([[a, b], [a, b2]]) == pytest.approx(
         math.sqrt(images + runs), rel=1e-9)
+
+
+def test_packed_correctness_round_trips_through_json():
+    import json
+
+    from tracer_cli.analysis import tables
+
+    vector = _vector(0.3, 21, 3)
+    packed = json.loads(json.dumps(tables.pack_correct(vector)))
+    back = tables.unpack_correct(packed)
+    assert back.dtype == bool and (back == vector).all()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tracer_cli import rundir
-from tracer_cli.analysis.tables import analyse, model_numbers, pooled_paired
+from tracer_cli.analysis.tables import analyse, model_numbers, pack_correct, pooled_paired
 from tracer_cli.errors import UsageError
 
 # The seed is what groups average over; the keys that cannot change training (where a run lives,
@@ -265,7 +265,7 @@ def _check_pairs(records: Sequence[dict[str, Any]]) -> None:
 _CORRECT_TAGS = {"zeroshot": "zeroshot", "student": "final_student", "teacher": "final_teacher"}
 
 
-def correctness(run: RunData, model: str) -> dict[str, list[Any]]:
+def correctness(run: RunData, model: str) -> dict[str, list[dict[str, Any]]]:
     """``id_accuracy`` / ``avg_ood_accuracy`` -> the model's per-example correctness on each of
     the ID / OOD sets, when the run stored it (``eval/<tag>.correct.npz``) for every set and it
     agrees with the summary's accuracy; {} otherwise (the SE then treats the sets as drawn anew
@@ -284,7 +284,7 @@ def correctness(run: RunData, model: str) -> dict[str, list[Any]]:
         if sets and all(v is not None and v.size and metrics[d].get("accuracy") is not None
                         and abs(v.mean() - metrics[d]["accuracy"]) < 0.5 / v.size
                         for v, d in zip(vectors, sets)):
-            out[key] = vectors
+            out[key] = [pack_correct(v) for v in vectors]
     return out
 
 

@@ -2,7 +2,9 @@
 WiSE-FT curves, the frontier gap and effective robustness.
 
 A *record* is one run's numbers: ``{"name", "method", "group", "pretrained", "seed",
-"zeroshot_key", "models": {MODEL: model_numbers(...)}, "wise": [WiSE entries], "wall_time_s"}``.
+"zeroshot_key", "models": {MODEL: model_numbers(...)}, "wise": [WiSE entries], "wall_time_s"}``,
+optionally ``"correct": {MODEL: {"id_accuracy" | "avg_ood_accuracy": [packed, ...]}}``, the
+model's per-example correctness on each ID / OOD set (:func:`pack_correct`: records stay JSON).
 ``pretrained`` names the pretrained weights (the panel; runs from different weights are never
 pooled); ``zeroshot_key`` tells apart the zero-shot models within a panel (the seed for randomly
 initialised models, else nothing). ``tracer compare`` builds records from run directories and
@@ -104,16 +106,32 @@ def aggregate(records: Sequence[dict[str, Any]], model: str) -> dict[str, Any] |
     return out
 
 
+def pack_correct(vector: Any) -> dict[str, Any]:
+    """A 0/1 correctness vector as ``{"n", "bits"}``: bit-packed, base64 (n/6 characters)."""
+    import base64
+
+    v = np.asarray(vector, dtype=bool)
+    return {"n": int(v.size), "bits": base64.b64encode(np.packbits(v).tobytes()).decode()}
+
+
+def unpack_correct(packed: dict[str, Any]) -> np.ndarray:
+    """The boolean vector :func:`pack_correct` packed."""
+    import base64
+
+    bits = np.frombuffer(base64.b64decode(packed["bits"]), dtype=np.uint8)
+    return np.unpackbits(bits, count=packed["n"]).astype(bool)
+
+
 def _shared_images_se(records: Sequence[dict[str, Any]], model: str, key: str) -> float | None:
     """The SE (:func:`~tracer_cli.analysis.stats.shared_images_se`) of the mean of ``key`` over
     runs evaluated on the same images, when every run stored its per-example correctness for it
     on equally long sets; else None."""
-    vectors = [r.get("correct", {}).get(model, {}).get(key) for r in records]
-    if not vectors or any(v is None for v in vectors):
+    packed = [(r.get("correct") or {}).get(model, {}).get(key) for r in records]
+    if not packed or any(p is None for p in packed):
         return None
-    if len({tuple(len(x) for x in v) for v in vectors}) != 1:
+    if len({tuple(x["n"] for x in p) for p in packed}) != 1:
         return None
-    return shared_images_se(vectors)
+    return shared_images_se([[unpack_correct(x) for x in p] for p in packed])
 
 
 @dataclass
