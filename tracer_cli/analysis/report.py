@@ -235,7 +235,9 @@ def _setting(res: dict[str, Any]) -> list[str]:
              "ID accuracy.",
              "- Errors: mean ± SE over runs, SE = sqrt(var between runs / n + mean binomial "
              "variance / n) (for an average over K sets the binomial variance is "
-             "Σ p(1−p)/n_k / K²); ECE, NLL and wall time use the spread over runs only. Results "
+             "Σ p(1−p)/n_k / K²), or, for ID and average OOD accuracy of runs that stored "
+             "their per-example correctness, the SE on shared test images "
+             "(docs/compare.md); ECE, NLL and wall time use the spread over runs only. Results "
              "are reported per pretrained model (one table per pretraining seed): runs from "
              "different pretrained weights are never pooled.",
              "- Paired differences: per seed within a pretrained model, mean ± SE "
