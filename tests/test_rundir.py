@@ -93,3 +93,20 @@ def test_rebuilt_network_against_the_locked_one(tmp_path):
     assert "does not record the network" in notice and "activation QuickGELU" in notice
     # GELU is what every older tracer built: nothing to say.
     assert rundir.check_built_as_locked(tmp_path, {}, {"activation": "GELU"}) is None
+
+
+def test_per_example_correctness_round_trips_bit_packed(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    correct = {"synth-photo": rng.random(13) < 0.5, "odd/name": np.ones(8, dtype=bool)}
+    path = rundir.write_correct(tmp_path, "final_student", correct)
+    assert path == tmp_path / "eval" / "final_student.correct.npz"
+    back = rundir.read_correct(tmp_path, "final_student")
+    assert set(back) == set(correct)
+    for name, vector in correct.items():
+        assert back[name].dtype == bool and (back[name] == vector).all()
+    assert rundir.read_correct(tmp_path, "final_teacher") is None
+    path.write_bytes(b"not a zip")
+    assert rundir.read_correct(tmp_path, "final_student") is None
+    assert rundir.eval_files(tmp_path) == []  # not an eval document

@@ -574,21 +574,31 @@ _CORE_PLUGIN_KEYS = {"model": ("backbone", "freeze_bn_stats"), "task": ("name",)
 def plugin_resume_free_keys(saved: dict[str, Any], current: Recipe) -> tuple[str, ...]:
     """``model.<key>`` / ``task.<key>`` for every key that the backbone and task plugins of either
     recipe declare resume-free (their factories' ``resume_free_keys``)."""
+    return _declared_free_keys([saved, current.to_dict()])
+
+
+def _declared_free_keys(tables: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The plugin-declared resume-free keys of the backbones and tasks the recipe ``tables``
+    name."""
     from tracer_cli.plugins import declared
 
     keys: list[str] = []
-    for section, kind, name in (("model", "backbones", current.model.backbone),
-                                ("task", "tasks", current.task.name)):
-        old = saved.get(section)
-        names = {name, old.get("backbone" if section == "model" else "name")} \
-            if isinstance(old, dict) else {name}
+    for section, kind, field_ in (("model", "backbones", "backbone"), ("task", "tasks", "name")):
+        names = {t[section].get(field_) for t in tables if isinstance(t.get(section), dict)}
         for plugin in sorted(n for n in names if isinstance(n, str)):
             keys += [f"{section}.{k}" for k in declared(kind, plugin, "resume_free_keys", ())
                      if k not in _CORE_PLUGIN_KEYS[section]]
     return tuple(dict.fromkeys(keys))
 
 
-def _resume_free(key: str, free_keys: tuple[str, ...]) -> bool:
+def training_free_keys(tables: dict[str, Any]) -> tuple[str, ...]:
+    """Every key of the recipe ``tables`` that cannot change the training trajectory: the
+    resume-free keys, the core's and its plugins'. ``tracer compare`` groups runs without them."""
+    return RESUME_FREE_KEYS + _declared_free_keys([tables])
+
+
+def resume_free(key: str, free_keys: tuple[str, ...]) -> bool:
+    """Whether dotted ``key`` is one of ``free_keys`` or lies inside one of their tables."""
     return any(key == free or key.startswith(f"{free}.") for free in free_keys)
 
 
@@ -600,7 +610,7 @@ def resume_differences(saved: dict[str, Any], current: Recipe) -> list[str]:
     out = []
     for key in sorted(set(old) | set(new)):
         before, after = old.get(key, _ABSENT), new.get(key, _ABSENT)
-        if not _resume_free(key, free) and before != after:
+        if not resume_free(key, free) and before != after:
             out.append(f"{key} (checkpoint: {before!r}, now: {after!r})")
     return out
 

@@ -7,6 +7,7 @@ Layout owned here::
     runs/<name>/recipe.lock.toml             resolved recipe + a [lock] table (versions, git hash)
     runs/<name>/metrics.jsonl                one JSON object per log step, evaluation and event
     runs/<name>/eval/<tag>.json              metrics of one evaluated model (zeroshot, final_student)
+    runs/<name>/eval/<tag>.correct.npz       its per-example correctness, one bit per example
     runs/<name>/summary.json                 the headline numbers, written last
     runs/<name>/.lock                        the writer lock (PID, host, start time of the holder)
     runs/<name>/last.pt                      the newest full checkpoint (a hard link to it)
@@ -64,6 +65,7 @@ CHECKPOINTS = "checkpoints"
 CORRUPT = "corrupt"
 SHA_SUFFIX = ".sha256"
 WRITE_TEST = ".write-test"
+CORRECT_SUFFIX = ".correct.npz"
 _STEP = re.compile(r"^step_(\d+)\.pt$")
 # What tracer and its built-in loggers write at the top of a run directory (see the layout above).
 _OWN_FILES = (RECIPE_LOCK, METRICS, SUMMARY, LAST, LAST + SHA_SUFFIX, WRITE_TEST)
@@ -224,6 +226,40 @@ def write_eval(run_dir: Path, tag: str, metrics: dict[str, Any]) -> Path:
 
 def read_eval(run_dir: Path, tag: str) -> Any:
     return read_json(eval_path(run_dir, tag))
+
+
+def correct_path(run_dir: Path, tag: str) -> Path:
+    return Path(run_dir) / EVAL / f"{tag}{CORRECT_SUFFIX}"
+
+
+def write_correct(run_dir: Path, tag: str, correct: dict[str, Any]) -> Path:
+    """Per dataset, which examples the model ``tag`` got right (boolean vectors), bit-packed:
+    what ``tracer compare`` resamples to give a mean over seeds on shared test images its SE."""
+    import numpy as np
+
+    from tracer_cli.io import atomic_path
+
+    names = list(correct)
+    arrays = {f"bits_{i}": np.packbits(np.asarray(correct[n], dtype=bool))
+              for i, n in enumerate(names)}
+    path = correct_path(run_dir, tag)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, names=np.array(names, dtype=str),
+                            n=np.array([len(correct[n]) for n in names]), **arrays)
+    return path
+
+
+def read_correct(run_dir: Path, tag: str) -> dict[str, Any] | None:
+    """What :func:`write_correct` stored (name -> boolean vector), or None when the file is
+    absent or damaged (runs from before it existed, tasks without per-example predictions)."""
+    import numpy as np
+
+    try:
+        with np.load(correct_path(run_dir, tag)) as z:
+            return {str(name): np.unpackbits(z[f"bits_{i}"], count=int(n)).astype(bool)
+                    for i, (name, n) in enumerate(zip(z["names"], z["n"]))}
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def eval_files(run_dir: Path, nested: bool = False) -> list[Path]:

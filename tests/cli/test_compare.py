@@ -78,7 +78,7 @@ def test_json_groups_by_recipe_without_seed_with_mean_se_and_paired_verdicts(run
     assert doc["groups"] == ["ft", "tracer"] and doc["by"] is None
     assert doc["keys"] == ["id_accuracy", "avg_ood_accuracy", "avg_ood_ece"]
     (panel,) = doc["panels"]
-    assert set(panel) == {"pretrained", "rows", "paired", "wise", "frontier", "fit"}
+    assert set(panel) == {"pretrained", "rows", "headline", "paired", "wise", "frontier", "fit"}
     rows = {r["label"]: r for r in panel["rows"]}
     assert set(rows) == {"zero-shot (pretrained)", "ft", "tracer"}
     mean, se = rows["ft"]["id_accuracy"]
@@ -122,6 +122,27 @@ def test_a_real_run_with_its_wise_evaluation(runner, real_run):
         summary["zeroshot"]["avg_ood_accuracy"])
     assert {r["label"] for r in panel["rows"]} == {"zero-shot (pretrained)", "tracer",
                                                     "teacher of tracer"}
+
+
+def test_a_real_run_stores_per_example_correctness_that_compare_uses(runner, real_run):
+    from tracer_cli import rundir
+
+    summary = json.loads((real_run / "summary.json").read_text())["eval"]
+    for tag, model in (("zeroshot", "zeroshot"), ("final_student", "student"),
+                       ("final_teacher", "teacher")):
+        stored = rundir.read_correct(real_run, tag)
+        assert set(stored) == {*summary["id"], *summary["ood"]}
+        for name, vector in stored.items():
+            assert vector.dtype == bool and vector.size == 48
+            assert vector.mean() == pytest.approx(summary["models"][model][name]["accuracy"],
+                                                  abs=1e-9)
+    doc = json.loads(invoke(runner, real_run, "--json").stdout)
+    rows = {r["label"]: r for r in doc["panels"][0]["rows"]}
+    assert rows["tracer"]["shared_images"] == ["id_accuracy", "avg_ood_accuracy"]
+    # one run: the SE is the binomial one (ddof 1 over the 48 images)
+    p = summary["models"]["student"][summary["id"][0]]["accuracy"]
+    assert rows["tracer"]["id_accuracy"][1] == pytest.approx(math.sqrt(p * (1 - p) / 47),
+                                                             rel=1e-9)
 
 
 def test_other_pretrained_weights_get_their_own_panel(runner, runs, real_run, tmp_path):
@@ -178,3 +199,76 @@ def test_usage_errors_exit_2_with_one_line(runner, runs, args, message):
     result = invoke(runner, f"{runs}/set/*", *args)
     assert result.exit_code == 2, result.stdout
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_keys_that_cannot_change_training_do_not_split_groups(runner, runs, real_run, tmp_path):
+    for name in ("ft_s0", "tracer_s0", "tracer_s1"):
+        shutil.copytree(runs / "set" / name, tmp_path / name)
+    fake_run(real_run, tmp_path / "ft_s1", "ft", 1, 0.90, 0.62,
+             ("checkpoint_every = 2", "checkpoint_every = 50"))
+    result = invoke(runner, f"{tmp_path}/*", "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["groups"] == ["ft", "tracer"]
+    rows = {r["label"]: r for r in doc["panels"][0]["rows"]}
+    assert rows["ft"]["n_runs"] == 2
+
+
+def test_a_duplicate_seed_counts_once_with_a_notice(runner, runs, real_run, tmp_path):
+    for name in ("ft_s0", "ft_s1"):
+        shutil.copytree(runs / "set" / name, tmp_path / name)
+    # the same recipe and seed as ft_s1, under another name and checkpoint interval
+    copy_ = fake_run(real_run, tmp_path / "ft_s1_again", "ft", 1, 0.90, 0.62,
+                     ("checkpoint_every = 2", "checkpoint_every = 7"))
+    result = invoke(runner, f"{tmp_path}/*", "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    (row,) = [r for r in doc["panels"][0]["rows"] if r["label"] == "ft"]
+    assert row["n_runs"] == 2 and str(copy_) not in row["runs"]
+    mean, se = row["id_accuracy"]  # ID .80 / .90 over two runs, not three
+    assert mean == pytest.approx(0.85) and se == pytest.approx(math.sqrt(0.0025 + 0.000625))
+    (note,) = [n for n in doc["notes"] if "duplicates" in n]
+    assert str(tmp_path / "ft_s1") in note and str(copy_) in note and "seed 1" in note
+
+
+def test_an_unfinished_run_is_skipped_with_a_note_and_none_finished_exits_2(runner, runs,
+                                                                             tmp_path):
+    for name in ("ft_s0", "ft_s1"):
+        shutil.copytree(runs / "set" / name, tmp_path / name)
+    (tmp_path / "ft_s2").mkdir()
+    shutil.copy(runs / "set" / "ft_s0" / "recipe.lock.toml", tmp_path / "ft_s2")
+    result = invoke(runner, f"{tmp_path}/*", "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert [r["name"] for r in doc["runs"]] == [str(tmp_path / "ft_s0"), str(tmp_path / "ft_s1")]
+    assert any(str(tmp_path / "ft_s2") in n and "has not finished" in n for n in doc["notes"])
+    alone = invoke(runner, tmp_path / "ft_s2")
+    assert alone.exit_code == 2
+    assert "no finished run to compare" in alone.stderr and str(tmp_path / "ft_s2") in \
+        alone.stderr
+
+
+def test_long_labels_are_shown_whole_in_the_terminal(runner, runs):
+    result = invoke(runner, f"{runs}/set/*", "--by", "train.method,run.seed,model.arch")
+    assert result.exit_code == 0, result.stderr
+    assert "…" not in result.stdout
+    # a folded cell continues on the next lines of its column: join the first column's pieces
+    first = "".join(line.split("│")[1].strip() for line in result.stdout.splitlines()
+                    if line.count("│") > 2)
+    for label in ("train.method=ft, run.seed=0, model.arch=tracer-tiny-rn",
+                  "train.method=tracer, run.seed=1, model.arch=tracer-tiny-rn"):
+        assert label.replace(" ", "") in first.replace(" ", "")
+
+
+def test_ece_is_a_fraction_as_in_eval(runner, runs):
+    result = invoke(runner, f"{runs}/set/*", "--markdown")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads((runs / "set" / "ft_s0" / "summary.json").read_text())
+    ece = [json.loads((runs / "set" / f"ft_s{s}" / "summary.json").read_text())
+           ["eval"]["models"]["student"]["avg_ood_ece"] for s in (0, 1)]
+    assert summary["eval"]["models"]["student"]["avg_ood_ece"] == ece[0]
+    (ft,) = [line for line in result.stdout.splitlines() if line.startswith("| ft |")]
+    cell = ft.split("|")[-5]  # the avg OOD ECE cell
+    assert cell.strip().startswith(f"{sum(ece) / 2:.3f} ±")
+    assert f"{100 * sum(ece) / 2:.2f}" not in cell
+    assert "ECE as a fraction" in result.stdout

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tracer_cli import rundir
-from tracer_cli.analysis.tables import analyse, model_numbers, pooled_paired
+from tracer_cli.analysis.tables import analyse, model_numbers, pack_correct, pooled_paired
 from tracer_cli.errors import UsageError
 from tracer_cli.metric_spec import RETAIN_KEYS
 
-# Keys that tell runs of one recipe apart without changing what is compared: the seed is what
-# groups average over, the name and folder only say where a run lives.
-NOT_GROUPING = ("run.seed", "run.name", "run.output_dir")
+# The seed is what groups average over; the keys that cannot change training (where a run lives,
+# what it logs and evaluates, how often it checkpoints: tracer_cli.recipe.training_free_keys)
+# do not split groups either.
+NOT_GROUPING = ("run.seed",)
 # Which pretrained weights a run starts from: runs that differ here are never pooled.
 PRETRAINED_KEYS = ("model.backbone", "model.arch", "model.pretrained", "model.embedded_seed")
 
@@ -39,6 +40,16 @@ class RunData:
     tables: dict[str, Any]
     summary: dict[str, Any]
     wise: list[dict[str, Any]] = field(default_factory=list)
+
+    @cached_property
+    def trained(self) -> tuple[tuple[str, str], ...]:
+        """The recipe keys that can change training, with their values: two runs with the same
+        ``trained`` (seed included) are the same measurement."""
+        from tracer_cli.recipe import resume_free, training_free_keys
+
+        free = training_free_keys(self.tables)
+        return tuple(sorted((k, _value(v)) for k, v in self.recipe.items()
+                            if not resume_free(k, free)))
 
     @cached_property
     def recipe(self) -> dict[str, Any]:
@@ -92,19 +103,51 @@ def _read_json(path: Path) -> Any:
         raise UsageError(f"'{path}' cannot be read as JSON: {exc}") from None
 
 
+def unfinished(path: Path) -> str | None:
+    """Why the run at ``path`` has nothing to compare yet (no summary.json, or no evaluation in
+    it), or None when it has."""
+    summary_path = rundir.summary_path(path)
+    if not summary_path.is_file():
+        return "has no summary.json (it has not finished)"
+    summary = _read_json(summary_path)
+    if not isinstance(summary, dict) or not summary.get("eval"):
+        return "has no evaluation in summary.json (run.eval = false)"
+    return None
+
+
 def read_run(path: Path, notes: list[str]) -> RunData:
     """A finished run: its lock file, its summary with evaluations, its WiSE-FT entries."""
     tables, _ = rundir.read_recipe_lock(path)
-    summary_path = rundir.summary_path(path)
-    if not summary_path.is_file():
-        raise UsageError(f"run '{path}' has no summary.json (it has not finished)")
-    summary = _read_json(summary_path)
-    if not isinstance(summary, dict) or not summary.get("eval"):
-        raise UsageError(f"run '{path}' has no evaluation in summary.json (run.eval = false); "
-                         f"evaluate it or leave it out")
-    run = RunData(path, str(path), tables, summary)
+    reason = unfinished(path)
+    if reason is not None:
+        raise UsageError(f"run '{path}' {reason}; evaluate it or leave it out")
+    run = RunData(path, str(path), tables, _read_json(rundir.summary_path(path)))
     run.wise = _wise_entries(run, notes)
     return run
+
+
+def read_runs(paths: Sequence[Path], notes: list[str]) -> list[RunData]:
+    """The finished runs among ``paths``, each measurement once: a run whose recipe (seed
+    included, keys that cannot change training left out) repeats an earlier one's is noted and
+    dropped, or two copies of one seed would count as two seeds. Nothing finished: exit 2."""
+    runs = []
+    for path in paths:
+        reason = unfinished(path)
+        if reason is None:
+            runs.append(read_run(path, notes))
+        else:
+            notes.append(f"run '{path}' {reason}: skipped")
+    if not runs:
+        raise UsageError(f"no finished run to compare among {len(paths)} run director"
+                         f"{'y' if len(paths) == 1 else 'ies'}: " + "; ".join(notes))
+    kept: dict[tuple, RunData] = {}
+    for run in runs:
+        # The same training measured on other sets is no duplicate: check_comparable refuses it.
+        first = kept.setdefault((run.trained, run.sets), run)
+        if first is not run:
+            notes.append(f"runs {first.name} and {run.name} are the same recipe with the same "
+                         f"seed {run.seed} (duplicates): counted once, as {first.name}")
+    return list(kept.values())
 
 
 def _wise_entries(run: RunData, notes: list[str]) -> list[dict[str, Any]]:
@@ -172,8 +215,7 @@ def group_labels(runs: Sequence[RunData], by: Sequence[str] | None) -> list[str]
             return [_value(r.recipe.get(by[0], "(unset)")) for r in runs]
         return [", ".join(f"{k}={_value(r.recipe.get(k, '(unset)'))}" for k in by) for r in runs]
     skip = (*NOT_GROUPING, *PRETRAINED_KEYS)
-    keys = [tuple(sorted((k, _value(v)) for k, v in r.recipe.items() if k not in skip))
-            for r in runs]
+    keys = [tuple((k, v) for k, v in r.trained if k not in skip) for r in runs]
     recipes = {k: dict(k) for k in dict.fromkeys(keys)}
     chosen = _distinguishing(recipes)
     if not chosen:
@@ -223,6 +265,33 @@ def _check_pairs(records: Sequence[dict[str, Any]]) -> None:
         seen[key] = r["name"]
 
 
+# The eval tag whose per-example correctness backs each evaluated model of a summary.
+_CORRECT_TAGS = {"zeroshot": "zeroshot", "student": "final_student", "teacher": "final_teacher"}
+
+
+def correctness(run: RunData, model: str) -> dict[str, list[dict[str, Any]]]:
+    """``id_accuracy`` / ``avg_ood_accuracy`` -> the model's per-example correctness on each of
+    the ID / OOD sets, when the run stored it (``eval/<tag>.correct.npz``) for every set and it
+    agrees with the summary's accuracy; {} otherwise (the SE then treats the sets as drawn anew
+    for each run)."""
+    tag = _CORRECT_TAGS.get(model)
+    if model == "student" and run.recipe.get("train.method") == "zeroshot":
+        tag = "zeroshot"  # a zero-shot recipe's student is its pretrained model, evaluated once
+    stored = rundir.read_correct(run.path, tag) if tag else None
+    if not stored:
+        return {}
+    ev = run.summary["eval"]
+    out = {}
+    for key, sets in (("id_accuracy", ev["id"]), ("avg_ood_accuracy", ev["ood"])):
+        metrics = ev["models"][model]
+        vectors = [stored.get(d) for d in sets]
+        if sets and all(v is not None and v.size and metrics[d].get("accuracy") is not None
+                        and abs(v.mean() - metrics[d]["accuracy"]) < 0.5 / v.size
+                        for v, d in zip(vectors, sets)):
+            out[key] = [pack_correct(v) for v in vectors]
+    return out
+
+
 def record(run: RunData, group: str) -> dict[str, Any]:
     """The numbers :func:`tracer_cli.analysis.tables.analyse` reads, for one run."""
     pretrained = pretrained_of(run.recipe)
@@ -232,6 +301,7 @@ def record(run: RunData, group: str) -> dict[str, Any]:
             # A randomly initialised model is its own "pretrained" model at every seed.
             "zeroshot_key": run.seed if run.recipe.get("model.pretrained") == "none" else None,
             "models": {m: model_numbers(ev, m) for m in ev["models"]}, "wise": run.wise,
+            "correct": {m: correctness(run, m) for m in ev["models"]},
             "wall_time_s": run.summary.get("wall_time_s"), "steps": run.summary.get("steps")}
 
 
@@ -239,7 +309,7 @@ def compare(patterns: Sequence[str], by: Sequence[str] | None = None,
             baseline: str | None = None) -> dict[str, Any]:
     """The comparison document of the runs named by ``patterns`` (see docs/compare.md)."""
     notes: list[str] = []
-    runs = [read_run(p, notes) for p in expand(patterns)]
+    runs = read_runs(expand(patterns), notes)
     check_comparable(runs)
     labels = group_labels(runs, by)
     groups = list(dict.fromkeys(labels))

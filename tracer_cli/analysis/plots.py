@@ -48,7 +48,7 @@ def _fit_line(ax: Any, panel: dict[str, Any], x: str) -> None:
 def _panel(ax: Any, panel: dict[str, Any], x: str, y: str, colors: dict[str, str]) -> None:
     """One pretrained model: its WiSE-FT curves (α marked at 0, 0.5, 1), the logit fit, and
     every row's mean point with SE bars (a star for the pretrained model, open squares for
-    teachers); a group has the same colour in every panel."""
+    teachers), each named in the legend; a group has the same colour in every panel."""
     _fit_line(ax, panel, x)
     for group, points in panel["wise"].items():
         pts = [p for p in points if p.get(x) and p.get(y)]
@@ -65,13 +65,12 @@ def _panel(ax: Any, panel: dict[str, Any], x: str, y: str, colors: dict[str, str
         (px, xe), (py, ye) = _pct(row[x]), _pct(row[y])
         teacher = row["model"] == "teacher"
         marker = "*" if row["method"] == "zeroshot" else "s" if teacher else "o"
+        # Named in the legend, not next to the point: nearby labels overprinted each other.
         ax.errorbar(px, py, xerr=xe, yerr=ye, fmt=marker, capsize=3, color=colors[row["label"]],
-                    markersize=11 if marker == "*" else 6, mfc="none" if teacher else None)
-        ax.annotate(row["label"], (px, py), xytext=(4, -11 if teacher else 4),
-                    textcoords="offset points", fontsize=8)
+                    markersize=11 if marker == "*" else 6, mfc="none" if teacher else None,
+                    label=row["label"])
     ax.set_title(panel["pretrained"], fontsize=9)
-    if panel["wise"] or panel["fit"]:
-        ax.legend(fontsize=8)
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
 
 

@@ -10,8 +10,9 @@ from typing import Any, Sequence
 
 from tracer_cli.analysis.stats import noise_verdict
 
-# Summaries shown as plain numbers rather than in %.
-NOT_PERCENT = ("nll", "brier")
+# Summaries shown as plain numbers rather than in %: ECE is a fraction, as `tracer eval` shows it
+# (its TaskMetrics.percent holds the accuracies only).
+NOT_PERCENT = ("nll", "brier", "ece")
 HEADERS = {"id_accuracy": "ID acc", "avg_ood_accuracy": "avg OOD acc",
            "avg_ood_ece": "avg OOD ECE", "avg_ood_nll": "avg OOD NLL",
            "retain_accuracy": "retained acc", "retain_change": "retained change"}
@@ -44,14 +45,26 @@ def fmt_plain(pair: Sequence[float | None] | None, digits: int = 3) -> str:
     return mean if pair[1] is None else f"{mean} ± {pair[1]:.{digits}f}"
 
 
-def fmt_key(key: str, pair: Sequence[float | None] | None) -> str:
-    return fmt_pct(pair) if percent(key) else fmt_plain(pair)
+def fmt_key(key: str, pair: Sequence[float | None] | None,
+            ci: Sequence[float] | None = None) -> str:
+    """A mean ± SE in the key's unit, with its 95% interval ``ci`` when given."""
+    text = fmt_pct(pair) if percent(key) else fmt_plain(pair)
+    return text if not ci or text == "—" else f"{text} {fmt_ci(key, ci)}"
 
 
-def fmt_diff(entry: dict[str, Any]) -> str:
-    """A paired difference in % points."""
+def fmt_ci(key: str, ci: Sequence[float]) -> str:
+    """A 95% interval in the key's unit: ``[lo, hi]``."""
+    scale, digits = (100, 2) if percent(key) else (1, 3)
+    return f"[{scale * ci[0]:.{digits}f}, {scale * ci[1]:.{digits}f}]"
+
+
+def fmt_diff(entry: dict[str, Any], key: str = "accuracy") -> str:
+    """A paired difference in the key's unit (% points for accuracies)."""
     if entry.get("mean") is None:
         return "—"
+    if not percent(key):
+        mean = f"{entry['mean']:+.4f}"
+        return mean if entry.get("se") is None else f"{mean} ± {entry['se']:.4f}"
     if entry.get("se") is None:
         return f"{100 * entry['mean']:+.2f}"
     return fmt_pct((entry["mean"], entry["se"]), signed=True)
@@ -77,7 +90,7 @@ def main_table(panel: dict[str, Any], ids: Sequence[str], oods: Sequence[str], m
     for row in panel["rows"]:
         cells = [fmt_pct(row["datasets"][d].get("accuracy" if d in retain else metric))
                  if d in row["datasets"] else "—" for d in cols]
-        cells += [fmt_key(k, row.get(k)) for k in keys]
+        cells += [fmt_key(k, row.get(k), row.get("ci95", {}).get(k)) for k in keys]
         if robustness:
             er = row.get("effective_robustness")
             cells.append("—" if not er else fmt_pct((er["value"], er["se"]), signed=True))
@@ -96,7 +109,7 @@ def paired_table(panel: dict[str, Any], keys: Sequence[str], first: str = "group
     for e in panel["paired"]:
         cells = []
         for key in keys:
-            cells += [fmt_diff(e[key]), e[key]["verdict"]]
+            cells += [fmt_diff(e[key], key), e[key]["verdict"]]
         lines.append(f"| {e['group']} | {e['reference']} | " + " | ".join(cells)
                      + f" | {e[keys[1]]['n']} |")
     return lines
@@ -111,6 +124,21 @@ def frontier_table(panel: dict[str, Any], x: str, y: str) -> list[str]:
         gap = "—" if e["gap"] is None else fmt_pct((e["gap"], e["se"]), signed=True)
         lines.append(f"| {e['row']} | WiSE-FT of {e['curve']} | {100 * e['id']:.2f} | "
                      f"{100 * e['ood']:.2f} | {curve} | {gap} | {e['verdict']} |")
+    return lines
+
+
+def headline_table(panel: dict[str, Any], x: str, y: str) -> list[str]:
+    """Each method's gap to the best baseline's WiSE-FT frontier at its mean ID accuracy."""
+    lines = [f"| model | {header(x)} | gap to best WiSE-FT frontier | 95% CI | verdict | "
+             "best curve | eff. robustness |", "|---|---|---|---|---|---|---|"]
+    for e in panel["headline"]:
+        gap = "—" if e["gap"] is None else fmt_pct((e["gap"], e["se"]), signed=True)
+        ci = fmt_ci(y, e["ci95"]) if e.get("ci95") else "—"
+        er = e.get("effective_robustness")
+        er = "—" if not er else fmt_pct((er["value"], er["se"]), signed=True)
+        curve = f"WiSE-FT of {e['curve']}" if e["curve"] else "—"
+        lines.append(f"| {e['row']} | {100 * e['id']:.2f} | {gap} | {ci} | {e['verdict']} | "
+                     f"{curve} | {er} |")
     return lines
 
 
@@ -132,11 +160,17 @@ def compare_markdown(doc: dict[str, Any]) -> str:
              f"Task {doc['task']}; ID {', '.join(doc['id']) or '—'}; OOD "
              f"{', '.join(doc['ood']) or '—'}"
              + (f"; retention {', '.join(doc['retain'])}" if doc.get("retain") else "")
-             + f"; grouped by {by}. Values in %, mean ± SE over runs "
-             "(SE = sqrt(var between runs / n + mean binomial variance / n) for accuracies); "
-             "paired differences by seed, **within noise** when |mean| < 2 SE.", ""]
+             + f"; grouped by {by}. Accuracies in %, ECE as a "
+             "fraction; mean ± SE over runs [95% CI, t with n − 1 degrees of freedom] "
+             "(docs/compare.md: the SE of accuracies counts the shared test images); paired "
+             "differences by seed, **within noise** when |mean| < 2 SE.", ""]
     for panel in doc["panels"]:
-        lines += [f"### {panel['pretrained']}", "",
+        lines += [f"### {panel['pretrained']}", ""]
+        if panel.get("headline"):
+            lines += ["Headline: each method against the best baseline's WiSE-FT frontier at "
+                      "its ID accuracy (above / below beyond 2 SE):", "",
+                      *headline_table(panel, *doc["keys"][:2]), ""]
+        lines += [
                   *main_table(panel, doc["id"], doc["ood"], doc["primary"], keys, True,
                               doc.get("retain", ())), "",
                   _fit_line(panel), ""]
@@ -207,7 +241,9 @@ def _setting(res: dict[str, Any]) -> list[str]:
              "ID accuracy.",
              "- Errors: mean ± SE over runs, SE = sqrt(var between runs / n + mean binomial "
              "variance / n) (for an average over K sets the binomial variance is "
-             "Σ p(1−p)/n_k / K²); ECE, NLL and wall time use the spread over runs only. Results "
+             "Σ p(1−p)/n_k / K²), or, for ID and average OOD accuracy of runs that stored "
+             "their per-example correctness, the SE on shared test images "
+             "(docs/compare.md); ECE, NLL and wall time use the spread over runs only. Results "
              "are reported per pretrained model (one table per pretraining seed): runs from "
              "different pretrained weights are never pooled.",
              "- Paired differences: per seed within a pretrained model, mean ± SE "
@@ -263,7 +299,9 @@ def _per_panel(res: dict[str, Any], title: str, intro: Sequence[str], table: Any
 
 def _main_table(res: dict[str, Any]) -> list[str]:
     st = res["setting"]
-    return _per_panel(res, "Main table", ["Accuracy and ECE in %, mean ± SE over runs.", ""],
+    intro = ["Accuracy in %, ECE and NLL as plain numbers (ECE a fraction, as in `tracer eval`); "
+             "mean ± SE over runs [95% CI].", ""]
+    return _per_panel(res, "Main table", intro,
                       lambda p: main_table(p, st["id"], st["ood"], "accuracy", TABLE_KEYS,
                                            False))
 
@@ -379,7 +417,7 @@ def _panel_facts(panel: dict[str, Any]) -> list[str]:
         ood, ida, ece = e["avg_ood_accuracy"], e["id_accuracy"], e["avg_ood_ece"]
         out.append(f"{e['group']} vs {e['reference']}: avg OOD {fmt_diff(ood)} "
                    f"({ood['verdict']}), ID {fmt_diff(ida)} ({ida['verdict']}), avg OOD ECE "
-                   f"{fmt_diff(ece)} ({ece['verdict']}); {ood['n']} pair(s).")
+                   f"{fmt_diff(ece, 'avg_ood_ece')} ({ece['verdict']}); {ood['n']} pair(s).")
     for e in panel["frontier"]:
         if e["gap"] is None:
             out.append(f"{e['row']} is outside the ID range of the WiSE-FT curve of {e['curve']}.")

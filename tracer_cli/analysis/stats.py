@@ -1,5 +1,6 @@
 """The statistics of a comparison: mean ± SE over runs, paired differences, the WiSE-FT frontier
-gap and the logit-linear fit behind effective robustness.
+gap, the logit-linear fit behind effective robustness, t intervals for few runs (our own t
+quantile: scipy is not a dependency) and the SE of a mean over seeds on shared test images.
 
 Errors follow benchmarks/phenomenon.py: an accuracy measured on n examples has binomial variance
 p(1 − p)/n; the mean over runs has SE sqrt(var_between_runs / n_runs + mean binomial var / n_runs),
@@ -63,7 +64,8 @@ def paired_difference(a: dict[Any, float], b: dict[Any, float]) -> dict[str, Any
     d = np.array([a[k] - b[k] for k in keys], dtype=float)
     se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else None
     mean = float(d.mean())
-    return {"n": int(d.size), "mean": mean, "se": se, "verdict": noise_verdict(mean, se)}
+    return {"n": int(d.size), "mean": mean, "se": se, "ci95": ci95(mean, se, int(d.size)),
+            "verdict": noise_verdict(mean, se)}
 
 
 def frontier_gap(curve: Sequence[tuple[float, float]], id_acc: float, ood_acc: float,
@@ -120,3 +122,97 @@ def effective_robustness(fit: dict[str, Any] | None, id_acc: float, ood_acc: flo
     if fit is None:
         return None
     return float(ood_acc - sigmoid(fit["intercept"] + fit["slope"] * logit(id_acc)))
+
+
+# --------------------------------------------------------------------------- small-n intervals
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """The continued fraction of the regularized incomplete beta function (modified Lentz)."""
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 400):
+        for num in (m * (b - m) * x / ((qam + 2 * m) * (a + 2 * m)),
+                    -(a + m) * (qab + m) * x / ((a + 2 * m) * (qap + 2 * m))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b) for a, b > 0 and 0 ≤ x ≤ 1."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                     + a * math.log(x) + b * math.log1p(-x))
+    # The fraction converges fast only left of the mean; beyond it, I_x(a, b) = 1 − I_{1−x}(b, a).
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T ≤ t) for Student's t with ``df`` degrees of freedom."""
+    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+def t_quantile(p: float, df: float | None) -> float:
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (``None``: the normal),
+    by bisection on :func:`t_cdf` to 1e-10. scipy is not a dependency, hence our own."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"t_quantile: p must lie in (0, 1), got {p}")
+
+    def cdf(x: float) -> float:
+        return 0.5 * math.erfc(-x / math.sqrt(2.0)) if df is None else t_cdf(x, df)
+
+    lo, hi = -1.0, 1.0
+    while cdf(lo) > p:
+        lo *= 2.0
+    while cdf(hi) < p:
+        hi *= 2.0
+    while hi - lo > 1e-10:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def ci95(mean: float | None, se: float | None, n: int) -> list[float] | None:
+    """mean ± t(0.975, n − 1) · SE; with one run (no spread, a binomial SE only) the normal
+    quantile. None without an SE."""
+    if mean is None or se is None or not math.isfinite(se):
+        return None
+    half = t_quantile(0.975, n - 1 if n > 1 else None) * se
+    return [mean - half, mean + half]
+
+
+# --------------------------------------------------------------------------- shared test images
+
+def shared_images_se(correct: Sequence[Sequence[Sequence[bool]]]) -> float:
+    """SE of a mean accuracy over runs (seeds) that were all evaluated on the same images.
+
+    ``correct[r][k]`` is run r's 0/1 correctness on set k (the same images, in the same order, for
+    every run). The statistic is the mean over the R runs of the mean over the K sets of the
+    accuracy; with seeds and images both drawn at random (a crossed design), its variance is
+
+        s²_runs / R + Σ_k s²_k / (n_k K²)
+
+    where s²_runs is the variance between the runs' accuracies (ddof 1; 0 for one run) and s²_k the
+    variance over the n_k images of set k of their correctness averaged over the runs (ddof 1).
+    Errors the runs share (the same hard images) stay in s²_k instead of averaging away, as the
+    binomial term divided by R assumes. The seed × image interaction enters both terms, so the
+    estimate errs on the safe side by σ²_interaction / (R n); one run gives the binomial SE.
+    """
+    c = [np.stack([np.asarray(run[k], dtype=np.float64) for run in correct])
+         for k in range(len(correct[0]))]
+    sets, runs = len(c), len(correct)
+    per_run = np.mean([m.mean(axis=1) for m in c], axis=0)  # each run's average over the sets
+    between = float(per_run.var(ddof=1)) / runs if runs > 1 else 0.0
+    images = sum(float(m.mean(axis=0).var(ddof=1)) / m.shape[1] for m in c) / sets ** 2
+    return math.sqrt(between + images)

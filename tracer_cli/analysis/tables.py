@@ -2,7 +2,9 @@
 WiSE-FT curves, the frontier gap and effective robustness.
 
 A *record* is one run's numbers: ``{"name", "method", "group", "pretrained", "seed",
-"zeroshot_key", "models": {MODEL: model_numbers(...)}, "wise": [WiSE entries], "wall_time_s"}``.
+"zeroshot_key", "models": {MODEL: model_numbers(...)}, "wise": [WiSE entries], "wall_time_s"}``,
+optionally ``"correct": {MODEL: {"id_accuracy" | "avg_ood_accuracy": [packed, ...]}}``, the
+model's per-example correctness on each ID / OOD set (:func:`pack_correct`: records stay JSON).
 ``pretrained`` names the pretrained weights (the panel; runs from different weights are never
 pooled); ``zeroshot_key`` tells apart the zero-shot models within a panel (the seed for randomly
 initialised models, else nothing). ``tracer compare`` builds records from run directories and
@@ -11,14 +13,15 @@ initialised models, else nothing). ``tracer compare`` builds records from run di
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Hashable, Sequence
 
 import numpy as np
 
 from tracer_cli.analysis.stats import (
-    average_binomial_var, binomial_var, effective_robustness, frontier_gap, logit_fit, mean_se,
-    paired_difference)
+    average_binomial_var, binomial_var, ci95, effective_robustness, frontier_gap, logit_fit,
+    mean_se, paired_difference, shared_images_se)
 from tracer_cli.metric_spec import RETAIN_KEYS
 
 PRETRAINED_ROW = "zero-shot (pretrained)"
@@ -89,6 +92,7 @@ def aggregate(records: Sequence[dict[str, Any]], model: str) -> dict[str, Any] |
     first = entries[0][1]
     out: dict[str, Any] = {"n_runs": len(entries), "datasets": {
         d: _dataset_cell([e["datasets"][d] for _, e in entries]) for d in first["datasets"]}}
+    out["ci95"], out["shared_images"] = {}, []
     for key in [k for k in first if k.startswith(("id_", "avg_ood_", "retain_"))]:
         values = [e[key] for _, e in entries if e.get(key) is not None]
         binom = [e["binom_var"][key] for _, e in entries if key in e["binom_var"]]
@@ -96,11 +100,45 @@ def aggregate(records: Sequence[dict[str, Any]], model: str) -> dict[str, Any] |
             out[key] = None
         elif len(binom) == len(values):
             out[key] = pair(mean_se(values, binom))
+            shared = _shared_images_se([r for r, _ in entries], model, key)
+            if shared is not None:
+                out[key][1] = shared
+                out["shared_images"].append(key)
         else:
             out[key] = spread(values)
+        if out[key] is not None:
+            out["ci95"][key] = ci95(*out[key], len(values))
     walls = [r["wall_time_s"] for r, _ in entries if r.get("wall_time_s") is not None]
     out["wall_time_s"] = spread(walls) if walls and model != "zeroshot" else None
     return out
+
+
+def pack_correct(vector: Any) -> dict[str, Any]:
+    """A 0/1 correctness vector as ``{"n", "bits"}``: bit-packed, base64 (n/6 characters)."""
+    import base64
+
+    v = np.asarray(vector, dtype=bool)
+    return {"n": int(v.size), "bits": base64.b64encode(np.packbits(v).tobytes()).decode()}
+
+
+def unpack_correct(packed: dict[str, Any]) -> np.ndarray:
+    """The boolean vector :func:`pack_correct` packed."""
+    import base64
+
+    bits = np.frombuffer(base64.b64decode(packed["bits"]), dtype=np.uint8)
+    return np.unpackbits(bits, count=packed["n"]).astype(bool)
+
+
+def _shared_images_se(records: Sequence[dict[str, Any]], model: str, key: str) -> float | None:
+    """The SE (:func:`~tracer_cli.analysis.stats.shared_images_se`) of the mean of ``key`` over
+    runs evaluated on the same images, when every run stored its per-example correctness for it
+    on equally long sets; else None."""
+    packed = [(r.get("correct") or {}).get(model, {}).get(key) for r in records]
+    if not packed or any(p is None for p in packed):
+        return None
+    if len({tuple(x["n"] for x in p) for p in packed}) != 1:
+        return None
+    return shared_images_se([[unpack_correct(x) for x in p] for p in packed])
 
 
 @dataclass
@@ -223,6 +261,45 @@ def frontier_table(rows: Sequence[dict[str, Any]], curves: dict[str, list[dict[s
     return out
 
 
+def _curve_at(points: Sequence[dict[str, Any]], x: str, y: str, id_acc: float
+              ) -> tuple[list[tuple[float, float]], float]:
+    """A curve's (ID, OOD) means and the SE of its OOD mean interpolated at ``id_acc``."""
+    pts = sorted((p[x][0], p[y][0], p[y][1] or 0.0) for p in points if p.get(x) and p.get(y))
+    se = float(np.interp(id_acc, [p[0] for p in pts], [p[2] for p in pts])) if pts else 0.0
+    return [(i, o) for i, o, _ in pts], se
+
+
+def headline_table(rows: Sequence[dict[str, Any]], curves: dict[str, list[dict[str, Any]]],
+                   baselines: Sequence[str], x: str, y: str) -> list[dict[str, Any]]:
+    """Each trained student's gap to the best baseline's WiSE-FT frontier at its mean ID
+    accuracy: among the curves of ``baselines`` (every group with a curve when empty) but its
+    own group's, the one highest at that ID. SE = sqrt(SE of the row's OOD mean² + SE of the
+    curve's OOD mean there²); above / below beyond 2 SE, else within noise."""
+    pool = {g: c for g, c in curves.items() if not baselines or g in baselines}
+    out = []
+    for row in rows:
+        if (row["model"] != "student" or row["method"] == "zeroshot" or not row.get(x)
+                or not row.get(y)):
+            continue
+        (id_m, _), (ood_m, ood_se) = row[x], row[y]
+        best = None
+        for group, points in pool.items():
+            if group == row["group"]:
+                continue
+            curve, curve_se = _curve_at(points, x, y, id_m)
+            at = frontier_gap(curve, id_m, ood_m, math.hypot(ood_se or 0.0, curve_se))
+            if at["gap"] is not None and (best is None or at["curve_ood"] > best[1]["curve_ood"]):
+                best = (group, at)
+        if best is None and not any(g != row["group"] for g in pool):
+            continue
+        group, at = best if best else (None, frontier_gap([], id_m, ood_m, ood_se))
+        er = row.get("effective_robustness")
+        out.append({"row": row["label"], "curve": group, "id": id_m, "ood": ood_m, **at,
+                    "ci95": ci95(at["gap"], at["se"], row["n_runs"])
+                    if at["gap"] is not None else None, "effective_robustness": er})
+    return out
+
+
 def _zero_numbers(record: dict[str, Any], panel: Sequence[dict[str, Any]]
                   ) -> dict[str, Any] | None:
     """The pretrained model of a run: a zero-shot recipe's run on the same weights, else the
@@ -303,6 +380,7 @@ def analyse(records: Sequence[dict[str, Any]], groups: Sequence[str],
             doc["effective_robustness"] = (None if er is None else
                                            {"value": er, "se": doc[y][1]})
         panels.append({"pretrained": name, "rows": docs,
+                       "headline": headline_table(docs, curves, references, x, y),
                        "paired": paired_table(rows, references, keys), "wise": curves,
                        "frontier": frontier_table(docs, curves, x, y), "fit": fit})
     return panels

@@ -7,7 +7,7 @@ The work happens in :mod:`tracer_cli.analysis`; this module parses flags and pri
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -63,8 +63,36 @@ def compare_command(
     elif markdown:
         typer.echo(text, nl=False)
     else:
-        from rich.markdown import Markdown
-
-        result_console(False).print(Markdown(text))
+        console = result_console(False)
+        for block in terminal_blocks(text):
+            console.print(block)
     if plot is not None and not as_json:
         result_console(True).print(f"plot: {plot}")
+
+
+def terminal_blocks(text: str) -> list[Any]:
+    """The Markdown of a comparison as rich renderables: each table a rich Table whose cells
+    wrap (``overflow="fold"``: long group labels are shown whole, never cut with an ellipsis),
+    every other line (blank ones included, they separate the sections) as plain text."""
+    from rich.table import Table
+    from rich.text import Text
+
+    blocks: list[Any] = []
+    rows: list[list[str]] = []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= {"-"} for c in cells):  # the |---| separator line
+                rows.append(cells)
+            continue
+        if rows:
+            table = Table(show_lines=False)
+            for head in rows[0]:
+                table.add_column(head, overflow="fold")
+            for cells in rows[1:]:
+                table.add_row(*cells)
+            blocks.append(table)
+            rows = []
+        style = "bold" if line.startswith("#") else None
+        blocks.append(Text(line.lstrip("# ").replace("**", ""), style=style))
+    return blocks[:-1]  # the "" that closed the last table

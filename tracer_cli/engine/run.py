@@ -258,19 +258,20 @@ def _retain_before(run: _Setup) -> dict[str, Any] | None:
     run.writer.reporter.notice(f"evaluating the pretrained model on {', '.join(run.retain)} "
                                "(retention before finetuning)")
     return evaluate(run.retain_scorer, run.backbone, run.backbone.model, run.retain,
-                    run.precision)
+                    run.precision)[0]
 
 
 def _evaluate(run: _Setup, tag: str, module: torch.nn.Module,
               head: torch.nn.Module | None = None) -> dict[str, Any]:
     """The task's metrics on the ID and OOD sets (through ``head`` when the run trained one) and
     the zero-shot metrics on the retention sets (never through a head: it has only the
-    finetuning classes)."""
-    metrics = evaluate(run.task, run.backbone, module, run.sets, run.precision, head) \
-        if run.sets else {}
+    finetuning classes); the per-example correctness of the ID and OOD sets is kept."""
+    metrics, correct = evaluate(run.task, run.backbone, module, run.sets, run.precision, head) \
+        if run.sets else ({}, {})
+    run.writer.correct_record("zeroshot" if tag == "zeroshot" else f"final_{tag}", correct)
     if run.retain:
         metrics.update(evaluate(run.retain_scorer, run.backbone, module, run.retain,
-                                run.precision))
+                                run.precision)[0])
     for name, (_, loader) in {**run.sets, **run.retain}.items():
         skipped = getattr(loader, "bad", [])
         if skipped:

@@ -29,11 +29,20 @@ def task_evaluate(task: Task, backbone: Backbone, module: torch.nn.Module,
 
 def evaluate(task: Task, backbone: Backbone, module: torch.nn.Module,
              sets: dict[str, tuple[DatasetBundle, Any]], precision: Precision,
-             head: torch.nn.Module | None = None) -> dict[str, Any]:
-    """name -> metrics (logits dropped: the run keeps metrics only)."""
+             head: torch.nn.Module | None = None
+             ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """name -> metrics, and name -> per-example correctness (top-1 prediction equals the label)
+    for the sets whose task returns logits and one label per example; the logits are dropped
+    (the run keeps metrics and one bit per example only)."""
     results = task_evaluate(task, backbone, module, sets, precision.device, precision.autocast,
                             head)
-    return {name: r["metrics"] for name, r in results.items()}
+    correct = {}
+    for name, r in results.items():
+        logits, labels = r.get("logits"), r.get("labels")
+        if (isinstance(logits, torch.Tensor) and isinstance(labels, torch.Tensor)
+                and logits.ndim == 2 and labels.ndim == 1 and len(logits) == len(labels)):
+            correct[name] = (logits.argmax(dim=1).cpu() == labels.cpu()).numpy()
+    return {name: r["metrics"] for name, r in results.items()}, correct
 
 
 def summarize(recipe: Recipe, evals: dict[str, dict[str, Any]],

@@ -138,6 +138,11 @@ class RunWriter:
             rundir.write_eval(self.run_dir, tag, metrics)
             self.loggers.log_eval(tag, step, metrics, primary)
 
+    def correct_record(self, tag: str, correct: dict[str, Any]) -> None:
+        """``eval/<tag>.correct.npz``: which examples the model got right, per dataset."""
+        if self.ctx.is_main and correct:
+            rundir.write_correct(self.run_dir, tag, correct)
+
     def save(self, trainer: Trainer, position: dict[str, int], bad: BadDataLog, step: int) -> Path:
         """A checkpoint of the state after ``step`` steps (a collective under DDP: every rank
         contributes its RNG states, rank 0 writes)."""
