@@ -86,8 +86,8 @@ def test_a_failed_rank_before_any_checkpoint_says_how_to_start_again(runner, tin
     assert result.exit_code == 1
     again = shlex.join(["tracer", "finetune", str(tiny_recipe), "--output-dir", str(out)])
     assert result.stderr.splitlines() == [
-        f"error: rank 1 of 2 failed with exit code 1; no checkpoint was written yet; start again "
-        f"with: {again} --nproc 2"]
+        f"error: rank 1 of 2 failed with exit code 1; start again (there is no checkpoint to "
+        f"resume from yet) with: {again} --nproc 2"]
 
     (out / "tiny").mkdir(parents=True)  # what the failed run left behind is to be replaced
     (out / "tiny" / "metrics.jsonl").write_text("{}\n")

@@ -112,7 +112,7 @@ def finetune(
         raise UsageError("--resume continues a run directory and --overwrite deletes it; use one")
     if nproc is not None and nproc > 1:
         _launch(nproc, rec, _command(recipe, sets, output_dir, resume, as_json, overwrite),
-                lambda: _go_on(rec, recipe, sets, output_dir, as_json))
+                lambda: _go_on(rec, recipe, sets, output_dir))
         return
     main_rank = os.environ.get("RANK", "0") == "0"
     console = result_console(as_json)
@@ -144,8 +144,6 @@ def finetune(
 def _again(recipe: Path, sets: list[str], output_dir: Path | None, run_dir: Path) -> str:
     """How to go on after a stop: resume when the run has a checkpoint, else start it again
     (with --overwrite when it left files), so that the printed command works as it is."""
-    from tracer_cli import rundir
-
     if next(rundir.resume_candidates(run_dir), None) is not None:
         return "resume with: " + _rerun_command(recipe, sets, output_dir, resume="auto")
     return ("start again (there is no checkpoint to resume from yet) with: "
@@ -198,16 +196,10 @@ def _launch(nproc: int, rec: recipe_mod.Recipe, args: list[str], go_on: Callable
 _EXPLAINED = (EXIT_USAGE, 128 + signal.SIGINT, 128 + signal.SIGTERM)
 
 
-def _go_on(rec: recipe_mod.Recipe, recipe: Path, sets: list[str], output_dir: Path | None,
-           as_json: bool) -> str:
+def _go_on(rec: recipe_mod.Recipe, recipe: Path, sets: list[str], output_dir: Path | None
+           ) -> str:
     """After a failed distributed run: resume from its newest checkpoint, or start it again (over
     what the failed run left in its folder)."""
     from tracer_cli.engine.run import run_dir_of
 
-    run_dir = run_dir_of(rec, output_dir)
-    if next(rundir.resume_candidates(run_dir), None) is not None:
-        return "resume with: " + _resume_command(recipe, sets, output_dir)
-    left = run_dir.is_dir() and any(p.name != rundir.LOCK for p in run_dir.iterdir())
-    again = _command(recipe, sets, output_dir, None, as_json, overwrite=left)
-    return f"no checkpoint was written yet; start again with: tracer {shlex.join(again)} " \
-           f"--nproc {os.environ[NPROC_ENV]}"
+    return _again(recipe, sets, output_dir, run_dir_of(rec, output_dir))
