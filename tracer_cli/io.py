@@ -164,16 +164,19 @@ def folder_problem(path: Path) -> str | None:
     without write permission), found without building it; None when nothing is in the way.
     Check it first: other checks of a path with a name too long raise OSError."""
     path = Path(os.path.abspath(path))
-    # os.path.exists, not Path.exists: a name too long is an answer here, not an OSError.
-    existing = next(p for p in (path, *path.parents) if os.path.exists(p))
+    # Where atomic_dir makes its temporary folder (path's parent, once made). os.path.exists, not
+    # Path.exists: a name too long is an answer here, not an OSError.
+    existing = next(p for p in path.parents if os.path.exists(p))
     name_max = _limit(existing, "PC_NAME_MAX", 255)
-    for part in path.parts[1:]:
-        room = name_max - (_TEMP_EXTRA_BYTES if part == path.name else 0)
+    parts = path.parts[1:]
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        room = name_max - (_TEMP_EXTRA_BYTES if last else 0)
         if len(os.fsencode(part)) > room:
             return (f"the name '{part[:24]}...' is {len(os.fsencode(part))} bytes long; at most "
                     f"{room} fit (a file name holds {name_max} bytes"
                     + (", and the temporary name tracer builds it under adds "
-                       f"{_TEMP_EXTRA_BYTES}" if part == path.name else "") + ")")
+                       f"{_TEMP_EXTRA_BYTES}" if last else "") + ")")
     path_max = _limit(existing, "PC_PATH_MAX", 4096)
     if len(os.fsencode(str(path))) + _TEMP_EXTRA_BYTES >= path_max:
         return f"the path is longer than the {path_max} bytes a path may have"
@@ -187,10 +190,12 @@ def folder_problem(path: Path) -> str | None:
 
 
 def _limit(path: Path, name: str, default: int) -> int:
+    """A file system limit (``os.pathconf``); ``default`` where it is unknown or unlimited."""
     try:
-        return os.pathconf(path, name)
+        value = os.pathconf(path, name)
     except (OSError, ValueError):
         return default
+    return value if value > 0 else default
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:

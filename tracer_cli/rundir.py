@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tracer_cli.errors import UsageError
-from tracer_cli.io import try_lock
+from tracer_cli.io import remove_stale_temps, try_lock
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -386,8 +386,6 @@ def clean_debris(run_dir: Path) -> list[Path]:
     """Remove the temporaries of the run's own files (checkpoints, ``last.pt``, checksums, the
     lock file, summary and evaluations) that a killed process left behind; returns them.
     Temporaries of a live writer stay (see :func:`tracer_cli.io.remove_stale_temps`)."""
-    from tracer_cli.io import remove_stale_temps
-
     run_dir = Path(run_dir)
     top = {LAST, LAST + SHA_SUFFIX, RECIPE_LOCK, SUMMARY}
     return [*remove_stale_temps(run_dir, top.__contains__),
