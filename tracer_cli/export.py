@@ -356,10 +356,10 @@ def _save_safetensors(state: dict[str, torch.Tensor], path: Path, subject: _Subj
 def _save_tensors(state: dict[str, torch.Tensor], path: Path, meta: dict[str, str]) -> None:
     from safetensors.torch import save
 
-    write_file(path, lambda fh: fh.write(save(state, metadata=meta)))
+    _write_file(path, lambda fh: fh.write(save(state, metadata=meta)))
 
 
-def write_file(path: Path, write: Callable[[Any], Any]) -> None:
+def _write_file(path: Path, write: Callable[[Any], Any]) -> None:
     """``write(file object)`` into ``path``, through Python's own file object.
 
     torch.jit's and safetensors' writers given a path write in C++ or Rust, where a full disk
@@ -494,7 +494,7 @@ def _write_torchscript(folder: Path, subject: _Subject, reporter: Reporter) -> d
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             traced = torch.jit.trace(encoder, (example,), check_trace=False)
             frozen = torch.jit.freeze(traced)
-            write_file(path, lambda fh: torch.jit.save(frozen, fh))
+            _write_file(path, lambda fh: torch.jit.save(frozen, fh))
             loaded = torch.jit.load(str(path))
             verified[kind] = _check_close(loaded(probe), encoder(probe), tol,
                                           f"TorchScript {kind} encoder")
