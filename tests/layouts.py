@@ -19,8 +19,11 @@ from PIL import Image
 # the unnamed index column pandas wrote; tracer reads split, y and filename by name.
 IWILDCAM_COLUMNS = ("", "split", "location_remapped", "location", "sequence_remapped", "sequence",
                     "y", "category_id", "datetime", "image_id", "filename")
+# WILDS v2.0's first four classes: (name, WILDS category_id) for y = 0, 1, ...
 IWILDCAM_CLASSES = (("empty", 0), ("tayassu pecari", 2), ("dasyprocta punctata", 3),
-                    ("meleagris ocellata", 7))  # (name, WILDS category_id) for y = 0, 1, ...
+                    ("cuniculus paca", 4))
+# Their English names, lower-cased, as the iwildcam dataset names them by default.
+IWILDCAM_ENGLISH = ("empty", "white-lipped peccary", "central american agouti", "lowland paca")
 OBJECTNET_MAP = {"Alarm clock": "analog clock; digital clock", "Banana": "banana"}
 OBJECTNET_FOLDERS = {"alarm_clock": "Alarm clock", "banana": "Banana"}
 
@@ -33,14 +36,22 @@ def png(size: int = 8, colour: tuple[int, int, int] = (0, 90, 200)) -> bytes:
 
 def write_iwildcam(root: Path, per_split: dict[str, int] | None = None,
                    classes: tuple[tuple[str, int], ...] = IWILDCAM_CLASSES) -> Path:
-    """``root/{metadata.csv, categories.csv, train/}``: ``per_split[s]`` images of each class in
-    WILDS split ``s`` (default 2 in train, 1 in each other split), each class its own colour."""
+    """``root/{metadata.csv, categories.csv, labels.csv, train/}``: ``per_split[s]`` images of
+    each class in WILDS split ``s`` (default 2 in train, 1 in each other split), each class its
+    own colour; ``labels.csv`` in WiSE-FT's form (English names capitalised as there, plus one of
+    its y = 99999 rows)."""
     per_split = per_split or {"train": 2, "id_val": 1, "id_test": 1, "val": 1, "test": 1}
     (root / "train").mkdir(parents=True)
     with open(root / "categories.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["y", "category_id", "name"])
         writer.writerows([y, cid, name] for y, (name, cid) in enumerate(classes))
+    with open(root / "labels.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["y", "category_id", "name", "english"])
+        writer.writerows([y, cid, name, english.capitalize()] for y, ((name, cid), english)
+                         in enumerate(zip(classes, IWILDCAM_ENGLISH + ("",) * len(classes))))
+        writer.writerow([99999, 243, "didelphis sp", "opossum"])
     rows, index = [], 0
     for split, count in per_split.items():
         location = {"train": 0, "id_val": 0, "id_test": 0, "val": 1, "test": 2}[split]
@@ -60,11 +71,14 @@ def write_iwildcam(root: Path, per_split: dict[str, int] | None = None,
 
 
 def framed_png(size: int = 8) -> bytes:
-    """A PNG with the 1-pixel red frame ObjectNet draws around every image."""
+    """A PNG framed as ObjectNet frames its images: a red outer ring of 1 pixel, then here a
+    green ring, so that a crop of exactly 2 pixels a side leaves only the blue inside."""
     image = Image.new("RGB", (size, size), color=(0, 90, 200))
-    for i in range(size):
-        for xy in ((i, 0), (i, size - 1), (0, i), (size - 1, i)):
-            image.putpixel(xy, (255, 0, 0))
+    for ring, colour in ((0, (255, 0, 0)), (1, (0, 255, 0))):
+        last = size - 1 - ring
+        for i in range(ring, last + 1):
+            for xy in ((i, ring), (i, last), (ring, i), (last, i)):
+                image.putpixel(xy, colour)
     out = io.BytesIO()
     image.save(out, format="PNG")
     return out.getvalue()

@@ -53,6 +53,15 @@ class DatasetBundle:
     the indices of these classes in a parent label space when the dataset covers only part of it
     (ImageNet-R: 200 of 1000). An item that cannot be read (a corrupt image) is returned as a
     :class:`SkippedItem` rather than raised, so one bad file does not end a long run.
+
+    ``class_groups`` generalises ``class_subset`` to classes that each stand for one or more
+    parent classes (ObjectNet: "Alarm clock" is ImageNet's "analog clock" and "digital clock"):
+    ``class_groups[label]`` lists the label's parent indices and ``parent_classnames`` names the
+    whole parent label space in its label order (both or neither). A classification task then
+    scores the parent classes with ``templates`` and gives each class the *maximum* of its
+    parents' logits (the evaluation of WiSE-FT, FLYP and TRACER); every metric, ECE and NLL
+    included, is computed on these reduced logits, i.e. probabilities are a softmax over the
+    dataset's own classes. ``classnames`` still names the dataset's classes for reports.
     """
 
     dataset: Dataset
@@ -61,6 +70,8 @@ class DatasetBundle:
     has_captions: bool = False
     class_subset: Sequence[int] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    class_groups: Sequence[Sequence[int]] | None = None
+    parent_classnames: Sequence[str] | None = None
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ milliseconds); :func:`run_plan` evaluates it into an :class:`EvalReport`, whose 
 The document (``datasets`` and the averages describe the reported model: the one model, or for
 WiSE-FT the entry with α = 1, else the largest α asked for), for the ``classification`` task::
 
-    {"datasets": {NAME: {"accuracy", "top5", "ece", "nll", "brier", "macro_f1", "n",
-                         "accuracy_se"}},
+    {"datasets": {NAME: {"accuracy", "top5", "ece", "nll", "brier", "macro_f1",
+                         "macro_f1_wilds", "n", "accuracy_se"}},
      "avg_ood_accuracy", "avg_ood_ece", "id_accuracy",   # null without OOD / ID sets
      "id": [NAME, ...], "ood": [NAME, ...],
      "model": {"source", "path", "spec", "checkpoint", "step", "which", "backbone", "arch",
@@ -228,11 +228,13 @@ class EvalRequest:
 
 @dataclass
 class Loaded:
-    """Finetuned weights, their step, and (trained head, head at θ₀) when the run has a head."""
+    """Finetuned weights, their step, and (trained head, head at θ₀) when the run has a head;
+    for a run, the network its lock file says it was trained in (``[lock.backbone]``)."""
 
     weights: dict[str, torch.Tensor]
     step: int | None
     head: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
+    locked: tuple[Path, dict[str, Any]] | None = None
 
 
 @dataclass
@@ -301,7 +303,8 @@ def _run_source(req: EvalRequest, which: str) -> _Source:
 
     def load() -> Loaded:
         return Loaded(run.weights(which), run.checkpoint.get("step"),
-                      checkpoint_head(run.checkpoint))
+                      checkpoint_head(run.checkpoint),
+                      (run.path, run.trained_with.get("backbone") or {}))
 
     return _Source("run", raw, str(run.lock_path), load,
                    {"path": str(run.path), "checkpoint": str(run.checkpoint_path), "which": which})
@@ -470,6 +473,10 @@ def run_plan(plan: EvalPlan, reporter: Reporter | None = None) -> EvalReport:
     tuned = loaded.weights if loaded is not None else None
     model["step"] = loaded.step if loaded is not None else None
     backbone = pretrained_backbone(recipe)
+    if loaded is not None and loaded.locked is not None:
+        notice = rundir.check_built_as_locked(*loaded.locked, backbone.describe())
+        if notice:
+            reporter.notice(notice)
     module = backbone.model
     theta0 = ({k: v.detach().clone() for k, v in module.state_dict().items()}
               if plan.alphas else None)

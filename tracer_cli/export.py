@@ -607,7 +607,8 @@ def _model_section(subject: _Subject) -> dict[str, Any]:
     dim = _embed_dim(subject)
     return {
         "backbone": describe.get("backbone"), "arch": describe.get("arch"),
-        "pretrained": describe.get("pretrained"), "model_cfg": subject.model_cfg,
+        "pretrained": describe.get("pretrained"), "activation": describe.get("activation"),
+        "model_cfg": subject.model_cfg,
         "preprocess_cfg": subject.preprocess, "logit_scale": scale,
         "by_name": _by_name(subject),
         "inputs": {"image": {"shape": ["batch", 3, *(subject.image_size or ("H", "W"))],
@@ -741,7 +742,8 @@ def render_card(card: dict[str, Any]) -> str:
         f"- weights: {weights}; checkpoint `{run['checkpoint']}` (step {run['step']})",
         f"- method: {card['method']}",
         f"- backbone: {model.get('backbone')} `{model.get('arch')}`, initialised from "
-        f"`{model.get('pretrained')}`",
+        f"`{model.get('pretrained')}`"
+        + (f", built with {model['activation']}" if model.get("activation") else ""),
         "- exported with " + ", ".join(f"{k} {v}" for k, v in card["versions"].items()),
         "- trained with " + ", ".join(f"{k} {v}" for k, v in run["trained_with"].items()
                                        if isinstance(v, (str, int, float))),

@@ -112,22 +112,45 @@ def brier(probs: Any, labels: Any) -> float:
     return float(((p - onehot) ** 2).sum(axis=1).mean())
 
 
-def macro_f1(logits: Any, labels: Any) -> float:
-    """Unweighted mean of per-class F1 = 2TP/(2TP + FP + FN) over the classes in the labels.
-
-    As the WILDS evaluation computes it for iWildCam (scikit-learn's ``f1_score`` with
-    ``average="macro"`` and ``labels`` = the distinct true labels): a class absent from the test
-    set counts neither as a zero nor at all, even when it is predicted; predicting it still costs
-    the true classes their recall. Most of iWildCam's 182 classes are absent from any one split.
-    """
+def _f1_per_class(logits: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(F1 = 2TP/(2TP + FP + FN), whether the class is in the labels, whether it is predicted)
+    for every class index up to the largest label or prediction."""
     pred = _to_numpy(logits).argmax(axis=1)
     y = _labels(labels)
     size = int(max(y.max(), pred.max())) + 1
     tp = np.bincount(y[pred == y], minlength=size).astype(np.float64)
     predicted = np.bincount(pred, minlength=size)  # TP + FP per class
     actual = np.bincount(y, minlength=size)  # TP + FN per class
-    present = actual > 0
-    return float(np.mean(2 * tp[present] / (predicted + actual)[present]))
+    seen = (predicted + actual) > 0
+    f1 = np.divide(2 * tp, predicted + actual, out=np.zeros(size), where=seen)
+    return f1, actual > 0, predicted > 0
+
+
+def macro_f1(logits: Any, labels: Any) -> float:
+    """Unweighted mean of per-class F1 over the classes that occur in the labels *or* the
+    predictions (scikit-learn's ``f1_score(average="macro")`` default).
+
+    The paper's reference code computes it so (torchmetrics' ``MulticlassF1Score(average=
+    "macro")``, which leaves out classes with TP + FP + FN = 0): a class predicted but absent from
+    the set counts as an F1 of 0. (torchmetrics there sizes its classes by the largest label; a
+    prediction above it, which it cannot score, is counted here as such a class.) See
+    :func:`macro_f1_wilds` for WILDS' definition.
+    """
+    f1, actual, predicted = _f1_per_class(logits, labels)
+    return float(np.mean(f1[actual | predicted]))
+
+
+def macro_f1_wilds(logits: Any, labels: Any) -> float:
+    """Unweighted mean of per-class F1 over the classes in the labels only.
+
+    As the WILDS evaluation computes it for iWildCam (scikit-learn's ``f1_score`` with
+    ``average="macro"`` and ``labels`` = the distinct true labels): a class absent from the test
+    set counts neither as a zero nor at all, even when it is predicted; predicting it still costs
+    the true classes their recall. Most of iWildCam's 182 classes are absent from any one split,
+    so this is usually higher than :func:`macro_f1`.
+    """
+    f1, actual, _ = _f1_per_class(logits, labels)
+    return float(np.mean(f1[actual]))
 
 
 def standard_error(acc: float, n: int) -> float:
@@ -138,8 +161,8 @@ def standard_error(acc: float, n: int) -> float:
 def classification_metrics(logits: Any, labels: Any) -> dict[str, float | int]:
     """Every metric of the report for one dataset, from its full logits and labels.
 
-    Keys: ``accuracy``, ``top5``, ``ece``, ``nll``, ``brier``, ``macro_f1``, ``n``,
-    ``accuracy_se``.
+    Keys: ``accuracy``, ``top5``, ``ece``, ``nll``, ``brier``, ``macro_f1``,
+    ``macro_f1_wilds``, ``n``, ``accuracy_se``.
     """
     z = _to_numpy(logits)
     y = _labels(labels)
@@ -152,6 +175,7 @@ def classification_metrics(logits: Any, labels: Any) -> dict[str, float | int]:
         "nll": nll(z, y),
         "brier": brier(probs, y),
         "macro_f1": macro_f1(z, y),
+        "macro_f1_wilds": macro_f1_wilds(z, y),
         "n": int(len(y)),
         "accuracy_se": standard_error(acc, len(y)),
     }

@@ -3,8 +3,15 @@
 ``[model]`` keys: ``arch`` (an open_clip model name, ``tracer-tiny-rn`` / ``tracer-tiny-vit``, or
 ``local-dir:PATH`` / ``hf-hub:ORG/REPO``), ``pretrained`` (an open_clip tag such as ``openai``, a
 local weights file, ``"embedded"`` for the tiny CLIP tracer pretrains itself, or ``"none"`` for
-random init), ``cache_dir`` (where open_clip looks for downloaded weights) and ``image_size``
-(force a different input size). Preprocessing always comes from the checkpoint's own config.
+random init), ``cache_dir`` (where open_clip looks for downloaded weights), ``image_size``
+(force a different input size), ``quick_gelu`` (the activation, for weights that cannot tell it)
+and ``train_augment`` (``"crop"``, open_clip's training transform, or ``"crop-flip"``, the same
+with a horizontal flip). Preprocessing always comes from the checkpoint's own config.
+
+Weights decide the architecture: for an open_clip tag the model is built as open_clip's pretrained
+config for that tag says it was trained (:func:`quick_gelu_for`; OpenAI's weights need QuickGELU,
+which the configs of the plain arch names do not use), and a recipe that asks for another
+activation is refused instead of loading the weights into the wrong network.
 
 Capabilities the factory declares: ``cache_dir`` is resume-free (where weights are cached does not
 change the run), and ``tracer export --format open_clip`` writes the backbone's own folder format
@@ -36,12 +43,18 @@ from tracer_cli.contracts import WeightsBuild
 from tracer_cli.engine.checkpoint import quiet_pickle_warnings, unreadable_reason
 from tracer_cli.errors import MissingResourceError, RecipeError, UsageError
 from tracer_cli.options import Options
+from tracer_cli.recipe import MAX_SEED
 from tracer_plugins.backbones import embedded
 from tracer_plugins.backbones.openclip_export import OpenClipFormat
 
 CONFIG_DIR = embedded.CONFIG_DIR
 TINY_ARCHS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
+# model.image_size: 4096 px is far above any CLIP (224 to 448); a typo must not build a model
+# whose position embedding alone fills the memory.
+MAX_IMAGE_SIZE = 4096
 _registered_configs = False
+# model.train_augment: open_clip's training transform, or the same with a horizontal flip
+TRAIN_AUGMENTS = ("crop", "crop-flip")
 
 
 def register_tiny_configs() -> None:
@@ -106,11 +119,65 @@ def _quiet_root_logger():
         root.setLevel(level)
 
 
-def _create(arch: str, pretrained: str, cache_dir: str | None, image_size: int | None,
+# Archs whose name is a location holding their config and weights.
+_LOCATION_SCHEMAS = ("local-dir", "hf-hub")
+
+
+def _is_tag(arch: str, pretrained: str) -> bool:
+    """Whether ``pretrained`` names open_clip weights of ``arch`` (a local file of the same name
+    wins, as in :func:`_create`)."""
+    return (pretrained not in ("none", "embedded") and not os.path.isfile(pretrained)
+            and open_clip.is_pretrained_cfg(arch, pretrained))
+
+
+def quick_gelu_for(arch: str, pretrained: str, requested: bool | None) -> bool | None:
+    """Whether the model for these weights is built with QuickGELU: what the weights were trained
+    with where that is known, else ``requested`` (``model.quick_gelu``), else the arch config's.
+
+    Known: an open_clip tag (its pretrained config's ``quick_gelu``, or a QuickGELU arch config:
+    open_clip's ``-quickgelu`` names) and the embedded weights (their tiny config). A request that
+    contradicts them is a recipe error. None for ``local-dir:`` / ``hf-hub:`` archs, whose own
+    ``open_clip_config.json`` decides. Nothing is built or downloaded.
+    """
+    if arch.split(":", 1)[0] in _LOCATION_SCHEMAS:
+        if requested is not None:
+            raise RecipeError("model.quick_gelu", f"does not apply to '{arch}': its "
+                              "open_clip_config.json says how the weights were trained "
+                              "(quick_gelu there); remove model.quick_gelu")
+        return None
+    arch_quick = bool((open_clip.get_model_config(arch) or {}).get("quick_gelu", False))
+    fix = "remove model.quick_gelu (tracer builds what the weights need)"
+    if _is_tag(arch, pretrained):
+        trained = bool(open_clip.get_pretrained_cfg(arch, pretrained).get("quick_gelu")) \
+            or arch_quick
+        fact = (f"the weights: open_clip's pretrained config says the '{pretrained}' weights of "
+                f"'{arch}' were trained with {_activation_name(trained)}")
+    elif pretrained == "embedded":
+        trained = arch_quick
+        fact = (f"the weights: the embedded weights of '{arch}' were trained with "
+                f"{_activation_name(trained)}")
+    elif arch_quick:  # random init or a local file, which cannot tell: the arch name chose
+        trained = True
+        fact = f"the arch: '{arch}' is a QuickGELU config"
+        plain = arch.removesuffix("-quickgelu")
+        fix = "remove model.quick_gelu" + (f", or use arch '{plain}' for GELU"
+                                           if plain != arch else "")
+    else:
+        return requested if requested is not None else False
+    if requested is not None and requested != trained:
+        raise RecipeError("model.quick_gelu",
+                          f"{str(requested).lower()} contradicts {fact}; {fix}")
+    return trained
+
+
+def _activation_name(quick_gelu: bool) -> str:
+    return "QuickGELU" if quick_gelu else "GELU"
+
+
+def _create(arch: str, pretrained: str, kwargs: dict[str, Any],
             embedded_seed: int = 0) -> nn.Module:
-    kwargs: dict[str, Any] = {"cache_dir": cache_dir}
-    if image_size:
-        kwargs["force_image_size"] = image_size
+    """The open_clip model, weights loaded; ``kwargs`` go to ``open_clip.create_model``."""
+    cache_dir = kwargs.get("cache_dir")
     schema = arch.split(":", 1)[0] if ":" in arch else None
     if schema == "local-dir":
         folder = Path(arch.split(":", 1)[1]).expanduser()
@@ -263,23 +330,30 @@ class OpenClipBackbone:
     """An open_clip CLIP with the tokenizer and transforms of its own config."""
 
     def __init__(self, arch: str, pretrained: str, cache_dir: str | None = None,
-                 image_size: int | None = None, embedded_seed: int = 0):
+                 image_size: int | None = None, embedded_seed: int = 0,
+                 quick_gelu: bool | None = None, train_augment: str = "crop"):
         register_tiny_configs()
-        if not arch.startswith(("local-dir:", "hf-hub:")) and \
-                arch not in open_clip.list_models():
+        if arch.split(":", 1)[0] not in _LOCATION_SCHEMAS and arch not in open_clip.list_models():
             import difflib
 
             close = difflib.get_close_matches(arch, open_clip.list_models(), n=3)
             raise RecipeError("model.arch", f"unknown open_clip architecture '{arch}'"
                               + (f"; did you mean {', '.join(close)}?" if close else ""))
         self.arch, self.pretrained, self.embedded_seed = arch, pretrained, embedded_seed
-        self.image_size = image_size
-        self.model = _create(arch, pretrained, cache_dir, image_size, embedded_seed)
+        self.image_size, self.train_augment = image_size, train_augment
+        # Decided before anything is built or downloaded, so a contradiction costs nothing.
+        self.quick_gelu = quick_gelu_for(arch, pretrained, quick_gelu)
+        kwargs: dict[str, Any] = {"cache_dir": cache_dir}
+        if image_size:
+            kwargs["force_image_size"] = image_size
+        if self.quick_gelu:
+            kwargs["force_quick_gelu"] = True  # a no-op where the arch config has it already
+        self.model = _create(arch, pretrained, kwargs, embedded_seed)
         self._tokenizer = open_clip.get_tokenizer(arch, cache_dir=cache_dir)
         self._token_rows: dict[str, torch.Tensor] = {}
         cfg = PreprocessCfg(**open_clip.get_model_preprocess_cfg(self.model))
         self.preprocess_cfg = cfg
-        self.preprocess_train = fuse_to_tensor(image_transform_v2(cfg, is_train=True))
+        self.preprocess_train = fuse_to_tensor(_train_transform(cfg, train_augment))
         self.preprocess_eval = fuse_to_tensor(image_transform_v2(cfg, is_train=False))
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
@@ -310,7 +384,8 @@ class OpenClipBackbone:
 
     def model_config(self) -> dict[str, Any]:
         """The open_clip model config this backbone was built from, with ``model.image_size``
-        applied exactly as ``force_image_size`` applied it."""
+        and the activation applied exactly as ``force_image_size`` / ``force_quick_gelu``
+        applied them."""
         try:
             cfg = open_clip.get_model_config(self.arch)
         except Exception as exc:  # an hf-hub config that is not cached, a broken local-dir config
@@ -322,6 +397,10 @@ class OpenClipBackbone:
         cfg = copy.deepcopy(cfg)
         if self.image_size:
             cfg["vision_cfg"]["image_size"] = self.image_size
+        if self.quick_gelu is not None:
+            # Always written, so that a local-dir: folder rebuilds this activation whatever
+            # the arch name's config says.
+            cfg["quick_gelu"] = self.quick_gelu
         return cfg
 
     def set_grad_checkpointing(self, module: nn.Module) -> list[str]:
@@ -349,8 +428,32 @@ class OpenClipBackbone:
     def describe(self) -> dict[str, Any]:
         extra = {"embedded_seed": self.embedded_seed} if self.pretrained == "embedded" else {}
         return {"backbone": "openclip", "arch": self.arch, "pretrained": self.pretrained,
-                **extra, "open_clip": open_clip.__version__,
+                **extra, "activation": built_activation(self.model),
+                "train_augment": self.train_augment, "open_clip": open_clip.__version__,
                 "preprocess": {k: v for k, v in vars(self.preprocess_cfg).items()}}
+
+
+def built_activation(module: nn.Module) -> str | None:
+    """The activation of the transformer MLPs ``module`` was built with, read from its modules:
+    ``"QuickGELU"``, ``"GELU"``, or None when it has neither (towers open_clip takes from timm
+    or Hugging Face name theirs differently)."""
+    kinds = {type(m) for m in module.modules()}
+    if open_clip.transformer.QuickGELU in kinds:
+        return "QuickGELU"
+    return "GELU" if nn.GELU in kinds else None
+
+
+def _train_transform(cfg: PreprocessCfg, augment: str) -> transforms.Compose:
+    """open_clip's training transform (a random resized crop at scale 0.9-1.0, bicubic), with a
+    horizontal flip right after the crop for ``"crop-flip"``, as the reference implementation's
+    transform for the OpenAI weights (its ``clip/clip.py``) flips."""
+    compose = image_transform_v2(cfg, is_train=True)
+    if augment == "crop":
+        return compose
+    steps = list(compose.transforms)
+    crop = next(i for i, t in enumerate(steps) if isinstance(t, transforms.RandomResizedCrop))
+    steps.insert(crop + 1, transforms.RandomHorizontalFlip())
+    return transforms.Compose(steps)
 
 
 def visual_text_projections(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -375,10 +478,14 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
     opts = Options(options, path="model")
     out = {"arch": opts.str("arch"), "pretrained": opts.str("pretrained", default="none"),
            "cache_dir": opts.str("cache_dir", default=None),
-           "image_size": opts.int("image_size", default=None, minimum=8),
+           "image_size": opts.int("image_size", default=None, minimum=8,
+                                  maximum=MAX_IMAGE_SIZE),
            # Which pretraining run of the embedded tiny CLIP (its run.seed): robustness results
            # should hold across pretraining seeds, not just finetuning seeds.
-           "embedded_seed": opts.int("embedded_seed", default=0, minimum=0)}
+           "embedded_seed": opts.int("embedded_seed", default=0, minimum=0, maximum=MAX_SEED),
+           # None: what the weights were trained with (quick_gelu_for)
+           "quick_gelu": opts.bool("quick_gelu") if opts.has("quick_gelu") else None,
+           "train_augment": opts.str("train_augment", default="crop", choices=TRAIN_AUGMENTS)}
     if out["embedded_seed"] and out["pretrained"] != "embedded":
         raise RecipeError("model.embedded_seed", f"only applies to pretrained = \"embedded\" "
                           f"(got pretrained = {out['pretrained']!r})")
@@ -401,7 +508,7 @@ class OpenClipFactory:
     # `tracer eval --model openclip:ARCH:PRETRAINED`: archs whose name is a location holding their
     # weights, and what PRETRAINED may be (without it, pretrained = "none" would silently give
     # random weights).
-    location_archs = ("local-dir", "hf-hub")
+    location_archs = _LOCATION_SCHEMAS
     weights_required = ("an open_clip tag such as 'openai', a weights file, 'embedded' or "
                         "'none'")
 

@@ -1,9 +1,9 @@
 """``tracer export --format open_clip``: the openclip backbone's own export format.
 
 A folder open_clip's ``local-dir:`` loader (and so CLIP_benchmark) reads as it is:
-``open_clip_config.json`` (the model config and the preprocessing of the run's backbone, so
-nothing is silently defaulted) and ``open_clip_model.safetensors``, the first weights name that
-loader looks for. For archs open_clip knows by name the weights file also works as
+``open_clip_config.json`` (the model config the run's backbone was built from, its activation
+``quick_gelu`` spelled out, and its preprocessing, so nothing is silently defaulted) and
+``open_clip_model.safetensors``, the first weights name that loader looks for. For archs open_clip knows by name the weights file also works as
 ``create_model_and_transforms(ARCH, pretrained=FILE)``. The openclip backbone factory declares
 this format in its ``export_formats`` (:class:`tracer_cli.contracts.ExportFormat`); tracer's
 export builds the folder atomically and adds the model card.
@@ -94,7 +94,8 @@ def verify_config(folder: Path, state: dict[str, torch.Tensor]) -> None:
 def by_name(model: ExportedModel) -> dict[str, Any] | None:
     """How to load the weights by arch name with ``pretrained=FILE``: the arch and the keyword
     arguments that make open_clip build this exact model and preprocessing, or None when the
-    config differs from the named one in more than the image size (local-dir / hf-hub archs)."""
+    config differs from the named one in more than the image size and QuickGELU (local-dir /
+    hf-hub archs)."""
     arch = model.backbone.describe().get("arch")
     cfg, pre = model.model_cfg, model.preprocess_cfg
     if cfg is None or not pre or not isinstance(arch, str) or ":" in arch:
@@ -105,7 +106,10 @@ def by_name(model: ExportedModel) -> dict[str, Any] | None:
     if named["vision_cfg"].get("image_size") != size:
         kwargs["force_image_size"] = size
         named["vision_cfg"]["image_size"] = size
-    if _jsonable(named) != _jsonable(cfg):
+    if cfg.get("quick_gelu") and not named.get("quick_gelu"):
+        kwargs["force_quick_gelu"] = True  # e.g. OpenAI's weights under a plain arch name
+        named["quick_gelu"] = True
+    if _with_activation(named) != _with_activation(cfg):
         return None
     default = _jsonable({**dataclasses.asdict(PreprocessCfg()), "size": pre["size"]})
     for key, kw in _PREPROCESS_KWARGS:
@@ -120,3 +124,8 @@ def by_name(model: ExportedModel) -> dict[str, Any] | None:
 
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value))
+
+
+def _with_activation(cfg: dict[str, Any]) -> Any:
+    """``cfg`` as JSON values with ``quick_gelu`` spelled out (open_clip's default: false)."""
+    return _jsonable({"quick_gelu": False, **cfg})

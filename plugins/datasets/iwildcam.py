@@ -17,11 +17,24 @@ test split reads ``test``, so an ID evaluation names its split explicitly::
     id = [{ name = "iwildcam", split = "id_test", label = "iwildcam-id" }]
     ood = [{ name = "iwildcam", split = "test", label = "iwildcam-ood" }]
 
-Class names are categories.csv's ``name`` column in label order; prompts are a camera-trap set
-(:data:`CAMERA_TRAP_TEMPLATES`; ``templates`` replaces it). The benchmark reports macro-F1 (most
-classes are rare): set ``task.headline = "macro_f1"`` (see docs/tasks.md). ``max_per_class``
-keeps the first N images of each class, for quick looks. Every listed image must exist; one that
-exists but cannot be decoded is skipped and counted, as for the other datasets.
+Class names and prompts are by default those of the paper's reference code (TRACER's, which takes
+them from WiSE-FT and FLYP): the English name of each class, lower-cased ("white-lipped
+peccary"), and the two prompts :data:`IWILDCAM_TEMPLATES`. WILDS' download names its classes only
+in Latin (categories.csv's ``name``: "tayassu pecari"); the English names are in the
+``labels.csv`` that WiSE-FT, FLYP and the TRACER reference ship
+(``src/datasets/iwildcam_metadata/labels.csv``: ``y,category_id,name,english``). tracer does not
+ship that third-party list: put it at ``<root>/labels.csv`` or point option ``labels_file`` at
+it. Each categories.csv row must have the labels file's label and Latin name (rows whose ``y`` is
+not a WILDS label, WiSE-FT's 99999, are ignored). Option ``names = "wilds"`` uses categories.csv's
+``name`` column instead and needs no labels file; ``templates`` replaces the prompts. (The
+reference's training captions keep the English names' capitals, "a photo of White-lipped
+peccary."; tracer uses the one lower-cased list for both.)
+
+The benchmark reports macro-F1 (most classes are rare): set ``task.headline = "macro_f1"`` (see
+docs/tasks.md; ``macro_f1`` is the reference's definition, ``macro_f1_wilds`` WILDS' own).
+``max_per_class`` keeps the first N images of each class, for quick looks. Every listed image
+must exist; one that exists but cannot be decoded is skipped and counted, as for the other
+datasets.
 """
 
 from __future__ import annotations
@@ -45,19 +58,14 @@ METADATA = "metadata.csv"
 CATEGORIES = "categories.csv"
 METADATA_COLUMNS = ("split", "y", "filename")
 CATEGORY_COLUMNS = ("y", "name")
-# Prompts for camera-trap images: wide-angle, often at night (infrared), animals small or partly
-# out of frame.
-CAMERA_TRAP_TEMPLATES = (
-    "a camera trap photo of a {}.",
-    "a camera trap image of a {}.",
-    "a trail camera photo of a {}.",
-    "an infrared camera trap photo of a {} at night.",
-    "a photo of a {} in the wild.",
-    "a blurry camera trap photo of a {}.",
-)
+# The reference code's iWildCam prompts (WiSE-FT's and FLYP's too).
+IWILDCAM_TEMPLATES = ("a photo of {}.", "{} in the wild.")
+LABELS_FILE = "labels.csv"
+LABELS_COLUMNS = ("y", "name", "english")
+NAME_SOURCES = ("english", "wilds")
 TREE = ("<root>/  (or <root>/iwildcam_v2.0/)",
         f"  {METADATA} (split, location_remapped, y, filename, ...), "
-        f"{CATEGORIES} (y, category_id, name)",
+        f"{CATEGORIES} (y, category_id, name), [{LABELS_FILE} (y, category_id, name, english)]",
         "  train/<filename>  (the images of every split)")
 
 
@@ -104,6 +112,33 @@ def read_categories(path: Path, where: Where) -> list[str]:
     return [names[y] for y in range(len(names))]
 
 
+def english_classnames(latin: list[str], labels: Path, where: Where) -> list[str]:
+    """The lower-cased English names of categories.csv's classes (``latin``, by label), read from
+    the WiSE-FT ``labels.csv`` at ``labels`` and checked against it, so that another label order
+    cannot be named wrongly."""
+    if not labels.is_file():
+        raise where.error(
+            f"names = \"english\" (the reference's class names) needs {labels}: the labels.csv "
+            "that WiSE-FT, FLYP and the TRACER reference ship (src/datasets/iwildcam_metadata/"
+            "labels.csv), which WILDS' download lacks; put it there or set labels_file = PATH, "
+            "or set names = \"wilds\" for WILDS' Latin names")
+    english: dict[int, tuple[str, str]] = {}
+    for line, row in enumerate(_read_csv(labels, LABELS_COLUMNS, where), start=2):
+        y = _label(row["y"], labels, line, where)
+        if 0 <= y < len(latin):
+            english[y] = ((row["name"] or "").strip().lower(), (row["english"] or "").strip())
+    absent = [y for y in range(len(latin)) if y not in english or not english[y][1]]
+    if absent:
+        raise where.error(f"{labels} has no English name for label(s) {preview(absent)} of "
+                          f"{CATEGORIES}'s {len(latin)}; set names = \"wilds\" to use its own")
+    wrong = [f"y={y}: {name!r} ({LABELS_FILE}: {english[y][0]!r})" for y, name in enumerate(latin)
+             if name.lower() != english[y][0]]
+    if wrong:
+        raise where.error(f"{CATEGORIES} and {labels} label their classes differently: "
+                          f"{preview(wrong)}; set names = \"wilds\" to use its own names")
+    return [english[y][1].lower() for y in range(len(latin))]
+
+
 def read_split(path: Path, split: str, classes: int, where: Where,
                limit: int | None) -> list[tuple[str, int]]:
     """(filename, label) of the rows of WILDS split ``split``, in file order; every row's split
@@ -144,7 +179,9 @@ def make_iwildcam(spec: dict[str, Any], split: str,
     opts: Options = options_for(spec)
     root, origin = resolve_root(opts, "iwildcam")
     wilds_split = opts.str("split", default=DEFAULT_SPLITS[split], choices=WILDS_SPLITS)
-    templates = read_templates(opts) if opts.has("templates") else list(CAMERA_TRAP_TEMPLATES)
+    templates = read_templates(opts) if opts.has("templates") else list(IWILDCAM_TEMPLATES)
+    names = opts.str("names", default="english", choices=NAME_SOURCES)
+    labels_file = opts.path("labels_file", default=None)
     limit = opts.int("max_per_class", default=None, minimum=1)
     opts.done()  # before touching the disk, so a misspelt key is reported as such
     where = Where("iwildcam", root, origin, TREE, opts.key("root"))
@@ -154,6 +191,8 @@ def make_iwildcam(spec: dict[str, Any], split: str,
     if absent:
         raise where.error(f"{base} lacks {', '.join(absent)}")
     classnames = read_categories(base / CATEGORIES, where)
+    if names == "english":
+        classnames = english_classnames(classnames, labels_file or base / LABELS_FILE, where)
     rows = read_split(base / METADATA, wilds_split, len(classnames), where, limit)
     images = base / "train"
     _check_images(images, rows, wilds_split, where)
@@ -162,7 +201,7 @@ def make_iwildcam(spec: dict[str, Any], split: str,
                                  resolve_transform(transform)),
         classnames=classnames, templates=templates,
         info={"source": "iwildcam", "root": str(base), "split": split,
-              "wilds_split": wilds_split, "num_images": len(rows),
+              "wilds_split": wilds_split, "names": names, "num_images": len(rows),
               "classes_present": len({y for _, y in rows}), "max_per_class": limit})
 
 

@@ -8,13 +8,25 @@
 used (113 of 313 in the published mapping). Mapping keys are ObjectNet labels ("Alarm clock",
 matched to folders through ``folder_to_objectnet_label.json`` beside the mapping) or folder
 names; values are ImageNet descriptions joined by ``"; "`` ("analog clock; digital clock").
-The 1-pixel red border ObjectNet draws around every image is cropped off.
+Every image loses 2 pixels on each side before the transform: ObjectNet draws a red border round
+its images, and the reference evaluation (TRACER's, as WiSE-FT's and FLYP's) crops 2 pixels.
 
-Classes are sorted by folder; each may stand for several ImageNet classes, so
-``info["imagenet_indices"]`` lists them per class and ``class_subset`` is set only when every class
-maps to exactly one. There is a single split, served for both ``train`` and ``test``. Options are
-those of the ImageNet-style datasets (``root``, ``templates``, ``extensions``, ``max_per_class``;
-see :mod:`tracer_plugins.datasets.imagenet`) plus ``mapping_file``.
+Classes are sorted by folder (labels 0 ... 112 with the published mapping); each stands for one or
+more ImageNet classes, listed per class in ``info["imagenet_indices"]``. The ``head`` option says
+how they are scored:
+
+* ``"imagenet"`` (default; the protocol of the paper and its reference code): through ImageNet-1k.
+  The bundle sets ``class_groups`` (each class's ImageNet indices) and ``parent_classnames``
+  (ImageNet's 1000 names), so a classification task scores the ImageNet classes with the ImageNet
+  prompts (``templates``, CLIP's 80 by default) and gives each ObjectNet class the maximum of its
+  ImageNet classes' logits; metrics are computed on those 113 logits.
+* ``"objectnet"``: a head of ObjectNet's own class names ("Alarm clock") with ``templates``;
+  ``class_subset`` is set when every class maps to exactly one ImageNet class. Numbers measured
+  this way are not comparable with the paper's ObjectNet column.
+
+There is a single split, served for both ``train`` and ``test``. Options are those of the
+ImageNet-style datasets (``root``, ``templates``, ``extensions``, ``max_per_class``; see
+:mod:`tracer_plugins.datasets.imagenet`) plus ``mapping_file`` and ``head``.
 """
 
 from __future__ import annotations
@@ -29,10 +41,13 @@ from tracer_cli.contracts import DatasetBundle
 from tracer_plugins.datasets.common import (
     ImageListDataset, Where, data_dir, options_for, preview, resolve_transform, subdirs)
 from tracer_plugins.datasets.imagenet import (
-    collect_rows, imagenet_wnids, read_common, timm_class_list)
+    collect_rows, imagenet_classnames, imagenet_wnids, read_common, timm_class_list)
 
 OBJECTNET_MAPPING = "objectnet_to_imagenet_1k.json"
 OBJECTNET_LABELS = "folder_to_objectnet_label.json"
+HEADS = ("imagenet", "objectnet")
+# Pixels cropped off each side: ObjectNet's red border, as the reference evaluation crops it.
+BORDER = 2
 
 OBJECTNET_TREE = ("<root>/", "  objectnet-1.0/images/alarm_clock/<image>.png  (313 folders)",
                   f"  objectnet-1.0/mappings/{OBJECTNET_MAPPING}  (objectnet-1.0/ may be <root>)")
@@ -116,15 +131,16 @@ def objectnet_classes(mapping_path: Path, images: Path,
 
 
 class CropBorder:
-    """Crop the 1-pixel red frame ObjectNet draws around every image, then apply ``transform``."""
+    """Crop :data:`BORDER` pixels off each side of an image (ObjectNet's red frame), then apply
+    ``transform``; an image too small to keep a pixel is passed on whole."""
 
     def __init__(self, transform: Callable[[Any], Any]):
         self.transform = transform
 
     def __call__(self, image: Any) -> Any:
         width, height = image.size
-        if width > 2 and height > 2:
-            image = image.crop((1, 1, width - 1, height - 1))
+        if width > 2 * BORDER and height > 2 * BORDER:
+            image = image.crop((BORDER, BORDER, width - BORDER, height - BORDER))
         return self.transform(image)
 
 
@@ -134,6 +150,7 @@ def make_objectnet(spec: dict[str, Any], split: str,
     opts = options_for(spec)
     common = read_common(opts, "objectnet", OBJECTNET_TREE)
     mapping_file = opts.path("mapping_file", default=None)
+    head = opts.str("head", default="imagenet", choices=HEADS)
     opts.done()
     where = common.where
     base = data_dir(where, ("objectnet-1.0",), root_ok=True)
@@ -144,13 +161,16 @@ def make_objectnet(spec: dict[str, Any], split: str,
     folders, names, indices = objectnet_classes(mapping_path, images, where)
     # Only the mapped folders: ObjectNet's other classes have no ImageNet counterpart.
     rows = collect_rows(where, images, folders, common.extensions, common.limit)
-    single = all(len(i) == 1 for i in indices)
+    single = head == "objectnet" and all(len(i) == 1 for i in indices)
     return DatasetBundle(
         dataset=ImageListDataset(rows, CropBorder(resolve_transform(transform))),
         classnames=names, templates=common.templates,
         class_subset=[i[0] for i in indices] if single else None,
+        class_groups=indices if head == "imagenet" else None,
+        parent_classnames=list(imagenet_classnames()) if head == "imagenet" else None,
         info={"source": "objectnet", "root": str(base), "mapping_file": str(mapping_path),
-              "split": split, "num_images": len(rows), "imagenet_indices": indices,
+              "split": split, "head": head, "num_images": len(rows),
+              "imagenet_indices": indices,
               "imagenet_subset": sorted({i for group in indices for i in group}),
               "max_per_class": common.limit})
 

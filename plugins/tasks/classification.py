@@ -26,10 +26,17 @@ a parent label space (``DatasetBundle.class_subset``, ImageNet-R/-A) takes its r
 parent's head when a dataset of the same call has that parent space with the same templates: each
 row depends only on its own class's prompts, so the slice equals encoding the subset, without
 encoding those prompts a second time.
+
+A dataset whose classes each stand for several parent classes (``DatasetBundle.class_groups``,
+ObjectNet over ImageNet-1k) is scored through the parent classes it names (rows of the parent's
+zero-shot head, or columns of a trained head over the parent label space), and each of its classes
+takes the maximum of its parents' logits (:func:`group_max`), as WiSE-FT, FLYP and TRACER score
+ObjectNet; all metrics, calibration included, are computed on these reduced logits.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -137,6 +144,54 @@ class ClassNames:
                          f"but dataset '{dataset}' has {classes} classes{parent}; give one name "
                          "per class, one per line, in label order")
 
+    def for_parents(self, bundle: DatasetBundle, dataset: str) -> tuple[str, ...]:
+        """The names of a grouped dataset's parent label space (ObjectNet's ImageNet-1k)."""
+        parents = len(bundle.parent_classnames or ())
+        if len(self.names) == parents:
+            return self.names
+        raise UsageError(f"task.classnames_file '{self.path}' has {len(self.names)} class names "
+                         f"but dataset '{dataset}' is scored through the {parents} classes of its "
+                         "parent label space; give one name per parent class, one per line, in "
+                         "label order")
+
+
+def _class_groups(bundle: DatasetBundle, dataset: str) -> tuple[list[int], list[list[int]]] | None:
+    """For a dataset with ``class_groups``: the parent classes it needs, in parent order, and for
+    each of its classes the positions of its parents among them; None for any other dataset."""
+    groups, parents = bundle.class_groups, bundle.parent_classnames
+    if groups is None and parents is None:
+        return None
+    size = len(parents or ())
+    if (groups is None or len(groups) != len(bundle.classnames)
+            or not all(group and all(0 <= i < size for i in group) for group in groups)):
+        raise UsageError(f"dataset '{dataset}' declares class_groups / parent_classnames that do "
+                         f"not fit: it needs both, one non-empty list of parent indices for each "
+                         f"of its {len(bundle.classnames)} classes, each index below the {size} "
+                         "parent class names")
+    needed = sorted({i for group in groups for i in group})
+    position = {parent: k for k, parent in enumerate(needed)}
+    return needed, [[position[i] for i in group] for group in groups]
+
+
+def group_max(logits: torch.Tensor, groups: Sequence[Sequence[int]] | None) -> torch.Tensor:
+    """N×G logits of grouped classes: column g is the maximum of ``logits``' columns
+    ``groups[g]``; ``logits`` itself when ``groups`` is None."""
+    if groups is None:
+        return logits
+    return torch.stack([logits[:, list(group)].max(dim=1).values for group in groups], dim=1)
+
+
+@dataclass(frozen=True)
+class _Scoring:
+    """How one dataset is scored by a zero-shot head: the head's (class names, templates), its
+    rows in a parent label space (``subset``, for :class:`_HeadCache`), and for grouped classes
+    the head rows each class takes the maximum of."""
+
+    key: tuple[tuple[str, ...], tuple[str, ...]]
+    subset: Sequence[int] | None
+    groups: list[list[int]] | None
+    classes: int
+
 
 class _HeadCache:
     """Zero-shot heads of one evaluation call, keyed by (class names, templates).
@@ -232,6 +287,19 @@ class ClassificationTask:
             return tuple(bundle.classnames)
         return self.classnames.for_bundle(bundle, dataset)
 
+    def _scoring(self, bundle: DatasetBundle, dataset: str) -> _Scoring:
+        """How ``bundle`` is scored: its own classes, a subset of a parent's, or grouped ones."""
+        templates = tuple(self.templates or bundle.templates)
+        grouped = _class_groups(bundle, dataset)
+        if grouped is None:
+            names = self._names(bundle, dataset)
+            return _Scoring((names, templates), bundle.class_subset, None, len(names))
+        needed, groups = grouped
+        parents = (tuple(bundle.parent_classnames or ()) if self.classnames is None
+                   else self.classnames.for_parents(bundle, dataset))
+        return _Scoring((tuple(parents[i] for i in needed), templates), needed, groups,
+                        len(groups))
+
     def train_texts(self, batch: dict[str, Any], bundle: DatasetBundle,
                     rng: torch.Generator) -> list[str]:
         if self.train_text == "captions":
@@ -284,23 +352,23 @@ class ClassificationTask:
         through zero-shot heads, one per (classes, templates) pair."""
         if head is not None:
             return self._evaluate_head(backbone, module, datasets, device, autocast, head)
-        keys = {name: (self._names(bundle, name), tuple(self.templates or bundle.templates))
-                for name, (bundle, _) in datasets.items()}
+        plans = {name: self._scoring(bundle, name) for name, (bundle, _) in datasets.items()}
 
         def encode(names: tuple[str, ...], templates: tuple[str, ...]) -> torch.Tensor:
             return zero_shot_head(backbone, module, names, templates, device, autocast)
 
-        heads = _HeadCache(encode, list(keys.values()))
+        heads = _HeadCache(encode, [plan.key for plan in plans.values()])
         out = {}
         with eval_mode(module):
             scale = backbone.logit_scale(module).float()
-            for name, (bundle, loader) in datasets.items():
-                weights = heads.get(keys[name], bundle.class_subset)
+            for name, (_, loader) in datasets.items():
+                plan = plans[name]
+                weights = heads.get(plan.key, plan.subset)
 
-                def classify(feats: torch.Tensor, weights=weights) -> torch.Tensor:
-                    return scale * feats.float() @ weights.T
+                def classify(feats: torch.Tensor, weights=weights, plan=plan) -> torch.Tensor:
+                    return group_max(scale * feats.float() @ weights.T, plan.groups)
 
-                out[name] = self._score(backbone, module, classify, len(weights), loader,
+                out[name] = self._score(backbone, module, classify, plan.classes, loader,
                                         device, autocast, name)
         return out
 
@@ -310,13 +378,13 @@ class ClassificationTask:
         out = {}
         with eval_mode(module):
             for name, (bundle, loader) in datasets.items():
-                columns = _head_columns(head.classes, bundle, name)
+                columns, groups = _head_columns(head.classes, bundle, name)
 
-                def classify(feats: torch.Tensor, columns=columns) -> torch.Tensor:
+                def classify(feats: torch.Tensor, columns=columns, groups=groups) -> torch.Tensor:
                     logits = head(feats).float()
-                    return logits if columns is None else logits[:, columns]
+                    return group_max(logits if columns is None else logits[:, columns], groups)
 
-                classes = head.classes if columns is None else len(columns)
+                classes = len(bundle.classnames) if columns is not None else head.classes
                 out[name] = self._score(backbone, module, classify, classes, loader, device,
                                         autocast, name)
         return out
@@ -346,18 +414,24 @@ class ClassificationTask:
         return torch.cat(all_logits), torch.cat(all_labels)
 
 
-def _head_columns(classes: int, bundle: DatasetBundle, dataset: str) -> list[int] | None:
-    """Which of a trained head's outputs score ``bundle``'s classes: all of them (None) when the
-    label spaces agree, the subset's columns for a subset dataset (ImageNet-R of ImageNet)."""
+def _head_columns(classes: int, bundle: DatasetBundle,
+                  dataset: str) -> tuple[list[int] | None, list[list[int]] | None]:
+    """Which of a trained head's outputs score ``bundle``'s classes, and how they are grouped: all
+    of them (None) when the label spaces agree, the subset's columns for a subset dataset
+    (ImageNet-R of ImageNet), the parents' columns and each class's group among them for a
+    grouped dataset whose parent label space is the head's (ObjectNet of ImageNet)."""
+    grouped = _class_groups(bundle, dataset)
+    if grouped is not None and len(bundle.parent_classnames or ()) == classes:
+        return grouped
     if len(bundle.classnames) == classes:
-        return None
+        return None, None
     subset = bundle.class_subset
-    if subset is not None and len(subset) == len(bundle.classnames) and \
+    if grouped is None and subset is not None and len(subset) == len(bundle.classnames) and \
             max(subset, default=-1) < classes:
-        return list(subset)
+        return list(subset), None
     raise UsageError(f"dataset '{dataset}' has {len(bundle.classnames)} classes but the run's "
                      f"trained head predicts the training set's {classes}; a head trained by "
-                     "lp/ft/lpft scores only that label space (or a subset of it)")
+                     "lp/ft/lpft scores only that label space (or a subset or grouping of it)")
 
 
 def _check_labels(labels: torch.Tensor, classes: int, dataset: str) -> None:

@@ -79,7 +79,9 @@ def test_open_clip_folder_loads_in_plain_open_clip_with_the_same_embeddings(
     backbone, _ = tracer_model
     config = json.loads((out / "open_clip_config.json").read_text())
     register_tiny_configs()
-    assert config["model_cfg"] == open_clip.get_model_config("tracer-tiny-rn")
+    # The config it was built from, with the activation spelled out (open_clip's default, GELU).
+    assert config["model_cfg"] == {**open_clip.get_model_config("tracer-tiny-rn"),
+                                   "quick_gelu": False}
     assert config["preprocess_cfg"] == json.loads(json.dumps(vars(backbone.preprocess_cfg)))
 
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")

@@ -66,12 +66,12 @@ def test_vitb16_iwildcam_runs_two_steps_with_macro_f1_headline(tmp_path, monkeyp
     # The first two steps of the recipe's own 10,140-step schedule (the engine's stop_after, as
     # `tracer distill-check --steps` uses it): --max-steps 2 would end the run and write ViT-B/16's
     # final checkpoint (student, teacher, AdamW moments: 2.4 GB, about a fifth of the test's time).
-    # One evaluation prompt instead of the six camera-trap ones, since every prompt goes through
+    # One evaluation prompt instead of the reference's two, since every prompt goes through
     # ViT-B/16's text tower once per class and model; no frozen θ₀ copy (track_drift).
     recipe = recipe_mod.load(RECIPES / "vitb16_iwildcam.toml", [
         "model.pretrained=none", "model.image_size=32", "train.batch_size=4",
         "data.num_workers=0", "data.eval_batch_size=16", "run.device=cpu", "run.log_every=1",
-        "run.track_drift=false", 'task.templates=["a camera trap photo of a {}."]'])
+        "run.track_drift=false", 'task.templates=["a photo of {}."]'])
     result = finetune(recipe, output_dir=tmp_path / "runs", stop_after=2)
     assert result.steps == 2 and result.metrics.primary == "macro_f1"
     ev = result.summary["eval"]
@@ -146,6 +146,29 @@ def test_recipes_claiming_a_paper_column_use_its_clipping_or_say_why_not(path):
         return
     # The reference scripts pass max_grad_norm 0: clipping off.
     assert _grad_clip(text) == 0.0 or "max_grad_norm 0" in comments, path.name
+
+
+def _data_entries(recipe: dict) -> list:
+    data = recipe.get("data", {})
+    return [data.get("train"), *data.get("id", []), *data.get("ood", [])]
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.toml")), ids=lambda p: p.name)
+def test_recipes_claiming_a_paper_column_evaluate_as_the_reference(path):
+    """ObjectNet through the ImageNet head (max over mapped classes), iWildCam with its English
+    names and two prompts: the datasets' defaults, which a paper recipe must not override."""
+    text = path.read_text()
+    comments = " ".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
+    if not re.search(r"paper's .*column|column.*paper", comments):
+        return
+    recipe = tomllib.loads(text)
+    overrides = {"objectnet": {"head"}, "iwildcam": {"names", "templates"}}
+    for entry in _data_entries(recipe):
+        if isinstance(entry, dict) and entry.get("name") in overrides:
+            assert not overrides[entry["name"]] & set(entry), (path.name, entry)
+    names = {e if isinstance(e, str) else e.get("name") for e in _data_entries(recipe)}
+    if "iwildcam" in names:  # task.templates would replace the dataset's prompts
+        assert "templates" not in recipe.get("task", {}), path.name
 
 
 # --------------------------------------------------------------------------- macro-F1 headline

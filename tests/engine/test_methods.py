@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from tracer_cli import recipe as recipe_mod
+from tracer_cli import rundir
 from tracer_cli.engine import checkpoint
 from tracer_cli.engine.run import finetune
 from tracer_cli.errors import RecipeError
@@ -162,6 +163,18 @@ def test_lpft_probes_then_finetunes_and_resumes_exactly(tiny_recipe, tmp_path):
     for key, value in end["head"].items():
         if torch.is_tensor(value):
             assert torch.equal(value, again["head"][key]), key
+
+
+def test_the_logged_learning_rate_is_the_one_the_step_used(tiny_recipe, tmp_path):
+    """metrics.jsonl's lr (and lr_head) at step t is the rate step t trained with, as the
+    reference logs it: warm-up (t)/warmup_steps, then cosine; not the next step's rate."""
+    recipe = _recipe(tiny_recipe, "lpft", "train.steps=4", "train.lp_steps=2",
+                     "train.warmup_steps=2", "train.head_lr=1e-2", "run.eval=false")
+    result = _run(recipe, tmp_path)
+    train = [r for r in rundir.read_metrics(result.run_dir) if "lr" in r]
+    # Probing: backbone frozen (0), head warm-up over min(2, 2) steps; then both warm up again.
+    assert [r["lr"] for r in train] == pytest.approx([0.0, 0.0, 0.5e-4, 1e-4])
+    assert [r["lr_head"] for r in train] == pytest.approx([0.5e-2, 1e-2, 0.5e-4, 1e-4])
 
 
 def test_head_method_refused_by_a_task_without_a_head(tiny_recipe, tmp_path):

@@ -73,17 +73,19 @@ def test_macro_f1_hand_example():
     logits = np.eye(4)[preds]  # class 3 never occurs and must not count
     # F1: class 0 = 2/(2+1+1) = 0.5, class 1 = 4/(4+1) = 0.8, class 2 = 0.
     assert metrics.macro_f1(logits, labels) == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+    assert metrics.macro_f1_wilds(logits, labels) == pytest.approx((0.5 + 0.8 + 0.0) / 3)
 
 
-def test_macro_f1_averages_over_the_true_classes_as_wilds_does():
-    # WILDS (iWildCam): sklearn f1_score(average="macro", labels=unique(y_true)). Class 3 is
-    # predicted but absent from the labels: it is left out of the mean (scikit-learn's default
-    # would count it as an F1 of 0), while its false positive still costs class 1 its recall.
+def test_the_two_macro_f1s_differ_on_a_class_predicted_but_absent():
+    # Class 3 is predicted once but absent from the labels; its false positive costs class 1 its
+    # recall in both. F1: class 0 = 1, class 1 = 2/(2+0+1) = 2/3, class 2 = 1, class 3 = 0.
     labels = np.array([0, 0, 1, 1, 2])
     preds = np.array([0, 0, 1, 3, 2])
-    logits = np.eye(4)[preds]
-    # F1: class 0 = 1, class 1 = 2/(2+0+1) = 2/3, class 2 = 1.
-    assert metrics.macro_f1(logits, labels) == pytest.approx((1 + 2 / 3 + 1) / 3)
+    logits = np.eye(5)[preds]  # class 4: neither a label nor predicted, counted by neither
+    # The reference code's (torchmetrics macro, scikit-learn's default): class 3 counts as 0.
+    assert metrics.macro_f1(logits, labels) == pytest.approx((1 + 2 / 3 + 1 + 0) / 4)
+    # WILDS (iWildCam): f1_score(average="macro", labels=unique(y_true)): class 3 left out.
+    assert metrics.macro_f1_wilds(logits, labels) == pytest.approx((1 + 2 / 3 + 1) / 3)
 
 
 def test_accuracy_and_topk():
@@ -100,7 +102,8 @@ def test_classification_metrics_keys_and_standard_error():
     logits = torch.randn(200, 10, generator=gen, dtype=torch.bfloat16)
     labels = torch.randint(0, 10, (200,), generator=gen)
     out = metrics.classification_metrics(logits, labels)
-    assert set(out) == {"accuracy", "top5", "ece", "nll", "brier", "macro_f1", "n", "accuracy_se"}
+    assert set(out) == {"accuracy", "top5", "ece", "nll", "brier", "macro_f1", "macro_f1_wilds",
+                        "n", "accuracy_se"}
     assert out["n"] == 200
     assert out["accuracy_se"] == pytest.approx(math.sqrt(out["accuracy"] * (1 - out["accuracy"])
                                                          / 200))

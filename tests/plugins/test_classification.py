@@ -1,4 +1,5 @@
-"""The classification task: prompt files, the subset head sliced from its parent, label checks."""
+"""The classification task: prompt files, the subset head sliced from its parent, classes grouped
+over a parent label space (max of the parents' logits), label checks."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import torch
 
 from tests.conftest import LOGIT_TOLERANCE, assert_same_predictions
 from tracer_cli.contracts import DatasetBundle
+from tracer_cli.engine.modes import eval_mode
 from tracer_cli.errors import RecipeError, UsageError
+from tracer_cli.metrics import classification_metrics
 from tracer_plugins.backbones.openclip import make_backbone
 from tracer_plugins.datasets.synth import CLASSNAMES
-from tracer_plugins.tasks.classification import make_task
+from tracer_plugins.tasks.classification import LinearHead, group_max, make_task
 
 TEMPLATES = ["a photo of a {}.", "a sketch of a {}."]
 SUBSET = [7, 1, 4]  # deliberately unsorted: rows must follow the subset's order
@@ -130,3 +133,72 @@ def test_headline_key_picks_the_tasks_metric_spec():
     with pytest.raises(RecipeError) as err:
         make_task({"headline": "f1"})
     assert err.value.key == "task.headline" and "allowed: accuracy, macro_f1" in str(err.value)
+
+
+# --------------------------------------------------------------------------- grouped classes
+
+GROUPS = [[0, 3], [7], [9, 2, 5]]  # each class of the grouped dataset = these parent classes
+
+
+def test_group_max_by_hand():
+    logits = torch.tensor([[1.0, 5.0, 2.0, 0.0], [3.0, -1.0, 4.0, 2.0]])
+    expected = torch.tensor([[5.0, 2.0, 1.0], [3.0, 4.0, 3.0]])
+    assert torch.equal(group_max(logits, [[0, 1], [2], [3, 0]]), expected)
+    assert group_max(logits, None) is logits
+
+
+def _grouped(labels):
+    bundle, batches = _bundle(labels, ["round", "pointy", "other"])
+    bundle.class_groups, bundle.parent_classnames = GROUPS, list(CLASSNAMES)
+    return bundle, batches
+
+
+def _parent_view(grouped):
+    """The grouped dataset's images scored over the whole parent label space."""
+    bundle, batches = grouped
+    return DatasetBundle(bundle.dataset, list(CLASSNAMES), TEMPLATES), batches
+
+
+@pytest.mark.numerics
+def test_grouped_classes_take_the_max_of_their_parents_logits(backbone):
+    task = make_task({})
+    grouped = _grouped([0, 2, 1, 1, 0, 2])
+    out = _evaluate(task, backbone, {"parent": _parent_view(grouped), "grouped": grouped})
+    assert backbone.texts == len(CLASSNAMES) * len(TEMPLATES)  # rows sliced from the parent
+    parent = out["parent"]["logits"]
+    expected = torch.stack([parent[:, g].max(dim=1).values for g in GROUPS], dim=1)
+    logits = out["grouped"]["logits"]
+    assert logits.shape == (6, 3)
+    torch.testing.assert_close(logits, expected, **LOGIT_TOLERANCE)
+    # Every metric, calibration included, is read from the reduced 3-way logits.
+    assert out["grouped"]["metrics"] == pytest.approx(
+        classification_metrics(expected, out["grouped"]["labels"]), rel=1e-5, abs=1e-6)
+    alone = _evaluate(task, backbone, {"grouped": grouped})
+    assert backbone.texts == len({i for g in GROUPS for i in g}) * len(TEMPLATES)
+    torch.testing.assert_close(alone["grouped"]["logits"], expected, **LOGIT_TOLERANCE)
+
+
+@pytest.mark.numerics
+def test_a_trained_head_scores_grouped_classes_through_its_parent_columns(backbone):
+    torch.manual_seed(1)
+    head = LinearHead(torch.randn(len(CLASSNAMES), backbone.model.text_projection.shape[1]))
+    grouped = _grouped([0, 1, 2, 2])
+    out = make_task({}).evaluate(
+        backbone, backbone.model, {"grouped": grouped}, torch.device("cpu"),
+        contextlib.nullcontext, head=head)
+    images = torch.cat([b["image"] for b in grouped[1]])
+    with torch.no_grad(), eval_mode(backbone.model):
+        full = head(backbone.encode_image(backbone.model, images)).float()
+    expected = torch.stack([full[:, g].max(dim=1).values for g in GROUPS], dim=1)
+    torch.testing.assert_close(out["grouped"]["logits"], expected, **LOGIT_TOLERANCE)
+
+
+def test_grouped_bundles_are_checked(backbone):
+    bundle, batches = _grouped([0])
+    bundle.parent_classnames = None
+    with pytest.raises(UsageError, match="dataset 'odd' declares class_groups / "
+                                         "parent_classnames that do not fit"):
+        _evaluate(make_task({}), backbone, {"odd": (bundle, batches)})
+    bundle.parent_classnames, bundle.class_groups = list(CLASSNAMES), [[0], [1], [10]]
+    with pytest.raises(UsageError, match="each index below the 10 parent class names"):
+        _evaluate(make_task({}), backbone, {"odd": (bundle, batches)})

@@ -1,4 +1,5 @@
-"""The ``iwildcam`` dataset plugin on a tiny fabricated WILDS v2.0 layout in tmp_path."""
+"""The ``iwildcam`` dataset plugin on a tiny fabricated WILDS v2.0 layout in tmp_path: splits, the
+reference's English names and prompts, and both macro-F1s of its OOD splits."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import shutil
 import pytest
 import torch
 
-from tests.layouts import IWILDCAM_CLASSES, write_iwildcam
+from tests.layouts import IWILDCAM_CLASSES, IWILDCAM_ENGLISH, write_iwildcam
 from tracer_cli.errors import EXIT_USAGE, MissingResourceError, RecipeError
+from tracer_cli.evaluation import summarize
+from tracer_cli.metric_spec import classification_spec
+from tracer_cli.metrics import classification_metrics
 from tracer_cli.plugins import PluginHost
 from tracer_plugins.datasets import iwildcam
-from tracer_plugins.datasets.iwildcam import CAMERA_TRAP_TEMPLATES, WILDS_SPLITS, make_iwildcam
+from tracer_plugins.datasets.iwildcam import WILDS_SPLITS, make_iwildcam
 
 NAMES = [name for name, _ in IWILDCAM_CLASSES]
 COUNTS = {"train": 3, "id_val": 1, "id_test": 2, "val": 1, "test": 2}
@@ -45,8 +49,9 @@ def test_default_splits_labels_names_and_items(root):
     train = make_iwildcam({"root": str(root)}, "train", None)
     test = make_iwildcam({"root": str(root)}, "test", None)
     assert train.info["wilds_split"] == "train" and test.info["wilds_split"] == "test"  # OOD
-    assert list(train.classnames) == NAMES  # categories.csv's names, by y
-    assert list(train.templates) == list(CAMERA_TRAP_TEMPLATES)
+    # The reference's names (English, lower-cased) and its two prompts.
+    assert list(train.classnames) == list(IWILDCAM_ENGLISH) and train.info["names"] == "english"
+    assert list(train.templates) == ["a photo of {}.", "{} in the wild."]
     assert sorted({label for _, label in _rows(train)}) == [0, 1, 2, 3]
     item = test.dataset[len(test.dataset) - 1]
     assert set(item) == {"image", "label"} and item["label"] == 3
@@ -60,6 +65,41 @@ def test_options_templates_and_max_per_class(root):
                             "max_per_class": 1}, "train", None)
     assert list(bundle.templates) == ["a {} on camera."]
     assert [label for _, label in _rows(bundle)] == [0, 1, 2, 3]
+
+
+def test_wilds_names_option(root):
+    bundle = make_iwildcam({"root": str(root), "names": "wilds"}, "test", None)
+    assert list(bundle.classnames) == NAMES  # categories.csv's Latin names, by y
+    with pytest.raises(RecipeError, match="data.names.*allowed: english, wilds"):
+        make_iwildcam({"root": str(root), "names": "latin"}, "test", None)
+
+
+def test_english_names_come_from_the_labels_file(root, tmp_path):
+    copy = _copy(root, tmp_path)
+    moved = tmp_path / "elsewhere.csv"
+    (copy / "labels.csv").rename(moved)
+    # No labels.csv: one error naming the file, where to get it and the alternative.
+    with pytest.raises(MissingResourceError, match=r"needs .*labels\.csv: the labels\.csv that "
+                                                   r"WiSE-FT.*set names = \"wilds\""):
+        make_iwildcam({"root": str(copy)}, "test", None)
+    bundle = make_iwildcam({"root": str(copy), "labels_file": str(moved)}, "test", None)
+    assert list(bundle.classnames) == list(IWILDCAM_ENGLISH)  # lower-cased; y = 99999 ignored
+    assert make_iwildcam({"root": str(copy), "names": "wilds"}, "test", None).classnames == NAMES
+
+
+def test_english_names_need_wilds_label_order(root, tmp_path):
+    copy = _copy(root, tmp_path)
+    _rewrite(copy / "categories.csv", lambda rows: rows[2].__setitem__(2, "puma concolor"))
+    with pytest.raises(MissingResourceError, match=r"y=1: 'puma concolor' \(labels\.csv: 'tayassu "
+                                                   r"pecari'\); set names = \"wilds\""):
+        make_iwildcam({"root": str(copy)}, "test", None)
+    assert make_iwildcam({"root": str(copy), "names": "wilds"}, "test", None).classnames[1] == \
+        "puma concolor"
+    more = [["y", "category_id", "name"], *([y, y, f"species {y}"] for y in range(5))]
+    _rewrite(copy / "categories.csv", lambda rows: rows.__setitem__(slice(None), more))
+    with pytest.raises(MissingResourceError, match=r"has no English name for label\(s\) 4 of "
+                                                   r"categories\.csv's 5"):
+        make_iwildcam({"root": str(copy)}, "test", None)
 
 
 def test_wilds_folder_under_root_and_tracer_data(tmp_path, monkeypatch, root):
@@ -162,3 +202,34 @@ def test_missing_files(root, tmp_path):
     shutil.rmtree(copy / "train")
     with pytest.raises(MissingResourceError, match="lacks categories.csv, train/"):
         make_iwildcam({"root": str(copy)}, "test", None)
+
+
+# --------------------------------------------------------------------------- macro-F1 averages
+
+
+def _move_class_3_out_of_val(rows):
+    for row in rows[1:]:
+        if row[1] == "val" and row[6] == "3":  # columns split, y
+            row[1] = "id_val"
+
+
+def test_ood_macro_f1_averages_by_hand(root, tmp_path):
+    """Both macro-F1s of two OOD splits of a fabricated layout, and their averages, by hand."""
+    copy = _copy(root, tmp_path)
+    # No class-3 image in `val`: a class that is predicted there but absent.
+    _rewrite(copy / "metadata.csv", _move_class_3_out_of_val)
+    labels, preds = {}, {"val": [0, 3, 2], "test": [0, 0, 1, 0, 2, 2, 0, 3]}
+    for split in preds:
+        bundle = make_iwildcam({"root": str(copy), "split": split}, "test", None)
+        labels[split] = [label for _, label, _ in bundle.dataset.rows]
+    assert labels == {"val": [0, 1, 2], "test": [0, 0, 1, 1, 2, 2, 3, 3]}
+    metrics = {s: classification_metrics(torch.eye(4)[preds[s]], torch.tensor(labels[s]))
+               for s in preds}
+    # val: F1 = 1, 0, 1 for classes 0-2 and 0 for class 3 (predicted once, never present).
+    # test: F1 = 4/6, 2/3, 1, 2/3 for classes 0-3 (all present): both definitions agree.
+    assert metrics["val"]["macro_f1"] == pytest.approx(2 / 4)  # the reference's: class 3 counts
+    assert metrics["val"]["macro_f1_wilds"] == pytest.approx(2 / 3)  # WILDS': classes 0-2
+    assert metrics["test"]["macro_f1"] == metrics["test"]["macro_f1_wilds"] == pytest.approx(3 / 4)
+    summary = summarize(metrics, [], ["val", "test"], classification_spec("macro_f1"))
+    assert summary["avg_ood_macro_f1"] == pytest.approx((2 / 4 + 3 / 4) / 2)
+    assert summary["avg_ood_macro_f1_wilds"] == pytest.approx((2 / 3 + 3 / 4) / 2)

@@ -448,16 +448,17 @@ class Trainer:
         else:
             terms = self._accumulated(step, batch, images, tokens, shard, frozen, teacher,
                                       bounds)
+        # The rates this step trains with; _apply advances the schedule to the next step's.
+        lr, lr_head = (self.optimizer.param_groups[i]["lr"] for i in (0, -1))
         skipped = self._apply(frozen)
         # After a step the fp16 GradScaler skipped (inf/NaN gradient), the teacher is updated all
         # the same, with the unchanged θ: the reference implementation does so, and it keeps the
         # teacher's kernel position tied to the step count (docs/method.md, "Mixed precision").
         self.teacher.update(step + 1, self.student)
         record = terms.record
-        record.update(loss=float(terms.total.detach()), logit_scale=terms.logit_scale,
-                      lr=self.optimizer.param_groups[0]["lr"])
+        record.update(loss=float(terms.total.detach()), logit_scale=terms.logit_scale, lr=lr)
         if self.head is not None:
-            record["lr_head"] = self.optimizer.param_groups[-1]["lr"]
+            record["lr_head"] = lr_head
         if self.scaler.is_enabled():
             record.update(grad_scale=float(self.scaler.get_scale()), amp_skipped=float(skipped))
         return record

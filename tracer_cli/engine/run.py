@@ -12,7 +12,6 @@ id in ``*_run.json``, so ``--resume`` continues the same tracked run).
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -81,29 +80,26 @@ def prepare_run_dir(recipe: Recipe, output_dir: Path | None, overwrite: bool,
     """Make the run folder ready (or refuse to clobber one) and prove it is writable, before
     training. Call it holding the folder's :class:`~tracer_cli.rundir.RunLock`.
 
-    A resumed run keeps its folder as it is; ``--overwrite`` empties it but keeps the folder
-    itself (a symbolic link stays a link) and the lock.
+    A resumed run keeps its folder as it is; ``--overwrite`` removes what tracer wrote in it and
+    refuses anything else (:func:`tracer_cli.rundir.clear_run`). A failed probe leaves nothing:
+    the probe file goes here, the lock and the folders it made when the lock is released.
     """
     run_dir = run_dir_of(recipe, output_dir)
-    contents = [p for p in run_dir.iterdir() if p.name != rundir.LOCK] if run_dir.is_dir() else []
-    if not resuming and contents:
+    if not resuming and rundir.contents(run_dir):
         if not overwrite:
             raise UsageError(f"run directory '{run_dir}' already exists and is not empty; pass "
                              "--overwrite (or --resume auto to continue it), or choose another "
                              "--output-dir or run.name")
-        for path in contents:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+        rundir.clear_run(run_dir)
+    probe = run_dir / rundir.WRITE_TEST
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
         probe.write_text("ok")
-        probe.unlink()
     except OSError as exc:
         raise UsageError(f"cannot write to run directory '{run_dir}': "
                          f"{exc.strerror or exc}") from None
+    finally:
+        probe.unlink(missing_ok=True)
     return run_dir
 
 
@@ -199,6 +195,8 @@ def _setup(recipe: Recipe, ctx: DistContext, output_dir: Path | None, overwrite:
     seed_everything(recipe.run.seed)
     with distributed.main_first(ctx):  # downloads and the embedded build happen once
         backbone = build_backbone(recipe)
+    if resumed is not None and ctx.is_main and rundir.is_run_dir(run_dir):
+        _check_built_as_locked(run_dir, backbone, reporter)
     check_grad_checkpointing(backbone, recipe.train.grad_checkpointing)
     bundle = build_dataset(recipe.data.train, "data.train", "train", backbone.preprocess_train)
     sets = eval_sets(recipe, backbone) if recipe.run.eval and ctx.is_main else {}
@@ -218,6 +216,15 @@ def _setup(recipe: Recipe, ctx: DistContext, output_dir: Path | None, overwrite:
         run.evals["zeroshot"] = _zeroshot(run)
     distributed.barrier(ctx)  # the others wait while rank 0 evaluates the pretrained model
     return run
+
+
+def _check_built_as_locked(run_dir: Path, backbone: Backbone, reporter: Reporter) -> None:
+    """A resumed run continues in the network its lock file says it was trained in."""
+    locked = rundir.read_recipe_lock(run_dir)[1].get("backbone")
+    notice = rundir.check_built_as_locked(run_dir, locked if isinstance(locked, dict) else {},
+                                          backbone.describe())
+    if notice:
+        reporter.notice(notice)
 
 
 def _write_lock(recipe: Recipe, run_dir: Path, ctx: DistContext, precision: Precision,
