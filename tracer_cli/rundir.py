@@ -490,8 +490,9 @@ def remove_checkpoints(run_dir: Path, keep_last: bool = False) -> None:
 
 
 def clean_debris(run_dir: Path) -> list[Path]:
-    """Remove the temporaries of the run's own files (checkpoints, ``last.pt``, checksums, the
-    lock file, summary and evaluations) that a killed process left behind; returns them.
+    """Remove the temporaries of the run's own files (checkpoints, ``last.pt``, checksums,
+    ``recipe.lock.toml``, summary and evaluations) that a killed process left behind; returns
+    them.
     Temporaries of a live writer stay (see :func:`tracer_cli.io.remove_stale_temps`)."""
     run_dir = Path(run_dir)
     return [*remove_stale_temps(run_dir, _OWN_FILES.__contains__),
