@@ -44,9 +44,9 @@ from torch import nn
 import tracer_cli
 from tracer_cli import rundir
 from tracer_cli.contracts import Backbone, ExportedModel, ExportFormat
-from tracer_cli.errors import MissingResourceError, RunError, UsageError
+from tracer_cli.errors import DiskFullError, MissingResourceError, RunError, UsageError, no_space
 from tracer_cli.events import Reporter, current_reporter
-from tracer_cli.io import atomic_dir, folder_blocker
+from tracer_cli.io import atomic_dir, folder_blocker, folder_problem, remove_stale_temps
 from tracer_cli.plugins import get_host
 from tracer_cli.recipe import Recipe
 from tracer_cli.runs import WHICH, RunDir
@@ -175,6 +175,10 @@ def _require_onnx() -> None:
 
 
 def _check_output(req: ExportRequest) -> None:
+    problem = folder_problem(req.output)
+    if problem is not None:
+        raise UsageError(f"--output '{req.output}': {problem}; choose a folder with a shorter "
+                         "name on a disk you can write to")
     out, run = req.output.resolve(), req.run_dir.resolve()
     if out == run or out in run.parents:
         raise UsageError(f"--output '{req.output}' would replace the run directory itself; choose "
@@ -213,6 +217,10 @@ def _own_format(req: ExportRequest, recipe: Recipe) -> ExportFormat | None:
 def export(req: ExportRequest, reporter: Reporter | None = None) -> ExportResult:
     """Write the requested export folder; returns it with its model card."""
     reporter = reporter or current_reporter()
+    # What a killed export left beside the output goes first: an earlier export it had moved
+    # aside is put back before the checks look at the output.
+    output = Path(req.output)
+    remove_stale_temps(output.parent, lambda name: name == output.name)
     req = check_request(req)
     run = RunDir(req.run_dir, checkpoint=req.checkpoint)
     own_format = _own_format(req, run.recipe)
@@ -224,18 +232,31 @@ def export(req: ExportRequest, reporter: Reporter | None = None) -> ExportResult
     subject = _subject(backbone, module.cpu().eval(), PRECISIONS[req.precision], req.format,
                        own_format)
     with atomic_dir(req.output) as tmp:
-        if own_format is not None:
-            details = own_format.write(tmp, subject.exported())
-        else:
-            details = WRITERS[req.format](tmp, subject, reporter)
-        head = _write_head(tmp, run, req, subject.dtype)
-        if head is not None:
-            details["head"] = head
-        card = build_card(req, run, subject, tmp, details)
-        write_card(tmp, card)
-        _usual_permissions(tmp)
+        try:
+            card = _write_folder(tmp, req, run, subject, reporter)
+        except DiskFullError as exc:  # named as the user knows it, not by the temporary folder
+            inside = Path(exc.path)
+            name = inside.relative_to(tmp) if inside.is_relative_to(tmp) else inside.name
+            raise DiskFullError(req.output / name, "nothing was written; free some space and "
+                                "export again") from None
     reporter.notice(f"wrote {req.format} export to {req.output}")
     return ExportResult(req.output, card)
+
+
+def _write_folder(folder: Path, req: ExportRequest, run: RunDir, subject: _Subject,
+                  reporter: Reporter) -> dict[str, Any]:
+    """Every file of the export in ``folder``; returns the model card."""
+    if subject.own_format is not None:
+        details = subject.own_format.write(folder, subject.exported())
+    else:
+        details = WRITERS[req.format](folder, subject, reporter)
+    head = _write_head(folder, run, req, subject.dtype)
+    if head is not None:
+        details["head"] = head
+    card = build_card(req, run, subject, folder, details)
+    write_card(folder, card)
+    _usual_permissions(folder)
+    return card
 
 
 HEAD_WEIGHTS = "head.safetensors"
@@ -248,8 +269,6 @@ def _write_head(folder: Path, run: RunDir, req: ExportRequest, dtype: torch.dtyp
     format: ``head.safetensors`` (its tensors; WiSE-FT mixes it from its θ₀ initialisation like
     the backbone) and ``head.json`` (what it computes from which features, and what each output
     means: class names or the answer vocabulary). None for runs without a head."""
-    from safetensors.torch import save_file
-
     from tracer_cli.engine.build import build_task
     from tracer_cli.runs import build_head, checkpoint_head, interpolate
 
@@ -262,8 +281,8 @@ def _write_head(folder: Path, run: RunDir, req: ExportRequest, dtype: torch.dtyp
     tensors = {name: (t.detach().cpu().to(dtype) if t.is_floating_point() else t.detach().cpu())
                .contiguous() for name, t in head.state_dict().items()
                if isinstance(t, torch.Tensor)}
-    save_file(tensors, str(folder / HEAD_WEIGHTS),
-              metadata={"format": "pt", "producer": f"tracer {tracer_cli.__version__}"})
+    _save_tensors(tensors, folder / HEAD_WEIGHTS,
+                  {"format": "pt", "producer": f"tracer {tracer_cli.__version__}"})
     describe = head.describe() if hasattr(head, "describe") else {"kind": type(head).__name__}
     config = {"task": run.recipe.task.name, "which": req.which, "wise_alpha": req.wise_alpha,
               **describe, "tensors": {n: list(t.shape) for n, t in tensors.items()}}
@@ -329,11 +348,31 @@ def _state(module: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
 
 
 def _save_safetensors(state: dict[str, torch.Tensor], path: Path, subject: _Subject) -> None:
-    from safetensors.torch import save_file
-
     meta = {"format": "pt", "producer": f"tracer {tracer_cli.__version__}",
             "dtype": str(subject.dtype).removeprefix("torch.")}
-    save_file(state, str(path), metadata=meta)
+    _save_tensors(state, path, meta)
+
+
+def _save_tensors(state: dict[str, torch.Tensor], path: Path, meta: dict[str, str]) -> None:
+    from safetensors.torch import save
+
+    _write_file(path, lambda fh: fh.write(save(state, metadata=meta)))
+
+
+def _write_file(path: Path, write: Callable[[Any], Any]) -> None:
+    """``write(file object)`` into ``path``, through Python's own file object.
+
+    torch.jit's and safetensors' writers given a path write in C++ or Rust, where a full disk
+    aborts the process (TorchScript: exit 134, skipping every cleanup) or becomes an opaque
+    error; through a Python file it is an OSError, raised here as :class:`DiskFullError`.
+    """
+    try:
+        with open(path, "wb") as fh:
+            write(fh)
+    except OSError as exc:
+        if no_space(exc):
+            raise DiskFullError(path) from None
+        raise
 
 
 def _write_safetensors(folder: Path, subject: _Subject, reporter: Reporter) -> dict[str, Any]:
@@ -406,6 +445,8 @@ def _onnx_export(encoder: _Encoder, example: torch.Tensor, path: Path, kind: str
                               dynamic_shapes=({0: batch},), verbose=False,
                               external_data=weight_bytes > ONNX_EXTERNAL_DATA_BYTES)
     except Exception as exc:
+        if isinstance(exc, OSError) and no_space(exc):
+            raise DiskFullError(path) from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise RunError(f"ONNX export of the {kind} encoder failed ({type(exc).__name__}: "
                        f"{first})") from exc
@@ -452,7 +493,8 @@ def _write_torchscript(folder: Path, subject: _Subject, reporter: Reporter) -> d
             warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             traced = torch.jit.trace(encoder, (example,), check_trace=False)
-            torch.jit.freeze(traced).save(str(path))
+            frozen = torch.jit.freeze(traced)
+            _write_file(path, lambda fh: torch.jit.save(frozen, fh))
             loaded = torch.jit.load(str(path))
             verified[kind] = _check_close(loaded(probe), encoder(probe), tol,
                                           f"TorchScript {kind} encoder")

@@ -14,7 +14,7 @@ Layout owned here::
     runs/<name>/last.pt.sha256               its SHA-256 (``sha256sum -c`` format)
     runs/<name>/checkpoints/step_N.pt        full training checkpoints, the newest
                                              ``train.keep_checkpoints`` of them
-    runs/<name>/checkpoints/step_N.pt.sha256 their SHA-256, written right after the file
+    runs/<name>/checkpoints/step_N.pt.sha256 their SHA-256, written just before the file appears
     runs/<name>/checkpoints/step_N.weights.pt  weights-only milestones (``train.keep_every``)
     runs/<name>/corrupt/                     checkpoints that failed verification, moved aside
     runs/<name>/.write-test                  the probe that proves the folder writable (removed)
@@ -30,12 +30,27 @@ or any folder that is not a run, is refused with its contents named, and nothing
 A run directory has one writer at a time: :class:`RunLock` is an exclusive ``flock`` held for the
 life of a finetune. The kernel drops it when its holder dies, even by SIGKILL, so a lock left by a
 killed run is taken over (and said to be) instead of blocking ``--resume auto`` forever.
+
+Checksums. A checksum belongs to the bytes, not to a name: ``last.pt`` is a hard link to the
+newest ``checkpoints/step_N.pt``, one file under two names, each with a sidecar. A file is
+trusted when its SHA-256 matches *any* checksum recorded for it under any of its names in the run
+(:func:`recorded_shas`); it is damaged when checksums are recorded and none matches; a file with
+none recorded under any name was written by an older tracer and is read unverified. Why "any":
+a checksum is written after its file's bytes are final, so a failure while writing one (a full
+disk) can leave a sidecar missing or describing the previous bytes, but never makes intact
+bytes disagree with every sidecar, while a damaged file (a flipped bit, a truncation) matches
+none of them. So a failure while writing a checksum never condemns an intact checkpoint, and
+removing a sidecar never exempts a damaged one whose other name still records its checksum.
+Where the file system has no hard links ``last.pt`` is a copy with only its own sidecar.
+
+Debris. A process killed outright cannot remove the temporaries of its atomic writes
+(``.NAME.XXXXXXXX.tmp``); :func:`clean_debris` removes those of the run's own files, and
+``finetune`` calls it when it takes the lock and when the run finishes.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -49,6 +64,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tracer_cli.errors import UsageError
+from tracer_cli.io import remove_stale_temps, try_lock
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -72,7 +88,9 @@ _OWN_FILES = (RECIPE_LOCK, METRICS, SUMMARY, LAST, LAST + SHA_SUFFIX, WRITE_TEST
 _OWN_FOLDERS = (CHECKPOINTS, EVAL, CORRUPT, "tensorboard", "wandb")
 # A tracker's run id (wandb_run.json, mlflow_run.json) and atomic_path's temporary files.
 _OWN_PATTERN = re.compile(r"^(?:[a-z0-9-]+_run\.json|\..+\.tmp)$")
-_CHECKPOINT_FILE = re.compile(r"^(?:step_\d+(?:\.weights)?\.pt(?:\.sha256)?|\..+\.tmp)$")
+_CHECKPOINT_NAME = r"step_\d+(?:\.weights)?\.pt(?:\.sha256)?"
+_CHECKPOINT = re.compile(rf"^{_CHECKPOINT_NAME}$")
+_CHECKPOINT_FILE = re.compile(rf"^(?:{_CHECKPOINT_NAME}|\..+\.tmp)$")
 _LISTED = 5  # entries named in a refusal
 _CHUNK = 1 << 20
 
@@ -363,17 +381,36 @@ class Verdict:
 
 
 def verify(path: Path) -> Verdict:
-    """Compare a checkpoint with the SHA-256 recorded when it was written."""
+    """Compare a checkpoint with the SHA-256 recorded when it was written (the rule is in the
+    module docstring, "Checksums")."""
     if not path.is_file():
         return Verdict(False, "missing")
-    expected = recorded_sha(path)
-    if expected is None:
+    recorded = recorded_shas(path)
+    if not recorded:
         return Verdict(True, "no checksum recorded (written by an older tracer)")
     actual = file_sha256(path)
-    if actual != expected:
-        return Verdict(False, f"SHA-256 {actual[:12]}… does not match the {expected[:12]}… "
+    if actual not in recorded:
+        return Verdict(False, f"SHA-256 {actual[:12]}… does not match the {recorded[0][:12]}… "
                               "recorded when it was written")
     return Verdict(True)
+
+
+def recorded_shas(path: Path) -> list[str]:
+    """Every checksum recorded for the bytes of ``path``: its own sidecar's, then those of the
+    run's other names for the same file (``last.pt`` and the step checkpoint it links to)."""
+    found = [recorded_sha(name) for name in [Path(path), *_other_names(Path(path))]]
+    return list(dict.fromkeys(digest for digest in found if digest is not None))
+
+
+def _other_names(path: Path) -> list[Path]:
+    """The run's other names of the same file as ``path`` (hard links, not copies)."""
+    if path.name == LAST:
+        candidates = [p for _, p in step_checkpoints(path.parent)]
+    elif _STEP.match(path.name) and path.parent.name == CHECKPOINTS:
+        candidates = [last_path(path.parent.parent)]
+    else:
+        return []
+    return [c for c in candidates if c.is_file() and _same_file(c, path)]
 
 
 def move_aside(run_dir: Path, path: Path) -> Path:
@@ -403,6 +440,9 @@ def publish_last(run_dir: Path, newest: Path) -> Path:
     from tracer_cli.io import atomic_path
 
     last = last_path(run_dir)
+    # Its old checksum describes the previous bytes: gone before last.pt changes, so a failure
+    # below leaves no sidecar that condemns the new last.pt (the step file's still vouches).
+    sha_path(last).unlink(missing_ok=True)
     with atomic_path(last) as tmp:
         tmp.unlink()
         try:
@@ -488,6 +528,17 @@ def remove_checkpoints(run_dir: Path, keep_last: bool = False) -> None:
         sha_path(path).unlink(missing_ok=True)
 
 
+def clean_debris(run_dir: Path) -> list[Path]:
+    """Remove the temporaries of the run's own files (checkpoints, ``last.pt``, checksums,
+    ``recipe.lock.toml``, summary and evaluations) that a killed process left behind; returns
+    them.
+    Temporaries of a live writer stay (see :func:`tracer_cli.io.remove_stale_temps`)."""
+    run_dir = Path(run_dir)
+    return [*remove_stale_temps(run_dir, _OWN_FILES.__contains__),
+            *remove_stale_temps(run_dir / CHECKPOINTS, lambda n: bool(_CHECKPOINT.match(n))),
+            *remove_stale_temps(run_dir / EVAL, lambda n: n.endswith(".json"))]
+
+
 def resume_candidates(run_dir: Path) -> Iterator[Path]:
     """Where ``--resume auto`` looks, in order: ``last.pt``, then the step checkpoints newest
     first."""
@@ -540,7 +591,7 @@ class RunLock:
                    "choose another --output-dir or run.output_dir")
             raise UsageError(f"cannot write to run directory '{self.run_dir}': "
                              f"{exc.strerror or exc}; {fix}") from None
-        if not _try_lock(fd):
+        if not try_lock(fd):
             holder = _read_record(fd)
             os.close(fd)
             raise UsageError(f"run directory '{self.run_dir}' is being written by another "
@@ -578,16 +629,6 @@ class RunLock:
 
 def describe_stale(record: dict[str, Any]) -> str:
     return f"took over the lock of a tracer process that is gone ({_describe(record)})"
-
-
-def _try_lock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return False
-        raise
 
 
 def _own_record() -> dict[str, Any]:

@@ -23,6 +23,9 @@ from tracer_cli.errors import UsageError
 from tracer_cli.events import current_reporter
 
 WHICH = ("student", "teacher")
+_DAMAGED_FIX = ("use another checkpoint of the run (--checkpoint checkpoints/step_N.pt), or "
+                "continue the run with `tracer finetune RECIPE --resume auto`, which moves damaged "
+                "checkpoints to corrupt/ and resumes from the newest intact one")
 
 
 def interpolate(theta0: dict[str, torch.Tensor], theta1: dict[str, torch.Tensor],
@@ -145,7 +148,11 @@ def build_head(task: Any, state: dict[str, torch.Tensor], source: Path | str) ->
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A tracer checkpoint file (``last.pt``, ``checkpoints/step_N.pt``), checked to be one."""
+    """A tracer checkpoint file (``last.pt``, ``checkpoints/step_N.pt``), checked against the
+    checksums recorded for it and to be one."""
+    verdict = rundir.verify(Path(path)) if Path(path).is_file() else rundir.Verdict(True)
+    if not verdict.ok:
+        raise UsageError(f"checkpoint '{path}' is damaged ({verdict.reason}); {_DAMAGED_FIX}")
     state = checkpoint.load(Path(path))
     if not isinstance(state, dict) or "state_dict" not in state:
         raise UsageError(f"'{path}' is not a tracer checkpoint (no 'state_dict' key)")

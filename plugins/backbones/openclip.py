@@ -199,7 +199,11 @@ def _create(arch: str, pretrained: str, kwargs: dict[str, Any],
             raise MissingResourceError(
                 f"the embedded tiny CLIP '{arch}' is not built yet ({weights}); build it with "
                 f"`tracer finetune recipes/{embedded.PRETRAIN_RECIPE}` or any recipe that uses it")
-        return open_clip.create_model(arch, pretrained=str(weights), **kwargs)
+        return _read_weights(lambda: open_clip.create_model(arch, pretrained=str(weights),
+                                                            **kwargs),
+                             [weights], "model.pretrained",
+                             "; it is tracer's cache of the embedded weights: delete it, and the "
+                             "next command that uses them builds (or unpacks) them again")
     if os.path.isfile(pretrained):
         return _read_weights(lambda: open_clip.create_model(arch, pretrained=pretrained, **kwargs),
                              [Path(pretrained)], "model.pretrained")
@@ -226,8 +230,10 @@ def _create(arch: str, pretrained: str, kwargs: dict[str, Any],
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz", ".npy")
 
 
-def _read_weights(create: Callable[[], nn.Module], files: list[Path], key: str) -> nn.Module:
-    """``create()``, which loads local weights ``files``; when it fails, one line naming the file.
+def _read_weights(create: Callable[[], nn.Module], files: list[Path], key: str,
+                  fix: str = "") -> nn.Module:
+    """``create()``, which loads local weights ``files``; when it fails, one line naming the file
+    (and ``fix``, what to do about it, when given).
 
     open_clip reads ``.pt``/``.bin`` files with ``torch.load(weights_only=True)``, so a pickle
     holding anything but tensors is refused; the files are then read again (weights-only) only
@@ -240,14 +246,15 @@ def _read_weights(create: Callable[[], nn.Module], files: list[Path], key: str) 
         for path in files:
             problem = _unreadable(path)
             if problem:
-                raise RecipeError(key, f"not a safe/readable weights file: {path} ({problem})") \
-                    from None
+                raise RecipeError(key, f"not a safe/readable weights file: {path} ({problem})"
+                                  + fix) from None
         if not isinstance(exc, (RuntimeError, KeyError, ValueError)):
             raise
         detail = " ".join(str(exc).split())
         detail = detail if len(detail) <= 240 else detail[:240] + "..."
         raise RecipeError(key, f"the weights in {', '.join(map(str, files)) or 'the folder'} do "
-                          f"not fit this architecture ({type(exc).__name__}: {detail})") from None
+                          f"not fit this architecture ({type(exc).__name__}: {detail})" + fix) \
+            from None
 
 
 def _unreadable(path: Path) -> str | None:

@@ -305,3 +305,60 @@ def test_the_repository_ships_the_three_pretraining_seeds_of_the_current_build()
         expected |= {path.name, f"{path.name}.sha256", f"{stem}.lock.toml"}
     present = {p.name for p in embedded.WEIGHTS_DIR.iterdir() if p.name.startswith("tracer-")}
     assert present == expected, f"stale shipped weights: {sorted(present - expected)}"
+
+
+# --------------------------------------------------------------------------- a damaged cache
+
+
+def _shipped_cache(tmp_path, monkeypatch) -> Path:
+    """The cache file of the shipped tracer-tiny-rn weights, unpacked into a private cache."""
+    monkeypatch.setenv(embedded.CACHE_ENV, str(tmp_path / "cache"))
+    with use_reporter(_Notices()):
+        backbone_from_options("openclip", {"arch": "tracer-tiny-rn", "pretrained": "embedded"})
+    return embedded.embedded_path("tracer-tiny-rn")
+
+
+def _flip_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_cache_of_shipped_weights_is_unpacked_again(tmp_path, monkeypatch):
+    path = _shipped_cache(tmp_path, monkeypatch)
+    good = path.read_bytes()
+    _flip_bit(path)
+    notices = _Notices()
+    with use_reporter(notices):
+        backbone = backbone_from_options("openclip", {"arch": "tracer-tiny-rn",
+                                                      "pretrained": "embedded"})
+    assert any(f"'{path}' is damaged (SHA-256" in n and "unpacking" in n for n in notices.lines)
+    assert path.read_bytes() == good  # the same bytes again
+    saved = torch.load(path, weights_only=True)["state_dict"]
+    assert torch.equal(backbone.model.state_dict()["text_projection"], saved["text_projection"])
+
+
+def test_a_damaged_cache_of_trained_weights_is_reported_not_used(tmp_path, monkeypatch):
+    import pytest
+
+    path = _shipped_cache(tmp_path, monkeypatch)
+    monkeypatch.setattr(embedded, "WEIGHTS_DIR", tmp_path / "nothing-shipped")
+    _flip_bit(path)
+    with pytest.raises(UsageError, match=r"cached weights file '.*' is damaged \(SHA-256 .*; "
+                                         r"delete it to build the embedded tiny CLIP"):
+        backbone_from_options("openclip", {"arch": "tracer-tiny-rn", "pretrained": "embedded"})
+
+
+def test_an_unreadable_cache_without_checksum_is_one_clear_error(tmp_path, monkeypatch):
+    import pytest
+
+    from tracer_cli.errors import RecipeError
+
+    path = _shipped_cache(tmp_path, monkeypatch)
+    path.with_name(path.name + ".sha256").unlink()
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    with pytest.raises(RecipeError) as caught:
+        backbone_from_options("openclip", {"arch": "tracer-tiny-rn", "pretrained": "embedded"})
+    message = str(caught.value)
+    assert f"not a safe/readable weights file: {path} (truncated" in message
+    assert "delete it" in message and "miniz" not in message and "\n" not in message

@@ -3,6 +3,7 @@ verification, and ``--resume auto`` falling back to the newest intact checkpoint
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -137,3 +138,106 @@ def test_resume_auto_with_no_intact_checkpoint_exits_2_naming_each(run_dir, runn
     moved = [p for p in (run_dir / rundir.CORRUPT).iterdir()
              if not p.name.endswith(rundir.SHA_SUFFIX)]
     assert len(moved) == 2
+
+
+# --------------------------------------------------------------------------- one checksum per file
+
+
+def _layout(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A run's checkpoint layout without training: step_1 and step_2 with their sidecars, last.pt
+    a hard link to step_2 with its own."""
+    run = tmp_path / "run"
+    steps = [rundir.step_path(run, n) for n in (1, 2)]
+    steps[0].parent.mkdir(parents=True)
+    for n, path in enumerate(steps, 1):
+        path.write_bytes(bytes([n]) * 4096)
+        rundir.write_sha(path, rundir.file_sha256(path))
+    os.link(steps[1], run / "last.pt")
+    rundir.write_sha(run / "last.pt", rundir.recorded_sha(steps[1]))
+    return run / "last.pt", steps[1], steps[0]
+
+
+def test_a_removed_sidecar_does_not_exempt_bytes_another_name_records(tmp_path):
+    last, step2, _ = _layout(tmp_path)
+    rundir.sha_path(last).unlink()
+    assert rundir.verify(last).ok  # step_2.pt's checksum vouches for the same bytes
+    _flip_bit(step2, 100)  # last.pt too: one file
+    assert not rundir.verify(last).ok and "SHA-256" in rundir.verify(last).reason
+    rundir.sha_path(step2).write_text("")  # no name records a checksum any more
+    assert rundir.verify(last) == rundir.Verdict(
+        True, "no checksum recorded (written by an older tracer)")
+
+
+def test_a_stale_sidecar_never_condemns_intact_bytes(tmp_path):
+    """As a full disk leaves it: last.pt.sha256 still holds the previous checkpoint's digest."""
+    last, step2, step1 = _layout(tmp_path)
+    rundir.write_sha(last, rundir.recorded_sha(step1))
+    assert rundir.verify(last).ok and rundir.verify(step2).ok
+    _flip_bit(step2, 100)
+    assert not rundir.verify(last).ok and not rundir.verify(step2).ok
+
+
+def test_a_copy_is_not_vouched_for_by_the_step_it_was_copied_from(tmp_path):
+    last, step2, _ = _layout(tmp_path)
+    last.unlink()
+    shutil.copyfile(step2, last)  # a file system without hard links
+    _flip_bit(last, 100)
+    assert not rundir.verify(last).ok  # its own sidecar
+    assert rundir.verify(step2).ok  # the copy's damage is not the step's
+
+
+def test_resume_auto_does_not_trust_last_pt_when_only_its_sidecar_is_gone(run_dir, runner,
+                                                                         tiny_recipe):
+    step3 = rundir.step_path(run_dir, 3)
+    _flip_bit(step3, step3.stat().st_size // 2)
+    rundir.sha_path(run_dir / "last.pt").unlink()
+    result = _finetune(runner, tiny_recipe, run_dir.parent, *RUN, "--resume", "auto")
+    assert result.exit_code == 0, result.stderr
+    assert "skipping" in result.stderr and "SHA-256" in result.stderr
+    assert f"resuming from {rundir.step_path(run_dir, 2)} at step 2" in result.stderr
+
+
+def test_a_full_disk_while_writing_last_pt_sha256_keeps_the_checkpoint(tmp_path, runner,
+                                                                      tiny_recipe, monkeypatch):
+    """The checksum write fails after step 3's bytes are final: the run stops, and the next
+    --resume auto trusts step 3 (its step file's checksum) instead of moving it aside."""
+    write_text = Path.write_text
+
+    def full_for_last_sha(self, *args, **kwargs):
+        if self.name.startswith(".last.pt.sha256.") and _newest(self.parent) == "step_3.pt":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_for_last_sha)
+    out = tmp_path / "runs"
+    result = _finetune(runner, tiny_recipe, out, *RUN)
+    assert result.exit_code == 1 and "no space left" in result.stderr, result.stderr
+    monkeypatch.undo()
+    run_dir = out / "tiny"
+    assert os.path.samefile(run_dir / "last.pt", rundir.step_path(run_dir, 3))
+    result = _finetune(runner, tiny_recipe, out, *RUN, "--resume", "auto")
+    assert result.exit_code == 0, result.stderr
+    assert "skipping" not in result.stderr and "at step 3 of 3" in result.stderr
+    assert not (run_dir / rundir.CORRUPT).exists()
+
+
+def _newest(run_dir: Path) -> str:
+    steps = rundir.step_checkpoints(run_dir)
+    return steps[0][1].name if steps else ""
+
+
+@pytest.mark.parametrize("command", ["eval", "export"])
+def test_eval_and_export_refuse_a_bit_flipped_checkpoint(run_dir, runner, tmp_path, command):
+    last = run_dir / "last.pt"
+    _flip_bit(last, last.stat().st_size // 2)
+    args = [command, str(run_dir)] + (
+        ["--format", "safetensors", "--output", str(tmp_path / "export")]
+        if command == "export" else [])
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: checkpoint '{last}' is damaged (SHA-256 "), line
+    assert "--checkpoint" in line and "--resume auto" in line
+    assert not (tmp_path / "export").exists()
+    rundir.sha_path(last).unlink()  # step_3.pt's checksum still records these bytes
+    assert runner.invoke(app, args).exit_code == 2

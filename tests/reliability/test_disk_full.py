@@ -1,6 +1,7 @@
 """A full disk stops a run with one line naming the file, keeps the last good checkpoint, leaves
-nothing partial and prints the command that resumes the run. The failure is injected at the
-file-system boundary (the file object torch.save writes through, and open())."""
+nothing partial and prints the command that resumes the run; an export, likewise, stops with one
+line and leaves no hidden folder. The failure is injected at the file-system boundary (the file
+object torch.save writes through, and open())."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+import tracer_cli.export as export_mod
 from tracer_cli import io, rundir
 from tracer_cli.cli import app
 from tracer_cli.cli.common import boundary
@@ -187,3 +189,31 @@ def test_a_failed_write_probe_removes_all_it_made(runner, tiny_recipe, tmp_path,
             result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "runs").exists()
     assert list(kept.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def export_run(make_tiny_run) -> Path:
+    return make_tiny_run("disk-full-export", "--set", "run.eval=false")
+
+
+@pytest.mark.parametrize("fmt, name", [("torchscript", "image_encoder.pt"),
+                                       ("safetensors", "model.safetensors")])
+def test_a_full_disk_while_exporting_is_one_line_and_leaves_nothing(export_run, runner,
+                                                                    tmp_path, monkeypatch, fmt,
+                                                                    name):
+    real_open = builtins.open
+
+    def full_open(file, mode="r", *args, **kwargs):
+        fh = real_open(file, mode, *args, **kwargs)
+        return _FullDisk(fh, 0) if "w" in mode and Path(file).name == name else fh
+
+    monkeypatch.setattr(export_mod, "open", full_open, raising=False)
+    output = tmp_path / "out" / "export"
+    result = runner.invoke(app, ["export", str(export_run), "--format", fmt, "--output",
+                                 str(output)])
+    assert result.exit_code == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == (f"error: no space left on device writing '{output / name}'; nothing "
+                         "was written; free some space and export again")
+    assert "Traceback" not in result.stderr
+    assert list(output.parent.iterdir()) == []  # no hidden folder keeps the disk full

@@ -18,6 +18,7 @@ import torch
 
 from tests.conftest import TINY_RECIPE
 from tracer_cli.cli import app
+from tracer_plugins.backbones import embedded
 from tracer_plugins.backbones.openclip import register_tiny_configs
 
 
@@ -110,7 +111,24 @@ def _args(path: str, tmp_path: Path, evil: Path) -> tuple[list[str], Path]:
 ])
 def test_refused_on_every_loading_path(path, kind, runner, tmp_path, marker):
     args, named = _args(path, tmp_path, _evil(tmp_path, marker, kind))
-    result = runner.invoke(app, args)
+    _assert_refused(runner.invoke(app, args), named, marker, tmp_path)
+
+
+def test_refused_in_the_embedded_weights_cache(runner, tmp_path, marker, monkeypatch):
+    """A file planted in the cache (no checksum beside it) goes through the same safe loader."""
+    monkeypatch.setenv(embedded.CACHE_ENV, str(tmp_path / "cache"))
+    cached = embedded.embedded_path("tracer-tiny-rn")
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(_evil(tmp_path, marker, "torch-zip").read_bytes())
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY_RECIPE)
+    result = runner.invoke(app, ["finetune", str(recipe), "--set", "model.pretrained=embedded",
+                                 "--output-dir", str(tmp_path / "runs")])
+    _assert_refused(result, cached, marker, tmp_path)
+    assert "delete it" in result.stderr
+
+
+def _assert_refused(result, named: Path, marker: Path, tmp_path: Path) -> None:
     assert not marker.exists(), "the pickle's payload ran"
     assert result.exit_code == 2, result.stderr
     lines = result.stderr.strip().splitlines()

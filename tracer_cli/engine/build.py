@@ -53,9 +53,26 @@ def backbone_from_options(name: str, options: dict[str, Any]) -> Backbone:
     factory = get_host().backbones.get(name).factory
     plan = getattr(factory, "weights_build", None)
     build = plan(dict(options)) if plan is not None else None
-    if build is not None and not build.target.is_file():
+    if build is not None and not _intact(build):
         train_weights(build)
     return factory(options)
+
+
+def _intact(build: WeightsBuild) -> bool:
+    """Whether ``build.target`` is there and matches its recorded SHA-256. A damaged copy of
+    shipped weights is unpacked again (seconds, the same bytes); one that took a training run to
+    build is reported instead of silently retrained: the user decides."""
+    if not build.target.is_file():
+        return False
+    verdict = rundir.verify(build.target)
+    if verdict.ok:
+        return True
+    damaged = f"the cached weights file '{build.target}' is damaged ({verdict.reason})"
+    if build.shipped is None:
+        raise UsageError(f"{damaged}; delete it to build {build.what} again (one-time "
+                         "training)")
+    current_reporter().notice(f"{damaged}; unpacking the weights shipped with tracer again")
+    return False
 
 
 def train_weights(build: WeightsBuild) -> Path:

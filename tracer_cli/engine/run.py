@@ -138,6 +138,7 @@ def finetune(recipe: Recipe, output_dir: Path | None = None, overwrite: bool = F
             lock.acquire()
             if lock.stale:
                 reporter.notice(f"{lock.run_dir}: {rundir.describe_stale(lock.stale)}")
+            _clean_debris(lock.run_dir, reporter)
         with loggers.closing():  # the loggers rank 0 started end with the run's outcome
             try:
                 run = _setup(recipe, ctx, output_dir, overwrite, resume, reporter, loggers)
@@ -148,9 +149,21 @@ def finetune(recipe: Recipe, output_dir: Path | None = None, overwrite: bool = F
             if not ctx.is_main:
                 return RunResult(run.writer.run_dir, trained.steps,
                                  round(time.time() - start, 2), {}, ctx.rank)
-            return _finish(run, trained, start)
+            result = _finish(run, trained, start)
+            _clean_debris(lock.run_dir, reporter)
+            return result
     finally:
         lock.release()
+
+
+def _clean_debris(run_dir: Path, reporter: Reporter) -> None:
+    """Temporaries a killed writer left (a checkpoint cut off by SIGKILL or preemption can be
+    gigabytes): removed at the start of a run, resumed or not, and again when it finishes."""
+    removed = rundir.clean_debris(run_dir)
+    if removed:
+        reporter.notice(f"{run_dir}: removed {len(removed)} temporary file(s) an interrupted "
+                        f"tracer process left behind ({', '.join(p.name for p in removed[:3])}"
+                        + (", ..." if len(removed) > 3 else "") + ")")
 
 
 @dataclass
