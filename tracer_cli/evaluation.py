@@ -494,7 +494,8 @@ def run_plan(plan: EvalPlan, reporter: Reporter | None = None) -> EvalReport:
                 head.load_state_dict(interpolate(head_states[1], head_states[0], alpha))
         reporter.notice(f"evaluating {_what(model, alpha)} on {', '.join(sets)}")
         results = task_evaluate(task, backbone, module, sets, precision.device,
-                                precision.autocast, head)
+                                precision.autocast, head,
+                                "model" if alpha is None else f"α={alpha:g}", reporter)
         metrics = {name: r["metrics"] for name, r in results.items()}
         entries.append({"alpha": alpha, **summarize(metrics, plan.id_names, plan.ood_names,
                                                     plan.metrics)})

@@ -19,19 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torch.utils.data import Subset
 
 import tracer_cli
 from tracer_cli import recipe as recipe_mod
 from tracer_cli import rundir
 from tracer_cli.contracts import (
     CLASSIFICATION_METRICS, Backbone, DatasetBundle, Task, TaskMetrics, task_metrics)
-from tracer_cli.engine import distributed
+from tracer_cli.engine import checkpoint, distributed
 from tracer_cli.engine.build import (
     build_backbone, build_dataset, build_task, eval_sets, seed_everything)
+from tracer_cli.engine.data import eval_loader
 from tracer_cli.engine.distributed import DistContext
 from tracer_cli.engine.loggers import RunLoggers, build_loggers
-from tracer_cli.engine.loop import check_grad_checkpointing
+from tracer_cli.engine.loop import Trainer, check_grad_checkpointing
 from tracer_cli.engine.precision import Precision, resolve_precision
 from tracer_cli.engine.scoring import evaluate, summarize
 from tracer_cli.engine.signals import SignalTrap
@@ -146,7 +149,8 @@ def finetune(recipe: Recipe, output_dir: Path | None = None, overwrite: bool = F
             try:
                 run = _setup(recipe, ctx, output_dir, overwrite, resume, reporter, loggers)
                 trained = train(run.writer, run.backbone, run.task, run.bundle, run.precision,
-                                run.resume, _last_step(recipe, stop_after), interrupt)
+                                run.resume, _last_step(recipe, stop_after), interrupt,
+                                _DuringTraining(run, ctx))
             finally:
                 distributed.teardown(ctx)
             if not ctx.is_main:
@@ -187,6 +191,11 @@ def _setup(recipe: Recipe, ctx: DistContext, output_dir: Path | None, overwrite:
     with distributed.main_first(ctx):  # downloads and the embedded build happen once
         backbone = build_backbone(recipe)
     check_grad_checkpointing(backbone, recipe.train.grad_checkpointing)
+    if recipe.run.eval_every and recipe.train.strategy == "fsdp" and ctx.distributed:
+        # Rank 0 alone evaluates; under FSDP it holds only a shard of the weights.
+        raise UsageError("run.eval_every evaluates on rank 0 alone, which under train.strategy "
+                         "= 'fsdp' holds only a shard of the weights; set run.eval_every = 0 "
+                         "(the final evaluation still runs) or train.strategy = 'ddp'")
     bundle = build_dataset(recipe.data.train, "data.train", "train", backbone.preprocess_train)
     sets = eval_sets(recipe, backbone) if recipe.run.eval and ctx.is_main else {}
     if ctx.is_main:
@@ -220,15 +229,17 @@ def _zeroshot(run: _Setup) -> dict[str, Any]:
     if run.resume is not None and isinstance(saved, dict):
         return saved
     run.writer.reporter.notice(f"evaluating the pretrained model on {', '.join(run.sets)}")
-    metrics = _evaluate(run, "zeroshot", run.backbone.model)
+    metrics = _evaluate(run, "zeroshot", run.backbone.model, sets=run.sets)
     run.writer.eval_record("zeroshot", metrics, 0, task_metrics(run.task).primary)
     return metrics
 
 
-def _evaluate(run: _Setup, tag: str, module: torch.nn.Module,
-              head: torch.nn.Module | None = None) -> dict[str, Any]:
-    metrics = evaluate(run.task, run.backbone, module, run.sets, run.precision, head)
-    for name, (_, loader) in run.sets.items():
+def _evaluate(run: _Setup, tag: str, module: torch.nn.Module, head: torch.nn.Module | None = None,
+              sets: dict[str, tuple[DatasetBundle, Any]] | None = None) -> dict[str, Any]:
+    sets = run.sets if sets is None else sets
+    metrics = evaluate(run.task, run.backbone, module, sets, run.precision, head, tag,
+                       run.writer.reporter)
+    for name, (_, loader) in sets.items():
         skipped = getattr(loader, "bad", [])
         if skipped:
             run.writer.log({"event": "bad_data", "split": "eval", "model": tag, "dataset": name,
@@ -237,6 +248,63 @@ def _evaluate(run: _Setup, tag: str, module: torch.nn.Module,
             run.writer.reporter.notice(f"{name}: skipped {len(skipped)} unreadable item(s) "
                                        f"evaluating {tag} (first: {skipped[0].describe()})")
     return metrics
+
+
+class _DuringTraining:
+    """``run.eval_every``: the student (and an active teacher, through the head when the run
+    trains one) evaluated every N steps on ``run.eval_sets``, by rank 0 while the other ranks wait.
+
+    It runs before the step's checkpoint, so a resumed run never repeats an evaluation its
+    checkpoint follows (it redoes one an interrupted attempt made after its checkpoint, with the
+    steps it redoes). The last step is the final evaluation's. The RNG is saved and restored
+    around it, so a run trains exactly as it would without.
+    """
+
+    def __init__(self, run: _Setup, ctx: DistContext):
+        self.run, self.ctx = run, ctx
+        self.every = run.writer.recipe.run.eval_every
+        self.sets = _sets_during_training(run) if self.every else {}
+
+    def __call__(self, trainer: Trainer, step: int) -> None:
+        if not self.every or step % self.every or step == self.run.writer.recipe.train.steps:
+            return
+        if self.ctx.is_main:
+            rng = checkpoint.capture_rng()
+            try:
+                self._evaluate(trainer, step)
+            finally:
+                checkpoint.restore_rng(rng)
+        distributed.barrier(self.ctx)
+
+    def _evaluate(self, trainer: Trainer, step: int) -> None:
+        run, recipe = self.run, self.run.writer.recipe
+        primary = task_metrics(run.task).primary
+        models = {"student": trainer.student}
+        if trainer.teacher.active and recipe.teacher.kind != "static":
+            models["teacher"] = trainer.teacher.module
+        for tag, module in models.items():
+            metrics = _evaluate(run, tag, module, trainer.head, self.sets)
+            run.writer.log_eval(tag, metrics, step, primary)
+            heads = ", ".join(f"{name} {m.get(primary, float('nan')):.4f}"
+                              for name, m in metrics.items())
+            run.writer.reporter.notice(f"step {step} {tag} {primary}: {heads}")
+
+
+def _sets_during_training(run: _Setup) -> dict[str, tuple[DatasetBundle, Any]]:
+    """The sets ``run.eval_sets`` names (all without it), each cut to ``run.eval_max_images``
+    images evenly spaced over the set (sets are often ordered by class)."""
+    cfg, data = run.writer.recipe.run, run.writer.recipe.data
+    out = {}
+    for name, (bundle, loader) in run.sets.items():
+        if cfg.eval_sets and name not in cfg.eval_sets:
+            continue
+        size = len(loader.dataset)
+        if cfg.eval_max_images and cfg.eval_max_images < size:
+            keep = np.linspace(0, size, cfg.eval_max_images, endpoint=False).astype(int)
+            loader = eval_loader(Subset(loader.dataset, keep.tolist()), data.eval_batch_size,
+                                 data.num_workers, run.precision.device.type == "cuda")
+        out[name] = (bundle, loader)
+    return out
 
 
 def _finish(run: _Setup, trained: Trained, start: float) -> RunResult:
@@ -254,7 +322,7 @@ def _finish(run: _Setup, trained: Trained, start: float) -> RunResult:
         evals["student"] = evals["zeroshot"]  # the same weights: no second evaluation
         writer.eval_record("final_student", evals["student"], trained.steps, spec.primary)
     elif run.sets:
-        writer.reporter.notice("evaluating the finetuned model")
+        writer.reporter.notice(f"evaluating the finetuned model on {', '.join(run.sets)}")
         head = trained.trainer.head
         evals["student"] = _evaluate(run, "student", run.backbone.model, head)
         teacher = trained.trainer.teacher
