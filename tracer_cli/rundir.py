@@ -211,6 +211,17 @@ def eval_files(run_dir: Path, nested: bool = False) -> list[Path]:
     return sorted(found)
 
 
+def result_files(run_dir: Path) -> list[Path]:
+    """What a finished run has to show, for trackers' artifacts: the recipe lock, the summary,
+    every evaluation document and plot under ``eval/`` (``tracer eval --output-dir RUN/eval/..``
+    included)."""
+    run_dir = Path(run_dir)
+    folder = run_dir / EVAL
+    found = [recipe_lock_path(run_dir), summary_path(run_dir),
+             *sorted(p for p in folder.rglob("*") if p.suffix in (".json", ".png"))]
+    return [p for p in found if p.is_file()]
+
+
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
     from tracer_cli.io import atomic_write_json
 

@@ -338,6 +338,7 @@ def _finish(run: _Setup, trained: Trained, start: float) -> RunResult:
     if trained.bad.skipped:
         summary["bad_data"] = trained.bad.summary()
     rundir.write_summary(writer.run_dir, summary)
+    writer.loggers.log_files(writer.run_dir, rundir.result_files(writer.run_dir))
     return RunResult(writer.run_dir, trained.steps, summary["wall_time_s"], summary,
                      metrics=spec)
 
