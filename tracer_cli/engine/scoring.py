@@ -62,11 +62,12 @@ def task_evaluate(task: Task, backbone: Backbone, module: torch.nn.Module,
                   reporter: Reporter | None = None) -> dict[str, dict[str, Any]]:
     """``task.evaluate``, passing the trained head only when there is one (task plugins without
     heads need not accept the argument), with each dataset's progress reported as
-    ``eval <what> <dataset>``."""
+    ``eval <what> <dataset>``. Model and head leave it in the modes they came in (training goes
+    on after the evaluations of ``run.eval_every``)."""
     sets = _with_progress(sets, what, reporter)
-    if head is None:
-        return task.evaluate(backbone, module, sets, device, autocast)
-    with eval_mode(head):
+    with eval_mode(module, head):
+        if head is None:
+            return task.evaluate(backbone, module, sets, device, autocast)
         return task.evaluate(backbone, module, sets, device, autocast, head=head)
 
 
