@@ -13,7 +13,8 @@ next to the run directory, shared by the runs of one output folder: ``sqlite:///
 folder>/mlflow.db`` when SQLAlchemy and Alembic are installed, as the ``mlflow`` extra installs
 them, which every MLflow tool reads as it is (``mlflow ui --backend-store-uri
 sqlite:///runs/mlflow.db``); without them a file store ``mlruns/``, which MLflow 3 reads only with
-``MLFLOW_ALLOW_FILE_STORE=true`` set, as ``mlflow_run.json`` then says), ``experiment``
+``MLFLOW_ALLOW_FILE_STORE=true`` set, as ``mlflow_run.json`` then says; the artifacts of a
+SQLite store's new experiments go to ``mlartifacts/`` beside its file), ``experiment``
 ("tracer") and ``run_name`` (``run.name``). Evaluation counts and standard errors are not
 metrics; a completed run's ``eval/*.json``, ``summary.json``, ``recipe.lock.toml`` and plots are
 artifacts.
@@ -38,6 +39,7 @@ from tracer_cli.plugins import require_module
 ID_FILE = "mlflow_run.json"
 DEFAULT_STORE = "mlruns"
 DEFAULT_DB = "mlflow.db"
+ARTIFACTS = "mlartifacts"
 INSTALL = "'tracer-clip[mlflow]' (or: pip install mlflow-skinny)"
 STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 # Characters MLflow accepts in metric and parameter names; others (from a dataset label) become _.
@@ -73,7 +75,7 @@ class MlflowLogger:
             return
         found = self.client.get_experiment_by_name(self.experiment)
         experiment_id = found.experiment_id if found is not None else \
-            self.client.create_experiment(self.experiment)
+            self.client.create_experiment(self.experiment, artifact_location=_artifact_root(uri))
         run = self.client.create_run(experiment_id,
                                      run_name=self.run_name or recipe["run"]["name"])
         self.run_id = run.info.run_id
@@ -123,6 +125,15 @@ def _default_uri(run_dir: Path) -> str:
     if all(importlib.util.find_spec(m) is not None for m in ("sqlalchemy", "alembic")):
         return f"sqlite:///{(run_dir.parent / DEFAULT_DB).resolve().as_posix()}"
     return (run_dir.parent / DEFAULT_STORE).resolve().as_uri()
+
+
+def _artifact_root(uri: str) -> str | None:
+    """``mlartifacts/`` beside a SQLite store's file (MLflow would put a new experiment's
+    artifacts in ``./mlruns`` of whatever folder tracer runs in); None lets the store decide."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri.removeprefix("sqlite:///"))
+    return (database.parent / ARTIFACTS).resolve().as_uri()
 
 
 def _is_file_store(uri: str) -> bool:

@@ -120,6 +120,7 @@ def logged(tmp_path_factory):
     Recorder.calls.clear()
     with pytest.MonkeyPatch.context() as mp:
         _offline(mp, base / "home")
+        mp.chdir(base)  # where MLflow would put artifacts it was not told where to put
         mp.setattr(plugins_mod, "_HOST", PluginHost(plugins=(TestLoggersPlugin(),)))
         parts = []
         for kwargs in ({"stop_after": 2}, {"resume": "auto"}):
@@ -392,6 +393,8 @@ def test_mlflow_default_store_reads_with_mlflows_own_client(logged):
         import alembic, sqlalchemy  # noqa: F401, E401 - what MLflow's SQLite store needs
         assert saved["tracking_uri"] == f"sqlite:///{sqlite.as_posix()}"
         assert "read_with_env" not in saved  # nothing to set: every MLflow tool reads it
+        assert (run_dir.parent / "mlartifacts").is_dir()  # beside the store, not in the cwd
+        assert not (run_dir.parent.parent / "mlruns").exists()
     except ImportError:
         assert saved["tracking_uri"] == (run_dir.parent / "mlruns").resolve().as_uri()
         assert saved["read_with_env"] == {"MLFLOW_ALLOW_FILE_STORE": "true"}

@@ -1,7 +1,8 @@
 """One finetuning run, start to finish: resolve plugins, train, checkpoint, evaluate, write results.
 
 Launched by torchrun, every process runs :func:`finetune`; rank 0 alone evaluates and writes
-(see :mod:`tracer_cli.engine.distributed`). The training phase, with checkpoints, exact resume,
+(see :mod:`tracer_cli.engine.distributed`): the pretrained model before training, the student and
+teacher every ``run.eval_every`` steps during it, and at the end. The training phase, with checkpoints, exact resume,
 signals, bad data and non-finite losses, is :mod:`tracer_cli.engine.training`.
 
 It writes the run directory that the other commands read; :mod:`tracer_cli.rundir` owns its
@@ -229,7 +230,7 @@ def _zeroshot(run: _Setup) -> dict[str, Any]:
     if run.resume is not None and isinstance(saved, dict):
         return saved
     run.writer.reporter.notice(f"evaluating the pretrained model on {', '.join(run.sets)}")
-    metrics = _evaluate(run, "zeroshot", run.backbone.model, sets=run.sets)
+    metrics = _evaluate(run, "zeroshot", run.backbone.model)
     run.writer.eval_record("zeroshot", metrics, 0, task_metrics(run.task).primary)
     return metrics
 
