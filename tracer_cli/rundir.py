@@ -49,6 +49,7 @@ RECIPE_LOCK = "recipe.lock.toml"
 METRICS = "metrics.jsonl"
 EVAL = "eval"
 SUMMARY = "summary.json"
+CURVES = "curves.png"
 LOCK = ".lock"
 LAST = "last.pt"
 CHECKPOINTS = "checkpoints"
@@ -71,6 +72,11 @@ def metrics_path(run_dir: Path) -> Path:
 
 def eval_path(run_dir: Path, tag: str) -> Path:
     return Path(run_dir) / EVAL / f"{tag}.json"
+
+
+def curves_path(run_dir: Path) -> Path:
+    """The plot of the evaluations during training (``run.eval_every``)."""
+    return Path(run_dir) / EVAL / CURVES
 
 
 def summary_path(run_dir: Path) -> Path:

@@ -146,6 +146,21 @@ def test_evaluations_during_training_in_plain_output(runner, tiny_recipe, tmp_pa
     records = _read_jsonl(tmp_path / "tiny" / "metrics.jsonl")
     assert [(r["model"], r["step"]) for r in records if r["event"] == "eval"] == [
         ("zeroshot", 0), ("student", 1), ("student", 2), ("final_student", 3)]
+    assert (tmp_path / "tiny" / "eval" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_curves_start_at_zeroshot_and_keep_a_redone_step_once(tmp_path):
+    from tracer_cli import rundir
+    from tracer_cli.engine.run import _curves
+
+    for record in [{"model": "zeroshot", "step": 0, "a/accuracy": 0.5, "b/accuracy": 0.4},
+                   {"model": "student", "step": 2, "a/accuracy": 0.6},
+                   {"model": "student", "step": 2, "a/accuracy": 0.7},  # after a resume
+                   {"model": "final_student", "step": 4, "a/accuracy": 0.8, "b/accuracy": 0.3},
+                   {"event": "train", "step": 4, "loss": 1.0}]:
+        rundir.append_metrics(tmp_path, {"event": "eval", **record})
+    assert _curves(tmp_path, "accuracy") == {
+        "student a": [(0, 0.5), (2, 0.7), (4, 0.8)], "student b": [(0, 0.4), (4, 0.3)]}
 
 
 def test_head_methods_are_evaluated_through_the_head_during_training(tiny_recipe, tmp_path,

@@ -191,7 +191,7 @@ def test_every_logger_gets_the_jsonl_scalars_and_every_eval_metric(logged):
     assert files_dir == run_dir
     assert {p.relative_to(run_dir).as_posix() for p in files} == {
         "recipe.lock.toml", "summary.json", "eval/zeroshot.json", "eval/final_student.json",
-        "eval/final_teacher.json"}
+        "eval/final_teacher.json", "eval/curves.png"}
 
 
 def test_every_evaluation_shows_its_progress_per_dataset(logged):
@@ -350,7 +350,8 @@ def test_wandb_offline_run_files_read_back(logged):
         "completed"
     saved_files = {p.relative_to(files[1].parent / "files").as_posix()
                    for p in (files[1].parent / "files").rglob("*") if p.is_file()}
-    assert {"summary.json", "recipe.lock.toml", "eval/final_student.json"} <= saved_files
+    assert {"summary.json", "recipe.lock.toml", "eval/final_student.json",
+            "eval/curves.png"} <= saved_files
     assert json.loads((files[1].parent / "files" / "eval" / "final_student.json").read_text()) \
         == _eval_json(run_dir, "final_student")
     lock = recipe_mod.read_toml(run_dir / "recipe.lock.toml")
@@ -420,7 +421,8 @@ print(json.dumps({
     assert [step for step, _ in got["during"]] == [1, 2]
     assert not [k for k in got["metrics"] if k.endswith(("/n", "_se"))]
     assert {"recipe.json", "recipe.lock.toml", "summary.json", "eval/final_student.json",
-            "eval/final_teacher.json", "eval/zeroshot.json"} <= set(got["artifacts"])
+            "eval/final_teacher.json", "eval/zeroshot.json", "eval/curves.png"} <= \
+        set(got["artifacts"])
 
 
 # --------------------------------------------------------------------------- outcomes

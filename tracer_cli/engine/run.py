@@ -2,8 +2,9 @@
 
 Launched by torchrun, every process runs :func:`finetune`; rank 0 alone evaluates and writes
 (see :mod:`tracer_cli.engine.distributed`): the pretrained model before training, the student and
-teacher every ``run.eval_every`` steps during it, and at the end. The training phase, with checkpoints, exact resume,
-signals, bad data and non-finite losses, is :mod:`tracer_cli.engine.training`.
+teacher every ``run.eval_every`` steps during it (plotted in ``eval/curves.png``), and at the end.
+The training phase, with checkpoints, exact resume, signals, bad data and non-finite losses, is
+:mod:`tracer_cli.engine.training`.
 
 It writes the run directory that the other commands read; :mod:`tracer_cli.rundir` owns its
 layout (recipe lock, checkpoints, metrics, evaluations, summary). Optional loggers
@@ -25,8 +26,8 @@ import torch
 from torch.utils.data import Subset
 
 import tracer_cli
+from tracer_cli import plots, rundir
 from tracer_cli import recipe as recipe_mod
-from tracer_cli import rundir
 from tracer_cli.contracts import (
     CLASSIFICATION_METRICS, Backbone, DatasetBundle, Task, TaskMetrics, task_metrics)
 from tracer_cli.engine import checkpoint, distributed
@@ -333,6 +334,9 @@ def _finish(run: _Setup, trained: Trained, start: float) -> RunResult:
         for tag, metrics in evals.items():
             if tag != "zeroshot":
                 writer.eval_record(f"final_{tag}", metrics, trained.steps, spec.primary)
+    if run.sets and recipe.run.eval_every:
+        plots.eval_curves(_curves(writer.run_dir, spec.primary), rundir.curves_path(writer.run_dir),
+                          spec.primary)
     summary = {"run_dir": str(writer.run_dir), "steps": trained.steps,
                "wall_time_s": round(time.time() - start, 2),
                "eval": summarize(recipe, evals, spec)}
@@ -342,6 +346,25 @@ def _finish(run: _Setup, trained: Trained, start: float) -> RunResult:
     writer.loggers.log_files(writer.run_dir, rundir.result_files(writer.run_dir))
     return RunResult(writer.run_dir, trained.steps, summary["wall_time_s"], summary,
                      metrics=spec)
+
+
+def _curves(run_dir: Path, primary: str) -> dict[str, list[tuple[int, float]]]:
+    """``"<model> <dataset>"`` -> (step, headline) of every evaluation in metrics.jsonl, the
+    zero-shot one starting the student's and teacher's curves; a step evaluated again after a
+    resume keeps its last record."""
+    latest = {}
+    for record in rundir.read_metrics(run_dir):
+        if record.get("event") == "eval":
+            latest[(record["model"], record["step"])] = record
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for (model, step), record in sorted(latest.items(), key=lambda item: item[0][1]):
+        whose = ("student", "teacher") if model == "zeroshot" else (model.removeprefix("final_"),)
+        for key, value in record.items():
+            if key.endswith(f"/{primary}") and isinstance(value, (int, float)):
+                for who in whose:
+                    curves.setdefault(f"{who} {key.removesuffix(f'/{primary}')}", []).append(
+                        (step, value))
+    return {label: points for label, points in curves.items() if len(points) > 1}
 
 
 def _last_step(recipe: Recipe, stop_after: int | None) -> int:
