@@ -73,6 +73,8 @@ class WandbLogger:
         self.run.log(eval_scalars(metrics, f"eval/{model}/"), step=step)
 
     def log_files(self, run_dir: Path, paths: list[Path]) -> None:
+        """The run's result files as W&B run files, in folders as in the run directory (offline
+        they are copied into the attempt's ``files/`` at once, for ``wandb sync``)."""
         for path in paths:
             self.run.save(str(path), base_path=str(run_dir), policy="now")
 
