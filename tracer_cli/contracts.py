@@ -39,8 +39,8 @@ from torch.utils.data import Dataset
 from tracer_cli.metric_spec import CLASSIFICATION_METRICS, TaskMetrics, task_metrics
 
 __all__ = ["Backbone", "CLASSIFICATION_METRICS", "DatasetBundle", "ExportFormat", "ExportedModel",
-           "Logger", "OUTCOMES", "Outcome", "SkippedItem", "Task", "TaskMetrics", "flat_scalars",
-           "skipped_item", "task_metrics"]
+           "Logger", "OUTCOMES", "Outcome", "SkippedItem", "Task", "TaskMetrics", "eval_scalars",
+           "flat_params", "flat_scalars", "skipped_item", "task_metrics"]
 
 
 @dataclass
@@ -232,8 +232,10 @@ class Logger(Protocol):
     then :meth:`log_scalars` every ``run.log_every`` steps and :meth:`log_eval` after each
     evaluation, and :meth:`finish` once at the end, whatever the outcome. An optional method
     ``log_event(record)`` receives every other ``metrics.jsonl`` record (checkpoint, resume,
-    bad_data, nonfinite, interrupted) as it is written there. An exception from any of these is
-    reported once; the logger is then switched off and the run goes on.
+    bad_data, nonfinite, interrupted) as it is written there, and an optional method
+    ``log_files(run_dir, paths)`` the run's result files once it completed (``eval/*.json``,
+    ``summary.json``, ``recipe.lock.toml``, plots), for trackers that keep artifacts. An exception
+    from any of these is reported once; the logger is then switched off and the run goes on.
     """
 
     def start(self, run_dir: Path, recipe: dict[str, Any], resume_step: int | None) -> None:
@@ -249,14 +251,42 @@ class Logger(Protocol):
 
     def log_eval(self, model: str, step: int, metrics: Mapping[str, Mapping[str, Any]],
                  primary: str) -> None:
-        """Every metric of one evaluation: ``model`` is ``zeroshot``, ``final_student`` or
-        ``final_teacher``, ``metrics`` maps each dataset to its metrics (``eval/<model>.json``)
-        and ``primary`` names the task's headline metric (``accuracy``, ``mean_recall``). Use
-        :func:`flat_scalars` for the numbers as ``<dataset>/<metric>`` keys."""
+        """Every metric of one evaluation: ``model`` is ``zeroshot`` (step 0), ``student`` or
+        ``teacher`` (during training, ``run.eval_every``), ``final_student`` or ``final_teacher``,
+        ``metrics`` maps each dataset to its metrics (``eval/<model>.json``) and ``primary``
+        names the task's headline metric (``accuracy``, ``mean_recall``). Use
+        :func:`eval_scalars` for the metrics as ``<dataset>/<metric>`` keys, without the counts
+        and standard errors a tracker should not chart."""
 
     def finish(self, outcome: Outcome) -> None:
         """Close the logger: the run ``"completed"``, ``"failed"`` or was ``"interrupted"`` by
         a signal (with a checkpoint to resume from)."""
+
+
+def eval_scalars(metrics: Mapping[str, Mapping[str, Any]], prefix: str = ""
+                 ) -> dict[str, float]:
+    """:func:`flat_scalars` of an evaluation (dataset -> metrics) without the fields that describe
+    a measurement rather than measure the model: counts (``n``, ``n_images``, ``n_<...>``) and
+    standard errors (``<metric>_se``), which stay in ``eval/*.json``."""
+    kept = {name: {k: v for k, v in values.items() if not _describes_measurement(k)}
+            for name, values in metrics.items()}
+    return flat_scalars(kept, prefix)
+
+
+def _describes_measurement(key: str) -> bool:
+    return key == "n" or key.startswith("n_") or key.endswith("_se")
+
+
+def flat_params(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested tables as dotted keys, for trackers' hyperparameters: ``{"train": {"lr": 1e-5}}``
+    -> ``{"train.lr": 1e-5}`` (lists and empty tables kept whole)."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, Mapping) and value:
+            out.update(flat_params(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def flat_scalars(tree: Mapping[str, Any], prefix: str = "") -> dict[str, float]:

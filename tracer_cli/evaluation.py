@@ -520,7 +520,7 @@ def run_plan(plan: EvalPlan, reporter: Reporter | None = None) -> EvalReport:
         model["head"] = True
         head.to(device)
     scorer = _Scorer(task, backbone, module, precision, eval_sets(recipe, backbone),
-                     eval_sets(recipe, backbone, ("retain",)))
+                     eval_sets(recipe, backbone, ("retain",)), reporter)
     module.to(device)
     before = _retain_before(scorer, theta0, tuned, model["checkpoint"], reporter)
     reported = plan.reported_alpha
@@ -531,7 +531,7 @@ def run_plan(plan: EvalPlan, reporter: Reporter | None = None) -> EvalReport:
             if head is not None:
                 head.load_state_dict(interpolate(head_states[1], head_states[0], alpha))
         reporter.notice(f"evaluating {_what(model, alpha)} on {', '.join(scorer.names)}")
-        results = scorer.score(head)
+        results = scorer.score(head, "model" if alpha is None else f"α={alpha:g}")
         metrics = {name: r["metrics"] for name, r in results.items()}
         entries.append({"alpha": alpha, **summarize(metrics, plan.id_names, plan.ood_names,
                                                     plan.metrics),
@@ -563,20 +563,22 @@ class _Scorer:
     precision: Precision
     sets: dict[str, tuple[DatasetBundle, Any]]
     retain: dict[str, tuple[DatasetBundle, Any]]
+    reporter: Reporter | None = None  # each dataset's progress, as ``eval <what> <dataset>``
 
     @property
     def names(self) -> list[str]:
         return [*self.sets, *self.retain]
 
-    def score(self, head: torch.nn.Module | None = None) -> dict[str, dict[str, Any]]:
+    def score(self, head: torch.nn.Module | None = None, what: str = "model"
+              ) -> dict[str, dict[str, Any]]:
         from tracer_cli.engine.scoring import task_evaluate
 
         results = task_evaluate(self.task, self.backbone, self.module, self.sets,
-                                self.precision.device, self.precision.autocast, head) \
-            if self.sets else {}
-        return {**results, **self.score_retention()}
+                                self.precision.device, self.precision.autocast, head, what,
+                                self.reporter) if self.sets else {}
+        return {**results, **self.score_retention(what)}
 
-    def score_retention(self) -> dict[str, dict[str, Any]]:
+    def score_retention(self, what: str = "model") -> dict[str, dict[str, Any]]:
         """Never through a head: a trained head has only the finetuning task's classes."""
         from tracer_cli.engine.build import retain_task
         from tracer_cli.engine.scoring import task_evaluate
@@ -584,7 +586,8 @@ class _Scorer:
         if not self.retain:
             return {}
         return task_evaluate(retain_task(), self.backbone, self.module, self.retain,
-                             self.precision.device, self.precision.autocast)
+                             self.precision.device, self.precision.autocast, None, what,
+                             self.reporter)
 
 
 def _retain_before(scorer: _Scorer, theta0: dict[str, torch.Tensor] | None,
@@ -598,7 +601,7 @@ def _retain_before(scorer: _Scorer, theta0: dict[str, torch.Tensor] | None,
     reporter.notice(f"evaluating the pretrained model on {', '.join(scorer.retain)} "
                     "(retention before finetuning)")
     load_weights(scorer.module, theta0, checkpoint)
-    before = {n: r["metrics"] for n, r in scorer.score_retention().items()}
+    before = {n: r["metrics"] for n, r in scorer.score_retention("pretrained").items()}
     load_weights(scorer.module, tuned, checkpoint)
     return before
 

@@ -1,4 +1,5 @@
-"""Evaluation plots as PNG files: reliability diagrams and the WiSE-FT ID-vs-OOD curve.
+"""Evaluation plots as PNG files: reliability diagrams, the WiSE-FT ID-vs-OOD curve and the
+evaluations during training.
 
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot), so nothing here touches global
 backend state or needs a display, and each file is written atomically.
@@ -66,4 +67,22 @@ def wise_curve(alphas: Sequence[float], id_accuracy: Sequence[float],
                       xytext=(5, 4 if i % 2 == 0 else -11), fontsize="small")
     axes.set(xlabel=f"ID {metric} (%)", ylabel=f"average OOD {metric} (%)", title=title)
     axes.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def eval_curves(curves: dict[str, Sequence[tuple[int, float]]], path: Path, metric: str,
+                title: str = "evaluations during training") -> Path:
+    """One line per curve (``"student synth-photo"``: its ``(step, value)`` points) of ``metric``
+    against the training step."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.4, 4.2))
+    axes = figure.subplots()
+    for label, points in curves.items():
+        steps, values = zip(*points)
+        axes.plot(steps, [100 * v for v in values], marker=".", label=label,
+                  linestyle="--" if label.startswith("teacher") else "-")
+    axes.set(xlabel="step", ylabel=f"{metric.replace('_', ' ')} (%)", title=title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small", loc="best")
     return _save(figure, path)

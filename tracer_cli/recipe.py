@@ -83,6 +83,12 @@ class RunConfig:
     # Evaluate the pretrained model too before training (eval/zeroshot.json); false skips it when
     # a batch of runs shares one pretrained model (benchmarks/robustness.py evaluates it once).
     eval_zeroshot: bool = True
+    # Evaluate the student (and an active teacher) every N steps during training (0: only before
+    # and after), on ``eval_sets`` (labels of data.id / data.ood; empty: all of them), each capped
+    # at ``eval_max_images`` evenly spaced images (0: all), so that a long run shows its curves.
+    eval_every: int = 0
+    eval_sets: list[str] = field(default_factory=list)
+    eval_max_images: int = 0
     log_every: int = 10
     # Keep a frozen copy of the initial student to log ‖θ − θ₀‖ and ‖θ − φ‖ / ‖θ − θ₀‖ (one extra
     # parameter copy in memory while a teacher is active); false drops it for very large models.
@@ -106,6 +112,12 @@ class RunConfig:
         _check_name(f"{path}.output_dir", self.output_dir, "path")
         _check_range(f"{path}.seed", self.seed, 0, MAX_SEED)
         _check_range(f"{path}.log_every", self.log_every, 1, MAX_STEPS)
+        _check_range(f"{path}.eval_every", self.eval_every, 0, MAX_STEPS)
+        _check(f"{path}.eval_max_images", self.eval_max_images >= 0,
+               f"got {self.eval_max_images}; must be >= 0 (0: every image)")
+        _check(f"{path}.eval_every", not self.eval_every or self.eval,
+               f"got {self.eval_every}, but run.eval = false turns every evaluation off; set "
+               "run.eval = true or run.eval_every = 0")
         ok = self.device in ("auto", "cpu", "cuda") or bool(_CUDA_DEVICE.fullmatch(self.device))
         _check(f"{path}.device", ok, f"got {self.device!r}; allowed: auto, cpu, cuda, cuda:N")
         dupes = sorted({n for n in self.loggers if self.loggers.count(n) > 1})
@@ -496,7 +508,17 @@ def from_dict(raw: dict[str, Any], source: str = "<memory>") -> Recipe:
         source=source,
     )
     _check_method(recipe)
+    _check_eval_sets(recipe)
     return recipe
+
+
+def _check_eval_sets(recipe: Recipe) -> None:
+    """``run.eval_sets`` names evaluation datasets by the labels the results use."""
+    labels = [_display(s) for s in recipe.data.id + recipe.data.ood]
+    for name in recipe.run.eval_sets:
+        _check("run.eval_sets", name in labels,
+               f"got {name!r}, which is not an evaluation dataset of data.id / data.ood; "
+               f"allowed: {', '.join(labels) or '(none: the recipe evaluates nothing)'}")
 
 
 def with_method_defaults(raw: dict[str, Any]) -> dict[str, Any]:
@@ -545,7 +567,7 @@ def _check_method(recipe: Recipe) -> None:
 # declares them in ``resume_free_keys`` (tracer_cli.contracts), e.g. openclip's model.cache_dir.
 RESUME_FREE_KEYS = (
     "run.name", "run.output_dir", "run.device", "run.precision", "run.eval", "run.eval_zeroshot",
-    "run.log_every",
+    "run.eval_every", "run.eval_sets", "run.eval_max_images", "run.log_every",
     "run.track_drift", "run.loggers", "loggers", "data.id", "data.ood", "data.retain",
     "data.eval_batch_size",
     "data.num_workers", "data.max_bad_fraction", "data.options",

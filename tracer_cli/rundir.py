@@ -75,6 +75,7 @@ RECIPE_LOCK = "recipe.lock.toml"
 METRICS = "metrics.jsonl"
 EVAL = "eval"
 SUMMARY = "summary.json"
+CURVES = "curves.png"
 LOCK = ".lock"
 LAST = "last.pt"
 CHECKPOINTS = "checkpoints"
@@ -108,6 +109,11 @@ def metrics_path(run_dir: Path) -> Path:
 
 def eval_path(run_dir: Path, tag: str) -> Path:
     return Path(run_dir) / EVAL / f"{tag}.json"
+
+
+def curves_path(run_dir: Path) -> Path:
+    """The plot of the evaluations during training (``run.eval_every``)."""
+    return Path(run_dir) / EVAL / CURVES
 
 
 def summary_path(run_dir: Path) -> Path:
@@ -286,6 +292,17 @@ def eval_files(run_dir: Path, nested: bool = False) -> list[Path]:
     folder = Path(run_dir) / EVAL
     found = [*folder.glob("*.json"), *(folder.glob("*/eval.json") if nested else [])]
     return sorted(found)
+
+
+def result_files(run_dir: Path) -> list[Path]:
+    """What a finished run has to show, for trackers' artifacts: the recipe lock, the summary,
+    every evaluation document and plot under ``eval/`` (``tracer eval --output-dir RUN/eval/..``
+    included)."""
+    run_dir = Path(run_dir)
+    folder = run_dir / EVAL
+    found = [recipe_lock_path(run_dir), summary_path(run_dir),
+             *sorted(p for p in folder.rglob("*") if p.suffix in (".json", ".png"))]
+    return [p for p in found if p.is_file()]
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:

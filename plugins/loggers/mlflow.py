@@ -1,4 +1,4 @@
-"""The ``mlflow`` logger: an MLflow run, on a local file store by default.
+"""The ``mlflow`` logger: an MLflow run, in a local store beside the run directories by default.
 
 Needs MLflow's client (``pip install 'tracer-clip[mlflow]'``, which installs ``mlflow-skinny``, the
 official client-only package; the full ``mlflow`` works too). Train numbers are logged as
@@ -8,15 +8,21 @@ artifact. The MLflow run id is kept in the run directory (``mlflow_run.json``), 
 finetune --resume`` continues the same MLflow run; its status ends FINISHED, FAILED or KILLED
 (interrupted).
 
-Options in ``[loggers.mlflow]``: ``tracking_uri`` (default: ``MLFLOW_TRACKING_URI``, else a file
-store in ``mlruns/`` next to the run directory, shared by the runs of one output folder:
-``MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri runs/mlruns`` with the full
-``mlflow``), ``experiment`` ("tracer") and ``run_name`` (``run.name``).
-A ``sqlite:///...`` URI needs ``sqlalchemy`` and ``alembic`` besides ``mlflow-skinny``.
+Options in ``[loggers.mlflow]``: ``tracking_uri`` (default: ``MLFLOW_TRACKING_URI``, else a store
+next to the run directory, shared by the runs of one output folder: ``sqlite:///<output
+folder>/mlflow.db`` when SQLAlchemy and Alembic are installed, as the ``mlflow`` extra installs
+them, which every MLflow tool reads as it is (``mlflow ui --backend-store-uri
+sqlite:///runs/mlflow.db``); without them a file store ``mlruns/``, which MLflow 3 reads only with
+``MLFLOW_ALLOW_FILE_STORE=true`` set, as ``mlflow_run.json`` then says; the artifacts of a
+SQLite store's new experiments go to ``mlartifacts/`` beside its file), ``experiment``
+("tracer") and ``run_name`` (``run.name``). Evaluation counts and standard errors are not
+metrics; a completed run's ``eval/*.json``, ``summary.json``, ``recipe.lock.toml`` and plots are
+artifacts.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -25,13 +31,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tracer_cli import hookimpl
-from tracer_cli.contracts import flat_scalars
+from tracer_cli.contracts import eval_scalars, flat_params, flat_scalars
 from tracer_cli.io import atomic_write_json
 from tracer_cli.options import Options
 from tracer_cli.plugins import require_module
 
 ID_FILE = "mlflow_run.json"
 DEFAULT_STORE = "mlruns"
+DEFAULT_DB = "mlflow.db"
+ARTIFACTS = "mlartifacts"
 INSTALL = "'tracer-clip[mlflow]' (or: pip install mlflow-skinny)"
 STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 # Characters MLflow accepts in metric and parameter names; others (from a dataset label) become _.
@@ -52,11 +60,13 @@ class MlflowLogger:
 
         run_dir = Path(run_dir)
         uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
-            (run_dir.parent / DEFAULT_STORE).resolve().as_uri()
+            _default_uri(run_dir)
+        reading = {}
         if _is_file_store(uri):
             # MLflow 3 keeps its file store in maintenance mode and wants this opt-in to use it;
             # a tracer recipe that names (or defaults to) a local folder has opted in.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            reading = {"read_with_env": {"MLFLOW_ALLOW_FILE_STORE": "true"}}
         self.client = MlflowClient(tracking_uri=uri)
         saved = _saved_id(run_dir) if resume_step is not None else None
         if saved is not None:
@@ -65,19 +75,19 @@ class MlflowLogger:
             return
         found = self.client.get_experiment_by_name(self.experiment)
         experiment_id = found.experiment_id if found is not None else \
-            self.client.create_experiment(self.experiment)
+            self.client.create_experiment(self.experiment, artifact_location=_artifact_root(uri))
         run = self.client.create_run(experiment_id,
                                      run_name=self.run_name or recipe["run"]["name"])
         self.run_id = run.info.run_id
         atomic_write_json(run_dir / ID_FILE, {"run_id": self.run_id, "tracking_uri": uri,
-                                              "experiment_id": experiment_id})
+                                              "experiment_id": experiment_id, **reading})
         self._log_recipe(recipe)
 
     def _log_recipe(self, recipe: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
         params = [Param(_name(k), json.dumps(v) if not isinstance(v, str) else v)
-                  for k, v in _flatten(recipe).items()]
+                  for k, v in flat_params(recipe).items()]
         for i in range(0, len(params), _MAX_PARAMS_PER_CALL):
             self.client.log_batch(self.run_id, params=params[i:i + _MAX_PARAMS_PER_CALL])
         self.client.log_dict(self.run_id, recipe, "recipe.json")
@@ -87,7 +97,14 @@ class MlflowLogger:
 
     def log_eval(self, model: str, step: int, metrics: Mapping[str, Mapping[str, Any]],
                  primary: str) -> None:
-        self._metrics(flat_scalars(metrics, f"eval/{model}/"), step)
+        self._metrics(eval_scalars(metrics, f"eval/{model}/"), step)
+
+    def log_files(self, run_dir: Path, paths: list[Path]) -> None:
+        """The run's result files as artifacts, in folders as in the run directory."""
+        for path in paths:
+            folder = Path(path).relative_to(run_dir).parent.as_posix()
+            self.client.log_artifact(self.run_id, str(path),
+                                     artifact_path=None if folder == "." else folder)
 
     def _metrics(self, values: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -102,23 +119,29 @@ class MlflowLogger:
             self.client.set_terminated(run_id, status=STATUS[outcome])
 
 
+def _default_uri(run_dir: Path) -> str:
+    """SQLite beside the run directory when MLflow can use it (SQLAlchemy and Alembic), else the
+    file store."""
+    if all(importlib.util.find_spec(m) is not None for m in ("sqlalchemy", "alembic")):
+        return f"sqlite:///{(run_dir.parent / DEFAULT_DB).resolve().as_posix()}"
+    return (run_dir.parent / DEFAULT_STORE).resolve().as_uri()
+
+
+def _artifact_root(uri: str) -> str | None:
+    """``mlartifacts/`` beside a SQLite store's file (MLflow would put a new experiment's
+    artifacts in ``./mlruns`` of whatever folder tracer runs in); None lets the store decide."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri.removeprefix("sqlite:///"))
+    return (database.parent / ARTIFACTS).resolve().as_uri()
+
+
 def _is_file_store(uri: str) -> bool:
     return uri.startswith("file:") or "://" not in uri
 
 
 def _name(key: str) -> str:
     return _NOT_ALLOWED.sub("_", key)
-
-
-def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"lr": 1e-5}}`` -> ``{"train.lr": 1e-5}`` (lists and empty tables kept whole)."""
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _saved_id(run_dir: Path) -> str | None:

@@ -5,8 +5,14 @@ run's config; train numbers are logged as ``train/<key>`` and evaluation metrics
 ``eval/<model>/<dataset>/<metric>``, at the run's step. ``WANDB_MODE=offline`` (or ``mode =
 "offline"``) writes the run under the run directory's ``wandb/`` for a later ``wandb sync``. The
 W&B run id is kept in the run directory (``wandb_run.json``), so ``tracer finetune --resume``
-continues the same W&B run (W&B ignores steps below the last one it has, so steps logged after
-the checkpoint keep their first values there).
+continues the same W&B run, asking W&B to resume it (``resume="allow"``; online, W&B marks the
+run resumed; offline, each attempt is its own ``offline-run-*`` folder, which ``wandb sync``
+joins). W&B ignores steps below the last one it has, so steps logged after the checkpoint keep
+their first values there. An attempt stopped by a signal ends with exit code 0 and summary
+``tracer/outcome = "interrupted"`` (it has a checkpoint and goes on); a failed run with exit
+code 1. Evaluation counts and standard errors are not logged as metrics; a completed run's
+``eval/*.json``, ``summary.json``, ``recipe.lock.toml`` and plots are saved as run files
+(``wandb.save``, kept offline too).
 
 Options in ``[loggers.wandb]``: ``project`` ("tracer"), ``entity`` (your default entity),
 ``name`` (``run.name``), ``group``, ``tags`` ([]), ``notes``, ``mode`` ("online" | "offline" |
@@ -24,7 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tracer_cli import hookimpl
-from tracer_cli.contracts import flat_scalars
+from tracer_cli.contracts import eval_scalars, flat_scalars
 from tracer_cli.io import atomic_write_json
 from tracer_cli.options import Options
 from tracer_cli.plugins import require_module
@@ -47,13 +53,14 @@ class WandbLogger:
 
         run_dir = Path(run_dir)
         s = self.settings
-        run_id = _saved_id(run_dir) if resume_step is not None else None
-        run_id = run_id or _new_id()
+        saved = _saved_id(run_dir) if resume_step is not None else None
+        run_id = saved or _new_id()
         # Kept before the run starts: a run that dies in its first steps still resumes into it.
         atomic_write_json(run_dir / ID_FILE, {"id": run_id, "project": s["project"],
                                               "entity": s["entity"]})
         self.run = wandb.init(
-            id=run_id, resume="allow", project=s["project"], entity=s["entity"],
+            id=run_id, resume="allow" if saved else None, project=s["project"],
+            entity=s["entity"],
             name=s["name"] or recipe["run"]["name"], group=s["group"], tags=s["tags"],
             notes=s["notes"], mode=s["mode"], dir=str(s["dir"] or run_dir), config=recipe,
             settings=wandb.Settings(console=s["console"]))
@@ -63,12 +70,20 @@ class WandbLogger:
 
     def log_eval(self, model: str, step: int, metrics: Mapping[str, Mapping[str, Any]],
                  primary: str) -> None:
-        self.run.log(flat_scalars(metrics, f"eval/{model}/"), step=step)
+        self.run.log(eval_scalars(metrics, f"eval/{model}/"), step=step)
+
+    def log_files(self, run_dir: Path, paths: list[Path]) -> None:
+        """The run's result files as W&B run files, in folders as in the run directory (offline
+        they are copied into the attempt's ``files/`` at once, for ``wandb sync``)."""
+        for path in paths:
+            self.run.save(str(path), base_path=str(run_dir), policy="now")
 
     def finish(self, outcome: str) -> None:
         if self.run is not None:
             run, self.run = self.run, None
-            run.finish(exit_code=0 if outcome == "completed" else 1)
+            run.summary["tracer/outcome"] = outcome
+            # Only a failure is one: an interrupted attempt saved a checkpoint and goes on.
+            run.finish(exit_code=1 if outcome == "failed" else 0)
 
 
 def _new_id() -> str:

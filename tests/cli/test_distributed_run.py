@@ -106,11 +106,19 @@ HEAD_METHOD = ["--set", "train.method=lpft", "--set", "train.lp_steps=1"]
 @pytest.mark.slow
 def test_two_gloo_processes_train_a_head_like_one(tiny_recipe, tmp_path):
     """LP-FT under DDP: the head's gradients are synchronized, the frozen phase and the text
-    tower that never runs do not stall DDP, and the result is that of one process."""
+    tower that never runs do not stall DDP, and the result is that of one process, also with
+    evaluations during training (rank 0 evaluates once per due step while rank 1 waits)."""
     one = _finetune(tiny_recipe, tmp_path / "one", *HEAD_METHOD)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = _finetune(tiny_recipe, tmp_path / "two", *HEAD_METHOD, "--nproc", "2")
+    evaluating = ["--set", "run.eval=true", "--set", "run.eval_zeroshot=false",
+                  "--set", "run.eval_every=1", "--set", "run.eval_sets=synth-photo"]
+    two = _finetune(tiny_recipe, tmp_path / "two", *HEAD_METHOD, *evaluating, "--nproc", "2")
     assert two.returncode == 0, two.stderr[-3000:]
+    records = [json.loads(line) for line in
+               (tmp_path / "two" / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["model"], r["step"]) for r in records if r["event"] == "eval"] == [
+        ("student", 1), ("student", 2), ("final_student", 3)]
+    assert two.stderr.count("step 2 student accuracy: synth-photo ") == 1
     a = checkpoint.load(tmp_path / "one" / "tiny" / "last.pt")
     b = checkpoint.load(tmp_path / "two" / "tiny" / "last.pt")
     assert _max_diff(a["state_dict"], b["state_dict"]) <= 1e-5

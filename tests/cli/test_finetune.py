@@ -93,6 +93,12 @@ def test_human_output_without_json(runner, tiny_recipe, tmp_path):
     (["--set", "model.colour=1"], "recipe key 'model.colour': unknown key"),
     (["--set", "task.train_templates=[\"no slot\"]"], "exactly one '{}'"),
     (["--set", "train"], "expected KEY.PATH=VALUE"),
+    (["--set", "run.eval_every=-1"], "recipe key 'run.eval_every': got -1; must be >= 0"),
+    (["--set", "run.eval_sets=synth-fotos"], "recipe key 'run.eval_sets': got 'synth-fotos', "
+                                             "which is not an evaluation dataset"),
+    (["--set", "run.eval_every=2", "--set", "run.eval=false"],
+     "recipe key 'run.eval_every': got 2, but run.eval = false"),
+    (["--set", "run.eval_max_images=-5"], "recipe key 'run.eval_max_images': got -5"),
 ])
 def test_bad_input_exits_2_with_one_line(runner, tiny_recipe, tmp_path, args, fragment):
     result = runner.invoke(app, ["finetune", str(tiny_recipe), "--output-dir", str(tmp_path),
@@ -117,3 +123,67 @@ def test_usage_errors_are_exit_2(runner):
     assert runner.invoke(app, ["finetune"]).exit_code == 2
     assert runner.invoke(app, ["finetune", "x.toml", "--max-steps", "0"]).exit_code == 2
     assert runner.invoke(app, ["frobnicate"]).exit_code == 2
+
+
+FT = ["train.method=ft", "teacher.kind=none", "distill.lambda_sd=0", "distill.crd=0",
+      "distill.fd=0", "distill.icl=0", "distill.xkd=0", "distill.lambda_fn=0"]
+
+
+def test_evaluations_during_training_in_plain_output(runner, tiny_recipe, tmp_path):
+    sets = [a for item in ["run.eval_every=1", "run.eval_sets=synth-sketch", *FT]
+            for a in ("--set", item)]
+    result = runner.invoke(app, ["finetune", str(tiny_recipe), "--output-dir", str(tmp_path),
+                                 *sets])
+    assert result.exit_code == 0, result.stderr
+    lines = result.stderr.splitlines()
+    # a plain line per dataset of every evaluation (CI is set), then the step's headline
+    for step in (1, 2):
+        at = lines.index(next(n for n in lines if n.startswith(f"step {step} student accuracy")))
+        assert lines[at - 1].startswith("[eval student synth-sketch] batches=1 seconds=")
+        assert lines[at].startswith(f"step {step} student accuracy: synth-sketch ")
+    assert any(n.startswith("[eval zeroshot synth-photo] batches=1") for n in lines)
+    assert any(n.startswith("[eval student synth-noisy] batches=1") for n in lines)  # final
+    records = _read_jsonl(tmp_path / "tiny" / "metrics.jsonl")
+    assert [(r["model"], r["step"]) for r in records if r["event"] == "eval"] == [
+        ("zeroshot", 0), ("student", 1), ("student", 2), ("final_student", 3)]
+    assert (tmp_path / "tiny" / "eval" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_curves_start_at_zeroshot_and_keep_a_redone_step_once(tmp_path):
+    from tracer_cli import rundir
+    from tracer_cli.engine.run import _curves
+
+    for record in [{"model": "zeroshot", "step": 0, "a/accuracy": 0.5, "b/accuracy": 0.4},
+                   {"model": "student", "step": 2, "a/accuracy": 0.6},
+                   {"model": "student", "step": 2, "a/accuracy": 0.7},  # after a resume
+                   {"model": "final_student", "step": 4, "a/accuracy": 0.8, "b/accuracy": 0.3},
+                   {"event": "train", "step": 4, "loss": 1.0}]:
+        rundir.append_metrics(tmp_path, {"event": "eval", **record})
+    assert _curves(tmp_path, "accuracy") == {
+        "student a": [(0, 0.5), (2, 0.7), (4, 0.8)], "student b": [(0, 0.4), (4, 0.3)]}
+
+
+def test_head_methods_are_evaluated_through_the_head_during_training(tiny_recipe, tmp_path,
+                                                                     monkeypatch):
+    """At the step a stopped run ends, its evaluation during training and its final evaluation
+    see the same weights and head, so they agree to the last bit."""
+    from tracer_cli import recipe as recipe_mod
+    from tracer_cli.engine.run import finetune
+    from tracer_cli.engine.training import RunWriter
+    from tracer_cli.events import Reporter
+
+    seen = []
+    original = RunWriter.log_eval
+
+    def recording(self, tag, metrics, step, primary="accuracy"):
+        seen.append((tag, step, metrics))
+        original(self, tag, metrics, step, primary)
+
+    monkeypatch.setattr(RunWriter, "log_eval", recording)
+    raw = recipe_mod.apply_overrides(tomllib.loads(tiny_recipe.read_text()),
+                                     [*FT, "run.eval_every=2", "run.eval_zeroshot=false"])
+    result = finetune(recipe_mod.from_dict(raw), output_dir=tmp_path, reporter=Reporter(),
+                      stop_after=2)
+    [during] = [m for tag, step, m in seen if (tag, step) == ("student", 2)]
+    final = json.loads((result.run_dir / "eval" / "final_student.json").read_text())
+    assert during == final

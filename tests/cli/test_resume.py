@@ -188,3 +188,30 @@ def test_resume_usage_errors(runner, tiny_recipe, tmp_path):
     result = runner.invoke(app, [*base, "--resume", str(tmp_path / "nope.pt")])
     assert result.exit_code == 2 and "does not exist" in result.stderr
     assert result.stderr.count("error:") == 1
+
+
+def test_evaluations_during_training_keep_their_schedule_across_resume(tiny_recipe, tmp_path):
+    """run.eval_every: each due step evaluated once over a stop and --resume, and the weights end
+    bit for bit where a run without evaluations ends (they leave the RNG as they found it)."""
+    from tracer_cli.engine.run import finetune
+    from tracer_cli.events import Reporter
+
+    raw = recipe_mod.tomllib.loads(tiny_recipe.read_text())
+
+    def recipe(*sets: str) -> recipe_mod.Recipe:
+        return recipe_mod.from_dict(recipe_mod.apply_overrides(raw, [
+            "train.steps=8", "data.train.size=48", "train.checkpoint_every=4",
+            "run.eval_zeroshot=false", *sets]))
+
+    finetune(recipe(), output_dir=tmp_path / "plain", reporter=Reporter())
+    evaluating = recipe("run.eval_every=2", "run.eval_max_images=16")
+    out = tmp_path / "evaluating"
+    finetune(evaluating, output_dir=out, reporter=Reporter(), stop_after=5)  # at 2 and 4
+    finetune(evaluating, output_dir=out, reporter=Reporter(), resume="auto")  # from step 4
+    during = [(r["model"], r["step"]) for r in _records(out / "tiny")
+              if r["event"] == "eval" and r["model"] in ("student", "teacher")]
+    # Step 4 once: its evaluation came before its checkpoint, which the resume starts from; step
+    # 8, the last, is the final evaluation's.
+    assert during == [(model, step) for step in (2, 4, 6) for model in ("student", "teacher")]
+    # bit for bit: one computation repeated, with and without the evaluations in between
+    _assert_same_weights(tmp_path / "plain" / "tiny" / "last.pt", out / "tiny" / "last.pt")

@@ -1,15 +1,17 @@
 """Loggers: what TensorBoard, W&B (offline) and MLflow (local file store) received, read back with
 their own readers; a run resumed into the same tracked runs; a logger that raises; recipe checks.
 
-One module-scoped run trains 2 of 3 steps, then resumes to the end, with every built-in logger, a
-logger that records each call and a logger that raises. No test touches the network: W&B is
+One module-scoped run trains 2 of 3 steps, evaluating two sets every step, then resumes to the
+end, with every built-in logger, a logger that records each call and a logger that raises. No test touches the network: W&B is
 offline, MLflow writes a file store under tmp_path, and HOME points into tmp_path.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,6 +47,9 @@ class Recorder:
     def log_eval(self, model, step, metrics, primary):
         self.calls.append(("eval", (model, step, json.loads(json.dumps(metrics)), primary)))
 
+    def log_files(self, run_dir, paths):
+        self.calls.append(("files", (Path(run_dir), list(paths))))
+
     def finish(self, outcome):
         self.calls.append(("finish", outcome))
 
@@ -73,11 +78,23 @@ class TestLoggersPlugin:
 
 
 class Notices(Reporter):
+    """Notices, and the progress tasks started and finished (``("start", task, total)``, ...)."""
+
     def __init__(self):
         self.lines: list[str] = []
+        self.progress: list[tuple[Any, ...]] = []
 
     def notice(self, message: str) -> None:
         self.lines.append(message)
+
+    def start(self, task: str, total: int, completed: int = 0) -> None:
+        self.progress.append(("start", task, total))
+
+    def advance(self, task: str, completed: int, fields=None) -> None:
+        self.progress.append(("advance", task, completed))
+
+    def finish(self, task: str) -> None:
+        self.progress.append(("finish", task))
 
 
 def _offline(mp: pytest.MonkeyPatch, home: Path) -> None:
@@ -97,18 +114,21 @@ def logged(tmp_path_factory):
     base = tmp_path_factory.mktemp("loggers")
     raw = recipe_mod.apply_overrides(
         recipe_mod.tomllib.loads(TINY_RECIPE),
-        [f"run.loggers={json.dumps(LOGGERS)}", "train.checkpoint_every=2"])
+        [f"run.loggers={json.dumps(LOGGERS)}", "train.checkpoint_every=2", "run.eval_every=1",
+         'run.eval_sets=["synth-photo", "synth-noisy"]', "run.eval_max_images=20"])
     recipe = recipe_mod.from_dict(raw)
     Recorder.calls.clear()
     with pytest.MonkeyPatch.context() as mp:
         _offline(mp, base / "home")
+        mp.chdir(base)  # where MLflow would put artifacts it was not told where to put
         mp.setattr(plugins_mod, "_HOST", PluginHost(plugins=(TestLoggersPlugin(),)))
         parts = []
         for kwargs in ({"stop_after": 2}, {"resume": "auto"}):
             notices = Notices()
             result = finetune(recipe, output_dir=base / "runs", reporter=notices, **kwargs)
-            parts.append(notices.lines)
-    return {"run_dir": result.run_dir, "notices": parts, "calls": list(Recorder.calls)}
+            parts.append(notices)
+    return {"run_dir": result.run_dir, "notices": [n.lines for n in parts],
+            "progress": [n.progress for n in parts], "calls": list(Recorder.calls)}
 
 
 def _jsonl(run_dir: Path, event: str) -> list[dict[str, Any]]:
@@ -130,9 +150,14 @@ def test_jsonl_is_complete_and_a_raising_logger_warns_once_per_run(logged):
     run_dir = logged["run_dir"]
     assert sorted(_train_numbers(run_dir)) == [1, 2, 3]
     assert [r["step"] for r in _jsonl(run_dir, "resume")] == [2]
+    # Every step is evaluated once: step 2's evaluation came before its checkpoint, which the
+    # resumed part continues from; step 3, the last, is the final evaluation's.
     assert [(r["model"], r["step"]) for r in _jsonl(run_dir, "eval")] == [
-        ("zeroshot", 0), ("final_student", 2), ("final_teacher", 2),
-        ("final_student", 3), ("final_teacher", 3)]
+        ("zeroshot", 0), ("student", 1), ("teacher", 1), ("student", 2), ("teacher", 2),
+        ("final_student", 2), ("final_teacher", 2), ("final_student", 3), ("final_teacher", 3)]
+    during = [r for r in _jsonl(run_dir, "eval") if r["model"] in ("student", "teacher")]
+    assert all(sorted(k for k in r if "/" in k) == ["synth-noisy/accuracy", "synth-photo/accuracy"]
+               for r in during)
     for notices in logged["notices"]:
         failed = [n for n in notices if "logger" in n and "failed" in n]
         assert len(failed) == 1, notices
@@ -149,15 +174,49 @@ def test_every_logger_gets_the_jsonl_scalars_and_every_eval_metric(logged):
     scalars = {step: numbers for kind, (step, numbers) in
                ((k, a) for k, a in calls if k == "scalars")}
     assert scalars == _train_numbers(run_dir)  # the same numbers, after the raising logger died
-    evals = [(m, s, p) for kind, (m, s, metrics, p) in
-             ((k, a) for k, a in calls if k == "eval")]
-    assert evals == [("zeroshot", 0, "accuracy"), ("final_student", 2, "accuracy"),
-                     ("final_teacher", 2, "accuracy"), ("final_student", 3, "accuracy"),
-                     ("final_teacher", 3, "accuracy")]
+    evals = [(m, s) for kind, (m, s, metrics, p) in ((k, a) for k, a in calls if k == "eval")]
+    assert evals == [("zeroshot", 0), ("student", 1), ("teacher", 1), ("student", 2),
+                     ("teacher", 2), ("final_student", 2), ("final_teacher", 2),
+                     ("final_student", 3), ("final_teacher", 3)]
+    assert {p for kind, (*_, p) in ((k, a) for k, a in calls if k == "eval")} == {"accuracy"}
+    during = [a for k, a in calls if k == "eval" and a[0] == "student"]
+    # run.eval_max_images = 20 evenly spaced images of each of the two named sets
+    assert [{name: m["n"] for name, m in a[2].items()} for a in during] == \
+        [{"synth-photo": 20, "synth-noisy": 20}] * 2
     last = [a for k, a in calls if k == "eval"][-2]
     assert last[2] == _eval_json(run_dir, "final_student")  # every metric, not the headline only
     assert [a for k, a in calls if k == "finish"] == ["completed", "completed"]
+    # Each completed part hands its result files over, the resumed one with its new results.
+    [*_, (files_dir, files)] = [a for k, a in calls if k == "files"]
+    assert files_dir == run_dir
+    assert {p.relative_to(run_dir).as_posix() for p in files} == {
+        "recipe.lock.toml", "summary.json", "eval/zeroshot.json", "eval/final_student.json",
+        "eval/final_teacher.json", "eval/curves.png"}
 
+
+def test_every_evaluation_shows_its_progress_per_dataset(logged):
+    first, resumed = logged["progress"]
+    during = [f"eval {model} {name}" for model in ("student", "teacher")
+              for name in ("synth-photo", "synth-noisy")]
+    final = [f"eval {model} {name}" for model in ("student", "teacher")
+             for name in ("synth-photo", "synth-sketch", "synth-noisy")]
+    zeroshot = [f"eval zeroshot {n}" for n in ("synth-photo", "synth-sketch", "synth-noisy")]
+    assert [task for kind, task, *_ in first if kind == "start"] == \
+        [*zeroshot, "train", *during, *during, *final]
+    assert [task for kind, task, *_ in resumed if kind == "start"] == ["train", *final]
+    for kind, task, *rest in first + resumed:
+        if kind == "start" and task.startswith("eval "):
+            assert rest == [1]  # one batch of 48 (or of the 20 kept) images
+            assert ("advance", task, 1) in first + resumed and ("finish", task) in first + resumed
+    assert any(n.startswith("step 1 student accuracy: synth-photo ") for n in logged["notices"][0])
+
+
+def test_counts_and_standard_errors_are_not_metrics():
+    from tracer_cli.contracts import eval_scalars
+
+    got = eval_scalars({"a": {"accuracy": 0.5, "n": 10, "accuracy_se": 0.1, "n_images": 3,
+                              "mean_recall": 0.2}}, "eval/m/")
+    assert got == {"eval/m/a/accuracy": 0.5, "eval/m/a/mean_recall": 0.2}
 
 def test_tensorboard_event_files_read_back(logged):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -182,6 +241,35 @@ def test_tensorboard_event_files_read_back(logged):
             assert last.value == pytest.approx(metrics[metric], rel=1e-6)
     [zeroshot] = events.Scalars("eval/zeroshot/synth-photo/accuracy")
     assert zeroshot.step == 0
+    assert [e.step for e in events.Scalars("eval/student/synth-noisy/accuracy")] == [1, 2]
+    tags = events.Tags()["scalars"]
+    assert not [t for t in tags if t.endswith(("/n", "_se"))], tags
+
+
+def test_tensorboard_hparams_hold_the_recipe(logged):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    run_dir = logged["run_dir"]
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    starts = []
+    for raw in content.values():
+        data = plugin_data_pb2.HParamsPluginData.FromString(raw)
+        if data.HasField("session_start_info"):
+            starts.append(data.session_start_info.hparams)
+    [hparams] = starts  # the resumed part keeps the session the first one started
+
+    def value(key):
+        v = hparams[key]
+        return getattr(v, v.WhichOneof("kind"))
+
+    lock = recipe_mod.read_toml(run_dir / "recipe.lock.toml")
+    assert value("train.lr") == pytest.approx(lock["train"]["lr"])
+    assert value("train.method") == lock["train"]["method"]
+    assert value("run.eval_every") == 1
+    assert json.loads(value("run.loggers")) == LOGGERS
 
 
 # --------------------------------------------------------------------------- W&B offline files
@@ -218,17 +306,21 @@ def _wandb_records(path: Path):
 
 
 def _wandb_run(path: Path) -> dict[str, Any]:
-    out: dict[str, Any] = {"history": [], "exit": None}
+    out: dict[str, Any] = {"history": [], "exit": None, "summary": {}}
     for record in _wandb_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             out["id"] = record.run.run_id
             out["project"] = record.run.project
+            out["resume"] = record.run.resume  # whether this attempt asked W&B to resume
             out["config"] = {i.key: json.loads(i.value_json) for i in record.run.config.update}
         elif kind == "history":
             # Keys W&B would split at "/" arrive as nested_key parts.
             out["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json)
                                    for i in record.history.item})
+        elif kind == "summary":
+            out["summary"].update({i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                                   for i in record.summary.update})
         elif kind == "exit":
             out["exit"] = record.exit.exit_code
     return out
@@ -253,6 +345,15 @@ def test_wandb_offline_run_files_read_back(logged):
     first, second = (_closed_wandb_run(f) for f in files)
     assert first["id"] == second["id"] == saved["id"]  # ... are one W&B run
     assert first["project"] == "tracer" and first["exit"] == 0 and second["exit"] == 0
+    assert (first["resume"], second["resume"]) == (False, True)  # the second part resumes
+    assert first["summary"]["tracer/outcome"] == second["summary"]["tracer/outcome"] == \
+        "completed"
+    saved_files = {p.relative_to(files[1].parent / "files").as_posix()
+                   for p in (files[1].parent / "files").rglob("*") if p.is_file()}
+    assert {"summary.json", "recipe.lock.toml", "eval/final_student.json",
+            "eval/curves.png"} <= saved_files
+    assert json.loads((files[1].parent / "files" / "eval" / "final_student.json").read_text()) \
+        == _eval_json(run_dir, "final_student")
     lock = recipe_mod.read_toml(run_dir / "recipe.lock.toml")
     for section in ("train", "teacher", "distill", "run"):
         assert first["config"][section] == lock[section], section
@@ -263,34 +364,65 @@ def test_wandb_offline_run_files_read_back(logged):
         assert {k: row[f"train/{k}"] for k in values} == pytest.approx(values, rel=1e-12)
     [zeroshot] = [r for r in rows if "eval/zeroshot/synth-photo/accuracy" in r]
     assert zeroshot["_step"] == 0
+    assert not [k for r in rows for k in r if k.endswith(("/n", "_se"))]
+    assert [r["_step"] for r in rows if "eval/teacher/synth-photo/accuracy" in r] == [1, 2]
     final = _eval_json(run_dir, "final_teacher")
     [*_, last] = [r for r in rows if "eval/final_teacher/synth-noisy/ece" in r]
     assert last["_step"] == 3
     assert last["eval/final_teacher/synth-noisy/ece"] == pytest.approx(final["synth-noisy"]["ece"])
 
 
-def test_mlflow_file_store_read_back(logged):
-    from mlflow.tracking import MlflowClient
+def _mlflow_read(saved: dict[str, Any], code: str) -> Any:
+    """``code`` run by MLflow's own client in a fresh process, with only the environment a user
+    reading the store has: no MLFLOW_ALLOW_FILE_STORE unless ``mlflow_run.json`` says to set it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(saved.get("read_with_env", {}))
+    script = ("import json, sys\nfrom mlflow.tracking import MlflowClient\n"
+              "client = MlflowClient(tracking_uri=sys.argv[1])\nrun_id = sys.argv[2]\n"
+              f"{code}")
+    out = subprocess.run([sys.executable, "-c", script, saved["tracking_uri"], saved["run_id"]],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
+
+def test_mlflow_default_store_reads_with_mlflows_own_client(logged):
     run_dir = logged["run_dir"]
     saved = json.loads((run_dir / "mlflow_run.json").read_text())
-    assert saved["tracking_uri"] == (run_dir.parent / "mlruns").resolve().as_uri()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-        client = MlflowClient(tracking_uri=saved["tracking_uri"])
-        run = client.get_run(saved["run_id"])
-        assert run.info.status == "FINISHED" and run.info.run_name == "tiny"
-        assert run.data.params["train.lr"] == "0.0001"
-        assert run.data.params["run.loggers"] == json.dumps(LOGGERS)
-        numbers = _train_numbers(run_dir)
-        history = client.get_metric_history(saved["run_id"], "train/loss")
-        assert sorted((m.step, m.value) for m in history) == \
-            [(s, pytest.approx(numbers[s]["loss"], rel=1e-12)) for s in sorted(numbers)]
-        final = _eval_json(run_dir, "final_student")
-        history = client.get_metric_history(saved["run_id"],
-                                            "eval/final_student/synth-sketch/accuracy")
-        assert max(history, key=lambda m: m.step).value == \
-            pytest.approx(final["synth-sketch"]["accuracy"])
+    sqlite = (run_dir.parent / "mlflow.db").resolve()
+    try:
+        import alembic, sqlalchemy  # noqa: F401, E401 - what MLflow's SQLite store needs
+        assert saved["tracking_uri"] == f"sqlite:///{sqlite.as_posix()}"
+        assert "read_with_env" not in saved  # nothing to set: every MLflow tool reads it
+        assert (run_dir.parent / "mlartifacts").is_dir()  # beside the store, not in the cwd
+        assert not (run_dir.parent.parent / "mlruns").exists()
+    except ImportError:
+        assert saved["tracking_uri"] == (run_dir.parent / "mlruns").resolve().as_uri()
+        assert saved["read_with_env"] == {"MLFLOW_ALLOW_FILE_STORE": "true"}
+    got = _mlflow_read(saved, """
+run = client.get_run(run_id)
+hist = lambda key: sorted([m.step, m.value] for m in client.get_metric_history(run_id, key))
+print(json.dumps({
+    "status": run.info.status, "name": run.info.run_name, "params": run.data.params,
+    "metrics": sorted(run.data.metrics), "loss": hist("train/loss"),
+    "sketch": hist("eval/final_student/synth-sketch/accuracy"),
+    "during": hist("eval/student/synth-photo/accuracy"),
+    "artifacts": sorted(a.path for a in client.list_artifacts(run_id))
+                 + sorted(a.path for a in client.list_artifacts(run_id, "eval"))}))
+""")
+    assert got["status"] == "FINISHED" and got["name"] == "tiny"
+    assert got["params"]["train.lr"] == "0.0001"
+    assert got["params"]["run.loggers"] == json.dumps(LOGGERS)
+    numbers = _train_numbers(run_dir)
+    assert got["loss"] == [[s, pytest.approx(numbers[s]["loss"], rel=1e-12)]
+                           for s in sorted(numbers)]
+    final = _eval_json(run_dir, "final_student")
+    assert got["sketch"][-1] == [3, pytest.approx(final["synth-sketch"]["accuracy"])]
+    assert [step for step, _ in got["during"]] == [1, 2]
+    assert not [k for k in got["metrics"] if k.endswith(("/n", "_se"))]
+    assert {"recipe.json", "recipe.lock.toml", "summary.json", "eval/final_student.json",
+            "eval/final_teacher.json", "eval/zeroshot.json", "eval/curves.png"} <= \
+        set(got["artifacts"])
 
 
 # --------------------------------------------------------------------------- outcomes
@@ -324,11 +456,17 @@ def test_mlflow_and_wandb_record_how_a_run_ended(tmp_path, monkeypatch):
     wb = make_wandb({"project": "outcomes", "tags": ["a"]})
     wb.start(run_dir, recipe, None)
     wb.log_scalars(1, {"loss": 2.5})
+    wb.finish("interrupted")  # not a failure: the attempt saved a checkpoint
+    wb = make_wandb({"project": "outcomes", "tags": ["a"]})
+    wb.start(run_dir, recipe, 1)
     wb.finish("failed")
-    [path] = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
-    run = _closed_wandb_run(path)
-    assert run["exit"] == 1 and run["project"] == "outcomes"
-    assert [r["train/loss"] for r in run["history"]] == [2.5]
+    interrupted, failed = (_closed_wandb_run(p) for p in
+                           sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb")))
+    assert interrupted["exit"] == 0 and interrupted["project"] == "outcomes"
+    assert interrupted["summary"]["tracer/outcome"] == "interrupted"
+    assert [r["train/loss"] for r in interrupted["history"]] == [2.5]
+    assert failed["exit"] == 1 and failed["summary"]["tracer/outcome"] == "failed"
+    assert failed["resume"] and failed["id"] == interrupted["id"]
 
 
 def test_closing_finishes_started_loggers_with_the_outcome():

@@ -55,6 +55,10 @@ class RunLoggers:
         self.jsonl.log_eval(model, step, metrics, primary)
         self._each("log_eval", model, step, metrics, primary)
 
+    def log_files(self, run_dir: Path, paths: list[Path]) -> None:
+        """The run's result files, to the loggers that keep artifacts (``log_files``)."""
+        self._each("log_files", run_dir, paths)
+
     def finish(self, outcome: Outcome) -> None:
         if not self.started:
             return

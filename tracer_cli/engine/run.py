@@ -1,8 +1,10 @@
 """One finetuning run, start to finish: resolve plugins, train, checkpoint, evaluate, write results.
 
 Launched by torchrun, every process runs :func:`finetune`; rank 0 alone evaluates and writes
-(see :mod:`tracer_cli.engine.distributed`). The training phase, with checkpoints, exact resume,
-signals, bad data and non-finite losses, is :mod:`tracer_cli.engine.training`.
+(see :mod:`tracer_cli.engine.distributed`): the pretrained model before training, the student and
+teacher every ``run.eval_every`` steps during it (plotted in ``eval/curves.png``), and at the end.
+The training phase, with checkpoints, exact resume, signals, bad data and non-finite losses, is
+:mod:`tracer_cli.engine.training`.
 
 It writes the run directory that the other commands read; :mod:`tracer_cli.rundir` owns its
 layout (recipe lock, checkpoints, metrics, evaluations, summary). Optional loggers
@@ -18,19 +20,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torch.utils.data import Subset
 
 import tracer_cli
+from tracer_cli import plots, rundir
 from tracer_cli import recipe as recipe_mod
-from tracer_cli import rundir
 from tracer_cli.contracts import (
     CLASSIFICATION_METRICS, Backbone, DatasetBundle, Task, TaskMetrics, task_metrics)
-from tracer_cli.engine import distributed
+from tracer_cli.engine import checkpoint, distributed
 from tracer_cli.engine.build import (
     build_backbone, build_dataset, build_task, eval_sets, retain_task, seed_everything)
+from tracer_cli.engine.data import eval_loader
 from tracer_cli.engine.distributed import DistContext
 from tracer_cli.engine.loggers import RunLoggers, build_loggers
-from tracer_cli.engine.loop import check_grad_checkpointing
+from tracer_cli.engine.loop import Trainer, check_grad_checkpointing
 from tracer_cli.engine.precision import Precision, resolve_precision
 from tracer_cli.engine.scoring import evaluate, summarize
 from tracer_cli.engine.signals import SignalTrap
@@ -143,7 +148,8 @@ def finetune(recipe: Recipe, output_dir: Path | None = None, overwrite: bool = F
             try:
                 run = _setup(recipe, ctx, output_dir, overwrite, resume, reporter, loggers)
                 trained = train(run.writer, run.backbone, run.task, run.bundle, run.precision,
-                                run.resume, _last_step(recipe, stop_after), interrupt)
+                                run.resume, _last_step(recipe, stop_after), interrupt,
+                                _DuringTraining(run, ctx))
             finally:
                 distributed.teardown(ctx)
             if not ctx.is_main:
@@ -207,6 +213,11 @@ def _setup(recipe: Recipe, ctx: DistContext, output_dir: Path | None, overwrite:
     if resumed is not None and ctx.is_main and rundir.is_run_dir(run_dir):
         _check_built_as_locked(run_dir, backbone, reporter)
     check_grad_checkpointing(backbone, recipe.train.grad_checkpointing)
+    if recipe.run.eval_every and recipe.train.strategy == "fsdp" and ctx.distributed:
+        # Rank 0 alone evaluates; under FSDP it holds only a shard of the weights.
+        raise UsageError("run.eval_every evaluates on rank 0 alone, which under train.strategy "
+                         "= 'fsdp' holds only a shard of the weights; set run.eval_every = 0 "
+                         "(the final evaluation still runs) or train.strategy = 'ddp'")
     bundle = build_dataset(recipe.data.train, "data.train", "train", backbone.preprocess_train)
     evaluates = recipe.run.eval and ctx.is_main
     sets = eval_sets(recipe, backbone) if evaluates else {}
@@ -271,21 +282,26 @@ def _retain_before(run: _Setup) -> dict[str, Any] | None:
     run.writer.reporter.notice(f"evaluating the pretrained model on {', '.join(run.retain)} "
                                "(retention before finetuning)")
     return evaluate(run.retain_scorer, run.backbone, run.backbone.model, run.retain,
-                    run.precision)[0]
+                    run.precision, what="zeroshot", reporter=run.writer.reporter)[0]
 
 
-def _evaluate(run: _Setup, tag: str, module: torch.nn.Module,
-              head: torch.nn.Module | None = None) -> dict[str, Any]:
+def _evaluate(run: _Setup, tag: str, module: torch.nn.Module, head: torch.nn.Module | None = None,
+              sets: dict[str, tuple[DatasetBundle, Any]] | None = None) -> dict[str, Any]:
     """The task's metrics on the ID and OOD sets (through ``head`` when the run trained one) and
     the zero-shot metrics on the retention sets (never through a head: it has only the
-    finetuning classes); the per-example correctness of the ID and OOD sets is kept."""
-    metrics, correct = evaluate(run.task, run.backbone, module, run.sets, run.precision, head) \
-        if run.sets else ({}, {})
-    run.writer.correct_record("zeroshot" if tag == "zeroshot" else f"final_{tag}", correct)
-    if run.retain:
-        metrics.update(evaluate(run.retain_scorer, run.backbone, module, run.retain,
-                                run.precision)[0])
-    for name, (_, loader) in {**run.sets, **run.retain}.items():
+    finetuning classes); the per-example correctness of the ID and OOD sets is kept. ``sets``:
+    an evaluation during training (``run.eval_sets``), without retention or correctness."""
+    during = sets is not None
+    sets = run.sets if sets is None else sets
+    metrics, correct = evaluate(run.task, run.backbone, module, sets, run.precision, head, tag,
+                                run.writer.reporter) if sets else ({}, {})
+    retain = {} if during else run.retain
+    if not during:
+        run.writer.correct_record("zeroshot" if tag == "zeroshot" else f"final_{tag}", correct)
+    if retain:
+        metrics.update(evaluate(run.retain_scorer, run.backbone, module, retain, run.precision,
+                                what=tag, reporter=run.writer.reporter)[0])
+    for name, (_, loader) in {**sets, **retain}.items():
         skipped = getattr(loader, "bad", [])
         if skipped:
             run.writer.log({"event": "bad_data", "split": "eval", "model": tag, "dataset": name,
@@ -294,6 +310,63 @@ def _evaluate(run: _Setup, tag: str, module: torch.nn.Module,
             run.writer.reporter.notice(f"{name}: skipped {len(skipped)} unreadable item(s) "
                                        f"evaluating {tag} (first: {skipped[0].describe()})")
     return metrics
+
+
+class _DuringTraining:
+    """``run.eval_every``: the student (and an active teacher, through the head when the run
+    trains one) evaluated every N steps on ``run.eval_sets``, by rank 0 while the other ranks wait.
+
+    It runs before the step's checkpoint, so a resumed run never repeats an evaluation its
+    checkpoint follows (it redoes one an interrupted attempt made after its checkpoint, with the
+    steps it redoes). The last step is the final evaluation's. The RNG is saved and restored
+    around it, so a run trains exactly as it would without.
+    """
+
+    def __init__(self, run: _Setup, ctx: DistContext):
+        self.run, self.ctx = run, ctx
+        self.every = run.writer.recipe.run.eval_every
+        self.sets = _sets_during_training(run) if self.every else {}
+
+    def __call__(self, trainer: Trainer, step: int) -> None:
+        if not self.every or step % self.every or step == self.run.writer.recipe.train.steps:
+            return
+        if self.ctx.is_main:
+            rng = checkpoint.capture_rng()
+            try:
+                self._evaluate(trainer, step)
+            finally:
+                checkpoint.restore_rng(rng)
+        distributed.barrier(self.ctx)
+
+    def _evaluate(self, trainer: Trainer, step: int) -> None:
+        run, recipe = self.run, self.run.writer.recipe
+        primary = task_metrics(run.task).primary
+        models = {"student": trainer.student}
+        if trainer.teacher.active and recipe.teacher.kind != "static":
+            models["teacher"] = trainer.teacher.module
+        for tag, module in models.items():
+            metrics = _evaluate(run, tag, module, trainer.head, self.sets)
+            run.writer.log_eval(tag, metrics, step, primary)
+            heads = ", ".join(f"{name} {m.get(primary, float('nan')):.4f}"
+                              for name, m in metrics.items())
+            run.writer.reporter.notice(f"step {step} {tag} {primary}: {heads}")
+
+
+def _sets_during_training(run: _Setup) -> dict[str, tuple[DatasetBundle, Any]]:
+    """The sets ``run.eval_sets`` names (all without it), each cut to ``run.eval_max_images``
+    images evenly spaced over the set (sets are often ordered by class)."""
+    cfg, data = run.writer.recipe.run, run.writer.recipe.data
+    out = {}
+    for name, (bundle, loader) in run.sets.items():
+        if cfg.eval_sets and name not in cfg.eval_sets:
+            continue
+        size = len(loader.dataset)
+        if cfg.eval_max_images and cfg.eval_max_images < size:
+            keep = np.linspace(0, size, cfg.eval_max_images, endpoint=False).astype(int)
+            loader = eval_loader(Subset(loader.dataset, keep.tolist()), data.eval_batch_size,
+                                 data.num_workers, run.precision.device.type == "cuda")
+        out[name] = (bundle, loader)
+    return out
 
 
 def _finish(run: _Setup, trained: Trained, start: float) -> RunResult:
@@ -311,7 +384,8 @@ def _finish(run: _Setup, trained: Trained, start: float) -> RunResult:
         evals["student"] = evals["zeroshot"]  # the same weights: no second evaluation
         writer.eval_record("final_student", evals["student"], trained.steps, spec.primary)
     elif run.evaluates:
-        writer.reporter.notice("evaluating the finetuned model")
+        writer.reporter.notice("evaluating the finetuned model on "
+                               f"{', '.join([*run.sets, *run.retain])}")
         head = trained.trainer.head
         evals["student"] = _evaluate(run, "student", run.backbone.model, head)
         teacher = trained.trainer.teacher
@@ -321,14 +395,37 @@ def _finish(run: _Setup, trained: Trained, start: float) -> RunResult:
         for tag, metrics in evals.items():
             if tag != "zeroshot":
                 writer.eval_record(f"final_{tag}", metrics, trained.steps, spec.primary)
+    if run.sets and recipe.run.eval_every:
+        plots.eval_curves(_curves(writer.run_dir, spec.primary), rundir.curves_path(writer.run_dir),
+                          spec.primary)
     summary = {"run_dir": str(writer.run_dir), "steps": trained.steps,
                "wall_time_s": round(time.time() - start, 2),
                "eval": summarize(recipe, evals, spec, run.before)}
     if trained.bad.skipped:
         summary["bad_data"] = trained.bad.summary()
     rundir.write_summary(writer.run_dir, summary)
+    writer.loggers.log_files(writer.run_dir, rundir.result_files(writer.run_dir))
     return RunResult(writer.run_dir, trained.steps, summary["wall_time_s"], summary,
                      metrics=spec)
+
+
+def _curves(run_dir: Path, primary: str) -> dict[str, list[tuple[int, float]]]:
+    """``"<model> <dataset>"`` -> (step, headline) of every evaluation in metrics.jsonl, the
+    zero-shot one starting the student's and teacher's curves; a step evaluated again after a
+    resume keeps its last record."""
+    latest = {}
+    for record in rundir.read_metrics(run_dir):
+        if record.get("event") == "eval":
+            latest[(record["model"], record["step"])] = record
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for (model, step), record in sorted(latest.items(), key=lambda item: item[0][1]):
+        whose = ("student", "teacher") if model == "zeroshot" else (model.removeprefix("final_"),)
+        for key, value in record.items():
+            if key.endswith(f"/{primary}") and isinstance(value, (int, float)):
+                for who in whose:
+                    curves.setdefault(f"{who} {key.removesuffix(f'/{primary}')}", []).append(
+                        (step, value))
+    return {label: points for label, points in curves.items() if len(points) > 1}
 
 
 def _last_step(recipe: Recipe, stop_after: int | None) -> int:

@@ -1,10 +1,15 @@
 """Scoring models with a task: the task's evaluation on the recipe's ID and OOD sets, and the
 run summary that averages the task's metrics over the OOD sets and reports retention on the
-``data.retain`` sets. ``finetune`` and ``tracer eval`` share it."""
+``data.retain`` sets. ``finetune`` and ``tracer eval`` share it.
+
+Every evaluation reports its progress, one reporter task per dataset (``eval <what> <dataset>``,
+counted in batches): a progress bar in a terminal, a plain line per dataset otherwise.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -12,30 +17,71 @@ import torch
 from tracer_cli.contracts import CLASSIFICATION_METRICS, Backbone, DatasetBundle, Task, TaskMetrics
 from tracer_cli.engine.modes import eval_mode
 from tracer_cli.engine.precision import Precision
+from tracer_cli.events import Reporter, current_reporter
 from tracer_cli.metric_spec import retention
 from tracer_cli.recipe import Recipe
 
 
+class _Progress:
+    """An evaluation loader that reports each batch it yields; everything else (``bad``,
+    ``dataset``, its length) is the loader's."""
+
+    def __init__(self, loader: Any, reporter: Reporter, task: str):
+        self.loader, self.reporter, self.task = loader, reporter, task
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+    def __iter__(self) -> Iterator[Any]:
+        start, done = time.perf_counter(), 0
+        self.reporter.start(self.task, len(self.loader))
+        try:
+            for batch in self.loader:
+                yield batch
+                done += 1
+                self.reporter.advance(self.task, done)
+        finally:
+            self.reporter.finish(self.task)
+        self.reporter.log(self.task, {"batches": done,
+                                      "seconds": round(time.perf_counter() - start, 2)})
+
+
+def _with_progress(sets: dict[str, tuple[DatasetBundle, Any]], what: str,
+                  reporter: Reporter | None = None) -> dict[str, tuple[DatasetBundle, Any]]:
+    """``sets`` whose loaders report their progress as ``eval <what> <dataset>``."""
+    reporter = reporter or current_reporter()
+    return {name: (bundle, _Progress(loader, reporter, f"eval {what} {name}"))
+            for name, (bundle, loader) in sets.items()}
+
+
 def task_evaluate(task: Task, backbone: Backbone, module: torch.nn.Module,
                   sets: dict[str, tuple[DatasetBundle, Any]], device: torch.device, autocast: Any,
-                  head: torch.nn.Module | None = None) -> dict[str, dict[str, Any]]:
+                  head: torch.nn.Module | None = None, what: str = "model",
+                  reporter: Reporter | None = None) -> dict[str, dict[str, Any]]:
     """``task.evaluate``, passing the trained head only when there is one (task plugins without
-    heads need not accept the argument)."""
-    if head is None:
-        return task.evaluate(backbone, module, sets, device, autocast)
-    with eval_mode(head):
+    heads need not accept the argument), with each dataset's progress reported as
+    ``eval <what> <dataset>``. Model and head leave it in the modes they came in (training goes
+    on after the evaluations of ``run.eval_every``)."""
+    sets = _with_progress(sets, what, reporter)
+    with eval_mode(module, head):
+        if head is None:
+            return task.evaluate(backbone, module, sets, device, autocast)
         return task.evaluate(backbone, module, sets, device, autocast, head=head)
 
 
 def evaluate(task: Task, backbone: Backbone, module: torch.nn.Module,
              sets: dict[str, tuple[DatasetBundle, Any]], precision: Precision,
-             head: torch.nn.Module | None = None
+             head: torch.nn.Module | None = None, what: str = "model",
+             reporter: Reporter | None = None
              ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """name -> metrics, and name -> per-example correctness (top-1 prediction equals the label)
     for the sets whose task returns logits and one label per example; the logits are dropped
-    (the run keeps metrics and one bit per example only)."""
+    (the run keeps metrics and one bit per example only). Progress as :func:`task_evaluate`."""
     results = task_evaluate(task, backbone, module, sets, precision.device, precision.autocast,
-                            head)
+                            head, what, reporter)
     correct = {}
     for name, r in results.items():
         logits, labels = r.get("logits"), r.get("labels")

@@ -131,11 +131,17 @@ class RunWriter:
 
     def eval_record(self, tag: str, metrics: dict[str, Any], step: int,
                     primary: str = "accuracy") -> None:
-        """``eval/<tag>.json``; the task's headline metric per dataset in metrics.jsonl
-        (``<dataset>/<primary>``: ``synth-photo/accuracy``, ``coco/mean_recall``), and every
-        metric to the other loggers."""
+        """``eval/<tag>.json``, and the evaluation to every logger (:meth:`log_eval`)."""
         if self.ctx.is_main:
             rundir.write_eval(self.run_dir, tag, metrics)
+            self.log_eval(tag, metrics, step, primary)
+
+    def log_eval(self, tag: str, metrics: dict[str, Any], step: int,
+                 primary: str = "accuracy") -> None:
+        """The task's headline metric per dataset in metrics.jsonl (``<dataset>/<primary>``:
+        ``synth-photo/accuracy``, ``coco/mean_recall``), and every metric to the other loggers;
+        no eval/*.json (the evaluations during training, ``run.eval_every``)."""
+        if self.ctx.is_main:
             self.loggers.log_eval(tag, step, metrics, primary)
 
     def correct_record(self, tag: str, correct: dict[str, Any]) -> None:
@@ -286,6 +292,10 @@ def teacher_params(recipe: Recipe) -> dict[str, Any]:
     return TeacherSpec.from_config(recipe.teacher).engine_params()
 
 
+# Called with the trainer and the number of steps done, after each step (see :func:`train`).
+AfterStep = Callable[[Trainer, int], None]
+
+
 @dataclass
 class Trained:
     trainer: Trainer
@@ -295,11 +305,13 @@ class Trained:
 
 def train(writer: RunWriter, backbone: Backbone, task: Task, bundle: DatasetBundle,
           precision: Precision, resume: Resume | None = None, last_step: int | None = None,
-          interrupt: SignalTrap | None = None) -> Trained:
+          interrupt: SignalTrap | None = None, after_step: AfterStep | None = None) -> Trained:
     """Train from step 0, or from ``resume``, up to ``last_step`` (default ``train.steps``).
 
     Build the backbone (θ₀) before calling: the drift tracker and the teacher are built from it
-    before the checkpoint's weights are loaded.
+    before the checkpoint's weights are loaded. ``after_step(trainer, step)`` is called on every
+    rank after each step, after its logging and before its checkpoint (the evaluations of
+    ``run.eval_every``).
     """
     recipe, ctx = writer.recipe, writer.ctx
     trainer = build_trainer(recipe, ctx, backbone, task, bundle, precision,
@@ -315,7 +327,7 @@ def train(writer: RunWriter, backbone: Backbone, task: Task, bundle: DatasetBund
         # zero-shot run like any other.
         writer.save(trainer, stream.state_dict(), bad, 0)
         return Trained(trainer, bad, 0)
-    loop = _Loop(writer, trainer, stream, bad, interrupt)
+    loop = _Loop(writer, trainer, stream, bad, interrupt, after_step)
     with interrupt if interrupt is not None else contextlib.nullcontext():
         steps = loop.run(first, last)
     consolidate(trainer, recipe, ctx, backbone, precision.device)
@@ -343,9 +355,9 @@ class _Loop:
     """The step loop with its policies; every method runs on all ranks in the same order."""
 
     def __init__(self, writer: RunWriter, trainer: Trainer, stream: TrainStream,
-                 bad: BadDataLog, interrupt: SignalTrap | None):
+                 bad: BadDataLog, interrupt: SignalTrap | None, after_step: AfterStep | None):
         self.writer, self.trainer, self.stream, self.bad = writer, trainer, stream, bad
-        self.interrupt = interrupt
+        self.interrupt, self.after_step = interrupt, after_step
         self.ctx, self.cfg = writer.ctx, writer.recipe
         self.window_start, self.window_images = time.perf_counter(), 0
 
@@ -399,6 +411,10 @@ class _Loop:
             reporter.log(TRAIN_TASK, record)
             self.window_start, self.window_images = time.perf_counter(), 0
             self._log_new_bad(done)
+        if self.after_step is not None:
+            # Before the checkpoint: a run resumed from step N's checkpoint never repeats what
+            # was done at step N.
+            self.after_step(self.trainer, done)
         every = cfg.train.checkpoint_every
         if done == cfg.train.steps or (every and done % every == 0):
             self.writer.save(self.trainer, self.stream.state_dict(), self.bad, done)
