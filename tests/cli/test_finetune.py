@@ -93,7 +93,7 @@ def test_human_output_without_json(runner, tiny_recipe, tmp_path):
     (["--set", "model.colour=1"], "recipe key 'model.colour': unknown key"),
     (["--set", "task.train_templates=[\"no slot\"]"], "exactly one '{}'"),
     (["--set", "train"], "expected KEY.PATH=VALUE"),
-    (["--set", "run.eval_every=-1"], "recipe key 'run.eval_every': got -1; must be >= 0"),
+    (["--set", "run.eval_every=-1"], "recipe key 'run.eval_every': got -1; must be between 0 and 1,000,000,000"),
     (["--set", "run.eval_sets=synth-fotos"], "recipe key 'run.eval_sets': got 'synth-fotos', "
                                              "which is not an evaluation dataset"),
     (["--set", "run.eval_every=2", "--set", "run.eval=false"],
