@@ -1,9 +1,11 @@
 """A fair benchmark: every method tuned alike, judged on the WiSE-FT frontier, and persistence.
 
-    python benchmarks/fair.py --quick --dry-run   # the quick plan (~50 min on 2 idle cores)
+    python benchmarks/fair.py --quick --dry-run   # the quick plan (34 min on 2 idle cores)
     python benchmarks/fair.py --quick             # run it (resumable: rerun to continue)
     python benchmarks/fair.py --dry-run           # the full plan, with its estimate
-    python benchmarks/fair.py                     # run it (many hours; resumable)
+    python benchmarks/fair.py                     # run it (~5.5 h and more; resumable)
+
+Estimates (--dry-run) use robustness.py's model, calibrated on BENCHMARKS.md's robustness run.
 
 benchmarks/robustness.py tunes TRACER alone (β and λ_sd on synth-mono); this script tunes every
 finetuning method the same way and is built on its machinery (runs through the real CLI, results
@@ -34,7 +36,8 @@ Grid extension: a winner on its axis's edge adds one value beyond it (the edge v
 ratio of the two outermost values; for the momentum in 1 - m) and the sweep runs again with the
 new point, until the winner is interior, the edge is a hard limit (train.lp_steps in [1,
 steps - 1], teacher.momentum_end in [0, 1); lr, weight decay, β and the λ are > 0 on a geometric
-grid, so they never reach their limit) or MAX_EXTENSIONS values were added on that side.
+grid, so they never reach their limit) or MAX_EXTENSIONS values (3; --quick 1) were added
+on that side.
 
 Phases: 1. the sweep (and its extension rounds), 2. every method x pretraining seed x seed at each
 protocol's chosen point, with WiSE-FT (``tracer eval RUN --wise-alpha``) on every run of every
@@ -71,6 +74,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import robustness as rb  # noqa: E402  (a sibling script: this folder is on sys.path)
 
+from tracer_cli.analysis import plots  # noqa: E402
+from tracer_cli.analysis.report import ROBUSTNESS_KEYS  # noqa: E402
+from tracer_cli.analysis.tables import analyse  # noqa: E402
+
 METHODS = ("zeroshot", "ft", "lpft", "flyp", "carot", "tracer")
 DEFAULT_RECIPES = [f"recipes/synth_{m}.toml" for m in METHODS]
 PROTOCOLS = {
@@ -80,7 +87,7 @@ QUICK_STEPS = 200
 LENGTHS = [500, 2000, 8000]
 PERSISTENCE = ("flyp", "carot", "tracer")
 SCALED = "carot-scaled"  # CaRot with its EMA update interval scaled with the length
-MAX_EXTENSIONS = 3
+MAX_EXTENSIONS, QUICK_MAX_EXTENSIONS = 3, 1
 WISE_ALPHAS = [0.25, 0.5, 0.75]
 PROPOSED = "tracer"  # never a baseline of the frontier headline
 
@@ -177,6 +184,7 @@ class Fair:
     own: dict[str, dict[str, float]]
     grid: dict[str, dict[str, list[float]]]
     lengths: list[int]
+    max_extensions: int = MAX_EXTENSIONS
     extended: dict[tuple[str, str, bool], int] = field(default_factory=dict)
 
     def recipe(self, method: str) -> rb.RecipeInfo:
@@ -242,7 +250,7 @@ def check_validation(recipes: Sequence[rb.RecipeInfo], sets: Sequence[str]) -> N
 def build(args: argparse.Namespace) -> Fair:
     infos = rb.distinct_names([rb._recipe(p, args.sets)
                                for p in (args.recipes or DEFAULT_RECIPES)])
-    seeds = list(dict.fromkeys(args.seeds))
+    seeds = list(dict.fromkeys(args.seeds or ([0, 1] if args.quick else [0, 1, 2])))
     pseeds = list(dict.fromkeys(args.pretrain_seeds or ([0] if args.quick else [0, 1, 2])))
     methods = {r.name for r in infos}
     cfg = rb.Config(
@@ -259,7 +267,8 @@ def build(args: argparse.Namespace) -> Fair:
     check_validation(infos, args.sets)
     axes = {m: a for m, a in (QUICK_GRIDS if args.quick else FULL_GRIDS).items() if m in methods}
     own, grid = _grids(cfg, axes)
-    return Fair(cfg, rb.Plan(cfg), axes, own, grid, lengths)
+    return Fair(cfg, rb.Plan(cfg), axes, own, grid, lengths,
+                QUICK_MAX_EXTENSIONS if args.quick else MAX_EXTENSIONS)
 
 
 # --------------------------------------------------------------------------- the phases
@@ -346,7 +355,7 @@ def extend(fair: Fair) -> list[tuple[str, str, float]]:
                 edge = min(values) if low else max(values)
                 side = (method, axis.key, low)
                 if (not any(math.isclose(w[axis.key], edge) for w in winners)
-                        or fair.extended.get(side, 0) >= MAX_EXTENSIONS):
+                        or fair.extended.get(side, 0) >= fair.max_extensions):
                     continue
                 new = beyond(axis, values, low, steps)
                 if new is not None:
@@ -358,7 +367,8 @@ def extend(fair: Fair) -> list[tuple[str, str, float]]:
 
 def main_runs(fair: Fair, choices: dict[str, dict[str, dict[str, float]]]) -> list[rb.Run]:
     """Phase 2: every recipe x pretraining seed x seed at each protocol's chosen point (the
-    zero-shot recipe as it is), with WiSE-FT on every finetuned run."""
+    zero-shot recipe as it is), with WiSE-FT on every finetuned run; TRACER also at its
+    recipe's point (role main-recipe)."""
     runs = []
     for protocol, chosen in choices.items():
         for info in fair.cfg.recipes:
@@ -369,6 +379,12 @@ def main_runs(fair: Fair, choices: dict[str, dict[str, dict[str, float]]]) -> li
                     if info.method != "zeroshot":
                         fair.plan.evaluation(run, "wise")
                     runs.append(run)
+    if PROPOSED in fair.own:  # the recipe's (the paper's) weights beside the tuned point
+        for pseed in fair.cfg.pseeds_of(fair.recipe(PROPOSED)):
+            for seed in fair.cfg.seeds:
+                run = point_run(fair, PROPOSED, fair.own[PROPOSED], pseed, seed, "main-recipe")
+                fair.plan.evaluation(run, "wise")
+                runs.append(run)
     return runs
 
 
@@ -477,11 +493,285 @@ def dry_run(fair: Fair) -> int:
     for phase, tasks in phases.items():
         print(f"estimate {phase}: {_minutes(fair, tasks):.0f} min")
     worst = sum(2 * len(a) * len(fair.cfg.sweep_seeds) for a in fair.axes.values())
+    sweep_runs = sum(t.kind == "finetune" for t in phases["sweep"])
+    round_min = _minutes(fair, phases["sweep"]) * worst / max(1, sweep_runs)
     print(f"estimate: {_minutes(fair, everything):.0f} min with --jobs {fair.cfg.jobs} "
-          f"(2 idle cores: ~20 s + 0.15 s/step a run, calibrated on BENCHMARKS.md's robustness "
-          f"run), at the recipes' points; each grid-extension round adds at most {worst} runs, "
-          "and phases 2-3 change only when a protocol chooses another point")
+          f"(~{rb.EST_OVERHEAD_S:.0f} s + {rb.EST_STEP_S} s/step a run at 1 thread, calibrated "
+          "on BENCHMARKS.md's robustness run on 2 idle cores), every method at its recipe's "
+          f"point; each grid-extension round adds at most {worst} runs (~{round_min:.0f} min; "
+          f"at most {fair.max_extensions} per grid edge), and phases 2-3 grow when a protocol "
+          "chooses a point off the recipe's")
     return 0
+
+
+# --------------------------------------------------------------------------- running it
+
+
+class _Pruner(rb.Pruner):
+    """robustness's pruner, but a sweep run keeps last.pt until the choice is made: it may be
+    a main run (the same command) that WiSE-FT still evaluates."""
+
+    def __call__(self, task: rb.Task) -> None:
+        if self.final or "sweep" not in task.run.roles:
+            super().__call__(task)
+        elif not self.cfg.keep_weights:
+            rb.prune_weights([task.run], keep_last=True)
+
+
+def _execute_pending(fair: Fair, ui: rb.Ui, ex: rb.Executor) -> None:
+    """Run every planned task not yet done (cached ones are taken), pretrained model by model."""
+    tasks = list(fair.plan.tasks.values())
+    rb.resolve_cache(tasks)
+    todo = rb.model_major(rb._pending(tasks))
+    rb.add_build_barriers(todo)
+    ui.set_total(ui.done + len(todo))
+    ex.execute(todo)
+    rb._finish_wave(tasks)
+
+
+def execute(fair: Fair, ui: rb.Ui, ex: rb.Executor, pruner: _Pruner
+            ) -> dict[str, dict[str, dict[str, float]]]:
+    """The sweep and its extension rounds, then phases 2 and 3 at the chosen points; the
+    choices by protocol and method."""
+    sweep(fair)
+    _execute_pending(fair, ui, ex)
+    while extend(fair):
+        sweep(fair)
+        _execute_pending(fair, ui, ex)
+    choices = {p: {m: choose_point(fair, m, p) for m in fair.own} for p in PROTOCOLS}
+    main_runs(fair, choices)
+    persistence_runs(fair, choices["id"])
+    pruner.final = True
+    _execute_pending(fair, ui, ex)
+    return choices
+
+
+# --------------------------------------------------------------------------- the numbers
+
+
+def headline(panel: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per finetuned student row, its gap to the best baseline's WiSE-FT curve at its own ID
+    accuracy: of :func:`tables.frontier_table`'s entries, the curve highest there (its own and
+    TRACER's curves are never baselines)."""
+    out = []
+    for row in panel["rows"]:
+        if row["model"] != "student" or row["method"] == "zeroshot":
+            continue
+        entries = [e for e in panel["frontier"] if e["row"] == row["label"]
+                   and e["curve"] != PROPOSED and e["curve_ood"] is not None]
+        best = max(entries, key=lambda e: e["curve_ood"], default=None)
+        out.append({"row": row["label"], "id": row["id_accuracy"][0],
+                    "ood": row["avg_ood_accuracy"][0], "curve": best and best["curve"],
+                    "curve_ood": best and best["curve_ood"], "gap": best and best["gap"],
+                    "se": row["avg_ood_accuracy"][1],
+                    "verdict": best["verdict"] if best else "outside every baseline curve"})
+    return out
+
+
+def _records(fair: Fair, role: str, group: dict[str, str] | None = None
+             ) -> list[dict[str, Any]]:
+    recs = []
+    for run in fair.plan.runs.values():
+        if role in run.roles:
+            rec = rb.run_record(run, fair.plan)
+            recs.append({**rec, "group": (group or {}).get(run.name, rec["group"])})
+    return recs
+
+
+def protocol_results(fair: Fair, protocol: str, chosen: dict[str, dict[str, float]]
+                     ) -> dict[str, Any]:
+    """One protocol's choice, sweep scores, panels (tracer compare's analysis) and headline;
+    TRACER at its recipe's point is the row ``tracer (recipe)``."""
+    recipe_runs = {r.name: f"{PROPOSED} (recipe)" for r in fair.plan.runs.values()
+                   if "main-recipe" in r.roles}
+    records = _records(fair, f"main-{protocol}")
+    records += [r for r in _records(fair, "main-recipe", recipe_runs)]
+    groups = [r.name for r in fair.cfg.recipes] + sorted(set(recipe_runs.values()))
+    panels = analyse(records, groups, rb.REFERENCES, ROBUSTNESS_KEYS)
+    return {"validation": PROTOCOLS[protocol], "choice": chosen,
+            "scores": {m: {k: {f"{v:g}": a for v, a in by.items()}
+                           for k, by in scores(fair, m, protocol).items()} for m in fair.own},
+            "panels": panels, "headline": [headline(p) for p in panels]}
+
+
+def _lag(task: rb.Task | None) -> dict[str, Any] | None:
+    doc = task.result if task else None
+    if not doc:
+        return None
+    measured = ((doc.get("empirical") or {}).get("param_ratio") or {}).get("tail")
+    return {"relative_lag_final": doc.get("relative_lag_final"), "param_ratio_tail": measured}
+
+
+def persistence_results(fair: Fair, chosen: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """Per length and pretrained model, each group's gap to FLYP's WiSE-FT curve of the same
+    length, with the teacher's lag (mean over runs) from distill-check."""
+    out = []
+    zero = [r for r in _records(fair, "main-id") if r["method"] == "zeroshot"]
+    for length in fair.lengths:
+        runs = [(g, r, {**rb.run_record(r, fair.plan), "group": g})
+                for g, n, r in persistence_runs(fair, chosen) if n == length]
+        groups = ["zeroshot", *dict.fromkeys(g for g, _, _ in runs)]
+        for panel in analyse(zero + [rec for _, _, rec in runs], groups, ("flyp",),
+                             ROBUSTNESS_KEYS):
+            for entry in panel["frontier"]:
+                if entry["curve"] != "flyp" or entry["row"] not in groups:
+                    continue
+                lags = [_lag(fair.plan.tasks.get(f"{r.name}.lag")) for g, r, rec in runs
+                        if g == entry["row"] and rec["pretrained"] == panel["pretrained"]]
+                out.append({"length": length, "pretrained": panel["pretrained"],
+                            "group": entry["row"], **entry, "lag": _mean_lag(lags)})
+    return out
+
+
+def _mean_lag(lags: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The mean of each lag number over the runs that have it."""
+    present = [lag for lag in lags if lag]
+    if not present:
+        return None
+    out = {}
+    for key in ("relative_lag_final", "param_ratio_tail"):
+        values = [lag[key] for lag in present if lag.get(key) is not None]
+        out[key] = float(np.mean(values)) if values else None
+    return out
+
+
+def sweep_points(fair: Fair) -> list[dict[str, Any]]:
+    """Every sweep point's test numbers (mean over the sweep seeds), for the frontier plot:
+    shown, never used for choosing."""
+    out = []
+    for method, grid in fair.grid.items():
+        for point in coordinate_points(fair.own[method], grid):
+            runs = [point_run(fair, method, point, fair.cfg.pseeds[0], seed, "sweep")
+                    for seed in fair.cfg.sweep_seeds]
+            students = [rb.run_record(r, fair.plan)["models"]["student"] for r in runs]
+            out.append({"method": method, "point": point, "runs": [r.name for r in runs],
+                        **{k: float(np.mean([s[k] for s in students]))
+                           for k in ("id_accuracy", "avg_ood_accuracy")}})
+    return out
+
+
+def plot_frontier(res: dict[str, Any], path: Path) -> Path:
+    """Per protocol (first pretrained model): every method's WiSE-FT curve and chosen point,
+    TRACER at its recipe's point, and every sweep point (small)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7.5 * len(PROTOCOLS), 5.5))
+    for ax, (protocol, doc) in zip(figure.subplots(1, len(PROTOCOLS), squeeze=False)[0],
+                                   res["protocols"].items()):
+        panel = doc["panels"][0]
+        colors = {}
+        for i, (group, curve) in enumerate(panel["wise"].items()):
+            colors[group] = f"C{i % 10}"
+            ax.plot([100 * p["id_accuracy"][0] for p in curve],
+                    [100 * p["avg_ood_accuracy"][0] for p in curve], "-", color=colors[group],
+                    alpha=0.6, label=f"{group} WiSE-FT")
+        for row in panel["rows"]:
+            if row["model"] == "student" and row["method"] != "zeroshot":
+                ax.plot(100 * row["id_accuracy"][0], 100 * row["avg_ood_accuracy"][0], "o",
+                        color=colors.get(row["group"], "k"), markersize=8)
+        for point in res["sweep_points"]:
+            ax.plot(100 * point["id_accuracy"], 100 * point["avg_ood_accuracy"], ".",
+                    color=colors.get(point["method"], "k"), alpha=0.5)
+        ax.set_title(f"selected on {doc['validation']['label']} ({protocol})")
+        ax.set_xlabel("ID accuracy (%)")
+        ax.set_ylabel("average OOD accuracy (%)")
+        ax.legend(fontsize=7)
+    return plots._save(figure, path)
+
+
+def plot_persistence(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Gap to FLYP's WiSE-FT curve against training length, one panel per pretrained model."""
+    from matplotlib.figure import Figure
+
+    models = list(dict.fromkeys(r["pretrained"] for r in rows))
+    figure = Figure(figsize=(6.5 * max(1, len(models)), 4.5))
+    for ax, model in zip(figure.subplots(1, max(1, len(models)), squeeze=False)[0], models):
+        for group in dict.fromkeys(r["group"] for r in rows):
+            mine = [r for r in rows if r["pretrained"] == model and r["group"] == group
+                    and r["gap"] is not None]
+            ax.errorbar([r["length"] for r in mine], [100 * r["gap"] for r in mine],
+                        yerr=[200 * r["se"] for r in mine], marker="o", capsize=3, label=group)
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("training steps")
+        ax.set_ylabel("gap to FLYP's WiSE-FT curve (pp, ± 2 SE)")
+        ax.set_title(model, fontsize=9)
+        ax.legend(fontsize=7)
+    return plots._save(figure, path)
+
+
+def _pct(value: float | None, se: float | None = None) -> str:
+    if value is None:
+        return "—"
+    return f"{100 * value:+.2f}" + (f" ± {100 * se:.2f}" if se is not None else "")
+
+
+def report_block(res: dict[str, Any]) -> str:
+    """The Markdown between the fair markers: choices, headline per protocol, persistence."""
+    lines = ["## The fair benchmark", "", f"Generated by `{res['command']}` on {res['date']} "
+             f"({res['wall_min']:.0f} min). Every number is in `{res['out']}/fair.json`; the "
+             "selection rule, grids and protocols are in benchmarks/fair.py's docstring.", ""]
+    for protocol, doc in res["protocols"].items():
+        lines += [f"### Selected on {doc['validation']['label']} ({protocol})", "",
+                  "| method | chosen | recipe |", "|---|---|---|"]
+        for method, point in doc["choice"].items():
+            own = res["own"][method]
+            lines.append(f"| {method} | {', '.join(f'{k} {v:g}' for k, v in point.items())} | "
+                         f"{', '.join(f'{k} {v:g}' for k, v in own.items())} |")
+        for panel, rows in zip(doc["panels"], doc["headline"]):
+            lines += ["", f"{panel['pretrained']}: gap (pp) of avg OOD to the best baseline's "
+                      "WiSE-FT curve at the row's ID accuracy", "",
+                      "| row | ID | avg OOD | best baseline curve | gap ± SE | verdict |",
+                      "|---|---|---|---|---|---|"]
+            lines += [f"| {r['row']} | {100 * r['id']:.2f} | {100 * r['ood']:.2f} | "
+                      f"{r['curve'] or '—'} | {_pct(r['gap'], r['se'])} | {r['verdict']} |"
+                      for r in rows]
+        lines.append("")
+    if res["persistence"]:
+        lines += ["### Persistence over training length", "",
+                  "| steps | model | row | gap to FLYP WiSE-FT ± SE | verdict | ρ(T) | measured "
+                  "‖θ − φ‖/‖θ − θ₀‖ (tail) |", "|---|---|---|---|---|---|---|"]
+        for r in res["persistence"]:
+            lag = r["lag"] or {}
+            lines.append(f"| {r['length']} | {r['pretrained']} | {r['group']} | "
+                         f"{_pct(r['gap'], r['se'])} | {r['verdict']} | "
+                         f"{_num(lag.get('relative_lag_final'))} | "
+                         f"{_num(lag.get('param_ratio_tail'))} |")
+    lines += ["", *[f"![{k}]({v})" for k, v in res["figures"].items()]]
+    return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def assemble(fair: Fair, choices: dict[str, dict[str, dict[str, float]]], argv: Sequence[str],
+             wall_s: float) -> dict[str, Any]:
+    """Everything fair.json holds and the report is made from."""
+    import datetime
+
+    return {"date": datetime.date.today().isoformat(),
+            "command": "python benchmarks/fair.py " + shlex.join(argv), "wall_min": wall_s / 60,
+            "out": str(fair.cfg.out), "own": fair.own,
+            "grids": {m: {k: list(v) for k, v in g.items()} for m, g in fair.grid.items()},
+            "extensions": [{"method": m, "key": k, "low_side": low, "added": n}
+                           for (m, k, low), n in fair.extended.items()],
+            "protocols": {p: protocol_results(fair, p, choices[p]) for p in PROTOCOLS},
+            "sweep_points": sweep_points(fair),
+            "persistence": persistence_results(fair, choices["id"]),
+            "runs": [rb.run_record(r, fair.plan) for r in fair.plan.runs.values()]}
+
+
+def finish(fair: Fair, args: argparse.Namespace, res: dict[str, Any]) -> None:
+    """Figures, fair.json and the report block (each written atomically)."""
+    from cli_runs import replace_block
+
+    res["figures"] = {"frontier": str(plot_frontier(res, args.figures / "fair_frontier.png"))}
+    if res["persistence"]:
+        res["figures"]["persistence"] = str(plot_persistence(
+            res["persistence"], args.figures / "fair_persistence.png"))
+    rb._write_json(fair.cfg.out / "fair.json", res)
+    replace_block(args.report, report_block(res), "fair")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -492,8 +782,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "persistence phase (unless --lengths)")
     p.add_argument("--recipes", nargs="+", metavar="FILE",
                    help="one recipe per method (default: recipes/synth_<method>.toml)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                   help="finetuning seeds (the first two are the sweep's)")
+    p.add_argument("--seeds", type=int, nargs="+",
+                   help="finetuning seeds (default 0 1 2; --quick 0 1); the first two are the "
+                        "sweep's")
     p.add_argument("--pretrain-seeds", type=int, nargs="+", metavar="P",
                    help="pretraining seeds of the embedded tiny CLIP (default 0 1 2; --quick 0)")
     p.add_argument("--steps", type=int, help=f"train.steps of every run (--quick {QUICK_STEPS})")
@@ -522,6 +813,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.dry_run:
         return dry_run(fair)
+    started, pruner = time.time(), _Pruner(fair.cfg, fair.plan)
+    with rb.Ui(0) as ui:
+        ex = rb.Executor(fair.cfg, ui, pruner)
+        try:
+            choices = execute(fair, ui, ex, pruner)
+        except rb.BenchmarkFailed as exc:
+            print(f"fair: a run failed; finished runs stay cached in {fair.cfg.out}\n{exc}",
+                  file=sys.stderr)
+            return 1
+    if not fair.cfg.keep_weights:
+        rb.prune_weights(fair.plan.runs.values())
+    argv_used = list(sys.argv[1:] if argv is None else argv)
+    finish(fair, args, assemble(fair, choices, argv_used, time.time() - started))
+    print(f"fair: {fair.cfg.out / 'fair.json'}, {args.report}, figures in {args.figures}",
+          file=sys.stderr)
     return 0
 
 
