@@ -175,3 +175,26 @@ def test_the_headline_is_the_gap_to_the_best_baseline_curve(fair):
     (head,) = fair.headline(panel)
     assert head["curve"] == "flyp" and head["gap"] == pytest.approx(0.01)
     assert head["se"] == 0.004
+
+
+def test_the_report_block_and_the_persistence_figure(fair, tmp_path):
+    def gap_row(length, gap):
+        return {"length": length, "pretrained": "m0", "group": "tracer", "gap": gap,
+                "se": 0.002, "verdict": "above",
+                "lag": {"relative_lag_final": 0.5, "param_ratio_tail": None}}
+
+    head = {"row": "tracer", "id": 0.98, "ood": 0.9, "curve": "flyp", "gap": 0.01, "se": 0.002,
+            "verdict": "above"}
+    res = {"command": "python benchmarks/fair.py --quick", "date": "2026-12-07", "wall_min": 1.0,
+           "out": "o", "own": {"tracer": {"teacher.beta": 0.5}},
+           "protocols": {"id": {"validation": fair.PROTOCOLS["id"],
+                                "choice": {"tracer": {"teacher.beta": 0.2}},
+                                "panels": [{"pretrained": "m0"}], "headline": [[head]]}},
+           "persistence": [gap_row(500, 0.01), gap_row(8000, 0.03)]}
+    res["figures"] = {"persistence": str(fair.plot_persistence(res["persistence"],
+                                                                tmp_path / "p.png"))}
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    block = fair.report_block(res)
+    assert "| tracer | teacher.beta 0.2 | teacher.beta 0.5 |" in block
+    assert "| tracer | 98.00 | 90.00 | flyp | +1.00 ± 0.20 | above |" in block
+    assert "| 8000 | m0 | tracer | +3.00 ± 0.20 | above | 0.500 | — |" in block
