@@ -89,7 +89,9 @@ PERSISTENCE = ("flyp", "carot", "tracer")
 SCALED = "carot-scaled"  # CaRot with its EMA update interval scaled with the length
 MAX_EXTENSIONS, QUICK_MAX_EXTENSIONS = 3, 1
 WISE_ALPHAS = [0.25, 0.5, 0.75]
-PROPOSED = "tracer"  # never a baseline of the frontier headline
+PROPOSED = "tracer"
+RECIPE_ROW = f"{PROPOSED} (recipe)"  # TRACER at its recipe's (the paper's) loss weights
+NOT_BASELINES = (PROPOSED, RECIPE_ROW)  # curves never used as the headline's baseline
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,8 @@ def in_steps(axis: Axis, steps: int) -> list[float]:
     """The axis's values as planned: shares of train.steps become whole steps."""
     if axis.scale != "steps":
         return list(axis.values)
-    return [float(max(1, min(steps - 1, round(v * steps)))) for v in axis.values]
+    return list(dict.fromkeys(float(max(1, min(steps - 1, round(v * steps))))
+                              for v in axis.values))
 
 
 def coordinate_points(own: dict[str, float], grid: dict[str, list[float]]
@@ -199,7 +202,8 @@ def _own_value(path: str, sets: Sequence[str], key: str, steps: int) -> float:
     section, name = key.split(".")
     value = getattr(getattr(recipe, section), name)
     if key == "train.lp_steps":  # 0 means half of train.steps
-        value = recipe.train.resolved_lp_steps() * steps / recipe.train.steps
+        value = max(1, min(steps - 1, round(recipe.train.resolved_lp_steps() * steps
+                                            / recipe.train.steps)))
     if key == "teacher.update_every":  # 0 means the teacher kind's default
         value = recipe.teacher.resolved_update_every()
     return float(value)
@@ -558,7 +562,7 @@ def headline(panel: dict[str, Any]) -> list[dict[str, Any]]:
         if row["model"] != "student" or row["method"] == "zeroshot":
             continue
         entries = [e for e in panel["frontier"] if e["row"] == row["label"]
-                   and e["curve"] != PROPOSED and e["curve_ood"] is not None]
+                   and e["curve"] not in NOT_BASELINES and e["curve_ood"] is not None]
         best = max(entries, key=lambda e: e["curve_ood"], default=None)
         out.append({"row": row["label"], "id": row["id_accuracy"][0],
                     "ood": row["avg_ood_accuracy"][0], "curve": best and best["curve"],
@@ -582,10 +586,9 @@ def protocol_results(fair: Fair, protocol: str, chosen: dict[str, dict[str, floa
                      ) -> dict[str, Any]:
     """One protocol's choice, sweep scores, panels (tracer compare's analysis) and headline;
     TRACER at its recipe's point is the row ``tracer (recipe)``."""
-    recipe_runs = {r.name: f"{PROPOSED} (recipe)" for r in fair.plan.runs.values()
+    recipe_runs = {r.name: RECIPE_ROW for r in fair.plan.runs.values()
                    if "main-recipe" in r.roles}
-    records = _records(fair, f"main-{protocol}")
-    records += [r for r in _records(fair, "main-recipe", recipe_runs)]
+    records = _records(fair, f"main-{protocol}") + _records(fair, "main-recipe", recipe_runs)
     groups = [r.name for r in fair.cfg.recipes] + sorted(set(recipe_runs.values()))
     panels = analyse(records, groups, rb.REFERENCES, ROBUSTNESS_KEYS)
     return {"validation": PROTOCOLS[protocol], "choice": chosen,
