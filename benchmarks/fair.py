@@ -559,7 +559,8 @@ def headline(panel: dict[str, Any]) -> list[dict[str, Any]]:
     TRACER's curves are never baselines)."""
     out = []
     for row in panel["rows"]:
-        if row["model"] != "student" or row["method"] == "zeroshot":
+        if (row["model"] != "student" or row["method"] == "zeroshot"
+                or not row.get("id_accuracy") or not row.get("avg_ood_accuracy")):
             continue
         entries = [e for e in panel["frontier"] if e["row"] == row["label"]
                    and e["curve"] not in NOT_BASELINES and e["curve_ood"] is not None]
@@ -665,11 +666,13 @@ def plot_frontier(res: dict[str, Any], path: Path) -> Path:
         colors = {}
         for i, (group, curve) in enumerate(panel["wise"].items()):
             colors[group] = f"C{i % 10}"
+            curve = [p for p in curve if p.get("id_accuracy") and p.get("avg_ood_accuracy")]
             ax.plot([100 * p["id_accuracy"][0] for p in curve],
                     [100 * p["avg_ood_accuracy"][0] for p in curve], "-", color=colors[group],
                     alpha=0.6, label=f"{group} WiSE-FT")
         for row in panel["rows"]:
-            if row["model"] == "student" and row["method"] != "zeroshot":
+            if (row["model"] == "student" and row["method"] != "zeroshot"
+                    and row.get("id_accuracy") and row.get("avg_ood_accuracy")):
                 ax.plot(100 * row["id_accuracy"][0], 100 * row["avg_ood_accuracy"][0], "o",
                         color=colors.get(row["group"], "k"), markersize=8)
         for point in res["sweep_points"]:
