@@ -673,8 +673,11 @@ def plot_frontier(res: dict[str, Any], path: Path) -> Path:
         for row in panel["rows"]:
             if (row["model"] == "student" and row["method"] != "zeroshot"
                     and row.get("id_accuracy") and row.get("avg_ood_accuracy")):
-                ax.plot(100 * row["id_accuracy"][0], 100 * row["avg_ood_accuracy"][0], "o",
+                xy = (100 * row["id_accuracy"][0], 100 * row["avg_ood_accuracy"][0])
+                ax.plot(*xy, "s" if row["group"] == RECIPE_ROW else "o",
                         color=colors.get(row["group"], "k"), markersize=8)
+                ax.annotate(row["label"], xy, fontsize=7, xytext=(4, 4),
+                            textcoords="offset points")
         for point in res["sweep_points"]:
             ax.plot(100 * point["id_accuracy"], 100 * point["avg_ood_accuracy"], ".",
                     color=colors.get(point["method"], "k"), alpha=0.5)
@@ -759,7 +762,7 @@ def assemble(fair: Fair, choices: dict[str, dict[str, dict[str, float]]], argv: 
     return {"date": datetime.date.today().isoformat(),
             "command": "python benchmarks/fair.py " + shlex.join(argv), "wall_min": wall_s / 60,
             "out": str(fair.cfg.out), "own": fair.own,
-            "grids": {m: {k: list(v) for k, v in g.items()} for m, g in fair.grid.items()},
+            "grids": {m: {k: sorted(v) for k, v in g.items()} for m, g in fair.grid.items()},
             "extensions": [{"method": m, "key": k, "low_side": low, "added": n}
                            for (m, k, low), n in fair.extended.items()],
             "protocols": {p: protocol_results(fair, p, choices[p]) for p in PROTOCOLS},
