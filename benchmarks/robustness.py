@@ -96,13 +96,14 @@ QUICK_WISE_ALPHAS = [0.5]
 REFERENCES = ("flyp", "tracer")
 # CaRot updates its EMA teacher every 500 of 25k steps: 50 updates per run.
 EMA_UPDATES_PER_RUN = 50
-# Rough single-thread cost of one tiny-CLIP run on the embedded world when no cached run says
-# better, measured on a busy 2-core machine at 1 thread: recipes/synth_tracer.toml at 150 steps
-# took 196 s, synth_zeroshot 38 s (start-up, rendering, evaluations of 4 x 7,000 images), a
-# validation evaluation 21 s; quickstart's steps cost 0.63-0.95 s each. Building an embedded CLIP
-# in one job slot (1 thread; build version 5, only when its weights are not shipped): ~22 min
-# (768,000 images at ~580 img/s).
-EST_OVERHEAD_S, EST_STEP_S = 50.0, 0.8
+# Single-thread cost of one tiny-CLIP run on the embedded world when no cached run says better,
+# calibrated on the robustness benchmark of BENCHMARKS.md (2 idle cores, 2 runs at 1 thread):
+# zeroshot 20 s a run (start-up and the evaluations of 4 x 7,000 images), 500-step runs 67 s
+# (FLYP) to 104 s (TRACER), so ~20 s + ~0.15 s a step; its 74 finetunes and 28 evaluations took
+# 58 min, which this model puts at 60-61. On a busy machine a run took up to 3x longer. Building an
+# embedded CLIP in one job slot (1 thread; build version 5, only when its weights are not
+# shipped): ~22 min (768,000 images at ~580 img/s).
+EST_OVERHEAD_S, EST_STEP_S = 20.0, 0.15
 EST_EVAL_S, EST_EVAL_PER_MODEL_S, EST_BUILD_S = 8.0, 13.0, 1320.0
 
 
@@ -224,7 +225,7 @@ class Task:
     argv: list[str]
     record: Path
     run: Run
-    kind: str  # "finetune" | "val" | "wise"
+    kind: str  # "finetune" | "val" | "wise" | "lag"
     deps: tuple[str, ...] = ()
     result: Any = None
     cached: bool = False
@@ -540,7 +541,7 @@ class Executor:
         self.procs: dict[str, subprocess.Popen] = {}
         self.lock = threading.Lock()
         self.stopping = False
-        self.counts = {"finetune": 0, "val": 0, "wise": 0}
+        self.counts = {"finetune": 0, "val": 0, "wise": 0, "lag": 0}
 
     def execute(self, tasks: Sequence[Task]) -> None:
         todo = {t.name: t for t in tasks if not t.cached and t.result is None}
@@ -960,6 +961,8 @@ def estimate_s(tasks: Sequence[Task], cfg: Config, builds: int) -> tuple[float, 
             return EST_EVAL_S + EST_EVAL_PER_MODEL_S
         if task.kind == "wise":
             return EST_EVAL_S + EST_EVAL_PER_MODEL_S * len(cfg.wise_alphas)
+        if task.kind == "lag":  # distill-check --run: reads metrics.jsonl, no model
+            return EST_EVAL_S
         trains = task.run.recipe.method != "zeroshot"
         steps = task.result["steps"] if task.result else _run_steps(task.run, cfg) * trains
         return EST_OVERHEAD_S + EST_STEP_S * steps

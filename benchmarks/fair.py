@@ -1,0 +1,844 @@
+"""A fair benchmark: every method tuned alike, judged on the WiSE-FT frontier, and persistence.
+
+    python benchmarks/fair.py --quick --dry-run   # the quick plan (34 min on 2 idle cores)
+    python benchmarks/fair.py --quick             # run it (resumable: rerun to continue)
+    python benchmarks/fair.py --dry-run           # the full plan, with its estimate
+    python benchmarks/fair.py                     # run it (~5.5 h and more; resumable)
+
+Estimates (--dry-run) use robustness.py's model, calibrated on BENCHMARKS.md's robustness run.
+
+benchmarks/robustness.py tunes TRACER alone (β and λ_sd on synth-mono); this script tunes every
+finetuning method the same way and is built on its machinery (runs through the real CLI, results
+cached by command next to each run in ``OUT/runs``, an interrupted benchmark resumes).
+
+Selection rule (the same for every method)
+  Each method has a grid of its main hyperparameters with the same number of trials: FT and FLYP
+  train.lr x train.weight_decay, LP-FT train.lr x train.lp_steps (as a share of train.steps),
+  CaRot distill.lambda_sd x distill.lambda_orth x teacher.momentum_end, TRACER teacher.beta x
+  distill.lambda_sd. The grid is coordinate-wise through the recipe's own point (one axis moves,
+  the others stay at the recipe's values): 7 points per method in the full plan (4 values on each
+  of two axes, 3 on each of CaRot's three), 5 in the quick plan (3 and 3; CaRot 3, 2, 2). Every
+  point runs with the same two finetuning seeds (the first two of --seeds) on the first
+  pretrained model. Per axis, the value with the best mean validation score wins; ties go to the
+  recipe's own value; the chosen point combines the axes' winners.
+
+Two selection protocols, side by side (one ``tracer eval`` per sweep run scores both):
+  id   held-out ID validation: synth-photo, colour_bias 0.99, world seed 1 (the reported ID test
+       set is world seed 0's test split and the training set its train split, so the images are
+       disjoint draws of the same task). The FLYP / WiSE-FT papers' protocol.
+  ood  the OOD validation domain synth-mono: greyscale photos. It removes colour, the very
+       shortcut (colour_bias 0.99) that the reported OOD domains punish, so selecting on it is
+       close to selecting on the test shift: read its results as an upper bound.
+  A validation set that is a reported test set (same dataset and world seed, or the same label)
+  is refused.
+
+Grid extension: a winner on its axis's edge adds one value beyond it (the edge value times the
+ratio of the two outermost values; for the momentum in 1 - m) and the sweep runs again with the
+new point, until the winner is interior, the edge is a hard limit (train.lp_steps in [1,
+steps - 1], teacher.momentum_end in [0, 1); lr, weight decay, β and the λ are > 0 on a geometric
+grid, so they never reach their limit) or MAX_EXTENSIONS values (3; --quick 1) were added
+on that side.
+
+Phases: 1. the sweep (and its extension rounds), 2. every method x pretraining seed x seed at each
+protocol's chosen point, with WiSE-FT (``tracer eval RUN --wise-alpha``) on every run of every
+method, TRACER and CaRot included; 3. persistence (--lengths, full plan only by default): FLYP,
+FLYP + WiSE-FT, CaRot (EMA teacher at its recipe's update interval, and a control with the
+interval scaled with the length), TRACER (WMA) at the id protocol's chosen points, on the first two
+pretrained models, with ``tracer distill-check --run RUN --json`` beside every teacher run.
+Warm-up and the LP-FT split scale with the length (robustness.steps_overrides); CaRot's
+momentum warm-up is a share of training already; its update interval does not scale in the main
+arm (a recipe's interval is a number of steps: CaRot's paper uses 500 at 25k steps), so a longer
+run has more updates and a teacher that trails by a fixed number of steps, the effect persistence
+is about; the scaled control (interval ∝ length, 50 updates per run) separates that from length.
+
+Headline per method and protocol: the gap of its mean (ID, avg OOD) point to the best other
+baseline's WiSE-FT curve at its ID accuracy (TRACER's curve is never a baseline), with SE and
+verdict, from tracer_cli.analysis (``analyse`` -> ``frontier_table``). Outputs:
+``OUT/fair.json``, ``FIGURES/fair_{frontier,persistence}.png`` and the block between
+``<!-- fair:begin -->`` and ``<!-- fair:end -->`` of --report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import robustness as rb  # noqa: E402  (a sibling script: this folder is on sys.path)
+
+from tracer_cli.analysis import plots  # noqa: E402
+from tracer_cli.analysis.report import ROBUSTNESS_KEYS  # noqa: E402
+from tracer_cli.analysis.tables import analyse  # noqa: E402
+
+METHODS = ("zeroshot", "ft", "lpft", "flyp", "carot", "tracer")
+DEFAULT_RECIPES = [f"recipes/synth_{m}.toml" for m in METHODS]
+PROTOCOLS = {
+    "id": {"name": "synth-photo", "seed": 1, "colour_bias": 0.99, "label": "synth-photo-val"},
+    "ood": {"name": "synth-mono", "label": "synth-mono"}}
+QUICK_STEPS = 200
+LENGTHS = [500, 2000, 8000]
+PERSISTENCE = ("flyp", "carot", "tracer")
+SCALED = "carot-scaled"  # CaRot with its EMA update interval scaled with the length
+MAX_EXTENSIONS, QUICK_MAX_EXTENSIONS = 3, 1
+WISE_ALPHAS = [0.25, 0.5, 0.75]
+PROPOSED = "tracer"
+RECIPE_ROW = f"{PROPOSED} (recipe)"  # TRACER at its recipe's (the paper's) loss weights
+NOT_BASELINES = (PROPOSED, RECIPE_ROW)  # curves never used as the headline's baseline
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One swept hyperparameter: its recipe key, its values and how to step beyond them.
+
+    ``scale`` "log": geometric; "log1m": geometric in 1 - v (a momentum, in [0, 1)); "steps":
+    geometric shares of train.steps, planned as whole steps in [1, steps - 1]."""
+
+    key: str
+    values: tuple[float, ...]
+    scale: str = "log"
+
+
+LR = (3e-5, 1e-4, 3e-4, 1e-3)
+WD = (0.01, 0.03, 0.1, 0.3)
+FULL_GRIDS = {
+    "ft": (Axis("train.lr", LR), Axis("train.weight_decay", WD)),
+    "lpft": (Axis("train.lr", LR), Axis("train.lp_steps", (0.05, 0.1, 0.2, 0.4), "steps")),
+    "flyp": (Axis("train.lr", LR), Axis("train.weight_decay", WD)),
+    "carot": (Axis("distill.lambda_sd", (0.5, 1.5, 4.5)),
+              Axis("distill.lambda_orth", (0.05, 0.2, 0.8)),
+              Axis("teacher.momentum_end", (0.7, 0.9, 0.97), "log1m")),
+    "tracer": (Axis("teacher.beta", (0.1, 0.2, 0.5, 1.0)),
+               Axis("distill.lambda_sd", (0.3, 0.9, 3.0, 9.0)))}
+QUICK_GRIDS = {
+    "ft": (Axis("train.lr", LR[:3]), Axis("train.weight_decay", WD[1:])),
+    "lpft": (Axis("train.lr", LR[:3]), Axis("train.lp_steps", (0.1, 0.2, 0.4), "steps")),
+    "flyp": (Axis("train.lr", LR[:3]), Axis("train.weight_decay", WD[1:])),
+    "carot": (Axis("distill.lambda_sd", (0.5, 1.5, 4.5)),
+              Axis("distill.lambda_orth", (0.2, 0.8)),
+              Axis("teacher.momentum_end", (0.9, 0.97), "log1m")),
+    "tracer": (Axis("teacher.beta", (0.2, 0.5, 1.0)), Axis("distill.lambda_sd", (0.3, 0.9, 3.0)))}
+
+
+class FairUsage(Exception):
+    """Bad options, recipes or grids: exit 2 with one line."""
+
+
+# --------------------------------------------------------------------------- grids
+
+
+def bounds(axis: Axis, steps: int) -> tuple[float, float]:
+    """The hard limits of an axis's domain (inclusive)."""
+    if axis.scale == "steps":
+        return 1.0, float(steps - 1)
+    return (0.0, 1.0 - 1e-12) if axis.scale == "log1m" else (0.0, math.inf)
+
+
+def beyond(axis: Axis, values: Sequence[float], low: bool, steps: int) -> float | None:
+    """One value past the low (or high) edge of ``values`` by the ratio of its two outermost
+    values; None when that crosses a hard limit already reached (the edge is the limit)."""
+    vals = sorted(values)
+    edge, inner = (vals[0], vals[1]) if low else (vals[-1], vals[-2])
+    if axis.scale == "log1m":
+        new = 1.0 - (1.0 - edge) ** 2 / (1.0 - inner)
+    else:
+        new = edge * edge / inner
+    if axis.scale == "steps":
+        new = float(round(new))
+    lo, hi = bounds(axis, steps)
+    new = min(max(new, lo), hi)
+    return None if any(math.isclose(new, v) for v in vals) else new
+
+
+def in_steps(axis: Axis, steps: int) -> list[float]:
+    """The axis's values as planned: shares of train.steps become whole steps."""
+    if axis.scale != "steps":
+        return list(axis.values)
+    return list(dict.fromkeys(float(max(1, min(steps - 1, round(v * steps))))
+                              for v in axis.values))
+
+
+def coordinate_points(own: dict[str, float], grid: dict[str, list[float]]
+                      ) -> list[dict[str, float]]:
+    """The recipe's own point, then each axis's other values with the rest at their own."""
+    points = [dict(own)]
+    for key, values in grid.items():
+        points += [{**own, key: v} for v in values if not math.isclose(v, own[key])]
+    return points
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass
+class Fair:
+    """The plan: robustness's runs and tasks, the grids (growing by extension) and the phases."""
+
+    cfg: rb.Config
+    plan: rb.Plan
+    axes: dict[str, tuple[Axis, ...]]
+    own: dict[str, dict[str, float]]
+    grid: dict[str, dict[str, list[float]]]
+    lengths: list[int]
+    max_extensions: int = MAX_EXTENSIONS
+    extended: dict[tuple[str, str, bool], int] = field(default_factory=dict)
+
+    def recipe(self, method: str) -> rb.RecipeInfo:
+        return next(r for r in self.cfg.recipes if r.name == method)
+
+
+def _own_value(path: str, sets: Sequence[str], key: str, steps: int) -> float:
+    from tracer_cli import recipe as recipe_mod
+
+    raw = recipe_mod.read_toml(Path(path))
+    recipe = recipe_mod.from_dict(recipe_mod.apply_overrides(raw, list(sets)), path)
+    section, name = key.split(".")
+    value = getattr(getattr(recipe, section), name)
+    if key == "train.lp_steps":  # 0 means half of train.steps
+        value = max(1, min(steps - 1, round(recipe.train.resolved_lp_steps() * steps
+                                            / recipe.train.steps)))
+    if key == "teacher.update_every":  # 0 means the teacher kind's default
+        value = recipe.teacher.resolved_update_every()
+    return float(value)
+
+
+def _grids(cfg: rb.Config, axes: dict[str, tuple[Axis, ...]]
+           ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, list[float]]]]:
+    """Each tuned method's own point and planned grid; refuses a grid without the own value."""
+    own, grid = {}, {}
+    for method, method_axes in axes.items():
+        info = next((r for r in cfg.recipes if r.name == method), None)
+        if info is None:
+            raise FairUsage(f"no recipe named {method} (train.method) among --recipes; the fair "
+                            f"benchmark tunes {', '.join(axes)}")
+        steps = cfg.steps_of(info)
+        own[method], grid[method] = {}, {}
+        for axis in method_axes:
+            value = _own_value(info.path, cfg.user_sets, axis.key, steps)
+            values = in_steps(axis, steps)
+            if not any(math.isclose(value, v) for v in values):
+                raise FairUsage(f"{info.path}: {axis.key} = {value:g} is not in its grid "
+                                f"{', '.join(f'{v:g}' for v in values)}; the grid must hold the "
+                                "recipe's own value")
+            own[method][axis.key], grid[method][axis.key] = value, values
+    return own, grid
+
+
+def check_validation(recipes: Sequence[rb.RecipeInfo], sets: Sequence[str]) -> None:
+    """Refuse a validation set that is a reported test set: the same label, or the same dataset
+    at the same world seed (its test split is then the very images reported)."""
+    from tracer_cli import recipe as recipe_mod
+
+    for info in recipes:
+        raw = recipe_mod.read_toml(Path(info.path))
+        recipe = recipe_mod.from_dict(recipe_mod.apply_overrides(raw, list(sets)), info.path)
+        world = recipe.data.options.get("seed", 0)
+        for protocol, val in PROTOCOLS.items():
+            for spec in [*recipe.data.id, *recipe.data.ood]:
+                label = spec.get("label") or spec["name"]
+                same = (spec["name"] == val["name"]
+                        and spec.get("seed", world) == val.get("seed", 0))
+                if same or label == val["label"]:
+                    raise FairUsage(f"validation set {val['label']} (protocol {protocol}) is the "
+                                    f"reported test set {label} of {info.path}; choose on data "
+                                    "that is not reported")
+
+
+def build(args: argparse.Namespace) -> Fair:
+    infos = rb.distinct_names([rb._recipe(p, args.sets)
+                               for p in (args.recipes or DEFAULT_RECIPES)])
+    seeds = list(dict.fromkeys(args.seeds or ([0, 1] if args.quick else [0, 1, 2])))
+    pseeds = list(dict.fromkeys(args.pretrain_seeds or ([0] if args.quick else [0, 1, 2])))
+    methods = {r.name for r in infos}
+    cfg = rb.Config(
+        recipes=infos, sweep=None, seeds=seeds, pseeds=pseeds, sweep_seeds=seeds[:2],
+        steps=args.steps if args.steps is not None else (QUICK_STEPS if args.quick else None),
+        user_sets=list(args.sets), val=[v["label"] for v in PROTOCOLS.values()], betas=[],
+        lambdas=[], wise=[m for m in methods if m != "zeroshot"],
+        wise_alphas=args.wise_alphas or WISE_ALPHAS, kl_steps=0, out=args.out,
+        jobs=max(1, args.jobs), keep_weights=args.keep_weights)
+    lengths = list(args.lengths if args.lengths is not None else ([] if args.quick else LENGTHS))
+    if lengths and (len(pseeds) < 2 or min(lengths) < 1):
+        raise FairUsage("--lengths needs two pretraining seeds (--pretrain-seeds) and lengths "
+                        ">= 1")
+    check_validation(infos, args.sets)
+    axes = {m: a for m, a in (QUICK_GRIDS if args.quick else FULL_GRIDS).items() if m in methods}
+    own, grid = _grids(cfg, axes)
+    return Fair(cfg, rb.Plan(cfg), axes, own, grid, lengths,
+                QUICK_MAX_EXTENSIONS if args.quick else MAX_EXTENSIONS)
+
+
+# --------------------------------------------------------------------------- the phases
+
+
+def _value_text(key: str, value: float) -> str:
+    return str(int(value)) if key == "train.lp_steps" else rb._float(value)
+
+
+def point_run(fair: Fair, method: str, point: dict[str, float], pseed: int, seed: int,
+              role: str, extra: Sequence[str] = (), suffix: str = "") -> rb.Run:
+    """The run of ``method`` at ``point``: only the keys off the recipe's values are set, so the
+    recipe's own point is the plain recipe's run (shared with every phase that runs it)."""
+    own = fair.own.get(method, {})
+    moved = [(k, v) for k, v in point.items() if not math.isclose(v, own[k])]
+    variant = [f"{k}={_value_text(k, v)}" for k, v in moved] + list(extra)
+    tag = "-".join([f"{k.split('.')[-1]}{v:g}" for k, v in moved] + ([suffix] if suffix else []))
+    return fair.plan.run(fair.recipe(method), pseed, seed, variant, tag, role)
+
+
+def val_task(fair: Fair, run: rb.Run) -> rb.Task:
+    """One ``tracer eval`` scoring a run on both protocols' validation sets."""
+    name = f"{run.name}.fairval"
+    if name not in fair.plan.tasks:
+        tables = ", ".join("{" + ", ".join(f"{k} = {v!r}".replace("'", '"') for k, v in s.items())
+                           + "}" for s in PROTOCOLS.values())
+        argv = ["eval", str(run.run_dir), "--set", f"data.ood=[{tables}]", "--json"]
+        fair.plan.tasks[name] = rb.Task(name, argv, fair.cfg.runs_dir / f"{name}.json", run,
+                                        "val", deps=(run.name,))
+    return fair.plan.tasks[name]
+
+
+def sweep(fair: Fair) -> list[rb.Run]:
+    """Phase 1: every grid point of every tuned method x the sweep seeds, on the first
+    pretrained model, each with its validation task (asking again adds only new points)."""
+    runs = []
+    for method, grid in fair.grid.items():
+        for point in coordinate_points(fair.own[method], grid):
+            for seed in fair.cfg.sweep_seeds:
+                run = point_run(fair, method, point, fair.cfg.pseeds[0], seed, "sweep")
+                val_task(fair, run)
+                runs.append(run)
+    return runs
+
+
+def scores(fair: Fair, method: str, protocol: str) -> dict[str, dict[float, list[float]]]:
+    """Per axis and value, the validation accuracies (one per sweep seed measured so far)."""
+    label, own = PROTOCOLS[protocol]["label"], fair.own[method]
+    out: dict[str, dict[float, list[float]]] = {}
+    for key, values in fair.grid[method].items():
+        out[key] = {}
+        for value in values:
+            accs = []
+            for seed in fair.cfg.sweep_seeds:
+                run = point_run(fair, method, {**own, key: value}, fair.cfg.pseeds[0], seed,
+                                "sweep")
+                doc = fair.plan.tasks[f"{run.name}.fairval"].result
+                if doc:
+                    accs.append(doc["datasets"][label]["accuracy"])
+            out[key][value] = accs
+    return out
+
+
+def choose_point(fair: Fair, method: str, protocol: str) -> dict[str, float]:
+    """Per axis the value with the best mean validation accuracy (ties: the recipe's value)."""
+    point = dict(fair.own[method])
+    for key, by_value in scores(fair, method, protocol).items():
+        done = {v: float(np.mean(a)) for v, a in by_value.items() if a}
+        if done:
+            point[key] = rb.choose_value(list(done), list(done.values()), fair.own[method][key])
+    return point
+
+
+def extend(fair: Fair) -> list[tuple[str, str, float]]:
+    """Add one value beyond every edge that a protocol's winner sits on (see the module's
+    docstring); returns the (method, key, value) added, none when every winner is interior."""
+    added = []
+    for method, axes in fair.axes.items():
+        steps = fair.cfg.steps_of(fair.recipe(method))
+        winners = [choose_point(fair, method, p) for p in PROTOCOLS]
+        for axis in axes:
+            values = fair.grid[method][axis.key]
+            for low in (True, False):
+                edge = min(values) if low else max(values)
+                side = (method, axis.key, low)
+                if (not any(math.isclose(w[axis.key], edge) for w in winners)
+                        or fair.extended.get(side, 0) >= fair.max_extensions):
+                    continue
+                new = beyond(axis, values, low, steps)
+                if new is not None:
+                    values.append(new)
+                    fair.extended[side] = fair.extended.get(side, 0) + 1
+                    added.append((method, axis.key, new))
+    return added
+
+
+def main_runs(fair: Fair, choices: dict[str, dict[str, dict[str, float]]]) -> list[rb.Run]:
+    """Phase 2: every recipe x pretraining seed x seed at each protocol's chosen point (the
+    zero-shot recipe as it is), with WiSE-FT on every finetuned run; TRACER also at its
+    recipe's point (role main-recipe)."""
+    runs = []
+    for protocol, chosen in choices.items():
+        for info in fair.cfg.recipes:
+            for pseed in fair.cfg.pseeds_of(info):
+                for seed in fair.cfg.seeds:
+                    run = point_run(fair, info.name, chosen.get(info.name, {}), pseed, seed,
+                                    f"main-{protocol}")
+                    if info.method != "zeroshot":
+                        fair.plan.evaluation(run, "wise")
+                    runs.append(run)
+    if PROPOSED in fair.own:  # the recipe's (the paper's) weights beside the tuned point
+        for pseed in fair.cfg.pseeds_of(fair.recipe(PROPOSED)):
+            for seed in fair.cfg.seeds:
+                run = point_run(fair, PROPOSED, fair.own[PROPOSED], pseed, seed, "main-recipe")
+                fair.plan.evaluation(run, "wise")
+                runs.append(run)
+    return runs
+
+
+def lag_task(fair: Fair, run: rb.Run) -> rb.Task:
+    """``tracer distill-check --run RUN --json``: the teacher's lag, analytic and measured."""
+    name = f"{run.name}.lag"
+    if name not in fair.plan.tasks:
+        argv = ["distill-check", "--run", str(run.run_dir), "--json"]
+        fair.plan.tasks[name] = rb.Task(name, argv, fair.cfg.runs_dir / f"{name}.json", run,
+                                        "lag", deps=(run.name,))
+    return fair.plan.tasks[name]
+
+
+def persistence_runs(fair: Fair, chosen: dict[str, dict[str, float]]
+                     ) -> list[tuple[str, int, rb.Run]]:
+    """Phase 3: (group, length, run) for FLYP (with WiSE-FT), CaRot, CaRot with its update
+    interval scaled to the length, and TRACER at each length, on the first two pretrained
+    models and the sweep seeds; distill-check beside every teacher run."""
+    out = []
+    for length in fair.lengths:
+        for method in [m for m in PERSISTENCE if m in fair.own]:
+            info = fair.recipe(method)
+            arms = [(method, [])]
+            if method == "carot":
+                every = _update_every(fair, info, length)
+                arms.append((SCALED, [] if every is None else
+                             [f"teacher.update_every={every}"]))
+            for group, scaled in arms:
+                base = fair.cfg.steps_of(info)
+                extra = [*rb.steps_overrides(info, length, always=length != base), *scaled]
+                parts = ([f"n{length}"] if length != base else [])
+                suffix = "-".join(parts + [f"k{s.split('=')[1]}" for s in scaled])
+                for pseed in fair.cfg.pseeds[:2]:
+                    for seed in fair.cfg.sweep_seeds:
+                        run = point_run(fair, method, chosen[method], pseed, seed,
+                                        "persistence", extra, suffix)
+                        if method == "flyp":
+                            fair.plan.evaluation(run, "wise")
+                        else:
+                            lag_task(fair, run)
+                        out.append((group, length, run))
+    return out
+
+
+def _update_every(fair: Fair, info: rb.RecipeInfo, length: int) -> int | None:
+    """CaRot's EMA update interval scaled from its recipe's length to ``length`` (the same
+    number of updates per run); None when that is the recipe's own interval."""
+    own = int(_own_value(info.path, fair.cfg.user_sets, "teacher.update_every", info.steps))
+    every = max(1, round(own * length / info.steps))
+    return None if every == own else every
+
+
+# --------------------------------------------------------------------------- the plan, dry
+
+
+def _commands(title: str, tasks: Sequence[rb.Task]) -> None:
+    print(f"# {title}")
+    for t in tasks:
+        print(f"{'(cached) ' if t.cached else ''}python -m tracer_cli {shlex.join(t.argv)}")
+
+
+def _minutes(fair: Fair, tasks: Sequence[rb.Task]) -> float:
+    finetunes = [t for t in rb._pending(tasks) if t.kind == "finetune"]
+    builds = len({(t.run.recipe.arch, t.run.pseed) for t in finetunes
+                  if t.run.recipe.embedded
+                  and not rb.embedded_cached((t.run.recipe.arch, t.run.pseed))})
+    return rb.estimate_s(tasks, fair.cfg, builds)[0] / 60
+
+
+def plan_all(fair: Fair) -> dict[str, list[rb.Task]]:
+    """Every phase planned with each method at its recipe's point (what a dry run can show
+    before the sweep has chosen), tasks by phase; the cache resolved."""
+    phases: dict[str, list[rb.Task]] = {}
+    seen: set[str] = set()
+    own = {**fair.own, **{r.name: {} for r in fair.cfg.recipes if r.name not in fair.own}}
+    for phase, make in (("sweep", lambda: sweep(fair)),
+                        ("main", lambda: main_runs(fair, {p: own for p in PROTOCOLS})),
+                        ("persistence", lambda: persistence_runs(fair, own))):
+        make()
+        phases[phase] = [t for n, t in fair.plan.tasks.items() if n not in seen]
+        seen |= set(fair.plan.tasks)
+    rb.resolve_cache(list(fair.plan.tasks.values()))
+    return phases
+
+
+def trial_counts(fair: Fair) -> dict[str, tuple[int, int]]:
+    """(grid points, seeds) per tuned method in the sweep as planned now."""
+    return {m: (len(coordinate_points(fair.own[m], g)), len(fair.cfg.sweep_seeds))
+            for m, g in fair.grid.items()}
+
+
+def dry_run(fair: Fair) -> int:
+    """Print the plan by phase, the trials per method and an estimate; run nothing."""
+    phases = plan_all(fair)
+    for phase, tasks in phases.items():
+        _commands(f"phase {phase}", tasks)
+    print()
+    for method, (points, seeds) in trial_counts(fair).items():
+        axes = ", ".join(f"{k} {' '.join(f'{v:g}' for v in vals)}"
+                         for k, vals in fair.grid[method].items())
+        print(f"sweep {method}: {points} points x {seeds} seeds ({axes})")
+    everything = [t for tasks in phases.values() for t in tasks]
+    finetunes = [t for t in everything if t.kind == "finetune"]
+    print(f"finetune runs: {len(finetunes)} ({len(finetunes) - len(rb._pending(finetunes))} "
+          f"cached); evaluations: {len(everything) - len(finetunes)}")
+    for phase, tasks in phases.items():
+        print(f"estimate {phase}: {_minutes(fair, tasks):.0f} min")
+    worst = sum(2 * len(a) * len(fair.cfg.sweep_seeds) for a in fair.axes.values())
+    sweep_runs = sum(t.kind == "finetune" for t in phases["sweep"])
+    round_min = _minutes(fair, phases["sweep"]) * worst / max(1, sweep_runs)
+    print(f"estimate: {_minutes(fair, everything):.0f} min with --jobs {fair.cfg.jobs} "
+          f"(~{rb.EST_OVERHEAD_S:.0f} s + {rb.EST_STEP_S} s/step a run at 1 thread, calibrated "
+          "on BENCHMARKS.md's robustness run on 2 idle cores), every method at its recipe's "
+          f"point; each grid-extension round adds at most {worst} runs (~{round_min:.0f} min; "
+          f"at most {fair.max_extensions} per grid edge), and phases 2-3 grow when a protocol "
+          "chooses a point off the recipe's")
+    return 0
+
+
+# --------------------------------------------------------------------------- running it
+
+
+class _Pruner(rb.Pruner):
+    """robustness's pruner, but a sweep run keeps last.pt until the choice is made: it may be
+    a main run (the same command) that WiSE-FT still evaluates."""
+
+    def __call__(self, task: rb.Task) -> None:
+        if self.final or "sweep" not in task.run.roles:
+            super().__call__(task)
+        elif not self.cfg.keep_weights:
+            rb.prune_weights([task.run], keep_last=True)
+
+
+def _execute_pending(fair: Fair, ui: rb.Ui, ex: rb.Executor) -> None:
+    """Run every planned task not yet done (cached ones are taken), pretrained model by model."""
+    tasks = list(fair.plan.tasks.values())
+    rb.resolve_cache(tasks)
+    todo = rb.model_major(rb._pending(tasks))
+    rb.add_build_barriers(todo)
+    ui.set_total(ui.done + len(todo))
+    ex.execute(todo)
+    rb._finish_wave(tasks)
+
+
+def execute(fair: Fair, ui: rb.Ui, ex: rb.Executor, pruner: _Pruner
+            ) -> dict[str, dict[str, dict[str, float]]]:
+    """The sweep and its extension rounds, then phases 2 and 3 at the chosen points; the
+    choices by protocol and method."""
+    sweep(fair)
+    _execute_pending(fair, ui, ex)
+    while extend(fair):
+        sweep(fair)
+        _execute_pending(fair, ui, ex)
+    choices = {p: {m: choose_point(fair, m, p) for m in fair.own} for p in PROTOCOLS}
+    main_runs(fair, choices)
+    persistence_runs(fair, choices["id"])
+    pruner.final = True
+    _execute_pending(fair, ui, ex)
+    return choices
+
+
+# --------------------------------------------------------------------------- the numbers
+
+
+def headline(panel: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per finetuned student row, its gap to the best baseline's WiSE-FT curve at its own ID
+    accuracy: of :func:`tables.frontier_table`'s entries, the curve highest there (its own and
+    TRACER's curves are never baselines)."""
+    out = []
+    for row in panel["rows"]:
+        if (row["model"] != "student" or row["method"] == "zeroshot"
+                or not row.get("id_accuracy") or not row.get("avg_ood_accuracy")):
+            continue
+        entries = [e for e in panel["frontier"] if e["row"] == row["label"]
+                   and e["curve"] not in NOT_BASELINES and e["curve_ood"] is not None]
+        best = max(entries, key=lambda e: e["curve_ood"], default=None)
+        out.append({"row": row["label"], "id": row["id_accuracy"][0],
+                    "ood": row["avg_ood_accuracy"][0], "curve": best and best["curve"],
+                    "curve_ood": best and best["curve_ood"], "gap": best and best["gap"],
+                    "se": row["avg_ood_accuracy"][1],
+                    "verdict": best["verdict"] if best else "outside every baseline curve"})
+    return out
+
+
+def _records(fair: Fair, role: str, group: dict[str, str] | None = None
+             ) -> list[dict[str, Any]]:
+    recs = []
+    for run in fair.plan.runs.values():
+        if role in run.roles:
+            rec = rb.run_record(run, fair.plan)
+            recs.append({**rec, "group": (group or {}).get(run.name, rec["group"])})
+    return recs
+
+
+def protocol_results(fair: Fair, protocol: str, chosen: dict[str, dict[str, float]]
+                     ) -> dict[str, Any]:
+    """One protocol's choice, sweep scores, panels (tracer compare's analysis) and headline;
+    TRACER at its recipe's point is the row ``tracer (recipe)``."""
+    recipe_runs = {r.name: RECIPE_ROW for r in fair.plan.runs.values()
+                   if "main-recipe" in r.roles}
+    records = _records(fair, f"main-{protocol}") + _records(fair, "main-recipe", recipe_runs)
+    groups = [r.name for r in fair.cfg.recipes] + sorted(set(recipe_runs.values()))
+    panels = analyse(records, groups, rb.REFERENCES, ROBUSTNESS_KEYS)
+    return {"validation": PROTOCOLS[protocol], "choice": chosen,
+            "scores": {m: {k: {f"{v:g}": a for v, a in by.items()}
+                           for k, by in scores(fair, m, protocol).items()} for m in fair.own},
+            "panels": panels, "headline": [headline(p) for p in panels]}
+
+
+def _lag(task: rb.Task | None) -> dict[str, Any] | None:
+    doc = task.result if task else None
+    if not doc:
+        return None
+    measured = ((doc.get("empirical") or {}).get("param_ratio") or {}).get("tail")
+    return {"relative_lag_final": doc.get("relative_lag_final"), "param_ratio_tail": measured}
+
+
+def persistence_results(fair: Fair, chosen: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """Per length and pretrained model, each group's gap to FLYP's WiSE-FT curve of the same
+    length, with the teacher's lag (mean over runs) from distill-check."""
+    out = []
+    zero = [r for r in _records(fair, "main-id") if r["method"] == "zeroshot"]
+    for length in fair.lengths:
+        runs = [(g, r, {**rb.run_record(r, fair.plan), "group": g})
+                for g, n, r in persistence_runs(fair, chosen) if n == length]
+        groups = ["zeroshot", *dict.fromkeys(g for g, _, _ in runs)]
+        for panel in analyse(zero + [rec for _, _, rec in runs], groups, ("flyp",),
+                             ROBUSTNESS_KEYS):
+            for entry in panel["frontier"]:
+                if entry["curve"] != "flyp" or entry["row"] not in groups:
+                    continue
+                lags = [_lag(fair.plan.tasks.get(f"{r.name}.lag")) for g, r, rec in runs
+                        if g == entry["row"] and rec["pretrained"] == panel["pretrained"]]
+                out.append({"length": length, "pretrained": panel["pretrained"],
+                            "group": entry["row"], **entry, "lag": _mean_lag(lags)})
+    return out
+
+
+def _mean_lag(lags: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The mean of each lag number over the runs that have it."""
+    present = [lag for lag in lags if lag]
+    if not present:
+        return None
+    out = {}
+    for key in ("relative_lag_final", "param_ratio_tail"):
+        values = [lag[key] for lag in present if lag.get(key) is not None]
+        out[key] = float(np.mean(values)) if values else None
+    return out
+
+
+def sweep_points(fair: Fair) -> list[dict[str, Any]]:
+    """Every sweep point's test numbers (mean over the sweep seeds), for the frontier plot:
+    shown, never used for choosing."""
+    out = []
+    for method, grid in fair.grid.items():
+        for point in coordinate_points(fair.own[method], grid):
+            runs = [point_run(fair, method, point, fair.cfg.pseeds[0], seed, "sweep")
+                    for seed in fair.cfg.sweep_seeds]
+            students = [rb.run_record(r, fair.plan)["models"]["student"] for r in runs]
+            out.append({"method": method, "point": point, "runs": [r.name for r in runs],
+                        **{k: float(np.mean([s[k] for s in students]))
+                           for k in ("id_accuracy", "avg_ood_accuracy")}})
+    return out
+
+
+def plot_frontier(res: dict[str, Any], path: Path) -> Path:
+    """Per protocol (first pretrained model): every method's WiSE-FT curve and chosen point,
+    TRACER at its recipe's point, and every sweep point (small)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7.5 * len(PROTOCOLS), 5.5))
+    for ax, (protocol, doc) in zip(figure.subplots(1, len(PROTOCOLS), squeeze=False)[0],
+                                   res["protocols"].items()):
+        panel = doc["panels"][0]
+        colors = {}
+        for i, (group, curve) in enumerate(panel["wise"].items()):
+            colors[group] = f"C{i % 10}"
+            curve = [p for p in curve if p.get("id_accuracy") and p.get("avg_ood_accuracy")]
+            ax.plot([100 * p["id_accuracy"][0] for p in curve],
+                    [100 * p["avg_ood_accuracy"][0] for p in curve], "-", color=colors[group],
+                    alpha=0.6, label=f"{group} WiSE-FT")
+        for row in panel["rows"]:
+            if (row["model"] == "student" and row["method"] != "zeroshot"
+                    and row.get("id_accuracy") and row.get("avg_ood_accuracy")):
+                xy = (100 * row["id_accuracy"][0], 100 * row["avg_ood_accuracy"][0])
+                ax.plot(*xy, "s" if row["group"] == RECIPE_ROW else "o",
+                        color=colors.get(row["group"], "k"), markersize=8)
+                ax.annotate(row["label"], xy, fontsize=7, xytext=(4, 4),
+                            textcoords="offset points")
+        for point in res["sweep_points"]:
+            ax.plot(100 * point["id_accuracy"], 100 * point["avg_ood_accuracy"], ".",
+                    color=colors.get(point["method"], "k"), alpha=0.5)
+        ax.set_title(f"selected on {doc['validation']['label']} ({protocol})")
+        ax.set_xlabel("ID accuracy (%)")
+        ax.set_ylabel("average OOD accuracy (%)")
+        ax.legend(fontsize=7)
+    return plots._save(figure, path)
+
+
+def plot_persistence(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Gap to FLYP's WiSE-FT curve against training length, one panel per pretrained model."""
+    from matplotlib.figure import Figure
+
+    models = list(dict.fromkeys(r["pretrained"] for r in rows))
+    figure = Figure(figsize=(6.5 * max(1, len(models)), 4.5))
+    for ax, model in zip(figure.subplots(1, max(1, len(models)), squeeze=False)[0], models):
+        for group in dict.fromkeys(r["group"] for r in rows):
+            mine = [r for r in rows if r["pretrained"] == model and r["group"] == group
+                    and r["gap"] is not None]
+            ax.errorbar([r["length"] for r in mine], [100 * r["gap"] for r in mine],
+                        yerr=[200 * r["se"] for r in mine], marker="o", capsize=3, label=group)
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("training steps")
+        ax.set_ylabel("gap to FLYP's WiSE-FT curve (pp, ± 2 SE)")
+        ax.set_title(model, fontsize=9)
+        ax.legend(fontsize=7)
+    return plots._save(figure, path)
+
+
+def _pct(value: float | None, se: float | None = None) -> str:
+    if value is None:
+        return "—"
+    return f"{100 * value:+.2f}" + (f" ± {100 * se:.2f}" if se is not None else "")
+
+
+def report_block(res: dict[str, Any]) -> str:
+    """The Markdown between the fair markers: choices, headline per protocol, persistence."""
+    lines = ["## The fair benchmark", "", f"Generated by `{res['command']}` on {res['date']} "
+             f"({res['wall_min']:.0f} min). Every number is in `{res['out']}/fair.json`; the "
+             "selection rule, grids and protocols are in benchmarks/fair.py's docstring.", ""]
+    for protocol, doc in res["protocols"].items():
+        lines += [f"### Selected on {doc['validation']['label']} ({protocol})", "",
+                  "| method | chosen | recipe |", "|---|---|---|"]
+        for method, point in doc["choice"].items():
+            own = res["own"][method]
+            lines.append(f"| {method} | {', '.join(f'{k} {v:g}' for k, v in point.items())} | "
+                         f"{', '.join(f'{k} {v:g}' for k, v in own.items())} |")
+        for panel, rows in zip(doc["panels"], doc["headline"]):
+            lines += ["", f"{panel['pretrained']}: gap (pp) of avg OOD to the best baseline's "
+                      "WiSE-FT curve at the row's ID accuracy", "",
+                      "| row | ID | avg OOD | best baseline curve | gap ± SE | verdict |",
+                      "|---|---|---|---|---|---|"]
+            lines += [f"| {r['row']} | {100 * r['id']:.2f} | {100 * r['ood']:.2f} | "
+                      f"{r['curve'] or '—'} | {_pct(r['gap'], r['se'])} | {r['verdict']} |"
+                      for r in rows]
+        lines.append("")
+    if res["persistence"]:
+        lines += ["### Persistence over training length", "",
+                  "| steps | model | row | gap to FLYP WiSE-FT ± SE | verdict | ρ(T) | measured "
+                  "‖θ − φ‖/‖θ − θ₀‖ (tail) |", "|---|---|---|---|---|---|---|"]
+        for r in res["persistence"]:
+            lag = r["lag"] or {}
+            lines.append(f"| {r['length']} | {r['pretrained']} | {r['group']} | "
+                         f"{_pct(r['gap'], r['se'])} | {r['verdict']} | "
+                         f"{_num(lag.get('relative_lag_final'))} | "
+                         f"{_num(lag.get('param_ratio_tail'))} |")
+    lines += ["", *[f"![{k}]({v})" for k, v in res["figures"].items()]]
+    return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def assemble(fair: Fair, choices: dict[str, dict[str, dict[str, float]]], argv: Sequence[str],
+             wall_s: float) -> dict[str, Any]:
+    """Everything fair.json holds and the report is made from."""
+    import datetime
+
+    return {"date": datetime.date.today().isoformat(),
+            "command": "python benchmarks/fair.py " + shlex.join(argv), "wall_min": wall_s / 60,
+            "out": str(fair.cfg.out), "own": fair.own,
+            "grids": {m: {k: sorted(v) for k, v in g.items()} for m, g in fair.grid.items()},
+            "extensions": [{"method": m, "key": k, "low_side": low, "added": n}
+                           for (m, k, low), n in fair.extended.items()],
+            "protocols": {p: protocol_results(fair, p, choices[p]) for p in PROTOCOLS},
+            "sweep_points": sweep_points(fair),
+            "persistence": persistence_results(fair, choices["id"]),
+            "runs": [rb.run_record(r, fair.plan) for r in fair.plan.runs.values()]}
+
+
+def finish(fair: Fair, args: argparse.Namespace, res: dict[str, Any]) -> None:
+    """Figures, fair.json and the report block (each written atomically)."""
+    from cli_runs import replace_block
+
+    res["figures"] = {"frontier": str(plot_frontier(res, args.figures / "fair_frontier.png"))}
+    if res["persistence"]:
+        res["figures"]["persistence"] = str(plot_persistence(
+            res["persistence"], args.figures / "fair_persistence.png"))
+    rb._write_json(fair.cfg.out / "fair.json", res)
+    replace_block(args.report, report_block(res), "fair")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help=f"quick grids, {QUICK_STEPS}-step runs, one pretraining seed, no "
+                        "persistence phase (unless --lengths)")
+    p.add_argument("--recipes", nargs="+", metavar="FILE",
+                   help="one recipe per method (default: recipes/synth_<method>.toml)")
+    p.add_argument("--seeds", type=int, nargs="+",
+                   help="finetuning seeds (default 0 1 2; --quick 0 1); the first two are the "
+                        "sweep's")
+    p.add_argument("--pretrain-seeds", type=int, nargs="+", metavar="P",
+                   help="pretraining seeds of the embedded tiny CLIP (default 0 1 2; --quick 0)")
+    p.add_argument("--steps", type=int, help=f"train.steps of every run (--quick {QUICK_STEPS})")
+    p.add_argument("--lengths", type=int, nargs="*", metavar="N",
+                   help="persistence lengths (default 500 2000 8000; --quick none)")
+    p.add_argument("--wise-alphas", type=float, nargs="+", metavar="A",
+                   help="WiSE-FT mixing coefficients (default 0.25 0.5 0.75)")
+    p.add_argument("--out", type=Path, default=Path("runs/fair"))
+    p.add_argument("--jobs", type=int, default=2, help="runs in parallel (default 2)")
+    p.add_argument("--set", dest="sets", action="extend", nargs="+", default=[],
+                   metavar="KEY=VALUE", help="override a recipe key in every run")
+    p.add_argument("--report", type=Path, default=Path("BENCHMARKS.md"))
+    p.add_argument("--figures", type=Path, default=Path("benchmarks/figures"))
+    p.add_argument("--keep-weights", action="store_true")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the planned commands, the trials per method and an estimate")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        fair = build(args)
+    except (FairUsage, rb.BenchmarkUsage) as exc:
+        print(f"fair: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        return dry_run(fair)
+    started, pruner = time.time(), _Pruner(fair.cfg, fair.plan)
+    with rb.Ui(0) as ui:
+        ex = rb.Executor(fair.cfg, ui, pruner)
+        try:
+            choices = execute(fair, ui, ex, pruner)
+        except rb.BenchmarkFailed as exc:
+            print(f"fair: a run failed; finished runs stay cached in {fair.cfg.out}\n{exc}",
+                  file=sys.stderr)
+            return 1
+    if not fair.cfg.keep_weights:
+        rb.prune_weights(fair.plan.runs.values())
+    argv_used = list(sys.argv[1:] if argv is None else argv)
+    finish(fair, args, assemble(fair, choices, argv_used, time.time() - started))
+    print(f"fair: {fair.cfg.out / 'fair.json'}, {args.report}, figures in {args.figures}",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
