@@ -11,7 +11,8 @@ no evaluation, and one checkpoint written at the end:
                     (open_clip.add_model_config) and then calls open_clip_train.main.main(argv);
   tracer FLYP       python -m tracer_cli finetune recipe.toml (train.method = "flyp", a ``csv``
                     dataset in captions mode, the ``retrieval`` task);
-  tracer TRACER     the same recipe with train.method = "tracer" (reference: what the teacher costs).
+  tracer TRACER     the same recipe with train.method = "tracer" (for reference: what the
+                    teacher costs).
 
 Whole-step throughput comes from outside, the same way for every program: each runs twice, for
 --short-epochs and for --long-epochs passes over the data, and images/s is the images of the extra
@@ -23,9 +24,9 @@ machine noise hits all alike; the table gives medians, the per-repetition ratio 
 open_clip_train with its range, and the peak resident set size of each long run (its process's
 ru_maxrss; data loader workers, with --workers > 0, are not included).
 
-    python benchmarks/vs_open_clip.py --markdown            # on an idle machine: BENCHMARKS.md
-    python benchmarks/vs_open_clip.py --plan                # the commands only
-    python benchmarks/vs_open_clip.py --images 256 --batch 64 --reps 1 --short-epochs 1 --long-epochs 2
+    python benchmarks/vs_open_clip.py --report BENCHMARKS.md   # alone on an idle machine
+    python benchmarks/vs_open_clip.py --plan                   # the commands only
+    python benchmarks/vs_open_clip.py --images 256 --batch 64 --warmup 2 --reps 1  # a quick check
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from cli_runs import ROOT, print_plan
+from cli_runs import ROOT, print_plan, replace_block
 
 PROGRAMS = ("open_clip_train", "flyp", "tracer")
+REPORT_MARKER = "vs-open-clip"
 LABELS = {"open_clip_train": "open_clip_train (FLYP)", "flyp": "tracer FLYP",
           "tracer": "tracer TRACER"}
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220),
@@ -97,8 +99,8 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--wd", type=float, default=0.1)
     p.add_argument("--warmup", type=int, default=10, help="linear warm-up steps (cosine after)")
-    p.add_argument("--short-epochs", type=int, default=2)
-    p.add_argument("--long-epochs", type=int, default=8)
+    p.add_argument("--short-epochs", type=int, default=1)
+    p.add_argument("--long-epochs", type=int, default=6)
     p.add_argument("--reps", type=int, default=5, help="interleaved repetitions")
     p.add_argument("--threads", type=int, default=1, help="OMP/MKL threads of every run")
     p.add_argument("--workers", type=int, default=0, help="data loader workers of every run")
@@ -106,6 +108,9 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated subset of: " + ", ".join(PROGRAMS))
     p.add_argument("--keep", type=Path, help="write data and runs here (default: a temp folder)")
     p.add_argument("--plan", action="store_true", help="print the commands and exit")
+    p.add_argument("--report", type=Path,
+                   help=f"also write the Markdown block between this file's <!-- {REPORT_MARKER}:"
+                        "begin/end --> markers (BENCHMARKS.md)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--markdown", action="store_true", help="print the BENCHMARKS.md rows")
     out.add_argument("--json", action="store_true", help="print one JSON document")
@@ -123,8 +128,8 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         if getattr(args, name) < 1:
             error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.images % args.batch:
-        error(f"--images {args.images} must be a multiple of --batch {args.batch} (every step of both "
-                "programs then takes a full batch)")
+        error(f"--images {args.images} must be a multiple of --batch {args.batch} (every step "
+              "of both programs then takes a full batch)")
     if args.long_epochs <= args.short_epochs:
         error(f"--long-epochs {args.long_epochs} must be more than --short-epochs "
                 f"{args.short_epochs}: the extra steps are what is timed")
@@ -324,6 +329,8 @@ def markdown(args, summary: dict) -> str:
 
 
 def _report(args, summary: dict) -> None:
+    if args.report:
+        replace_block(args.report, markdown(args, summary), REPORT_MARKER)
     if args.json:
         print(json.dumps({"setup": vars(args) | {"keep": str(args.keep) if args.keep else None},
                           "results": summary}, indent=2))

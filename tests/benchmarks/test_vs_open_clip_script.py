@@ -37,7 +37,8 @@ def _script(*flags: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow  # imports torch and open_clip for the model config folder: seconds
 def test_plan_runs_every_program_twice_per_repetition_in_alternating_order():
     done = _script("--plan", "--images", "64", "--batch", "16", "--warmup", "1", "--reps", "2",
-                   "--short-epochs", "1", "--long-epochs", "3", "--programs", "open_clip_train,flyp")
+                   "--short-epochs", "1", "--long-epochs", "3",
+                   "--programs", "open_clip_train,flyp")
     assert done.returncode == 0, done.stderr
     *commands, footer = done.stdout.strip().splitlines()
     assert footer.startswith("# 8 runs; tracer-tiny-rn (embedded weights), 64 images")
@@ -91,6 +92,21 @@ def test_summary_times_only_the_extra_steps_and_ratios_each_repetition(vs):
     table = vs.markdown(_args(), summary)
     assert "| tracer FLYP | 22 | 1.62 (1.25–2.00) | 1100 MiB | 1.00 | 15.5 s |" in table
     assert "| open_clip_train (FLYP) | 15 | 1.00 (1.00–1.00) |" in table
+
+
+def test_report_puts_the_table_between_the_markers_of_the_file(vs, tmp_path, capsys):
+    summary = {"open_clip_train": {"img_s_median": 15.0, "peak_mib_median": 1100.0,
+                                   "startup_s_median": 3.0, "ratio_median": 1.0, "ratio_min": 1.0,
+                                   "ratio_max": 1.0, "peak_ratio": 1.0}}
+    report = tmp_path / "BENCHMARKS.md"
+    report.write_text("# B\n\n<!-- vs-open-clip:begin -->\n(to be measured)\n"
+                      "<!-- vs-open-clip:end -->\n\n## Next\n")
+    vs._report(_args(report=report, json=False, markdown=False), summary)
+    text = report.read_text()
+    assert "(to be measured)" not in text
+    assert text.endswith("<!-- vs-open-clip:end -->\n\n## Next\n")
+    assert "| open_clip_train (FLYP) | 15 | 1.00 (1.00–1.00) | 1100 MiB | 1.00 | 3.0 s |" in text
+    assert "open_clip_train (FLYP)" in capsys.readouterr().out
 
 
 def test_summary_refuses_timings_drowned_in_noise(vs):
