@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -77,40 +78,57 @@ def _args(**changes) -> argparse.Namespace:
 
 def test_summary_times_only_the_extra_steps_and_ratios_each_repetition(vs):
     # 200 extra images: open_clip_train 10 s and 20 s per 200, tracer 8 s and 10 s.
-    results = {"open_clip_train": [{"short_s": 15.0, "long_s": 25.0, "peak_mib": 1000.0},
-                                   {"short_s": 30.0, "long_s": 50.0, "peak_mib": 1200.0}],
-               "flyp": [{"short_s": 20.0, "long_s": 28.0, "peak_mib": 900.0},
-                        {"short_s": 20.0, "long_s": 30.0, "peak_mib": 1300.0}]}
+    results = {"open_clip_train": [
+        {"short_s": 15.0, "long_s": 25.0, "peak_mib": 1000.0, "logged_img_s": 20.0},
+        {"short_s": 30.0, "long_s": 50.0, "peak_mib": 1200.0, "logged_img_s": 10.0}],
+        "flyp": [{"short_s": 20.0, "long_s": 28.0, "peak_mib": 900.0, "logged_img_s": 30.0},
+                 {"short_s": 20.0, "long_s": 30.0, "peak_mib": 1300.0, "logged_img_s": 30.0}]}
     summary = vs.summarize(_args(), results)
     assert summary["open_clip_train"]["img_s"] == [20.0, 10.0]
     assert summary["flyp"]["img_s"] == [25.0, 20.0]
     # Ratios per repetition (1.25 and 2.0), not a ratio of medians (22.5 / 15 = 1.5).
-    assert summary["flyp"]["ratio_min"] == 1.25 and summary["flyp"]["ratio_max"] == 2.0
-    assert summary["flyp"]["peak_ratio"] == 1100.0 / 1100.0
+    assert (summary["flyp"]["img_s_ratio_min"], summary["flyp"]["img_s_ratio_max"]) == (1.25, 2.0)
+    assert summary["flyp"]["logged_img_s_ratio"] == 2.25  # median of 1.5 and 3.0
+    assert summary["flyp"]["peak_mib_ratio"] == pytest.approx((0.9 + 1300 / 1200) / 2)
     # Start-up: the short run less its 100 images at the repetition's rate (20 - 4, 20 - 5).
     assert summary["flyp"]["startup_s_median"] == 15.5
     table = vs.markdown(_args(), summary)
-    assert "| tracer FLYP | 22 | 1.62 (1.25–2.00) | 1100 MiB | 1.00 | 15.5 s |" in table
-    assert "| open_clip_train (FLYP) | 15 | 1.00 (1.00–1.00) |" in table
+    assert "| tracer FLYP | 22 | 1.62 (1.25–2.00) | 30 (2.25) | 1100 MiB (0.99) | 15.5 s |" \
+        in table
+    assert "| open_clip_train (FLYP) | 15 | 1.00 (1.00–1.00) | 15 (1.00) |" in table
 
 
-def test_report_puts_the_table_between_the_markers_of_the_file(vs, tmp_path, capsys):
-    summary = {"open_clip_train": {"img_s_median": 15.0, "peak_mib_median": 1100.0,
-                                   "startup_s_median": 3.0, "ratio_median": 1.0, "ratio_min": 1.0,
-                                   "ratio_max": 1.0, "peak_ratio": 1.0}}
-    report = tmp_path / "BENCHMARKS.md"
-    report.write_text("# B\n\n<!-- vs-open-clip:begin -->\n(to be measured)\n"
-                      "<!-- vs-open-clip:end -->\n\n## Next\n")
-    vs._report(_args(report=report, json=False, markdown=False), summary)
-    text = report.read_text()
-    assert "(to be measured)" not in text
-    assert text.endswith("<!-- vs-open-clip:end -->\n\n## Next\n")
-    assert "| open_clip_train (FLYP) | 15 | 1.00 (1.00–1.00) | 1100 MiB | 1.00 | 3.0 s |" in text
-    assert "open_clip_train (FLYP)" in capsys.readouterr().out
+OPEN_CLIP_LOG = """\
+2026-12-07,05:40:52 | INFO | Start epoch 0
+2026-12-07,05:40:52 | INFO | Train Epoch: 0 [ 10/100 (10%)] Data (t): 0.1 Batch (t): 9.000, 1/s
+2026-12-07,05:40:53 | INFO | Train Epoch: 0 [100/100 (100%)] Data (t): 0.1 Batch (t): 2.000, 5/s
+2026-12-07,05:40:53 | INFO | Start epoch 1
+2026-12-07,05:40:52 | INFO | Train Epoch: 1 [ 10/100 (10%)] Data (t): 0.1 Batch (t): 3.000, 3/s
+2026-12-07,05:40:53 | INFO | Train Epoch: 1 [100/100 (100%)] Data (t): 0.1 Batch (t): 1.000, 9/s
+"""
+
+
+def test_self_reported_rates_cover_the_steps_after_the_short_run(vs):
+    # open_clip_train, epoch 1 only: 1 step of 3 s and 9 steps of 1 s for 100 images.
+    args = _args(short_epochs=1)
+    assert vs.logged_rate("open_clip_train", OPEN_CLIP_LOG, args) == 100 / 12
+    # tracer, 10 steps per epoch, a log every 4 steps: only windows that start at step 10 or
+    # later count, (12, 16] at 40 img/s and (16, 18] at 20 img/s: 60 images in 2 s.
+    lines = [{"event": "train", "step": 4, "img_per_s": 1.0},
+             {"event": "checkpoint", "step": 4},
+             {"event": "train", "step": 8, "img_per_s": 1.0},
+             {"event": "train", "step": 12, "img_per_s": 1.0},
+             {"event": "train", "step": 16, "img_per_s": 40.0},
+             {"event": "train", "step": 18, "img_per_s": 20.0}]
+    text = "\n".join(json.dumps(line) for line in lines)
+    assert vs.logged_rate("flyp", text, args) == 60 / (1.0 + 1.0)
+    with pytest.raises(SystemExit, match="no throughput logged after step 20"):
+        vs.logged_rate("flyp", text, _args(short_epochs=2, long_epochs=3))
 
 
 def test_summary_refuses_timings_drowned_in_noise(vs):
-    results = {"flyp": [{"short_s": 20.0, "long_s": 19.0, "peak_mib": 900.0}]}
+    results = {"flyp": [{"short_s": 20.0, "long_s": 19.0, "peak_mib": 900.0,
+                         "logged_img_s": 9.0}]}
     with pytest.raises(SystemExit, match="timing noise is larger than the timed steps"):
         vs.summarize(_args(), results)
 
@@ -127,5 +145,6 @@ def test_both_programs_really_train_from_the_same_weights(vs, tmp_path):
     for program in ("open_clip_train", "flyp"):
         (row,) = results[program]
         assert row["short_s"] > 0 and row["long_s"] > 0 and row["peak_mib"] > 100
+        assert row["logged_img_s"] > 0
     assert "Logit Scale: 34.5" in (tmp_path / "logs" / "open_clip_train-e2-r0.txt").read_text()
     assert "logit_scale=34.5" in (tmp_path / "logs" / "flyp-e2-r0.txt").read_text()
