@@ -79,7 +79,7 @@ name = "retrieval"
 
 [train]
 method = "{method}"
-steps = 1
+steps = 1  # each run sets its own: --set train.steps=N
 batch_size = {batch}
 lr = {lr}
 weight_decay = {wd}
@@ -90,7 +90,7 @@ checkpoint_every = 0
 """
 
 
-def _args(argv: list[str] | None = None) -> argparse.Namespace:
+def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--arch", default="tracer-tiny-rn", help="an open_clip or tracer model config")
     p.add_argument("--init", choices=("embedded", "random"), default="embedded",
@@ -117,7 +117,7 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     out = p.add_mutually_exclusive_group()
     out.add_argument("--markdown", action="store_true", help="print the BENCHMARKS.md rows")
     out.add_argument("--json", action="store_true", help="print one JSON document")
-    args = p.parse_args(argv)
+    args = p.parse_args()
     _check(p, args)
     return args
 
