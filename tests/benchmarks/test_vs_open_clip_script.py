@@ -69,6 +69,13 @@ def test_inconsistent_arguments_exit_2_with_one_line(flags, named):
     assert done.stderr.count("\n") == 1 and named in done.stderr
 
 
+def test_keep_refuses_a_folder_with_earlier_runs(tmp_path):
+    (tmp_path / "train.csv").write_text("filepath,title\n")
+    done = _script("--keep", str(tmp_path), "--plan")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert f"--keep {tmp_path} is not empty" in done.stderr
+
+
 def _args(**changes) -> argparse.Namespace:
     base = {"images": 100, "batch": 10, "short_epochs": 1, "long_epochs": 3, "arch": "a",
             "init": "random", "image_px": 32, "lr": 1e-4, "wd": 0.1, "warmup": 0, "threads": 1,
