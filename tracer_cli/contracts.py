@@ -112,6 +112,10 @@ class Backbone(Protocol):
     (``"image"``, ``"text"``); ``train.grad_checkpointing = true`` needs it.
     ``shard_units(module) -> list[nn.Module]`` names the blocks ``train.strategy = "fsdp"``
     shards one at a time (without it the whole model is one unit).
+    ``lock_image_tower(module, unlocked_groups)`` and ``lock_text_tower(module, unlocked_layers,
+    freeze_layer_norm)`` stop the parameters of a tower (all but its last groups / layers) from
+    requiring gradients, as open_clip's methods of these names; ``train.lock_image`` /
+    ``train.lock_text`` need them.
     """
 
     model: nn.Module

@@ -31,7 +31,7 @@ from tracer_cli.engine.build import (
     build_backbone, build_dataset, build_task, eval_sets, seed_everything)
 from tracer_cli.engine.distributed import DistContext
 from tracer_cli.engine.loggers import RunLoggers, build_loggers
-from tracer_cli.engine.loop import check_grad_checkpointing
+from tracer_cli.engine.loop import check_grad_checkpointing, check_tower_locks
 from tracer_cli.engine.precision import Precision, resolve_precision
 from tracer_cli.engine.scoring import evaluate, summarize
 from tracer_cli.engine.signals import SignalTrap
@@ -187,7 +187,11 @@ def _setup(recipe: Recipe, ctx: DistContext, output_dir: Path | None, overwrite:
     with distributed.main_first(ctx):  # downloads and the embedded build happen once
         backbone = build_backbone(recipe)
     check_grad_checkpointing(backbone, recipe.train.grad_checkpointing)
+    check_tower_locks(backbone, recipe.train)
     bundle = build_dataset(recipe.data.train, "data.train", "train", backbone.preprocess_train)
+    # train.epochs becomes train.steps here, before the lock file, the schedule and the teacher
+    # kernel read the horizon.
+    recipe.train.resolve_epochs(len(bundle.dataset))
     sets = eval_sets(recipe, backbone) if recipe.run.eval and ctx.is_main else {}
     if ctx.is_main:
         prepare_run_dir(recipe, output_dir, overwrite, resuming=resumed is not None)
