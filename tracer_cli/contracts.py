@@ -40,7 +40,26 @@ from tracer_cli.metric_spec import CLASSIFICATION_METRICS, TaskMetrics, task_met
 
 __all__ = ["Backbone", "CLASSIFICATION_METRICS", "DatasetBundle", "ExportFormat", "ExportedModel",
            "Logger", "OUTCOMES", "Outcome", "SkippedItem", "Task", "TaskMetrics", "flat_scalars",
-           "skipped_item", "task_metrics"]
+           "skipped_item", "task_metrics", "TEMPLATE_PLACEHOLDERS", "template_problem",
+           "fill_template"]
+
+
+# The class-name placeholder of a prompt template: open_clip's "{}" or CLIP_benchmark's "{c}",
+# exactly one of them, once.
+TEMPLATE_PLACEHOLDERS = ("{}", "{c}")
+
+
+def template_problem(template: str) -> str | None:
+    """Why ``template`` is not a prompt template (one error line naming it), or None."""
+    if sum(template.count(p) for p in TEMPLATE_PLACEHOLDERS) != 1:
+        return (f"template {template!r} must contain exactly one '{{}}' or '{{c}}' for the class "
+                "name")
+    return None
+
+
+def fill_template(template: str, classname: str) -> str:
+    """The prompt ``template`` (checked by :func:`template_problem`) for ``classname``."""
+    return template.format(classname) if "{}" in template else template.format(c=classname)
 
 
 @dataclass
@@ -49,7 +68,8 @@ class DatasetBundle:
 
     ``dataset[i]`` returns a dict with ``"image"`` (a transformed image tensor), ``"label"`` (int)
     and, for caption datasets, ``"caption"`` (str). ``classnames[label]`` names each label;
-    ``templates`` are prompt templates with one ``{}`` for the class name; ``class_subset`` lists
+    ``templates`` are prompt templates with one ``{}`` (or ``{c}``) for the class name
+    (:func:`fill_template`); ``class_subset`` lists
     the indices of these classes in a parent label space when the dataset covers only part of it
     (ImageNet-R: 200 of 1000). An item that cannot be read (a corrupt image) is returned as a
     :class:`SkippedItem` rather than raised, so one bad file does not end a long run.
