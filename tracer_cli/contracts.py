@@ -230,10 +230,14 @@ class ExportedModel:
 
 class ExportFormat(Protocol):
     """A folder layout a backbone writes for the library it comes from, declared in its factory's
-    ``export_formats``. tracer builds the folder under a temporary name, adds ``MODEL_CARD.md``
-    and ``model_card.json`` and publishes it only when everything succeeded. An optional method
-    ``by_name(model) -> dict | None`` fills the card's ``model.by_name`` (how to load the weights
-    by architecture name, or None when that would not give this model)."""
+    ``export_formats``. tracer builds the folder under a temporary name, adds ``README.md``,
+    ``MODEL_CARD.md`` and ``model_card.json`` and publishes it only when everything succeeded.
+    An optional method ``by_name(model) -> dict | None`` fills the card's ``model.by_name`` (how
+    to load the weights by architecture name, or None when that would not give this model).
+    Optional for the
+    ``README.md`` front matter (Hugging Face): an attribute ``library_name`` (the Hub's name of
+    the library that loads the folder) and a method ``license(model) -> str | None`` (the
+    weights' license identifier, None when unknown)."""
 
     def write(self, folder: Path, model: ExportedModel) -> dict[str, Any]:
         """Write and check the format's files in ``folder``; returns the card's ``details`` (the
