@@ -781,13 +781,21 @@ def lock_text(recipe: Recipe, extra: dict[str, Any]) -> str:
     what a run's ``recipe.lock.toml`` holds."""
     import tomli_w
 
-    doc = recipe.to_dict()
+    doc = resolved_tables(recipe.to_dict())
     doc["lock"] = _toml_safe(extra)
-    if recipe.train.epochs:
-        # The lock is the resolved recipe: a run of train.steps (resolved from the epochs, which
-        # the [lock] table keeps), so that it reads back without the training set.
-        doc["lock"]["epochs"] = doc["train"].pop("epochs")
+    if recipe.train.epochs:  # what the steps were resolved from
+        doc["lock"]["epochs"] = recipe.train.epochs
     return tomli_w.dumps(_toml_safe(doc))
+
+
+def resolved_tables(tables: dict[str, Any]) -> dict[str, Any]:
+    """The tables of a resolved recipe (``Recipe.to_dict()`` after the engine resolved
+    ``train.epochs``, as a checkpoint holds it) as a recipe of ``train.steps`` alone, which reads
+    back without the training set: what ``recipe.lock.toml`` holds. Changes ``tables``."""
+    train = tables.get("train")
+    if isinstance(train, dict) and train.get("epochs") and "steps" in train:
+        del train["epochs"]
+    return tables
 
 
 def _toml_safe(value: Any) -> Any:

@@ -99,6 +99,9 @@ def test_epochs_set_the_steps_the_lock_records_them_and_resume_keeps_them(tiny_r
     end, again = (checkpoint.load(r.run_dir / "last.pt") for r in (full, resumed))
     for key, value in end["state_dict"].items():
         assert torch.equal(value, again["state_dict"][key]), key
+    # The checkpoint's recipe reads back (tracer eval --checkpoint) as the run of 8 steps.
+    saved = recipe_mod.resolved_tables(end["recipe"])
+    assert recipe_mod.from_dict(saved).train.steps == 8
 
 
 # --------------------------------------------------------------------------- tower locking
