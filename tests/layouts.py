@@ -1,5 +1,5 @@
-"""Tiny fabricated copies of real dataset layouts (WILDS iWildCam v2.0, the ImageNet family and
-ObjectNet), for tests that read them through the dataset plugins or run the shipped recipes.
+"""Tiny fabricated copies of real dataset layouts (WILDS iWildCam v2.0, the ImageNet family,
+ObjectNet and WebDataset tar shards), for tests that read them through the dataset plugins or run the shipped recipes.
 
 Every image is one small PNG; the same encoded bytes are written everywhere, which keeps the
 ImageNet-style trees (one folder per class, 1000 of them) fast to build.
@@ -32,6 +32,19 @@ def png(size: int = 8, colour: tuple[int, int, int] = (0, 90, 200)) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (size, size), color=colour).save(out, format="PNG")
     return out.getvalue()
+
+
+def write_shards(folder: Path, samples: list[dict], per_shard: int,
+                 prefix: str = "train") -> list[Path]:
+    """``samples`` (webdataset dicts: ``__key__``, ``png``, ``txt``, ``cls``, ...) written by
+    webdataset's own ShardWriter as ``folder/<prefix>-000000.tar``, ... with ``per_shard`` each."""
+    from webdataset import ShardWriter
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with ShardWriter(str(folder / f"{prefix}-%06d.tar"), maxcount=per_shard, verbose=0) as sink:
+        for sample in samples:
+            sink.write(sample)
+    return sorted(folder.glob(f"{prefix}-*.tar"))
 
 
 def write_iwildcam(root: Path, per_split: dict[str, int] | None = None,

@@ -13,7 +13,7 @@ from tracer_cli.errors import UsageError
 from tracer_cli.plugins import KINDS, PluginError, PluginHost
 
 BUILTIN_DATASETS = {"synth-world", "synth-photo", "synth-photo-narrow", "synth-sketch",
-                    "synth-cartoon", "synth-noisy", "imagefolder", "csv", "hf"}
+                    "synth-cartoon", "synth-noisy", "imagefolder", "csv", "hf", "webdataset"}
 
 
 class _Plugin:

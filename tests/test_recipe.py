@@ -33,7 +33,7 @@ def test_minimal_recipe_gets_defaults():
     ({**MINIMAL, "train": {"stpes": 3}}, "train.stpes", "unknown key; allowed: method, steps"),
     ({**MINIMAL, "train": {"steps": "ten"}}, "train.steps", "expected an integer, got 'ten'"),
     ({**MINIMAL, "train": {"steps": True}}, "train.steps", "expected an integer"),
-    ({**MINIMAL, "train": {"steps": 0}}, "train.steps", "must be >= 1"),
+    ({**MINIMAL, "train": {"steps": 0}}, "train.steps", "must be between 1 and"),
     ({**MINIMAL, "train": {"steps": 5, "warmup_steps": 9}}, "train.warmup_steps", "between 0"),
     ({**MINIMAL, "teacher": {"kind": "swa"}}, "teacher.kind", "allowed: wma, ema, static, none"),
     ({**MINIMAL, "run": {"precision": "fp16"}}, "run.precision", "32-true"),
@@ -47,7 +47,7 @@ def test_minimal_recipe_gets_defaults():
     ({**MINIMAL, "train": {"beta1": 1}}, "train.beta1", "must be >= 0 and < 1"),
     ({**MINIMAL, "train": {"beta2": -0.5}}, "train.beta2", "must be >= 0 and < 1"),
     ({**MINIMAL, "train": {"eps": 0}}, "train.eps", "must be > 0"),
-    ({**MINIMAL, "train": {"epochs": -1}}, "train.epochs", "must be >= 0"),
+    ({**MINIMAL, "train": {"epochs": -1}}, "train.epochs", "must be between 0 and"),
     ({**MINIMAL, "train": {"epochs": 2, "steps": 100}}, "train.epochs", "set one of them"),
     ({**MINIMAL, "train": {"lock_image_unlocked_groups": 2}}, "train.lock_image_unlocked_groups",
      "only applies with train.lock_image = true"),
@@ -172,6 +172,13 @@ def test_epochs_resolve_to_whole_batches_and_the_lock_records_the_steps(tmp_path
     assert doc["lock"]["epochs"] == 3
     doc.pop("lock")
     assert R.from_dict(doc).train.steps == 12  # the lock reads back as a run of 12 steps
+
+
+def test_an_epochs_recipe_prints_without_steps_and_reads_back():
+    rec = R.from_dict({**MINIMAL, "train": {"epochs": 3}})
+    doc = tomllib.loads(R.recipe_text(rec))
+    assert doc["train"]["epochs"] == 3 and "steps" not in doc["train"]
+    assert R.from_dict(doc).train.epochs == 3
 
 
 def test_epochs_too_short_for_the_warmup_name_the_key():

@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from tracer_cli import recipe as recipe_mod
 from tracer_cli import rundir
+from tracer_cli.errors import UsageError
 
 
 def test_the_lock_file_reads_back_as_recipe_tables_and_lock_info(tmp_path):
@@ -78,3 +81,15 @@ def test_last_pt_is_a_copy_where_the_file_system_has_no_hard_links(tmp_path, mon
     assert not os.path.samefile(last, newest)  # a copy, not a link
     assert last.read_bytes() == b"weights" and rundir.verify(last).ok
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
+
+
+def test_rebuilt_network_against_the_locked_one(tmp_path):
+    built = {"backbone": "openclip", "activation": "QuickGELU"}
+    assert rundir.check_built_as_locked(tmp_path, {"activation": "QuickGELU"}, built) is None
+    assert rundir.check_built_as_locked(tmp_path, {}, {"backbone": "other"}) is None
+    with pytest.raises(UsageError, match="trained with activation GELU .* now builds QuickGELU"):
+        rundir.check_built_as_locked(tmp_path, {"activation": "GELU"}, built)
+    notice = rundir.check_built_as_locked(tmp_path, {"backbone": "openclip"}, built)
+    assert "does not record the network" in notice and "activation QuickGELU" in notice
+    # GELU is what every older tracer built: nothing to say.
+    assert rundir.check_built_as_locked(tmp_path, {}, {"activation": "GELU"}) is None

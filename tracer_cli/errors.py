@@ -30,9 +30,10 @@ class UsageError(TracerError):
 class RecipeError(UsageError):
     """A recipe key has a wrong type or value; the message names the key path."""
 
-    def __init__(self, key: str, message: str):
-        self.key = key
-        super().__init__(f"recipe key '{key}': {message}")
+    def __init__(self, key: str, message: str, source: str | None = None):
+        self.key, self.detail = key, message
+        where = f" ({source})" if source else ""
+        super().__init__(f"recipe key '{key}': {message}{where}")
 
 
 class MissingResourceError(UsageError):
@@ -53,6 +54,28 @@ class DiskFullError(RunError):
                          + (f"; {hint}" if hint else ""))
 
 
+class WorkerFailed(RunError):
+    """A process of a multi-process run failed: its rank, and how it ended. ``exitcode`` is the
+    process's own status, negative -N for a death by signal N; ``exit_code`` is the shell's form of
+    it (128 + N for a signal). The caller adds how the run can go on."""
+
+    def __init__(self, rank: int, world_size: int, exitcode: int, hint: str | None = None):
+        self.rank, self.world_size, self.exitcode, self.hint = rank, world_size, exitcode, hint
+        self.exit_code = exitcode if exitcode > 0 else 128 - exitcode
+        if exitcode < 0:
+            how = f"was killed by {_signal_name(-exitcode)} (exit {self.exit_code})"
+        else:
+            how = f"failed with exit code {exitcode}"
+        super().__init__(f"rank {rank} of {world_size} {how}" + (f"; {hint}" if hint else ""))
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 def no_space(exc: OSError) -> bool:
     """Whether an OSError means the disk (or the user's quota) is full."""
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
@@ -68,10 +91,7 @@ class Interrupted(TracerError):
     def __init__(self, signum: int, step: int, checkpoint: str | None, hint: str | None = None):
         self.signum, self.step, self.checkpoint, self.hint = signum, step, checkpoint, hint
         self.exit_code = 128 + signum
-        try:
-            name = signal.Signals(signum).name
-        except ValueError:
-            name = f"signal {signum}"
+        name = _signal_name(signum)
         where = f"checkpoint saved: {checkpoint}" if checkpoint else "no checkpoint was saved"
         super().__init__(f"stopped by {name} after step {step}; {where}"
                          + (f"; {hint}" if hint else ""))

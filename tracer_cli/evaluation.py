@@ -15,9 +15,12 @@ WiSE-FT the entry with α = 1, else the largest α asked for), for the ``classif
                          "macro_f1_wilds", "n", "accuracy_se"}},
      "avg_ood_accuracy", "avg_ood_ece", "id_accuracy",   # null without OOD / ID sets
      "id": [NAME, ...], "ood": [NAME, ...],
+     "retain": [NAME, ...], "retain_before": {NAME: {metrics of θ₀}},
+     "retain_accuracy", "retain_change",                 # only with retention sets
      "model": {"source", "path", "spec", "checkpoint", "step", "which", "backbone", "arch",
                "pretrained", "wise_alpha"[, "head": true]},
-     "wise": [{"alpha", "datasets", "avg_ood_accuracy", "avg_ood_ece", "id_accuracy"}, ...],
+     "wise": [{"alpha", "datasets", "avg_ood_accuracy", "avg_ood_ece", "id_accuracy"[,
+               "retain_accuracy", "retain_change"]}, ...],
      "gates": [{"metric", "flag", "threshold", "value", "passed"}, ...],
      "runtime": {"device", "precision", "wall_time_s"}}
 
@@ -30,6 +33,11 @@ then ``id_<m>`` (the same keys in every ``wise`` entry). ``retrieval``: per data
 ``vqa_score``, ``ece``, ``coverage``, ``n``, ``accuracy_se``; averages ``avg_ood_accuracy``,
 ``avg_ood_vqa_score``, ``avg_ood_ece``, ``id_accuracy``, ``id_vqa_score``. ``"head": true`` marks a
 model read through the run's trained task head.
+
+Retention sets (``data.retain`` / ``--retain``: datasets of other tasks) are scored with
+classification's metrics through the zero-shot text head, never through a trained head, by the
+model and by the pretrained model θ₀ (``retain_before``; a zero-shot model is its own), whatever
+the run's task (:func:`tracer_cli.metric_spec.retention`).
 """
 
 from __future__ import annotations
@@ -48,10 +56,13 @@ import torch
 
 from tracer_cli import recipe as recipe_mod
 from tracer_cli import rundir
-from tracer_cli.contracts import CLASSIFICATION_METRICS, TaskMetrics, task_metrics
+from tracer_cli.contracts import (
+    CLASSIFICATION_METRICS, Backbone, DatasetBundle, Task, TaskMetrics, task_metrics)
 from tracer_cli.engine.build import pretrained_backbone
+from tracer_cli.engine.precision import Precision
 from tracer_cli.errors import GateError, RecipeError, UsageError
 from tracer_cli.events import Reporter, current_reporter
+from tracer_cli.metric_spec import RETAIN_KEYS, retention
 from tracer_cli.recipe import Recipe
 from tracer_cli.runs import (
     WHICH, RunDir, build_head, checkpoint_head, checkpoint_weights, interpolate, load_weights,
@@ -174,14 +185,20 @@ def _close(word: str, choices: Sequence[str]) -> str:
 
 
 def validate_gates(gates: Sequence[Gate], id_names: Sequence[str], ood_names: Sequence[str],
-                   spec: TaskMetrics = CLASSIFICATION_METRICS) -> None:
-    """Check gate keys, directions and thresholds against the task's metrics (``spec``) before
-    any evaluation runs."""
+                   spec: TaskMetrics = CLASSIFICATION_METRICS,
+                   retain_names: Sequence[str] = ()) -> None:
+    """Check gate keys, directions and thresholds against the task's metrics (``spec``; the
+    retention sets and summaries against classification's) before any evaluation runs."""
     datasets = [*id_names, *ood_names]
-    summary = spec.summary_keys
-    available = [k for k in summary if _summary_defined(k, id_names, ood_names, spec)]
+    summary = (*spec.summary_keys, *RETAIN_KEYS)
+    available = [k for k in spec.summary_keys if _summary_defined(k, id_names, ood_names, spec)]
+    available += list(RETAIN_KEYS) if retain_names else []
     keys = available + [f"{d}.{m}" for d in datasets for m in spec.dataset_metrics]
+    keys += [f"{d}.{m}" for d in retain_names for m in CLASSIFICATION_METRICS.dataset_metrics]
     for gate in gates:
+        if gate.key in RETAIN_KEYS and not retain_names:
+            raise UsageError(f"{gate.flag} {gate.key}: there are no retention datasets (give "
+                             "--retain or data.retain)")
         if gate.key not in keys:
             if gate.key in summary:
                 role = "ID" if gate.key in spec.id_keys else "OOD"
@@ -191,15 +208,20 @@ def validate_gates(gates: Sequence[Gate], id_names: Sequence[str], ood_names: Se
                              f"use one of {', '.join(summary)} or DATASET.METRIC with "
                              f"METRIC in {', '.join(spec.dataset_metrics)} and DATASET in "
                              f"{', '.join(datasets)}")
-        higher = spec.higher(gate.metric)
+        judge = CLASSIFICATION_METRICS if gate.key.rsplit(".", 1)[0] in retain_names else spec
+        # Both retention summaries are accuracies (retain_change a difference of two, so it may
+        # be negative: --fail-under retain_change=-0.02 allows two points of forgetting).
+        higher = gate.key in RETAIN_KEYS or judge.higher(gate.metric)
         if higher != (gate.kind == "under"):
             other = "under" if higher else "over"
             better = "higher" if higher else "lower"
             raise UsageError(f"{gate.flag} {gate.key}: {gate.metric} is better when {better}; "
                              f"use --fail-{other} {gate.key}={gate.threshold:g}")
-        if spec.fraction(gate.metric) and not 0.0 <= gate.threshold <= 1.0:
+        low = -1.0 if gate.key == "retain_change" else 0.0
+        fraction = gate.key in RETAIN_KEYS or judge.fraction(gate.metric)
+        if fraction and not low <= gate.threshold <= 1.0:
             raise UsageError(f"{gate.flag} {gate.key}={gate.threshold:g}: {gate.metric} is a "
-                             f"fraction in [0, 1] (write 0.7 for 70%)")
+                             f"fraction in [{low:g}, 1] (write 0.7 for 70%)")
 
 
 def _summary_defined(key: str, id_names: Sequence[str], ood_names: Sequence[str],
@@ -221,6 +243,7 @@ class EvalRequest:
     which: str | None = None
     id_names: list[str] | None = None
     ood_names: list[str] | None = None
+    retain_names: list[str] | None = None
     overrides: list[str] = field(default_factory=list)
     wise_alphas: list[float] | None = None
     gates: list[Gate] = field(default_factory=list)
@@ -228,11 +251,13 @@ class EvalRequest:
 
 @dataclass
 class Loaded:
-    """Finetuned weights, their step, and (trained head, head at θ₀) when the run has a head."""
+    """Finetuned weights, their step, and (trained head, head at θ₀) when the run has a head;
+    for a run, the network its lock file says it was trained in (``[lock.backbone]``)."""
 
     weights: dict[str, torch.Tensor]
     step: int | None
     head: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
+    locked: tuple[Path, dict[str, Any]] | None = None
 
 
 @dataclass
@@ -264,6 +289,10 @@ class EvalPlan:
     @property
     def ood_names(self) -> list[str]:
         return [_display(s) for s in self.recipe.data.ood]
+
+    @property
+    def retain_names(self) -> list[str]:
+        return [_display(s) for s in self.recipe.data.retain]
 
     @property
     def reported_alpha(self) -> float | None:
@@ -301,7 +330,8 @@ def _run_source(req: EvalRequest, which: str) -> _Source:
 
     def load() -> Loaded:
         return Loaded(run.weights(which), run.checkpoint.get("step"),
-                      checkpoint_head(run.checkpoint))
+                      checkpoint_head(run.checkpoint),
+                      (run.path, run.trained_with.get("backbone") or {}))
 
     return _Source("run", raw, str(run.lock_path), load,
                    {"path": str(run.path), "checkpoint": str(run.checkpoint_path), "which": which})
@@ -366,7 +396,7 @@ def _specs_for(names: Sequence[str], data: dict[str, Any]) -> list[Any]:
     """Dataset specs for ``names``: a dataset the recipe already evaluates (matched by label or
     name) keeps its table; any other name is a fresh spec that inherits ``data.options``."""
     known = {}
-    for spec in _as_list(data.get("id")) + _as_list(data.get("ood")):
+    for spec in [s for role in recipe_mod.EVAL_ROLES for s in _as_list(data.get(role))]:
         if isinstance(spec, str):
             known.setdefault(spec, spec)
         elif isinstance(spec, dict) and isinstance(spec.get("name"), str):
@@ -376,8 +406,9 @@ def _specs_for(names: Sequence[str], data: dict[str, Any]) -> list[Any]:
 
 def _recipe_for(source: _Source, req: EvalRequest) -> Recipe:
     # ``--set data.ood[0].root=...`` (what a missing-root error suggests) indexes the datasets
-    # being evaluated, so indexed data.id / data.ood keys apply after --id / --ood chose them.
-    late = [o for o in req.overrides if re.match(r"\s*data\.(id|ood)\[", o)]
+    # being evaluated, so indexed data.id / data.ood / data.retain keys apply after --id / --ood /
+    # --retain chose them.
+    late = [o for o in req.overrides if re.match(r"\s*data\.(id|ood|retain)\[", o)]
     early = [o for o in req.overrides if o not in late]
     raw = recipe_mod.apply_overrides(source.raw, early)
     data = raw.setdefault("data", {})
@@ -387,11 +418,13 @@ def _recipe_for(source: _Source, req: EvalRequest) -> Recipe:
         data["id"] = _specs_for(req.id_names, data)
     if req.ood_names is not None:
         data["ood"] = _specs_for(req.ood_names, data)
-    evaluated = _as_list(data.get("id")) + _as_list(data.get("ood"))
+    if req.retain_names is not None:
+        data["retain"] = _specs_for(req.retain_names, data)
+    evaluated = [s for role in recipe_mod.EVAL_ROLES for s in _as_list(data.get(role))]
     if not evaluated:
-        raise UsageError("no datasets to evaluate: give --id and/or --ood (comma-separated dataset "
-                         "names; `tracer plugins list` shows them), or a recipe with data.id / "
-                         "data.ood")
+        raise UsageError("no datasets to evaluate: give --id, --ood and/or --retain "
+                         "(comma-separated dataset names; `tracer plugins list` shows them), or a "
+                         "recipe with data.id / data.ood / data.retain")
     # Recipes require a training set; eval never builds it, so any evaluated spec will do.
     data.setdefault("train", copy.deepcopy(evaluated[0]))
     return recipe_mod.from_dict(recipe_mod.apply_overrides(raw, late), source=source.recipe_source)
@@ -408,14 +441,14 @@ def prepare(req: EvalRequest) -> EvalPlan:
     recipe = _recipe_for(source, req)
     host = get_host()
     host.backbones.get(recipe.model.backbone)
-    for spec in recipe.data.id + recipe.data.ood:
+    for spec in recipe.data.id + recipe.data.ood + recipe.data.retain:
         host.datasets.get(spec["name"])  # unknown names fail here, listing close matches
     # The run's task decides what is measured (and so which gate keys exist); building it also
     # checks the [task] options before any weights are read.
     task = host.tasks.get(recipe.task.name).factory(dict(recipe.task.options))
     plan = EvalPlan(recipe, _describe(source, recipe), source.load_weights, req.wise_alphas,
                     list(req.gates), task_metrics(task))
-    validate_gates(plan.gates, plan.id_names, plan.ood_names, plan.metrics)
+    validate_gates(plan.gates, plan.id_names, plan.ood_names, plan.metrics, plan.retain_names)
     return plan
 
 
@@ -460,7 +493,6 @@ def run_plan(plan: EvalPlan, reporter: Reporter | None = None) -> EvalReport:
     """Evaluate the plan's model (or each WiSE-FT mix) on every dataset of the plan."""
     from tracer_cli.engine.precision import resolve_device, resolve_precision
     from tracer_cli.engine.build import build_task, eval_sets
-    from tracer_cli.engine.scoring import task_evaluate
 
     reporter = reporter or current_reporter()
     start = time.time()
@@ -471,9 +503,13 @@ def run_plan(plan: EvalPlan, reporter: Reporter | None = None) -> EvalReport:
     tuned = loaded.weights if loaded is not None else None
     model["step"] = loaded.step if loaded is not None else None
     backbone = pretrained_backbone(recipe)
+    if loaded is not None and loaded.locked is not None:
+        notice = rundir.check_built_as_locked(*loaded.locked, backbone.describe())
+        if notice:
+            reporter.notice(notice)
     module = backbone.model
     theta0 = ({k: v.detach().clone() for k, v in module.state_dict().items()}
-              if plan.alphas else None)
+              if plan.alphas or (plan.retain_names and tuned is not None) else None)
     if tuned is not None:  # also for WiSE-FT: a foreign checkpoint fails before data is read
         load_weights(module, tuned, model["checkpoint"])
     task = build_task(recipe)
@@ -484,8 +520,10 @@ def run_plan(plan: EvalPlan, reporter: Reporter | None = None) -> EvalReport:
     if head is not None:
         model["head"] = True
         head.to(device)
-    sets = eval_sets(recipe, backbone)
+    scorer = _Scorer(task, backbone, module, precision, eval_sets(recipe, backbone),
+                     eval_sets(recipe, backbone, ("retain",)))
     module.to(device)
+    before = _retain_before(scorer, theta0, tuned, model["checkpoint"], reporter)
     reported = plan.reported_alpha
     entries, predictions = [], {}
     for alpha in plan.alphas or [None]:
@@ -493,12 +531,12 @@ def run_plan(plan: EvalPlan, reporter: Reporter | None = None) -> EvalReport:
             load_weights(module, interpolate(theta0, tuned, alpha), model["checkpoint"])
             if head is not None:
                 head.load_state_dict(interpolate(head_states[1], head_states[0], alpha))
-        reporter.notice(f"evaluating {_what(model, alpha)} on {', '.join(sets)}")
-        results = task_evaluate(task, backbone, module, sets, precision.device,
-                                precision.autocast, head)
+        reporter.notice(f"evaluating {_what(model, alpha)} on {', '.join(scorer.names)}")
+        results = scorer.score(head)
         metrics = {name: r["metrics"] for name, r in results.items()}
         entries.append({"alpha": alpha, **summarize(metrics, plan.id_names, plan.ood_names,
-                                                    plan.metrics)})
+                                                    plan.metrics),
+                        **retention(metrics, plan.retain_names, before or metrics)})
         if alpha == reported:  # tasks without logits and labels (retrieval) have no predictions
             predictions = {n: (r["logits"], r["labels"]) for n, r in results.items()
                            if r.get("logits") is not None and r.get("labels") is not None}
@@ -506,12 +544,70 @@ def run_plan(plan: EvalPlan, reporter: Reporter | None = None) -> EvalReport:
     top = next(e for e in entries if e["alpha"] == reported)
     document = {**{k: v for k, v in top.items() if k != "alpha"},
                 "id": plan.id_names, "ood": plan.ood_names,
+                **_retain_block(plan.retain_names, before or top["datasets"]),
                 "model": {**model, "wise_alpha": reported},
                 "wise": entries if plan.alphas else [], "gates": [],
                 "runtime": {"device": str(device), "precision": precision.name,
                             "wall_time_s": round(time.time() - start, 2)}}
     document["gates"] = gate_results(plan.gates, document)
     return EvalReport(document, predictions, plan.metrics)
+
+
+@dataclass
+class _Scorer:
+    """The model's evaluation on the plan's sets: the task's on the ID and OOD sets (through the
+    run's head when it has one), the zero-shot classification head's on the retention sets."""
+
+    task: Task
+    backbone: Backbone
+    module: torch.nn.Module
+    precision: Precision
+    sets: dict[str, tuple[DatasetBundle, Any]]
+    retain: dict[str, tuple[DatasetBundle, Any]]
+
+    @property
+    def names(self) -> list[str]:
+        return [*self.sets, *self.retain]
+
+    def score(self, head: torch.nn.Module | None = None) -> dict[str, dict[str, Any]]:
+        from tracer_cli.engine.scoring import task_evaluate
+
+        results = task_evaluate(self.task, self.backbone, self.module, self.sets,
+                                self.precision.device, self.precision.autocast, head) \
+            if self.sets else {}
+        return {**results, **self.score_retention()}
+
+    def score_retention(self) -> dict[str, dict[str, Any]]:
+        """Never through a head: a trained head has only the finetuning task's classes."""
+        from tracer_cli.engine.build import retain_task
+        from tracer_cli.engine.scoring import task_evaluate
+
+        if not self.retain:
+            return {}
+        return task_evaluate(retain_task(), self.backbone, self.module, self.retain,
+                             self.precision.device, self.precision.autocast)
+
+
+def _retain_before(scorer: _Scorer, theta0: dict[str, torch.Tensor] | None,
+                   tuned: dict[str, torch.Tensor] | None, checkpoint: str | None,
+                   reporter: Reporter) -> dict[str, Any] | None:
+    """The pretrained model's (θ₀) metrics on the retention sets, for finetuned weights; None
+    for a zero-shot model, whose own metrics are "before" too. The module ends up holding the
+    finetuned weights again."""
+    if not scorer.retain or tuned is None:
+        return None
+    reporter.notice(f"evaluating the pretrained model on {', '.join(scorer.retain)} "
+                    "(retention before finetuning)")
+    load_weights(scorer.module, theta0, checkpoint)
+    before = {n: r["metrics"] for n, r in scorer.score_retention().items()}
+    load_weights(scorer.module, tuned, checkpoint)
+    return before
+
+
+def _retain_block(names: list[str], before: dict[str, Any]) -> dict[str, Any]:
+    """The document's retention entries: the sets' names and the pretrained model's metrics on
+    them (``retain_before``)."""
+    return {"retain": names, "retain_before": {n: before[n] for n in names}}
 
 
 def _what(model: dict[str, Any], alpha: float | None) -> str:

@@ -650,7 +650,7 @@ def _summary_eval(run_path: Path) -> dict[str, Any] | None:
     if not isinstance(ev, dict) or not ev.get("models"):
         return None
     return {"source": rundir.SUMMARY, "id": ev.get("id", []), "ood": ev.get("ood", []),
-            "models": ev["models"]}
+            "retain": ev.get("retain", []), "models": ev["models"]}
 
 
 def _eval_files(run: RunDir) -> dict[str, Any] | None:
@@ -664,7 +664,8 @@ def _eval_files(run: RunDir) -> dict[str, Any] | None:
     recipe = run.recipe
     return {"source": "eval/*.json",
             "id": [s.get("label") or s["name"] for s in recipe.data.id],
-            "ood": [s.get("label") or s["name"] for s in recipe.data.ood], "models": models}
+            "ood": [s.get("label") or s["name"] for s in recipe.data.ood],
+            "retain": [s.get("label") or s["name"] for s in recipe.data.retain], "models": models}
 
 
 def _versions(fmt: str) -> dict[str, Any]:
@@ -776,17 +777,29 @@ def _eval_lines(ev: dict[str, Any] | None) -> list[str]:
     def cell(metric: str, value: Any) -> str:
         return _pct(value) if metric in percent else _num(value)
 
+    retain = list(ev.get("retain") or [])
     lines = ["## Evaluation (from the run)", "",
              f"Source: `{ev['source']}`; the exported model is "
              + (f"`{ev['describes']}`." if ev["describes"] else
                 "none of these (evaluate it with `tracer eval`)."), "",
              "| model | " + " | ".join(f"{n} {headers[primary]}" for n in names)
-             + "".join(f" | avg OOD {headers[m]}" for m in averaged) + " |",
-             "|---|" + "---:|" * (len(names) + len(averaged))]
+             + "".join(f" | avg OOD {headers[m]}" for m in averaged)
+             + "".join(f" | {n} (retain) acc %" for n in retain)
+             + (" | retained acc % | retained change" if retain else "") + " |",
+             "|---|" + "---:|" * (len(names) + len(averaged) + len(retain) + 2 * bool(retain))]
     for tag, metrics in ev["models"].items():
         cells = [cell(primary, (metrics.get(n) or {}).get(primary)) for n in names]
         cells += [cell(m, metrics.get(f"avg_ood_{m}")) for m in averaged]
+        cells += [_pct((metrics.get(n) or {}).get("accuracy")) for n in retain]
+        if retain:
+            change = metrics.get("retain_change")
+            cells += [_pct(metrics.get("retain_accuracy")),
+                      "-" if change is None else f"{100 * change:+.2f}"]
         lines.append(f"| {tag} | " + " | ".join(cells) + " |")
+    if retain:
+        lines += ["", "Retention: zero-shot accuracy on datasets of other tasks (the model's text "
+                  "head with their own class names), and its change from the pretrained model "
+                  "(after minus before; negative is forgetting)."]
     return lines + [""]
 
 

@@ -131,3 +131,24 @@ def task_metrics(task: Any) -> TaskMetrics:
     """The task's declared :class:`TaskMetrics`, or the classification spec when it has none."""
     spec = getattr(task, "metrics", None)
     return spec if isinstance(spec, TaskMetrics) else CLASSIFICATION_METRICS
+
+
+# Retention (``data.retain``): datasets of other tasks, scored zero-shot with the classification
+# task's text head before and after finetuning. Their summaries, in every summary, eval document,
+# comparison and model card that has retention sets: the mean accuracy over the retention sets,
+# and its change from the pretrained model (after minus before; negative is forgetting).
+RETAIN_KEYS = ("retain_accuracy", "retain_change")
+
+
+def retention(after: Mapping[str, Mapping[str, Any]], names: list[str] | tuple[str, ...],
+              before: Mapping[str, Mapping[str, Any]] | None) -> dict[str, float | None]:
+    """``retain_accuracy``, the mean accuracy of ``after`` over the retention sets ``names``, and
+    ``retain_change``, that mean minus the same mean of ``before`` (the pretrained model's
+    metrics; None when it was not measured). Empty without retention sets."""
+    if not names:
+        return {}
+    mean = sum(after[n]["accuracy"] for n in names) / len(names)
+    change = None
+    if before is not None and all(n in before for n in names):
+        change = mean - sum(before[n]["accuracy"] for n in names) / len(names)
+    return {"retain_accuracy": mean, "retain_change": change}

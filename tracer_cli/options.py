@@ -6,7 +6,7 @@ Core recipe sections are validated by :mod:`tracer_cli.recipe`; tables a plugin 
 
     opts = Options(spec, path="data.train")
     root = opts.path("root")
-    size = opts.int("size", default=1000, minimum=1)
+    size = opts.int("size", default=1000, minimum=1, maximum=10**6)
     opts.done()          # unknown keys are errors
 """
 
@@ -63,14 +63,14 @@ class Options:
             raise RecipeError(self.key(name), f"got {value!r}; allowed: {', '.join(choices)}")
         return value
 
-    def int(self, name: str, default: Any = _MISSING, minimum: int | None = None) -> Any:
+    def int(self, name: str, default: Any = _MISSING, minimum: int | None = None,
+            maximum: int | None = None) -> Any:
         value = self._get(name, default)
         if value is default and default is not _MISSING:
             return value
         if isinstance(value, bool) or not isinstance(value, int):
             raise RecipeError(self.key(name), f"expected an integer, got {value!r}")
-        if minimum is not None and value < minimum:
-            raise RecipeError(self.key(name), f"got {value}; must be >= {minimum}")
+        self._check_bounds(name, value, minimum, maximum)
         return value
 
     def float(self, name: str, default: Any = _MISSING, minimum: float | None = None,
@@ -83,11 +83,17 @@ class Options:
         if not fits_float32(value):
             raise RecipeError(self.key(name), f"got {value!r}; must be a finite number of "
                               f"magnitude at most {FLOAT32_MAX:.4g} (float32)")
-        if minimum is not None and value < minimum:
-            raise RecipeError(self.key(name), f"got {value}; must be >= {minimum}")
-        if maximum is not None and value > maximum:
-            raise RecipeError(self.key(name), f"got {value}; must be <= {maximum}")
+        self._check_bounds(name, value, minimum, maximum)
         return float(value)
+
+    def _check_bounds(self, name: str, value: Any, minimum: Any, maximum: Any) -> None:
+        if (minimum is None or value >= minimum) and (maximum is None or value <= maximum):
+            return
+        if minimum is not None and maximum is not None:
+            allowed = f"between {minimum} and {maximum:,}"
+        else:
+            allowed = f">= {minimum}" if minimum is not None else f"<= {maximum:,}"
+        raise RecipeError(self.key(name), f"got {value}; must be {allowed}")
 
     def bool(self, name: str, default: Any = _MISSING) -> Any:
         value = self._get(name, default)

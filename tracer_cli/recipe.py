@@ -15,6 +15,7 @@ import dataclasses
 import re
 import sys
 import typing
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +35,8 @@ METHODS = ("zeroshot", "lp", "ft", "lpft", "flyp", "carot", "tracer")
 # Methods that train a task head with its supervised loss (cross-entropy for classification)
 # instead of the contrastive image-text loss, and take no teacher.
 HEAD_METHODS = ("lp", "ft", "lpft")
+# Methods with a teacher and distillation terms; every other method refuses their keys.
+TEACHER_METHODS = ("carot", "tracer")
 # numpy seeds its global generator from an unsigned 32-bit value.
 MAX_SEED = 2**32 - 1
 # The longest file name most file systems accept (NAME_MAX, in bytes).
@@ -41,12 +44,32 @@ MAX_NAME_BYTES = 255
 # How deeply tables and arrays may nest in a recipe: real recipes use four or five levels; far
 # deeper ones would exhaust Python's recursion limit while being copied or compared.
 MAX_NESTING = 64
+# Upper bounds of the counts a recipe sets, far beyond any real run, so that a typo (an extra
+# zero, 2**70) stops before anything is allocated instead of overflowing or exhausting memory:
+# optimizer steps (and every interval counted in steps), examples per batch, loader workers.
+MAX_STEPS = 10**9
+MAX_BATCH = 2**20
+MAX_WORKERS = 1024
 _CUDA_DEVICE = re.compile(r"cuda:\d+")
 
 
 def _check(path: str, ok: bool, message: str) -> None:
     if not ok:
         raise RecipeError(path, message)
+
+
+def _check_range(path: str, value: int, low: int, high: int, note: str = "") -> None:
+    _check(path, low <= value <= high, f"got {value}; must be between {low} and {high:,}{note}")
+
+
+def _check_name(path: str, value: str, what: str) -> None:
+    """Refuse control characters (a newline, a tab, an escape) in a name that becomes a folder or
+    file name, a log tag or a line of a table: they make names that span lines or cannot be
+    typed."""
+    bad = [c for c in value if unicodedata.category(c) == "Cc"]
+    if bad:
+        raise RecipeError(path, f"got {value!r}; a {what} cannot contain control characters "
+                                f"(found U+{ord(bad[0]):04X})")
 
 
 @dataclass
@@ -79,11 +102,10 @@ class RunConfig:
         size = len(self.name.encode("utf-8", "surrogateescape"))
         _check(f"{path}.name", size <= MAX_NAME_BYTES, f"is {size} bytes long; a folder name can "
                f"have at most {MAX_NAME_BYTES} bytes")
-        _check(f"{path}.output_dir", "\0" not in self.output_dir,
-               f"got {self.output_dir!r}; a path cannot contain NUL characters")
-        _check(f"{path}.seed", 0 <= self.seed <= MAX_SEED,
-               f"got {self.seed}; must be between 0 and {MAX_SEED}")
-        _check(f"{path}.log_every", self.log_every >= 1, f"got {self.log_every}; must be >= 1")
+        _check_name(f"{path}.name", self.name, "folder name")
+        _check_name(f"{path}.output_dir", self.output_dir, "path")
+        _check_range(f"{path}.seed", self.seed, 0, MAX_SEED)
+        _check_range(f"{path}.log_every", self.log_every, 1, MAX_STEPS)
         ok = self.device in ("auto", "cpu", "cuda") or bool(_CUDA_DEVICE.fullmatch(self.device))
         _check(f"{path}.device", ok, f"got {self.device!r}; allowed: auto, cpu, cuda, cuda:N")
         dupes = sorted({n for n in self.loggers if self.loggers.count(n) > 1})
@@ -106,6 +128,9 @@ class DataConfig:
     train: dict[str, Any] = field(default_factory=dict)
     id: list[dict[str, Any]] = field(default_factory=list)
     ood: list[dict[str, Any]] = field(default_factory=list)
+    # Retention: datasets of other tasks, scored zero-shot before and after finetuning (what the
+    # model kept of its general knowledge; tracer_cli.metric_spec.retention).
+    retain: list[dict[str, Any]] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
     eval_batch_size: int = 256
     num_workers: int = 0
@@ -115,8 +140,8 @@ class DataConfig:
     max_bad_fraction: float = 0.01
 
     def validate(self, path: str) -> None:
-        _check(f"{path}.eval_batch_size", self.eval_batch_size >= 1, "must be >= 1")
-        _check(f"{path}.num_workers", self.num_workers >= 0, "must be >= 0")
+        _check_range(f"{path}.eval_batch_size", self.eval_batch_size, 1, MAX_BATCH)
+        _check_range(f"{path}.num_workers", self.num_workers, 0, MAX_WORKERS)
         _check(f"{path}.max_bad_fraction", 0 <= self.max_bad_fraction < 1,
                f"got {self.max_bad_fraction}; must be >= 0 and < 1")
 
@@ -192,8 +217,8 @@ class TrainConfig:
         return self.lp_steps or self.steps // 2
 
     def validate(self, path: str) -> None:
-        for key in ("steps", "batch_size"):
-            _check(f"{path}.{key}", getattr(self, key) >= 1, f"got {getattr(self, key)}; must be >= 1")
+        _check_range(f"{path}.steps", self.steps, 1, MAX_STEPS)
+        _check_range(f"{path}.batch_size", self.batch_size, 1, MAX_BATCH)
         for key, note in (("lr", ""), ("weight_decay", ""), ("grad_clip", " (0 disables)")):
             value = getattr(self, key)
             _check(f"{path}.{key}", value >= 0, f"got {value:g}; must be >= 0{note}")
@@ -201,12 +226,12 @@ class TrainConfig:
         self._validate_locks(path)
         if not self.epochs:  # with epochs, once the steps are known (resolve_epochs)
             self._validate_horizon(path)
-        _check(f"{path}.checkpoint_every", self.checkpoint_every >= 0,
-               "must be >= 0 (0: only the final checkpoint)")
-        _check(f"{path}.keep_checkpoints", self.keep_checkpoints >= 0,
-               f"got {self.keep_checkpoints}; must be >= 0 (0: keep every step checkpoint)")
-        _check(f"{path}.keep_every", self.keep_every >= 0,
-               f"got {self.keep_every}; must be >= 0 (0: no weights-only milestones)")
+        _check_range(f"{path}.checkpoint_every", self.checkpoint_every, 0, MAX_STEPS,
+                     " (0: only the final checkpoint)")
+        _check_range(f"{path}.keep_checkpoints", self.keep_checkpoints, 0, MAX_STEPS,
+                     " (0: keep every step checkpoint)")
+        _check_range(f"{path}.keep_every", self.keep_every, 0, MAX_STEPS,
+                     " (0: no weights-only milestones)")
         _check(f"{path}.head_lr", self.head_lr >= 0, "must be >= 0 (0: train.lr)")
         _check(f"{path}.accum_steps", self.accum_steps >= 1 and
                self.batch_size % self.accum_steps == 0,
@@ -233,8 +258,8 @@ class TrainConfig:
             value = getattr(self, key)
             _check(f"{path}.{key}", 0 <= value < 1, f"got {value:g}; must be >= 0 and < 1")
         _check(f"{path}.eps", self.eps > 0, f"got {self.eps:g}; must be > 0")
-        _check(f"{path}.epochs", self.epochs >= 0,
-               f"got {self.epochs}; must be >= 0 (0: the run's length is train.steps)")
+        _check_range(f"{path}.epochs", self.epochs, 0, MAX_STEPS,
+                     " (0: the run's length is train.steps)")
 
     def _validate_locks(self, path: str) -> None:
         """The ``lock_*`` options need their tower locked, and a method whose backbone trains."""
@@ -268,6 +293,9 @@ class TrainConfig:
                f"the training set has {dataset_size} examples, fewer than one batch "
                f"(train.batch_size = {self.batch_size})")
         self.steps = self.epochs * per_epoch
+        _check(f"{path}.epochs", self.steps <= MAX_STEPS,
+               f"got {self.epochs}: {self.steps:,} steps of {per_epoch:,} per epoch; a run has at "
+               f"most {MAX_STEPS:,}")
         self._validate_horizon(path)
 
 
@@ -282,9 +310,9 @@ class TeacherConfig:
 
     def validate(self, path: str) -> None:
         _check(f"{path}.beta", self.beta > 0, f"got {self.beta}; must be > 0")
-        _check(f"{path}.update_every", self.update_every >= 0,
-               f"must be >= 0 (0: the kind's default, {DEFAULT_UPDATE_EVERY['wma']} for wma and "
-               f"{DEFAULT_UPDATE_EVERY['ema']} for ema)")
+        _check_range(f"{path}.update_every", self.update_every, 0, MAX_STEPS,
+                     f" (0: the kind's default, {DEFAULT_UPDATE_EVERY['wma']} for wma and "
+                     f"{DEFAULT_UPDATE_EVERY['ema']} for ema)")
         for key in ("momentum_start", "momentum_end", "momentum_warmup"):
             value = getattr(self, key)
             _check(f"{path}.{key}", 0 <= value <= 1, f"got {value}; must be in [0, 1]")
@@ -386,6 +414,7 @@ class Recipe:
             "model": {"backbone": self.model.backbone, "freeze_bn_stats": self.model.freeze_bn_stats,
                       **self.model.options},
             "data": {"train": self.data.train, "id": self.data.id, "ood": self.data.ood,
+                     "retain": self.data.retain,
                      "eval_batch_size": self.data.eval_batch_size,
                      "num_workers": self.data.num_workers,
                      "max_bad_fraction": self.data.max_bad_fraction,
@@ -463,10 +492,16 @@ def _dataset_spec(value: Any, path: str, defaults: dict[str, Any]) -> dict[str, 
         value = {"name": value}
     _check(path, isinstance(value, dict) and isinstance(value.get("name"), str),
            f"expected a dataset name or a table with a 'name' key, got {value!r}")
+    _check_name(f"{path}.name", value["name"], "dataset name")
     spec = {**copy.deepcopy(defaults), **value}
     if "label" in spec:
         _check(f"{path}.label", isinstance(spec["label"], str) and spec["label"], "must be a string")
+        _check_name(f"{path}.label", spec["label"], "dataset label")
     return spec
+
+
+# The evaluation roles of [data]: in-distribution, out-of-distribution and retention sets.
+EVAL_ROLES = ("id", "ood", "retain")
 
 
 def _data_section(table: Any, path: str) -> DataConfig:
@@ -477,17 +512,18 @@ def _data_section(table: Any, path: str) -> DataConfig:
     _check(f"{path}.train", "train" in table, "is required (the finetuning dataset)")
     train = _dataset_spec(table.pop("train"), f"{path}.train", options)
     lists = {}
-    for role in ("id", "ood"):
+    for role in EVAL_ROLES:
         raw = table.pop(role, [])
         raw = [raw] if isinstance(raw, (str, dict)) else raw
         _check(f"{path}.{role}", isinstance(raw, list), f"expected a list of datasets, got {raw!r}")
         lists[role] = [_dataset_spec(v, f"{path}.{role}[{i}]", options) for i, v in enumerate(raw)]
     cfg = _section(DataConfig, table, path)
     cfg.train, cfg.id, cfg.ood, cfg.options = train, lists["id"], lists["ood"], options
-    names = [_display(s) for s in cfg.id + cfg.ood]
+    cfg.retain = lists["retain"]
+    names = [_display(s) for s in cfg.id + cfg.ood + cfg.retain]
     dupes = sorted({n for n in names if names.count(n) > 1})
-    _check(f"{path}.ood", not dupes, f"evaluation datasets {dupes} appear twice; give each a "
-           "distinct 'label'")
+    _check(f"{path}.{'retain' if cfg.retain else 'ood'}", not dupes, f"evaluation datasets "
+           f"{dupes} appear twice; give each a distinct 'label'")
     return cfg
 
 
@@ -561,9 +597,10 @@ def _check_method(recipe: Recipe) -> None:
     """Methods without a teacher term refuse teacher and distillation keys instead of silently
     ignoring them."""
     method = recipe.train.method
-    if method in ("flyp", "carot", "tracer"):
+    if method in TEACHER_METHODS:
         return
     what = ("trains a task head with cross-entropy" if method in HEAD_METHODS
+            else "trains with the contrastive loss alone" if method == "flyp"
             else "evaluates the pretrained model without training")
     _check("teacher.kind", recipe.teacher.kind == "none",
            f"got {recipe.teacher.kind!r}, but train.method = '{method}' {what} and takes no "
@@ -587,7 +624,8 @@ def _check_method(recipe: Recipe) -> None:
 RESUME_FREE_KEYS = (
     "run.name", "run.output_dir", "run.device", "run.precision", "run.eval", "run.eval_zeroshot",
     "run.log_every",
-    "run.track_drift", "run.loggers", "loggers", "data.id", "data.ood", "data.eval_batch_size",
+    "run.track_drift", "run.loggers", "loggers", "data.id", "data.ood", "data.retain",
+    "data.eval_batch_size",
     "data.num_workers", "data.max_bad_fraction", "data.options",
     "train.checkpoint_every", "train.keep_checkpoints", "train.keep_every", "train.on_nonfinite",
     "train.compile", "train.channels_last", "train.grad_checkpointing", "train.accum_steps",
@@ -690,10 +728,15 @@ def too_deep(value: Any, limit: int = MAX_NESTING) -> str | None:
     return None
 
 
+# The value of ``--set key=`` (nothing after "="): remove the key, so that its default applies.
+REMOVE = object()
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b.c=value`` → (["a","b","c"], value). The value is read as TOML if it parses
     (numbers, booleans, quoted strings, lists, inline tables), else taken as a plain string, and a
-    bare word with commas becomes a list (``data.ood=synth-sketch,synth-noisy``)."""
+    bare word with commas becomes a list (``data.ood=synth-sketch,synth-noisy``). Nothing after
+    the "=" gives :data:`REMOVE` (an empty string is ``a.b.c=""``)."""
     key, sep, value = text.partition("=")
     parts = key.strip().split(".")
     if not sep or not all(p.strip() for p in parts):
@@ -701,6 +744,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if len(parts) > MAX_NESTING:
         raise UsageError(f"--set '{key[:40]}...': the key path has {len(parts)} parts; a recipe "
                          f"nests at most {MAX_NESTING} levels")
+    if not value.strip():
+        return [p.strip() for p in parts], REMOVE
     try:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
     except (tomllib.TOMLDecodeError, RecursionError, KeyError):
@@ -714,11 +759,18 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     """Apply ``--set`` overrides to a parsed recipe (a deep copy is returned).
 
     A part ``name[i]`` indexes a list (``data.ood[0].root=/x``); a dataset given by its name alone
-    (``data.train``, ``data.id[i]``, ``data.ood[i]``) becomes a table when a key is set inside it.
+    (``data.train``, ``data.id[i]``, ``data.ood[i]``, ``data.retain[i]``) becomes a table when a key
+    is set inside it. ``key=`` removes the key. An override of ``train.method`` first drops the
+    keys the recipe's own method set (:func:`method_switch`).
     """
     raw = copy.deepcopy(raw)
+    for key in method_switch(raw, overrides)[1]:
+        _remove(raw, key.split("."))
     for text in overrides:
         parts, value = parse_override(text)
+        if value is REMOVE:
+            _remove(raw, parts)
+            continue
         deep = too_deep(value, MAX_NESTING - len(parts))
         if deep is not None:
             raise UsageError(f"--set '{'.'.join(parts)}': the value nests tables or arrays more "
@@ -728,12 +780,60 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = _child_table(node, part, ".".join(parts[: i + 1]), ".".join(parts))
         owner, slot = _slot(node, parts[-1], ".".join(parts), ".".join(parts))
         old = owner.get(slot) if isinstance(owner, dict) else owner[slot]
-        owner[slot] = _keep_string_type(old, value)
+        owner[slot] = _keep_string_type(old, value, _declared_type(parts))
     return raw
 
 
+# What a method owns: its teacher, its distillation and projection-regularizer weights
+# ([distill], lambda_fn and lambda_orth included) and lpft's probing phase.
+METHOD_OWNED = ("teacher", "distill", "train.lp_steps")
+
+
+def method_switch(raw: dict[str, Any], overrides: list[str]) -> tuple[str | None, list[str]]:
+    """(the method ``overrides`` switch ``raw`` to, the keys of ``raw`` the switch resets), or
+    (None, []) when they keep its method.
+
+    ``--set train.method=X`` trains X as its defaults define it: the recipe's method-owned keys
+    (:data:`METHOD_OWNED`) go, so X's defaults (:data:`METHOD_DEFAULTS`) fill them, except those
+    the same overrides set again.
+    """
+    parsed = [parse_override(text) for text in overrides]
+    given = [".".join(parts) for parts, _ in parsed]
+    methods = ["tracer" if value is REMOVE else value for parts, value in parsed
+               if parts == ["train", "method"]]
+    train = raw.get("train")
+    current = train.get("method", "tracer") if isinstance(train, dict) else "tracer"
+    if not methods or methods[-1] == current or methods[-1] not in METHODS:
+        return None, []  # an unknown method is refused, naming the allowed ones, by from_dict
+    owned = [key for key in _flatten(raw) if any(
+        key == o or key.startswith(o + ".") for o in METHOD_OWNED)]
+    kept = [key for key in owned if any(key == g or key.startswith(g + ".") for g in given)]
+    return methods[-1], [key for key in owned if key not in kept]
+
+
+def _remove(raw: dict[str, Any], parts: list[str]) -> None:
+    """Remove the key (or list entry) at ``parts``; one that is not there is already removed."""
+    node: Any = raw
+    for i, part in enumerate(parts):
+        match = _INDEXED.match(part)
+        key, index = (match.group(1), int(match.group(2))) if match else (part, None)
+        if not isinstance(node, dict) or key not in node:
+            return
+        if index is not None:
+            if not isinstance(node[key], list) or index >= len(node[key]):
+                return
+            if i == len(parts) - 1:
+                del node[key][index]
+                return
+            node = node[key][index]
+        elif i == len(parts) - 1:
+            del node[key]
+        else:
+            node = node[key]
+
+
 _INDEXED = re.compile(r"^(.+)\[(\d+)\]$")
-_DATASET_SLOT = re.compile(r"^data\.(train|id\[\d+\]|ood\[\d+\])$")
+_DATASET_SLOT = re.compile(r"^data\.(train|(id|ood|retain)\[\d+\])$")
 
 
 def _slot(node: dict[str, Any], part: str, path: str, full: str) -> tuple[Any, Any]:
@@ -763,28 +863,80 @@ def _child_table(node: dict[str, Any], part: str, path: str, full: str) -> dict[
     return child
 
 
-def _keep_string_type(old: Any, new: Any) -> Any:
-    """``--set run.name=123`` on a string key keeps "123" a string rather than an int."""
-    if isinstance(old, str) and isinstance(new, (int, float)) and not isinstance(new, bool):
+# The typed sections and their dataclasses; their other keys (in model, data, task) are plugins'.
+_SECTION_TYPES: dict[str, type] = {
+    "run": RunConfig, "model": ModelConfig, "data": DataConfig, "task": TaskConfig,
+    "train": TrainConfig, "teacher": TeacherConfig, "distill": DistillWeights}
+
+
+def _declared_type(parts: list[str]) -> Any:
+    """The annotation of the core key ``parts`` names (``train.steps``: int), or None for a key
+    this module does not type (a plugin's option, an unknown key)."""
+    cls = _SECTION_TYPES.get(parts[0]) if len(parts) == 2 else None
+    return typing.get_type_hints(cls).get(parts[1]) if cls is not None else None
+
+
+def _keep_string_type(old: Any, new: Any, declared: Any = None) -> Any:
+    """``--set run.name=123`` on a string key keeps "123" a string rather than an int. A core
+    key's declared type decides, so that an override replacing a mistyped value (``steps =
+    "ten"`` in the file) is taken as written; for a plugin's key, the value it replaces does."""
+    if declared is not None:
+        wants_string = declared is str or (typing.get_origin(declared) is Literal and all(
+            isinstance(a, str) for a in typing.get_args(declared)))
+    else:
+        wants_string = isinstance(old, str)
+    if wants_string and isinstance(new, (int, float)) and not isinstance(new, bool):
         return str(new)
     return new
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override and validate a recipe file."""
-    raw = apply_overrides(read_toml(Path(path)), overrides or [])
-    return from_dict(raw, source=str(path))
+    """Read, override and validate a recipe file. A ``--set train.method`` that resets the
+    recipe's method-owned keys says so in one notice; an error in a key that ``--set`` gave names
+    that override, so the value it quotes is seen to be the one in force."""
+    raw = read_toml(Path(path))
+    method, reset = method_switch(raw, overrides or [])
+    if reset:
+        from tracer_cli.events import current_reporter
+
+        current_reporter().notice(
+            f"notice: train.method = '{method}' replaces the recipe's own method: "
+            f"{', '.join(reset)} reset to {method}'s defaults (--set them to keep them)")
+    try:
+        return from_dict(apply_overrides(raw, overrides or []), source=str(path))
+    except RecipeError as exc:
+        given = [o for o in overrides or [] if _sets_key(o, exc.key)]
+        if not given:
+            raise
+        raise RecipeError(exc.key, exc.detail, f"from --set {given[-1]}") from None
+
+
+def _sets_key(override: str, key: str) -> bool:
+    """Whether ``--set override`` set ``key`` or a table holding it."""
+    path = override.partition("=")[0].strip()
+    return key == path or key.startswith(f"{path}.") or key.startswith(f"{path}[")
+
+
+def recipe_text(recipe: Recipe) -> str:
+    """The resolved recipe as TOML (``tracer finetune --print-recipe``)."""
+    doc = recipe.to_dict()
+    if recipe.train.epochs:  # its steps come from the training set, which is not read here
+        del doc["train"]["steps"]
+    return _toml_text(doc)
 
 
 def lock_text(recipe: Recipe, extra: dict[str, Any]) -> str:
     """The resolved recipe plus ``extra`` (versions, git hash) in a ``[lock]`` table, as TOML:
     what a run's ``recipe.lock.toml`` holds."""
+    doc = resolved_tables(recipe.to_dict())
+    # An epochs run records the epochs its steps were resolved from.
+    doc["lock"] = {**extra, "epochs": recipe.train.epochs} if recipe.train.epochs else extra
+    return _toml_text(doc)
+
+
+def _toml_text(doc: dict[str, Any]) -> str:
     import tomli_w
 
-    doc = resolved_tables(recipe.to_dict())
-    doc["lock"] = _toml_safe(extra)
-    if recipe.train.epochs:  # what the steps were resolved from
-        doc["lock"]["epochs"] = recipe.train.epochs
     return tomli_w.dumps(_toml_safe(doc))
 
 

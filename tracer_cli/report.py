@@ -40,3 +40,25 @@ def accuracy_table(summary: dict[str, Any], title: str | None = None,
         table.add_row("average OOD", "",
                       *(show(models[m].get(f"avg_ood_{primary}")) for m in models), style="bold")
     return table
+
+
+def _signed_pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:+.2f}"
+
+
+def retention_table(names: list[str], models: dict[str, dict[str, Any]],
+                    title: str = "retention: zero-shot accuracy on other tasks (%)") -> Table:
+    """Rows: the retention sets, their mean (``retain_accuracy``) and its change from the
+    pretrained model (``retain_change``, after minus before); columns: ``models``, each a
+    summary entry (per-dataset metrics plus the two retention keys)."""
+    table = Table(title=title)
+    table.add_column("dataset")
+    for model in models:
+        table.add_column(model, justify="right")
+    for name in names:
+        table.add_row(name, *(_pct(m.get(name, {}).get("accuracy")) for m in models.values()))
+    table.add_row("retained (mean)", *(_pct(m.get("retain_accuracy")) for m in models.values()),
+                  style="bold")
+    table.add_row("change vs pretrained",
+                  *(_signed_pct(m.get("retain_change")) for m in models.values()), style="bold")
+    return table

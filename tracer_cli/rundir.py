@@ -16,6 +16,15 @@ Layout owned here::
     runs/<name>/checkpoints/step_N.pt.sha256 their SHA-256, written right after the file
     runs/<name>/checkpoints/step_N.weights.pt  weights-only milestones (``train.keep_every``)
     runs/<name>/corrupt/                     checkpoints that failed verification, moved aside
+    runs/<name>/.write-test                  the probe that proves the folder writable (removed)
+
+The built-in loggers keep theirs beside it (``tensorboard/``, ``wandb/``, a tracker's run id in
+``*_run.json``), and ``tracer eval --output-dir RUN/eval/<folder>`` writes under ``eval/``.
+
+A tracer run directory is a folder holding ``recipe.lock.toml``. ``--overwrite`` empties one, but
+removes only the entries above (and the temporary files of atomic writes): anything else in it,
+or any folder that is not a run, is refused with its contents named, and nothing is deleted
+(:func:`clear_run`).
 
 A run directory has one writer at a time: :class:`RunLock` is an exclusive ``flock`` held for the
 life of a finetune. The kernel drops it when its holder dies, even by SIGKILL, so a lock left by a
@@ -54,7 +63,15 @@ LAST = "last.pt"
 CHECKPOINTS = "checkpoints"
 CORRUPT = "corrupt"
 SHA_SUFFIX = ".sha256"
+WRITE_TEST = ".write-test"
 _STEP = re.compile(r"^step_(\d+)\.pt$")
+# What tracer and its built-in loggers write at the top of a run directory (see the layout above).
+_OWN_FILES = (RECIPE_LOCK, METRICS, SUMMARY, LAST, LAST + SHA_SUFFIX, WRITE_TEST)
+_OWN_FOLDERS = (CHECKPOINTS, EVAL, CORRUPT, "tensorboard", "wandb")
+# A tracker's run id (wandb_run.json, mlflow_run.json) and atomic_path's temporary files.
+_OWN_PATTERN = re.compile(r"^(?:[a-z0-9-]+_run\.json|\..+\.tmp)$")
+_CHECKPOINT_FILE = re.compile(r"^(?:step_\d+(?:\.weights)?\.pt(?:\.sha256)?|\..+\.tmp)$")
+_LISTED = 5  # entries named in a refusal
 _CHUNK = 1 << 20
 
 
@@ -79,6 +96,12 @@ def summary_path(run_dir: Path) -> Path:
 
 def is_run_dir(path: Path) -> bool:
     return recipe_lock_path(path).is_file()
+
+
+def contents(run_dir: Path) -> list[Path]:
+    """What a run directory holds besides its lock, in name order (empty when it is absent)."""
+    run_dir = Path(run_dir)
+    return sorted(p for p in run_dir.iterdir() if p.name != LOCK) if run_dir.is_dir() else []
 
 
 def last_path(run_dir: Path) -> Path:
@@ -232,6 +255,44 @@ def read_json(path: Path) -> Any:
         return None
 
 
+# --------------------------------------------------------------------------- the built network
+
+# Entries of a backbone's ``describe()`` that decide which network its weights belong to: a run
+# rebuilt later (eval, export, --resume) must come out as the lock file says it was trained. Each
+# maps to the one value an older tracer, which did not record the entry, may have built otherwise
+# (before QuickGELU conformance, OpenAI-tag weights went into a GELU network).
+BUILT_AS = {"activation": "QuickGELU"}
+
+
+def check_built_as_locked(run_dir: Path, locked: dict[str, Any], built: dict[str, Any]
+                          ) -> str | None:
+    """Compare the backbone rebuilt for a run (``built``: its ``describe()``) with the one its
+    lock file recorded (``locked``: ``[lock.backbone]``).
+
+    A recorded entry of :data:`BUILT_AS` that differs is a :class:`UsageError` (the weights would
+    be read into another network). An entry the lock file does not record (an older tracer wrote
+    it) cannot be checked: when the rebuilt value is the one such a tracer may not have built, the
+    returned notice says so, so that such a run is not silently read into another network.
+    """
+    unrecorded = []
+    for key, changed in BUILT_AS.items():
+        if built.get(key) is None:
+            continue
+        if locked.get(key) is None:
+            if built[key] == changed:
+                unrecorded.append(f"{key} {built[key]}")
+        elif locked[key] != built[key]:
+            raise UsageError(f"run '{run_dir}' was trained with {key} {locked[key]} (its "
+                             f"{RECIPE_LOCK}), but its recipe now builds {built[key]}; use the "
+                             "tracer version that trained it, or finetune it again")
+    if not unrecorded:
+        return None
+    return (f"run '{run_dir}': its {RECIPE_LOCK} does not record the network it was trained in "
+            f"(an older tracer wrote it); rebuilt with {', '.join(unrecorded)}, as its pretrained "
+            "weights require. Runs with OpenAI weights made before tracer built them with "
+            "QuickGELU trained a GELU network: finetune those again for comparable numbers")
+
+
 # --------------------------------------------------------------------------- checksums
 
 def file_sha256(path: Path) -> str:
@@ -333,6 +394,54 @@ def prune(run_dir: Path, keep: int) -> list[Path]:
     return removed
 
 
+def clear_run(run_dir: Path) -> None:
+    """Empty a run directory for ``--overwrite``, keeping the folder (a symbolic link stays a link
+    to the same folder) and its lock. Only a tracer run directory is emptied, and only when
+    everything in it is what tracer writes: otherwise a :class:`UsageError` names the folder and
+    what is in it, and nothing is deleted."""
+    run_dir = Path(run_dir)
+    entries = contents(run_dir)
+    where = f"'{run_dir}'" + (f" (a link to '{os.path.realpath(run_dir)}')"
+                              if run_dir.is_symlink() else "")
+    if not is_run_dir(run_dir):
+        raise UsageError(f"--overwrite: {where} is not a tracer run directory (it has no "
+                         f"{RECIPE_LOCK}) and holds {_listing(run_dir, entries)}; tracer replaces "
+                         "only its own runs: move these away or choose another --output-dir or "
+                         "run.name")
+    foreign = [p for p in entries if not _written_by_tracer(p)]
+    checkpoints = run_dir / CHECKPOINTS
+    if checkpoints in entries and checkpoints not in foreign:
+        foreign += sorted(p for p in checkpoints.iterdir()
+                          if not (_CHECKPOINT_FILE.match(p.name) and _plain_file(p)))
+    if foreign:
+        raise UsageError(f"--overwrite: run directory {where} holds what tracer did not write: "
+                         f"{_listing(run_dir, foreign)}; move it away first (nothing was "
+                         "deleted), or choose another --output-dir or run.name")
+    for path in entries:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def _plain_file(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
+
+
+def _written_by_tracer(path: Path) -> bool:
+    if path.name in _OWN_FOLDERS:
+        return path.is_dir() and not path.is_symlink()
+    return (path.name in _OWN_FILES or bool(_OWN_PATTERN.match(path.name))) and _plain_file(path)
+
+
+def _listing(run_dir: Path, paths: list[Path]) -> str:
+    """The first few of ``paths``, relative to the run, folders with a trailing '/'."""
+    names = [str(p.relative_to(run_dir)) + ("/" if p.is_dir() and not p.is_symlink() else "")
+             for p in paths[:_LISTED]]
+    more = f" and {len(paths) - _LISTED} more" if len(paths) > _LISTED else ""
+    return ", ".join(names) + more
+
+
 def remove_checkpoints(run_dir: Path, keep_last: bool = False) -> None:
     """Delete a run's checkpoints and their checksums (every other file stays); ``keep_last``
     keeps ``last.pt``."""
@@ -369,10 +478,11 @@ class RunLock:
 
     ``acquire()`` creates the folder if needed, takes the lock without waiting, and records who
     holds it; a second writer gets a :class:`UsageError` naming the holder's PID and host.
-    ``release()`` empties the record (and removes the folders this lock created when nothing else
-    was written to them, so a run that failed its checks leaves no empty run directory, nor an
-    empty ``runs/``, behind). The lock file itself stays: removing it would let two processes
-    lock two different files.
+    ``release()`` empties the record. When no run was written to the folder (no
+    ``recipe.lock.toml``) and this lock made the file, it removes the file and the folders it
+    made that are empty, so a run that failed its checks leaves no lock, no empty run directory
+    and no empty ``runs/`` behind. A lock file it found stays, as does the lock of a run:
+    removing it would let two processes lock two different files.
     """
 
     def __init__(self, run_dir: Path):
@@ -380,12 +490,14 @@ class RunLock:
         self.path = self.run_dir / LOCK
         self._fd: int | None = None
         self._created: list[Path] = []  # folders this lock made, innermost first
+        self._made_file = False  # whether this lock created the lock file
         self.stale: dict[str, Any] | None = None  # the record of a dead holder it took over
 
     def acquire(self) -> RunLock:
         try:
             self._created = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._made_file = not self.path.exists()
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             fix = ("choose a shorter run.name" if exc.errno == errno.ENAMETOOLONG else
@@ -412,10 +524,10 @@ class RunLock:
         fd, self._fd = self._fd, None
         try:
             os.ftruncate(fd, 0)
-            if self._created and [p.name for p in self.run_dir.iterdir()] == [LOCK]:
+            if (self._created or self._made_file) and not is_run_dir(self.run_dir):
                 self.path.unlink()
                 for folder in self._created:  # the run directory, then `runs/` if it made it
-                    folder.rmdir()
+                    folder.rmdir()  # fails, leaving it, unless it is empty
         except OSError:
             pass  # the folder went away or is shared: nothing of value is lost
         finally:

@@ -20,6 +20,7 @@ from tracer_cli.contracts import Backbone
 from tracer_cli.engine import checkpoint
 from tracer_cli.engine.build import pretrained_backbone
 from tracer_cli.errors import UsageError
+from tracer_cli.events import current_reporter
 
 WHICH = ("student", "teacher")
 
@@ -98,8 +99,14 @@ class RunDir:
         return checkpoint_weights(self.checkpoint, which, f"run '{self.path}'")
 
     def backbone(self) -> Backbone:
-        """The backbone as the recipe built it, holding the pretrained weights θ₀."""
-        return pretrained_backbone(self.recipe)
+        """The backbone as the recipe built it, holding the pretrained weights θ₀; checked
+        against the network the lock file says the run was trained in."""
+        backbone = pretrained_backbone(self.recipe)
+        notice = rundir.check_built_as_locked(self.path, self.trained_with.get("backbone") or {},
+                                              backbone.describe())
+        if notice:
+            current_reporter().notice(notice)
+        return backbone
 
     def model(self, which: str = "student", wise_alpha: float | None = None
               ) -> tuple[Backbone, nn.Module]:

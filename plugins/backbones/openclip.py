@@ -43,11 +43,15 @@ from tracer_cli.contracts import WeightsBuild
 from tracer_cli.engine.checkpoint import quiet_pickle_warnings, unreadable_reason
 from tracer_cli.errors import MissingResourceError, RecipeError, UsageError
 from tracer_cli.options import Options
+from tracer_cli.recipe import MAX_SEED
 from tracer_plugins.backbones import embedded
 from tracer_plugins.backbones.openclip_export import OpenClipFormat
 
 CONFIG_DIR = embedded.CONFIG_DIR
 TINY_ARCHS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
+# model.image_size: 4096 px is far above any CLIP (224 to 448); a typo must not build a model
+# whose position embedding alone fills the memory.
+MAX_IMAGE_SIZE = 4096
 _registered_configs = False
 # model.train_augment: open_clip's training transform, or the same with a horizontal flip
 TRAIN_AUGMENTS = ("crop", "crop-flip")
@@ -491,10 +495,11 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
     opts = Options(options, path="model")
     out = {"arch": opts.str("arch"), "pretrained": opts.str("pretrained", default="none"),
            "cache_dir": opts.str("cache_dir", default=None),
-           "image_size": opts.int("image_size", default=None, minimum=8),
+           "image_size": opts.int("image_size", default=None, minimum=8,
+                                  maximum=MAX_IMAGE_SIZE),
            # Which pretraining run of the embedded tiny CLIP (its run.seed): robustness results
            # should hold across pretraining seeds, not just finetuning seeds.
-           "embedded_seed": opts.int("embedded_seed", default=0, minimum=0),
+           "embedded_seed": opts.int("embedded_seed", default=0, minimum=0, maximum=MAX_SEED),
            # None: what the weights were trained with (quick_gelu_for)
            "quick_gelu": opts.bool("quick_gelu") if opts.has("quick_gelu") else None,
            "train_augment": opts.str("train_augment", default="crop", choices=TRAIN_AUGMENTS)}

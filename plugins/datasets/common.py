@@ -5,7 +5,8 @@ they live here so that no plugin imports another plugin's private names:
 
 * options: :func:`options_for` (an :class:`~tracer_cli.options.Options` over a dataset table whose
   errors name the recipe key), :func:`read_templates`, :func:`read_extensions`,
-  :func:`check_classnames`, :func:`reject_class_options`, :func:`split_path`;
+  :func:`check_classnames`, :func:`reject_class_options`, :func:`split_path`,
+  :func:`read_lines` (a text file of class names, one per line);
 * images: :func:`open_rgb` (decode fully, as RGB) and ``UNREADABLE_IMAGE_ERRORS`` (what a corrupt,
   truncated or missing file raises), :func:`resolve_transform` (the backbone's transform, or
   ``ToTensor`` without one);
@@ -105,6 +106,18 @@ def reject_class_options(opts: Options, source: str) -> None:
 def split_path(raw: str, split: str) -> Path:
     """``raw`` with ``{split}`` replaced (not ``str.format``: paths may contain other braces)."""
     return Path(raw.replace("{split}", split)).expanduser()
+
+
+def read_lines(path: Path, key: str, what: str) -> list[str]:
+    """The non-blank lines (stripped) of the text file ``path``, named by the recipe key ``key``;
+    ``what`` says what the file should hold, for the error when it is missing or unreadable."""
+    if not path.is_file():
+        raise RecipeError(key, f"{path} does not exist; expected a text file with {what}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(key, f"cannot read {path} ({exc})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def preview(values: Sequence[Any]) -> str:

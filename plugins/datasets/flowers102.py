@@ -21,8 +21,8 @@ from tracer_cli.contracts import DatasetBundle
 from tracer_cli.errors import MissingResourceError, RecipeError
 from tracer_cli.options import Options
 from tracer_plugins.datasets.common import (
-    ImageListDataset, Where, data_dir, options_for, preview, read_templates, resolve_root,
-    resolve_transform)
+    ImageListDataset, Where, data_dir, options_for, preview, read_lines, read_templates,
+    resolve_root, resolve_transform)
 from tracer_plugins.datasets.hf import make_hf
 
 # The prompt CLIP's authors used for Flowers-102.
@@ -49,14 +49,8 @@ def _flowers_hf(opts: Options, spec: dict[str, Any], split: str,
 
 
 def _read_classnames_file(path: Path, key: str) -> list[str]:
-    if not path.is_file():
-        raise RecipeError(key, f"{path} does not exist; expected a text file with the "
-                               f"{FLOWERS_CLASSES} class names, one per line, in label order")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(key, f"cannot read {path} ({exc})") from None
-    names = [line.strip() for line in text.splitlines() if line.strip()]
+    names = read_lines(path, key, f"the {FLOWERS_CLASSES} class names, one per line, in label "
+                                  "order")
     if len(names) != FLOWERS_CLASSES:
         raise RecipeError(key, f"{path} lists {len(names)} names; Flowers-102 has "
                                f"{FLOWERS_CLASSES} (one per line, in label order)")

@@ -15,7 +15,8 @@ the numbers of images and texts (the COCO / Flickr30k protocol,
 so an unreadable image takes its captions out of the evaluation with it.
 
 Datasets: any caption dataset, i.e. items with ``"captions"`` (all of an image's captions) or at
-least ``"caption"``: ``synth-captions``, ``csv`` and ``hf`` with ``mode = "captions"``.
+least ``"caption"``: ``synth-captions``, ``csv``, ``hf`` and ``webdataset`` with
+``mode = "captions"``.
 
 There is no task head: the head methods (``lp``, ``ft``, ``lpft``) are refused; use
 ``zeroshot``, ``flyp``, ``carot`` or ``tracer``. The ``[task]`` table takes no keys.
@@ -58,7 +59,7 @@ def _captions(batch: dict[str, Any], what: str) -> list[list[str]]:
     if "caption" in batch:
         return [[str(c)] for c in batch["caption"]]
     raise UsageError(f"task 'retrieval' needs a caption dataset ({what} has no captions): use "
-                     "synth-captions, or csv / hf with mode = \"captions\"")
+                     "synth-captions, or csv / hf / webdataset with mode = \"captions\"")
 
 
 @torch.no_grad()

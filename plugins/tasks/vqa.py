@@ -56,6 +56,8 @@ from tracer_cli.options import Options
 from tracer_plugins.tasks.retrieval import encode_texts
 
 IGNORE = -100  # cross-entropy target of an answer outside the vocabulary
+MAX_VOCAB = 10**5
+MAX_HIDDEN = 2**14
 # Zero-shot answer embeddings kept per evaluation call (rows × D floats): the distinct questions
 # of a synthetic set fit many times over; a huge real set recomputes instead of exhausting memory.
 _CACHE_ELEMENTS = 1 << 26
@@ -311,13 +313,15 @@ def _template(opts: Options) -> str:
 
 def make_task(options: dict[str, Any]) -> VqaTask:
     opts = Options(options, path="task")
-    vocab_size = opts.int("vocab_size", default=1000, minimum=1)
-    hidden = opts.int("hidden", default=512, minimum=1)
+    # The head is hidden × (3·width + vocab_size) weights: bounds far above VQAv2's 3,129
+    # answers keep a typo from allocating terabytes.
+    vocab_size = opts.int("vocab_size", default=1000, minimum=1, maximum=MAX_VOCAB)
+    hidden = opts.int("hidden", default=512, minimum=1, maximum=MAX_HIDDEN)
     dropout = opts.float("dropout", default=0.1, minimum=0.0)
     if dropout >= 1.0:
         raise RecipeError(opts.key("dropout"), f"got {dropout}; must be in [0, 1)")
     template = _template(opts)
-    answers = opts.int("zeroshot_answers", default=0, minimum=0)
+    answers = opts.int("zeroshot_answers", default=0, minimum=0, maximum=MAX_VOCAB)
     opts.done()
     return VqaTask(vocab_size, hidden, dropout, template, answers)
 

@@ -72,8 +72,9 @@ def test_json_groups_by_recipe_without_seed_with_mean_se_and_paired_verdicts(run
     result = invoke(runner, f"{runs}/set/*", "--baseline", "ft", "--json")
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert set(doc) == {"task", "primary", "keys", "id", "ood", "by", "baseline", "groups",
-                        "runs", "panels", "paired_pooled", "notes", "plot"}
+    assert set(doc) == {"task", "primary", "keys", "id", "ood", "retain", "by", "baseline",
+                        "groups", "runs", "panels", "paired_pooled", "notes", "plot"}
+    assert doc["retain"] == []
     assert doc["groups"] == ["ft", "tracer"] and doc["by"] is None
     assert doc["keys"] == ["id_accuracy", "avg_ood_accuracy", "avg_ood_ece"]
     (panel,) = doc["panels"]

@@ -86,11 +86,14 @@ def test_rn50_recipe_runs_two_steps_from_random_init(runner, tmp_path):
         "--max-steps", "2", "--json",
         "--set", "model.pretrained=none", "--set", "model.image_size=64",
         "--set", f"data.train={train}", "--set", f"data.id=[{train}]",
+        "--set", f'data.retain=[{{ name = "imagefolder", root = "{root}", label = "kept" }}]',
         "--set", "train.batch_size=4", "--set", "data.num_workers=0",
         "--set", "data.eval_batch_size=6", "--set", "run.device=cpu"])
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["eval"]["models"]["student"]["imagefolder"]["n"] == 12
+    assert doc["eval"]["retain"] == ["kept"]
+    assert doc["eval"]["models"]["student"]["retain_change"] is not None
     records = [json.loads(l) for l in (tmp_path / "runs/rn50_flowers/metrics.jsonl").open()]
     last = [r for r in records if r["event"] == "train"][-1]
     # The cross-F-norm regularizer went through the ResNet projection (attnpool.c_proj).

@@ -153,7 +153,7 @@ def test_colour_bias_option(synth_factories):
     narrow = synth_factories["synth-photo-narrow"](
         {"size": 200, "colour_bias": 1.0, "colours": ["red", "blue"]}, "train", None)
     assert narrow.info["colour_bias"] == 1.0
-    with pytest.raises(RecipeError, match=r"data\.colour_bias.*<= 1"):
+    with pytest.raises(RecipeError, match=r"data\.colour_bias.*between 0\.0 and 1\.0"):
         synth_factories["synth-photo"]({"size": 4, "colour_bias": 1.5}, "test", None)
     with pytest.raises(RecipeError, match="colour_bias"):  # sketches have no colour to bias
         synth_factories["synth-sketch"]({"size": 4, "colour_bias": 0.5}, "test", None)

@@ -8,7 +8,8 @@ from tracer_plugins.datasets.synth import registration
 def test_registers_every_dataset(synth_factories):
     assert sorted(synth_factories) == sorted(["synth-world", "synth-photo", "synth-photo-narrow",
                                               "synth-sketch", "synth-cartoon", "synth-noisy",
-                                              "synth-mono", "synth-captions", "synth-vqa"])
+                                              "synth-mono", "synth-colour", "synth-captions",
+                                              "synth-vqa"])
 
 
 def test_hook_loads_through_the_plugin_host():

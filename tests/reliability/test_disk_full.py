@@ -118,3 +118,72 @@ def test_the_cli_boundary_reports_any_full_disk_in_one_line():
     result = CliRunner().invoke(command, [])
     assert result.exit_code == 1
     assert result.stderr.strip() == "error: no space left on device writing '/data/out.onnx'"
+
+
+def _no_space_writing(monkeypatch, prefix: str) -> None:
+    """``Path.write_text`` to a file whose name starts with ``prefix`` creates the file, then
+    finds no room for its bytes (as on a disk with a few KiB free)."""
+    real_write_text = Path.write_text
+
+    def write_text(self, data, *args, **kwargs):
+        if self.name.startswith(prefix):
+            real_write_text(self, "")
+            _raise_no_space()
+        return real_write_text(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+
+
+def _start_again(runner, monkeypatch, line: str, overwrite: bool):
+    """The command a stop before the first checkpoint prints, run once there is space again."""
+    assert "None" not in line and "--resume" not in line, line
+    command = shlex.split(line.split("start again (there is no checkpoint to resume from yet) "
+                                     "with: ", 1)[1])
+    assert command[:2] == ["tracer", "finetune"] and ("--overwrite" in command) is overwrite
+    monkeypatch.undo()
+    again = runner.invoke(app, command[1:])
+    assert again.exit_code == 0, again.stderr
+    return again
+
+
+def test_disk_full_before_the_first_checkpoint_prints_a_command_that_starts_again(
+        runner, tiny_recipe, tmp_path, monkeypatch):
+    out = tmp_path / "runs"
+    _fill_disk_when_writing(monkeypatch, "step_3.pt")
+    result = runner.invoke(app, ["finetune", str(tiny_recipe), "--output-dir", str(out),
+                                 "--set", "run.eval=false", "--max-steps", "3",
+                                 "--set", "train.checkpoint_every=0"])
+    assert result.exit_code == 1
+    line = result.stderr.strip().splitlines()[-1]
+    assert "no checkpoint was written before it (train.checkpoint_every = 0)" in line
+    _start_again(runner, monkeypatch, line, overwrite=True)  # the run left its records
+    assert [s for s, _ in rundir.step_checkpoints(out / "tiny")] == [3]
+
+
+def test_disk_full_on_the_first_file_names_it_without_none_and_leaves_nothing(
+        runner, tiny_recipe, tmp_path, monkeypatch):
+    out = tmp_path / "runs"
+    _no_space_writing(monkeypatch, f".{rundir.RECIPE_LOCK}.")
+    result = runner.invoke(app, ["finetune", str(tiny_recipe), "--output-dir", str(out),
+                                 "--set", "run.eval=false", "--max-steps", "2"])
+    assert result.exit_code == 1
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: no space left on device writing "
+                           f"'{rundir.recipe_lock_path(out / 'tiny')}'; free some space, then "
+                           "start again"), line
+    assert not out.exists()  # nothing was left to overwrite
+    _start_again(runner, monkeypatch, line, overwrite=False)
+
+
+def test_a_failed_write_probe_removes_all_it_made(runner, tiny_recipe, tmp_path, monkeypatch):
+    _no_space_writing(monkeypatch, rundir.WRITE_TEST)
+    kept = tmp_path / "kept" / "tiny"
+    kept.mkdir(parents=True)  # a folder that was there before stays, empty as it was
+    for out in (tmp_path / "runs", tmp_path / "kept"):
+        result = runner.invoke(app, ["finetune", str(tiny_recipe), "--output-dir", str(out),
+                                     "--set", "run.eval=false", "--max-steps", "2"])
+        assert result.exit_code == 2, result.stderr
+        assert f"cannot write to run directory '{out / 'tiny'}': No space left on device" in \
+            result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "runs").exists()
+    assert list(kept.iterdir()) == []

@@ -152,3 +152,77 @@ def test_plugin_numbers_must_fit_float32(value):
     with pytest.raises(RecipeError, match=r"'task\.dropout': got .*float32") as err:
         Options({"dropout": value}, path="task").float("dropout", default=0.1)
     assert err.value.key == "task.dropout"
+
+
+@pytest.mark.parametrize("override, fragments", [
+    ("train.steps=" + str(2**70), ["'train.steps'", str(2**70), "between 1 and 1,000,000,000"]),
+    ("train.batch_size=" + str(2**40), ["'train.batch_size'", "between 1 and 1,048,576"]),
+    ("data.eval_batch_size=" + str(10**12), ["'data.eval_batch_size'", "1,048,576"]),
+    ("data.num_workers=100000", ["'data.num_workers'", "between 0 and 1,024"]),
+    ("train.checkpoint_every=" + str(10**10), ["'train.checkpoint_every'", "1,000,000,000"]),
+    ("teacher.update_every=" + str(10**10), ["'teacher.update_every'", "1,000,000,000"]),
+])
+def test_counts_have_upper_bounds(runner, recipe, override, fragments):
+    line = _one_line(_finetune(runner, recipe, "--set", override))
+    assert all(f in line for f in fragments), line
+    assert not (recipe.parent / "runs").exists()
+
+
+@pytest.mark.parametrize("overrides, key, fragment", [
+    # data.options is merged under every dataset that does not set the key itself.
+    (["data.train=synth-photo-narrow", "data.options.size=1000000000000"], "data.train.size",
+     "between 1 and 1,000,000"),
+    (["data.train.size=500000", "data.train.image_size=128"], "data.train.size",
+     "images of 128 px are kept in memory, at most 4 GiB of them: must be between 1 and 87,381"),
+    (["data.ood[0].image_size=4096"], "data.ood[0].image_size", "between 16 and 128"),
+    (["model.image_size=100000"], "model.image_size", "between 8 and 4,096"),
+    (["data.train.seed=" + str(2**70)], "data.train.seed", "between 0 and 4,294,967,295"),
+])
+def test_dataset_and_model_sizes_are_bounded_before_anything_is_allocated(
+        runner, recipe, monkeypatch, overrides, key, fragment):
+    from tracer_plugins.datasets.synth import classification
+
+    real_render = classification.render
+
+    def bounded_render(domain, n, *args, **kwargs):
+        assert n <= 64, f"rendering {n} images for a size out of bounds"
+        return real_render(domain, n, *args, **kwargs)
+
+    monkeypatch.setattr(classification, "render", bounded_render)
+    sets = [arg for item in overrides for arg in ("--set", item)]
+    line = _one_line(_finetune(runner, recipe, *sets))
+    assert f"recipe key '{key}'" in line and fragment in line, line
+
+
+@pytest.mark.parametrize("override, key", [
+    ("run.name=\"two\\nlines\"", "run.name"),
+    ("run.name=\"tab\\there\"", "run.name"),
+    ("run.output_dir=\"runs\\u001b[2J\"", "run.output_dir"),
+    ("data.ood[0].label=\"sketch\\nsketch\"", "data.ood[0].label"),
+    ("data.train.name=\"synth\\rphoto\"", "data.train.name"),
+])
+def test_names_with_control_characters_are_refused(runner, recipe, override, key):
+    line = _one_line(_finetune(runner, recipe, "--set", override))
+    assert f"recipe key '{key}'" in line and "cannot contain control characters" in line, line
+    assert not [p for p in recipe.parent.rglob("*") if p.is_dir()]  # no folder was made
+
+
+def test_an_override_replaces_a_mistyped_value_and_errors_name_the_value_in_force(
+        runner, recipe):
+    recipe.write_text(TINY_RECIPE.replace("steps = 3", 'steps = "ten"'))
+    result = _finetune(runner, recipe, "--set", "run.eval=false", "--max-steps", "2")
+    assert result.exit_code == 0, result.stderr
+    line = _one_line(_finetune(runner, recipe, "--set", "train.steps=twenty", "--overwrite"))
+    assert line.endswith("recipe key 'train.steps': expected an integer, got 'twenty' (from "
+                         "--set train.steps=twenty)"), line
+    line = _one_line(_finetune(runner, recipe))
+    assert "recipe key 'train.steps': expected an integer, got 'ten'" in line, line
+
+
+@pytest.mark.parametrize("key", ["vocab_size", "hidden", "zeroshot_answers"])
+def test_vqa_head_sizes_are_bounded(key):
+    from tracer_cli.errors import RecipeError
+    from tracer_plugins.tasks.vqa import make_task
+
+    with pytest.raises(RecipeError, match=rf"'task\.{key}': got {10**12}; must be between"):
+        make_task({key: 10**12})

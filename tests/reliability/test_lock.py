@@ -91,15 +91,17 @@ def test_a_run_that_fails_its_checks_leaves_no_run_directory(runner, tiny_recipe
 
 def test_overwrite_through_a_symlinked_run_directory_keeps_the_link(runner, tiny_recipe,
                                                                      tmp_path):
-    """``--overwrite`` empties what the link points to and writes the new run there; the link
+    """``--overwrite`` empties the run the link points to and writes the new run there; the link
     (say, to a bigger disk) stays a link."""
     target = tmp_path / "big-disk" / "tiny"
     target.mkdir(parents=True)
-    (target / "old-run-file.txt").write_text("from the previous run")
+    (target / "recipe.lock.toml").write_text("# the previous run\n")
+    (target / "metrics.jsonl").write_text('{"event": "train", "step": 1}\n')
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "tiny").symlink_to(target, target_is_directory=True)
     result = _finetune(runner, tiny_recipe, tmp_path / "runs", *FAST, "--overwrite")
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "runs" / "tiny").is_symlink()
-    assert not (target / "old-run-file.txt").exists()
-    assert (target / "last.pt").is_file() and (target / "recipe.lock.toml").is_file()
+    assert "the previous run" not in (target / "recipe.lock.toml").read_text()
+    assert (target / "last.pt").is_file()
+    assert '{"event": "train", "step": 1}' not in (target / "metrics.jsonl").read_text()

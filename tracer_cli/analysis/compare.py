@@ -21,6 +21,7 @@ from typing import Any, Sequence
 from tracer_cli import rundir
 from tracer_cli.analysis.tables import analyse, model_numbers, pooled_paired
 from tracer_cli.errors import UsageError
+from tracer_cli.metric_spec import RETAIN_KEYS
 
 # Keys that tell runs of one recipe apart without changing what is compared: the seed is what
 # groups average over, the name and folder only say where a run lives.
@@ -49,10 +50,11 @@ class RunData:
         return int(self.recipe.get("run.seed", 0))
 
     @property
-    def sets(self) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    def sets(self) -> tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+        """(task, ID sets, OOD sets, retention sets): what runs must share to be compared."""
         ev = self.summary["eval"]
         return (str(self.recipe.get("task.name", "classification")), tuple(ev["id"]),
-                tuple(ev["ood"]))
+                tuple(ev["ood"]), tuple(ev.get("retain", ())))
 
 
 def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -116,7 +118,7 @@ def _wise_entries(run: RunData, notes: list[str]) -> list[dict[str, Any]]:
         if (doc.get("model") or {}).get("which", "student") != "student":
             notes.append(f"{path}: WiSE-FT of the teacher, not used (curves mix the student)")
             continue
-        if (tuple(doc.get("id", ())), tuple(doc.get("ood", ()))) != run.sets[1:]:
+        if (tuple(doc.get("id", ())), tuple(doc.get("ood", ()))) != run.sets[1:3]:
             notes.append(f"{path}: WiSE-FT on other ID/OOD sets than the run's, not used")
             continue
         for entry in doc["wise"]:
@@ -182,14 +184,15 @@ def group_labels(runs: Sequence[RunData], by: Sequence[str] | None) -> list[str]
 
 
 def check_comparable(runs: Sequence[RunData]) -> None:
-    """Every run must measure the same task on the same ID and OOD sets."""
+    """Every run must measure the same task on the same ID, OOD and retention sets."""
     by_sets: dict[tuple, list[str]] = {}
     for run in runs:
         by_sets.setdefault(run.sets, []).append(run.name)
     if len(by_sets) > 1:
         parts = [f"{', '.join(names)}: task {task}, ID {', '.join(ids) or '-'}, OOD "
-                 f"{', '.join(oods) or '-'}" for (task, ids, oods), names in by_sets.items()]
-        raise UsageError("runs cannot be compared (different tasks or ID/OOD sets): "
+                 f"{', '.join(oods) or '-'}" + (f", retain {', '.join(retain)}" if retain else "")
+                 for (task, ids, oods, retain), names in by_sets.items()]
+        raise UsageError("runs cannot be compared (different tasks or ID/OOD/retention sets): "
                          + "; ".join(parts))
 
 
@@ -247,9 +250,11 @@ def compare(patterns: Sequence[str], by: Sequence[str] | None = None,
     if baseline is not None:
         _check_pairs(records)
     primary, keys = task_keys(runs)
-    task, ids, oods = runs[0].sets
+    task, ids, oods, retain = runs[0].sets
+    keys += list(RETAIN_KEYS) if retain else []  # retention's summaries follow the task's
     return {
         "task": task, "primary": primary, "keys": keys, "id": list(ids), "ood": list(oods),
+        "retain": list(retain),
         "by": list(by) if by else None, "baseline": baseline, "groups": groups,
         "runs": [{"name": r["name"], "group": r["group"], "pretrained": r["pretrained"],
                   "seed": r["seed"], "method": r["method"], "steps": r["steps"],

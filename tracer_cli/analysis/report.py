@@ -13,7 +13,8 @@ from tracer_cli.analysis.stats import noise_verdict
 # Summaries shown as plain numbers rather than in %.
 NOT_PERCENT = ("nll", "brier")
 HEADERS = {"id_accuracy": "ID acc", "avg_ood_accuracy": "avg OOD acc",
-           "avg_ood_ece": "avg OOD ECE", "avg_ood_nll": "avg OOD NLL"}
+           "avg_ood_ece": "avg OOD ECE", "avg_ood_nll": "avg OOD NLL",
+           "retain_accuracy": "retained acc", "retain_change": "retained change"}
 
 
 def header(key: str) -> str:
@@ -63,17 +64,19 @@ def fmt_vs(new: Sequence[float], old: Sequence[float]) -> str:
 
 
 def main_table(panel: dict[str, Any], ids: Sequence[str], oods: Sequence[str], metric: str,
-               keys: Sequence[str], robustness: bool) -> list[str]:
-    """One row per model: ``metric`` on each set, the summaries ``keys``, effective robustness
-    (when ``robustness``), wall time per run and the number of runs."""
-    cols = [*ids, *oods]
-    head = ("| model | " + " | ".join(f"{d} ({'ID' if d in ids else 'OOD'})" for d in cols)
+               keys: Sequence[str], robustness: bool, retain: Sequence[str] = ()) -> list[str]:
+    """One row per model: ``metric`` on each set (the retention sets' accuracy), the summaries
+    ``keys``, effective robustness (when ``robustness``), wall time per run and the number of
+    runs."""
+    cols = [*ids, *oods, *retain]
+    role = {**{d: "ID" for d in ids}, **{d: "OOD" for d in oods}, **{d: "retain" for d in retain}}
+    head = ("| model | " + " | ".join(f"{d} ({role[d]})" for d in cols)
             + "".join(f" | {header(k)}" for k in keys)
             + (" | eff. robustness" if robustness else "") + " | wall s/run | runs |")
     lines = [head, "|---" * (len(cols) + len(keys) + 3 + robustness) + "|"]
     for row in panel["rows"]:
-        cells = [fmt_pct(row["datasets"][d].get(metric)) if d in row["datasets"] else "—"
-                 for d in cols]
+        cells = [fmt_pct(row["datasets"][d].get("accuracy" if d in retain else metric))
+                 if d in row["datasets"] else "—" for d in cols]
         cells += [fmt_key(k, row.get(k)) for k in keys]
         if robustness:
             er = row.get("effective_robustness")
@@ -127,12 +130,15 @@ def compare_markdown(doc: dict[str, Any]) -> str:
     keys = doc["keys"][1:]
     lines = [f"## tracer compare: {len(doc['runs'])} run(s), {len(doc['groups'])} group(s)", "",
              f"Task {doc['task']}; ID {', '.join(doc['id']) or '—'}; OOD "
-             f"{', '.join(doc['ood']) or '—'}; grouped by {by}. Values in %, mean ± SE over runs "
+             f"{', '.join(doc['ood']) or '—'}"
+             + (f"; retention {', '.join(doc['retain'])}" if doc.get("retain") else "")
+             + f"; grouped by {by}. Values in %, mean ± SE over runs "
              "(SE = sqrt(var between runs / n + mean binomial variance / n) for accuracies); "
              "paired differences by seed, **within noise** when |mean| < 2 SE.", ""]
     for panel in doc["panels"]:
         lines += [f"### {panel['pretrained']}", "",
-                  *main_table(panel, doc["id"], doc["ood"], doc["primary"], keys, True), "",
+                  *main_table(panel, doc["id"], doc["ood"], doc["primary"], keys, True,
+                              doc.get("retain", ())), "",
                   _fit_line(panel), ""]
         if panel["paired"]:
             lines += [f"Paired differences against {doc['baseline']}:", "",

@@ -19,6 +19,7 @@ import numpy as np
 from tracer_cli.analysis.stats import (
     average_binomial_var, binomial_var, effective_robustness, frontier_gap, logit_fit, mean_se,
     paired_difference)
+from tracer_cli.metric_spec import RETAIN_KEYS
 
 PRETRAINED_ROW = "zero-shot (pretrained)"
 # Per-dataset counts: reported as they are, never averaged into a summary.
@@ -26,15 +27,17 @@ COUNTS = ("n", "n_images", "n_texts")
 
 
 def model_numbers(ev: dict[str, Any], model: str) -> dict[str, Any] | None:
-    """One model's numbers in a summary's ``eval`` block: per dataset its metrics, and for every
+    """One model's numbers in a summary's ``eval`` block: per dataset its metrics, for every
     metric ``id_<m>`` / ``avg_ood_<m>`` (means over the ID / OOD sets, the summary's own value
-    when it has one), with the binomial variance of the accuracy means in ``binom_var``."""
+    when it has one), with the binomial variance of the accuracy means in ``binom_var``, and the
+    summary's retention keys (``retain_accuracy``, ``retain_change``) when it has retention
+    sets."""
     metrics = ev["models"].get(model)
     if metrics is None:
         return None
-    ids, oods = list(ev["id"]), list(ev["ood"])
+    ids, oods, retain = list(ev["id"]), list(ev["ood"]), list(ev.get("retain", ()))
     datasets = {d: {k: v for k, v in metrics[d].items() if k != "accuracy_se"}
-                for d in ids + oods}
+                for d in ids + oods + retain}
     names = [k for k, v in datasets[(ids + oods)[0]].items()
              if k not in COUNTS and isinstance(v, (int, float))] if ids + oods else []
     out: dict[str, Any] = {"datasets": datasets, "binom_var": {}}
@@ -46,6 +49,10 @@ def model_numbers(ev: dict[str, Any], model: str) -> dict[str, Any] | None:
             if m == "accuracy" and values and all("n" in datasets[d] for d in sets):
                 out["binom_var"][key] = average_binomial_var(
                     values, [datasets[d]["n"] for d in sets])
+    if retain:
+        out.update({k: metrics.get(k) for k in RETAIN_KEYS})
+        out["binom_var"]["retain_accuracy"] = average_binomial_var(
+            [datasets[d]["accuracy"] for d in retain], [datasets[d]["n"] for d in retain])
     return out
 
 
@@ -82,7 +89,7 @@ def aggregate(records: Sequence[dict[str, Any]], model: str) -> dict[str, Any] |
     first = entries[0][1]
     out: dict[str, Any] = {"n_runs": len(entries), "datasets": {
         d: _dataset_cell([e["datasets"][d] for _, e in entries]) for d in first["datasets"]}}
-    for key in [k for k in first if k.startswith(("id_", "avg_ood_"))]:
+    for key in [k for k in first if k.startswith(("id_", "avg_ood_", "retain_"))]:
         values = [e[key] for _, e in entries if e.get(key) is not None]
         binom = [e["binom_var"][key] for _, e in entries if key in e["binom_var"]]
         if not values:

@@ -41,6 +41,22 @@ def plain_output() -> bool:
     return bool(os.environ.get("CI")) or not sys.stdout.isatty()
 
 
+def plain_errors() -> bool:
+    """True when usage errors should be one ``error:`` line: a script reads them (stdout or
+    stderr is not a terminal) or ``CI`` is set. Only a person at a terminal gets the boxed usage."""
+    return plain_output() or not sys.stderr.isatty()
+
+
+def usage_message(exc: typer.TyperException) -> str:
+    """One line for a usage error Typer raised (Click's, vendored): what is wrong, then where the
+    help is."""
+    message = " ".join(exc.format_message().split())
+    if not message:  # a group called without a command: Typer has printed its help on stdout
+        message = "missing command"
+    ctx = getattr(exc, "ctx", None)
+    return f"{message} (see '{ctx.command_path} --help')" if ctx is not None else message
+
+
 def stderr_console() -> Console:
     plain = plain_output()
     return Console(stderr=True, no_color=plain, force_terminal=None if not plain else False,

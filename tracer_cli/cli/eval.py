@@ -25,10 +25,11 @@ from tracer_cli.cli.common import (
     stderr_console,
 )
 from tracer_cli.cli.progress import make_reporter
-from tracer_cli.metric_spec import CLASSIFICATION_METRICS, TaskMetrics
+from tracer_cli.metric_spec import CLASSIFICATION_METRICS, RETAIN_KEYS, TaskMetrics
 from tracer_cli.errors import UsageError
 from tracer_cli.events import use_reporter
 from tracer_cli.io import folder_blocker
+from tracer_cli.report import retention_table
 
 app = typer.Typer()
 
@@ -54,6 +55,10 @@ IdOpt = Annotated[Optional[str], typer.Option(
 OodOpt = Annotated[Optional[str], typer.Option(
     "--ood", help="Out-of-distribution datasets, e.g. imagenet-r,imagenet-sketch (default: the "
     "recipe's data.ood).", show_default=False)]
+RetainOpt = Annotated[Optional[str], typer.Option(
+    "--retain", help="Retention datasets of other tasks, scored zero-shot before (the pretrained "
+    "model) and after, e.g. synth-colour (default: the recipe's data.retain).",
+    show_default=False)]
 EvalOutputOpt = Annotated[Optional[Path], typer.Option(
     "--output-dir", help="Write eval.json, a reliability diagram per dataset (and the WiSE-FT "
     "curve) into this folder.", show_default=False)]
@@ -78,6 +83,7 @@ def eval_command(
     recipe: RecipeOpt = None,
     id_names: IdOpt = None,
     ood_names: OodOpt = None,
+    retain_names: RetainOpt = None,
     overrides: SetOpt = None,
     output_dir: EvalOutputOpt = None,
     save_predictions: Annotated[bool, typer.Option(
@@ -106,6 +112,7 @@ def eval_command(
         run_dir=run_dir, checkpoint=checkpoint, model=model, recipe=recipe, which=which,
         id_names=evaluation.parse_names(id_names, "--id"),
         ood_names=evaluation.parse_names(ood_names, "--ood"),
+        retain_names=evaluation.parse_names(retain_names, "--retain"),
         overrides=list(overrides or []), wise_alphas=evaluation.parse_alphas(wise_alpha),
         gates=evaluation.parse_gates(fail_under or [], fail_over or []))
     plan = evaluation.prepare(request)
@@ -115,7 +122,10 @@ def eval_command(
                    if output_dir is not None else [])
     doc = report.document
     console = result_console(as_json)
-    console.print(metrics_table(doc, report.metrics))
+    if doc["id"] or doc["ood"]:
+        console.print(metrics_table(doc, report.metrics))
+    if doc["retain"]:
+        console.print(retention_table(doc["retain"], _retention_columns(doc)))
     if doc["wise"]:
         console.print(wise_table(doc["wise"], report.metrics))
     for gate in doc["gates"]:
@@ -141,6 +151,16 @@ def most_recent_run(root: Path = DEFAULT_RUNS) -> Path | None:
                                f"written {written:%Y-%m-%d %H:%M:%S})", markup=False,
                                highlight=False)
     return run
+
+
+def _retention_columns(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The retention table's two columns: the pretrained model and the one evaluated."""
+    from tracer_cli.metric_spec import retention
+
+    before = doc["retain_before"]
+    after = {**doc["datasets"], **{k: doc[k] for k in RETAIN_KEYS}}
+    return {"pretrained": {**before, **retention(before, doc["retain"], before)},
+            "evaluated": after}
 
 
 def _pct(value: Any) -> str:
@@ -183,13 +203,17 @@ def metrics_table(doc: dict[str, Any], spec: TaskMetrics = CLASSIFICATION_METRIC
 def wise_table(entries: list[dict[str, Any]],
                spec: TaskMetrics = CLASSIFICATION_METRICS) -> Table:
     """The WiSE-FT sweep: the task's ID and OOD averages per α (classification: ID accuracy,
-    OOD accuracy and OOD ECE)."""
+    OOD accuracy and OOD ECE), then retention when there are retention sets."""
     table = Table(title="WiSE-FT: θ = (1-α)·θ₀ + α·θ_ft")
     keys = [*spec.id_keys, *spec.ood_keys]
+    retain = [k for k in RETAIN_KEYS if entries and k in entries[0]]
     table.add_column("α", justify="right")
     for key in keys:
         role = "ID" if key in spec.id_keys else "avg OOD"
         table.add_column(f"{role} {spec.header(spec.base(key))}", justify="right")
+    for key in retain:
+        table.add_column(key.replace("_", " ") + " %", justify="right")
     for e in entries:
-        table.add_row(f"{e['alpha']:g}", *(_cell(spec, spec.base(k), e.get(k)) for k in keys))
+        table.add_row(f"{e['alpha']:g}", *(_cell(spec, spec.base(k), e.get(k)) for k in keys),
+                      *(_pct(e.get(k)) for k in retain))
     return table

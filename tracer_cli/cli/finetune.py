@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
+import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 
 from tracer_cli import recipe as recipe_mod
+from tracer_cli import rundir
 from tracer_cli.cli.common import (
     JsonOpt,
     OutputDirOpt,
@@ -25,9 +28,9 @@ from tracer_cli.cli.common import (
     result_console,
 )
 from tracer_cli.cli.progress import make_reporter
-from tracer_cli.errors import DiskFullError, Interrupted, UsageError
-from tracer_cli.events import Reporter, use_reporter
-from tracer_cli.report import accuracy_table
+from tracer_cli.errors import EXIT_USAGE, DiskFullError, Interrupted, UsageError, WorkerFailed
+from tracer_cli.events import PlainReporter, Reporter, use_reporter
+from tracer_cli.report import accuracy_table, retention_table
 
 app = typer.Typer()
 NPROC_ENV = "TRACER_NPROC"
@@ -87,18 +90,29 @@ def finetune(
         "--overwrite", help="Replace an existing run directory of the same name.")] = False,
     resume: ResumeOpt = None,
     nproc: NprocOpt = None,
+    print_recipe: Annotated[bool, typer.Option(
+        "--print-recipe", help="Print the resolved recipe (method defaults and --set applied) as "
+        "TOML on stdout and exit without training.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Finetune a model as RECIPE describes; writes a run directory and prints the evaluation."""
     from tracer_cli.engine.run import finetune as run_finetune
+    from tracer_cli.engine.run import run_dir_of
     from tracer_cli.engine.signals import SignalTrap
 
     sets = _overrides(recipe, overrides, max_steps)
-    rec = recipe_mod.load(recipe, sets)
+    # Notices about the recipe come once: from this process, or from the launcher of --nproc.
+    quiet = os.environ.get("RANK", "0") != "0" or NPROC_ENV in os.environ
+    with use_reporter(Reporter() if quiet else PlainReporter()):
+        rec = recipe_mod.load(recipe, sets)
+    if print_recipe:
+        sys.stdout.write(recipe_mod.recipe_text(rec))
+        return
     if resume is not None and overwrite:
         raise UsageError("--resume continues a run directory and --overwrite deletes it; use one")
     if nproc is not None and nproc > 1:
-        _launch(nproc, rec, _command(recipe, sets, output_dir, resume, as_json, overwrite))
+        _launch(nproc, rec, _command(recipe, sets, output_dir, resume, as_json, overwrite),
+                lambda: _go_on(rec, recipe, sets, output_dir, as_json))
         return
     main_rank = os.environ.get("RANK", "0") == "0"
     console = result_console(as_json)
@@ -110,24 +124,40 @@ def finetune(
         except (Interrupted, DiskFullError) as exc:
             if not main_rank:  # rank 0 says it once for all
                 raise typer.Exit(exc.exit_code) from None
-            again = "resume with: " + _resume_command(recipe, sets, output_dir)
+            again = _again(recipe, sets, output_dir, run_dir_of(rec, output_dir))
             if isinstance(exc, DiskFullError):
-                raise DiskFullError(exc.path, f"{exc.hint}; free some space, then {again}"
-                                    ) from None
+                hint = "; ".join(h for h in (exc.hint, f"free some space, then {again}") if h)
+                raise DiskFullError(exc.path, hint) from None
             raise Interrupted(exc.signum, exc.step, exc.checkpoint, again) from None
     if result.rank != 0:
         return
     if rec.run.eval:
-        console.print(accuracy_table(result.summary["eval"], metrics=result.metrics))
+        ev = result.summary["eval"]
+        console.print(accuracy_table(ev, metrics=result.metrics))
+        if ev.get("retain"):
+            console.print(retention_table(ev["retain"], ev["models"]))
     console.print(f"run directory: {result.run_dir}")
     if as_json:
         emit_json(result.summary)
 
 
-def _resume_command(recipe: Path, sets: list[str], output_dir: Path | None) -> str:
+def _again(recipe: Path, sets: list[str], output_dir: Path | None, run_dir: Path) -> str:
+    """How to go on after a stop: resume when the run has a checkpoint, else start it again
+    (with --overwrite when it left files), so that the printed command works as it is."""
+    from tracer_cli import rundir
+
+    if next(rundir.resume_candidates(run_dir), None) is not None:
+        return "resume with: " + _rerun_command(recipe, sets, output_dir, resume="auto")
+    return ("start again (there is no checkpoint to resume from yet) with: "
+            + _rerun_command(recipe, sets, output_dir, overwrite=bool(rundir.contents(run_dir))))
+
+
+def _rerun_command(recipe: Path, sets: list[str], output_dir: Path | None,
+                   resume: str | None = None, overwrite: bool = False) -> str:
     from tracer_cli.engine import distributed
 
-    command = "tracer " + shlex.join(_command(recipe, sets, output_dir, "auto"))
+    command = "tracer " + shlex.join(_command(recipe, sets, output_dir, resume,
+                                              overwrite=overwrite))
     if os.environ.get(NPROC_ENV):
         command += f" --nproc {os.environ[NPROC_ENV]}"
     elif distributed.launched_world_size() > 1:
@@ -135,8 +165,13 @@ def _resume_command(recipe: Path, sets: list[str], output_dir: Path | None) -> s
     return command
 
 
-def _launch(nproc: int, rec: recipe_mod.Recipe, args: list[str]) -> None:
-    """Check what can be checked here, then run the workers and exit with their code."""
+def _launch(nproc: int, rec: recipe_mod.Recipe, args: list[str], go_on: Callable[[], str]
+            ) -> None:
+    """Check what can be checked here, then run the workers and exit with their code.
+
+    A rank that failed without saying how to go on (killed, or a crash the other ranks only saw
+    as a lost connection) ends the run with one line naming it and ``go_on()``: the command that
+    resumes the run, or the one that starts it again."""
     from tracer_cli.engine import distributed
     from tracer_cli.engine.loggers import build_loggers
 
@@ -148,6 +183,31 @@ def _launch(nproc: int, rec: recipe_mod.Recipe, args: list[str]) -> None:
                          f"multiple of --nproc {nproc}")
     build_loggers(rec)  # unknown loggers, bad [loggers.*] keys, missing packages: exit 2 here
     os.environ[NPROC_ENV] = str(nproc)  # the workers' resume hint repeats --nproc
-    code = distributed.launch(nproc, args)
+    try:
+        code = distributed.launch(nproc, args)
+    except WorkerFailed as exc:
+        if exc.exitcode in _EXPLAINED:  # the workers printed the error or the resume command
+            raise typer.Exit(exc.exit_code) from None
+        raise WorkerFailed(exc.rank, exc.world_size, exc.exitcode, go_on()) from None
     if code:
         raise typer.Exit(code)
+
+
+# Worker exit codes whose own line already says what to do: bad usage, a stop on SIGINT / SIGTERM
+# (a checkpoint was saved and rank 0 printed the resume command).
+_EXPLAINED = (EXIT_USAGE, 128 + signal.SIGINT, 128 + signal.SIGTERM)
+
+
+def _go_on(rec: recipe_mod.Recipe, recipe: Path, sets: list[str], output_dir: Path | None,
+           as_json: bool) -> str:
+    """After a failed distributed run: resume from its newest checkpoint, or start it again (over
+    what the failed run left in its folder)."""
+    from tracer_cli.engine.run import run_dir_of
+
+    run_dir = run_dir_of(rec, output_dir)
+    if next(rundir.resume_candidates(run_dir), None) is not None:
+        return "resume with: " + _resume_command(recipe, sets, output_dir)
+    left = run_dir.is_dir() and any(p.name != rundir.LOCK for p in run_dir.iterdir())
+    again = _command(recipe, sets, output_dir, None, as_json, overwrite=left)
+    return f"no checkpoint was written yet; start again with: tracer {shlex.join(again)} " \
+           f"--nproc {os.environ[NPROC_ENV]}"

@@ -121,17 +121,30 @@ def resolve_epochs(recipe: Recipe) -> None:
         recipe.train.resolve_epochs(len(bundle.dataset))
 
 
-def eval_sets(recipe: Recipe, backbone: Backbone) -> dict[str, tuple[DatasetBundle, Any]]:
-    """name -> (bundle, loader) for the recipe's ID and OOD sets, in recipe order."""
+def eval_sets(recipe: Recipe, backbone: Backbone, roles: tuple[str, ...] = ("id", "ood")
+              ) -> dict[str, tuple[DatasetBundle, Any]]:
+    """name -> (bundle, loader) for the recipe's datasets of ``roles`` (``id``, ``ood``,
+    ``retain``), in recipe order."""
     out = {}
     pin = resolve_device(recipe.run.device).type == "cuda"
-    roles = [("id", s) for s in recipe.data.id] + [("ood", s) for s in recipe.data.ood]
-    counters = {"id": 0, "ood": 0}
-    for role, spec in roles:
-        path = f"data.{role}[{counters[role]}]"
-        counters[role] += 1
-        bundle = build_dataset(spec, path, "test", backbone.preprocess_eval)
-        loader = eval_loader(bundle.dataset, recipe.data.eval_batch_size, recipe.data.num_workers,
-                             pin)
-        out[spec.get("label") or spec["name"]] = (bundle, loader)
+    for role in roles:
+        for i, spec in enumerate(getattr(recipe.data, role)):
+            bundle = build_dataset(spec, f"data.{role}[{i}]", "test", backbone.preprocess_eval)
+            loader = eval_loader(bundle.dataset, recipe.data.eval_batch_size,
+                                 recipe.data.num_workers, pin)
+            out[spec.get("label") or spec["name"]] = (bundle, loader)
     return out
+
+
+# Retention sets are classification datasets of other tasks, scored by this task's zero-shot
+# text head whatever the run's own task (a retrieval or VQA run forgets the same way).
+RETAIN_TASK = "classification"
+
+
+def retain_task() -> Task:
+    """The task that scores retention sets: ``classification`` with its default options, so each
+    set is read with its own class names and templates (the run's ``task.templates`` or
+    ``classnames_file`` describe the finetuning task, not the retention sets). It is called
+    without a head: a head trained by lp/ft/lpft has only the finetuning classes, so retention
+    goes through the (finetuned) backbone's text tower."""
+    return get_host().tasks.get(RETAIN_TASK).factory({})

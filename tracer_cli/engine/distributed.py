@@ -18,6 +18,7 @@ model) is ``TRACER_DIST_TIMEOUT_MIN`` minutes, 30 by default.
 from __future__ import annotations
 
 import io
+import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from tracer_cli.engine.precision import resolve_device
-from tracer_cli.errors import UsageError
+from tracer_cli.errors import UsageError, WorkerFailed
 
 TIMEOUT_ENV = "TRACER_DIST_TIMEOUT_MIN"
 DEFAULT_TIMEOUT_MIN = 30.0
@@ -275,11 +276,12 @@ def merge_meta(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def launch(nproc: int, args: Sequence[str]) -> int:
     """Run ``python -m tracer_cli ARGS`` as ``nproc`` processes on this machine through
-    ``torch.distributed.run --standalone`` (torchrun), and return the exit code of the first
-    process that failed (128 + N for a death by signal N), or 0.
+    ``torch.distributed.run --standalone`` (torchrun), and return 0, or 128 + N when this
+    launcher was stopped by signal N (the workers got it too and said how to resume).
 
-    torchrun's own exit status would be 1 for any failure; reading the worker's code keeps the
-    scripting contract (2 for bad usage, 130/143 for an interrupted run).
+    A failed process raises :class:`WorkerFailed` naming the first rank that failed and its exit
+    code (torchrun's own exit status would be 1 for any failure); torchrun then has stopped the
+    other ranks.
     """
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -287,10 +289,24 @@ def launch(nproc: int, args: Sequence[str]) -> int:
 
     argv = ["--standalone", "--nproc_per_node", str(nproc), "-m", "tracer_cli", *args]
     try:
-        torchrun.run(torchrun.parse_args(argv))
+        with _quiet_worker_log():
+            torchrun.run(torchrun.parse_args(argv))
     except ChildFailedError as exc:
-        code = exc.get_first_failure()[1].exitcode
-        return code if code > 0 else 128 - code
+        rank, failure = exc.get_first_failure()
+        raise WorkerFailed(rank, nproc, failure.exitcode) from None
     except SignalException as exc:
         return 128 + int(exc.sigval)
     return 0
+
+
+@contextmanager
+def _quiet_worker_log() -> Iterator[None]:
+    """Mute torchrun's lines about each worker it stops or finds dead: the caller reports the
+    failed rank in one line of its own."""
+    log = logging.getLogger("torch.distributed.elastic.multiprocessing.api")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)

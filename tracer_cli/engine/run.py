@@ -12,7 +12,6 @@ id in ``*_run.json``, so ``--resume`` continues the same tracked run).
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from tracer_cli.contracts import (
     CLASSIFICATION_METRICS, Backbone, DatasetBundle, Task, TaskMetrics, task_metrics)
 from tracer_cli.engine import distributed
 from tracer_cli.engine.build import (
-    build_backbone, build_dataset, build_task, eval_sets, seed_everything)
+    build_backbone, build_dataset, build_task, eval_sets, retain_task, seed_everything)
 from tracer_cli.engine.distributed import DistContext
 from tracer_cli.engine.loggers import RunLoggers, build_loggers
 from tracer_cli.engine.loop import check_grad_checkpointing, check_tower_locks
@@ -81,29 +80,26 @@ def prepare_run_dir(recipe: Recipe, output_dir: Path | None, overwrite: bool,
     """Make the run folder ready (or refuse to clobber one) and prove it is writable, before
     training. Call it holding the folder's :class:`~tracer_cli.rundir.RunLock`.
 
-    A resumed run keeps its folder as it is; ``--overwrite`` empties it but keeps the folder
-    itself (a symbolic link stays a link) and the lock.
+    A resumed run keeps its folder as it is; ``--overwrite`` removes what tracer wrote in it and
+    refuses anything else (:func:`tracer_cli.rundir.clear_run`). A failed probe leaves nothing:
+    the probe file goes here, the lock and the folders it made when the lock is released.
     """
     run_dir = run_dir_of(recipe, output_dir)
-    contents = [p for p in run_dir.iterdir() if p.name != rundir.LOCK] if run_dir.is_dir() else []
-    if not resuming and contents:
+    if not resuming and rundir.contents(run_dir):
         if not overwrite:
             raise UsageError(f"run directory '{run_dir}' already exists and is not empty; pass "
                              "--overwrite (or --resume auto to continue it), or choose another "
                              "--output-dir or run.name")
-        for path in contents:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+        rundir.clear_run(run_dir)
+    probe = run_dir / rundir.WRITE_TEST
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
         probe.write_text("ok")
-        probe.unlink()
     except OSError as exc:
         raise UsageError(f"cannot write to run directory '{run_dir}': "
                          f"{exc.strerror or exc}") from None
+    finally:
+        probe.unlink(missing_ok=True)
     return run_dir
 
 
@@ -169,6 +165,15 @@ class _Setup:
     sets: dict[str, tuple[DatasetBundle, Any]]
     resume: Resume | None
     evals: dict[str, dict[str, Any]]
+    # Retention sets (data.retain), scored zero-shot by retain_scorer, and the pretrained model's
+    # metrics on them (retention's "before").
+    retain: dict[str, tuple[DatasetBundle, Any]] = field(default_factory=dict)
+    retain_scorer: Task | None = None
+    before: dict[str, Any] | None = None
+
+    @property
+    def evaluates(self) -> bool:
+        return bool(self.sets or self.retain)
 
 
 def _setup(recipe: Recipe, ctx: DistContext, output_dir: Path | None, overwrite: bool,
@@ -186,13 +191,17 @@ def _setup(recipe: Recipe, ctx: DistContext, output_dir: Path | None, overwrite:
     seed_everything(recipe.run.seed)
     with distributed.main_first(ctx):  # downloads and the embedded build happen once
         backbone = build_backbone(recipe)
+    if resumed is not None and ctx.is_main and rundir.is_run_dir(run_dir):
+        _check_built_as_locked(run_dir, backbone, reporter)
     check_grad_checkpointing(backbone, recipe.train.grad_checkpointing)
     check_tower_locks(backbone, recipe.train)
     bundle = build_dataset(recipe.data.train, "data.train", "train", backbone.preprocess_train)
     # train.epochs becomes train.steps here, before the lock file, the schedule and the teacher
     # kernel read the horizon.
     recipe.train.resolve_epochs(len(bundle.dataset))
-    sets = eval_sets(recipe, backbone) if recipe.run.eval and ctx.is_main else {}
+    evaluates = recipe.run.eval and ctx.is_main
+    sets = eval_sets(recipe, backbone) if evaluates else {}
+    retain = eval_sets(recipe, backbone, ("retain",)) if evaluates else {}
     if ctx.is_main:
         prepare_run_dir(recipe, output_dir, overwrite, resuming=resumed is not None)
         if resumed is None or not rundir.is_run_dir(run_dir):  # a resumed run keeps its lock
@@ -204,11 +213,22 @@ def _setup(recipe: Recipe, ctx: DistContext, output_dir: Path | None, overwrite:
     # Each rank its own stream for model-internal randomness (dropout); rank 0 matches a single
     # process. Data augmentation does not use this RNG (see engine.data).
     torch.manual_seed(recipe.run.seed + ctx.rank)
-    run = _Setup(writer, backbone, task, bundle, precision, sets, resumed, {})
-    if sets and (recipe.run.eval_zeroshot or recipe.train.method == "zeroshot"):
+    run = _Setup(writer, backbone, task, bundle, precision, sets, resumed, {}, retain,
+                 retain_task() if retain else None)
+    if run.evaluates and (recipe.run.eval_zeroshot or recipe.train.method == "zeroshot"):
         run.evals["zeroshot"] = _zeroshot(run)
+    run.before = _retain_before(run)
     distributed.barrier(ctx)  # the others wait while rank 0 evaluates the pretrained model
     return run
+
+
+def _check_built_as_locked(run_dir: Path, backbone: Backbone, reporter: Reporter) -> None:
+    """A resumed run continues in the network its lock file says it was trained in."""
+    locked = rundir.read_recipe_lock(run_dir)[1].get("backbone")
+    notice = rundir.check_built_as_locked(run_dir, locked if isinstance(locked, dict) else {},
+                                          backbone.describe())
+    if notice:
+        reporter.notice(notice)
 
 
 def _write_lock(recipe: Recipe, run_dir: Path, ctx: DistContext, precision: Precision,
@@ -223,16 +243,39 @@ def _zeroshot(run: _Setup) -> dict[str, Any]:
     saved = rundir.read_eval(run.writer.run_dir, "zeroshot")
     if run.resume is not None and isinstance(saved, dict):
         return saved
-    run.writer.reporter.notice(f"evaluating the pretrained model on {', '.join(run.sets)}")
+    run.writer.reporter.notice(f"evaluating the pretrained model on "
+                                f"{', '.join([*run.sets, *run.retain])}")
     metrics = _evaluate(run, "zeroshot", run.backbone.model)
     run.writer.eval_record("zeroshot", metrics, 0, task_metrics(run.task).primary)
     return metrics
 
 
+def _retain_before(run: _Setup) -> dict[str, Any] | None:
+    """The pretrained model's metrics on the retention sets: from its zero-shot evaluation, or,
+    when that was skipped (``run.eval_zeroshot = false``) or a resumed run added sets, measured
+    now, on the retention sets alone."""
+    if not run.retain:
+        return None
+    zeroshot = run.evals.get("zeroshot") or {}
+    if all(name in zeroshot for name in run.retain):
+        return {name: zeroshot[name] for name in run.retain}
+    run.writer.reporter.notice(f"evaluating the pretrained model on {', '.join(run.retain)} "
+                               "(retention before finetuning)")
+    return evaluate(run.retain_scorer, run.backbone, run.backbone.model, run.retain,
+                    run.precision)
+
+
 def _evaluate(run: _Setup, tag: str, module: torch.nn.Module,
               head: torch.nn.Module | None = None) -> dict[str, Any]:
-    metrics = evaluate(run.task, run.backbone, module, run.sets, run.precision, head)
-    for name, (_, loader) in run.sets.items():
+    """The task's metrics on the ID and OOD sets (through ``head`` when the run trained one) and
+    the zero-shot metrics on the retention sets (never through a head: it has only the
+    finetuning classes)."""
+    metrics = evaluate(run.task, run.backbone, module, run.sets, run.precision, head) \
+        if run.sets else {}
+    if run.retain:
+        metrics.update(evaluate(run.retain_scorer, run.backbone, module, run.retain,
+                                run.precision))
+    for name, (_, loader) in {**run.sets, **run.retain}.items():
         skipped = getattr(loader, "bad", [])
         if skipped:
             run.writer.log({"event": "bad_data", "split": "eval", "model": tag, "dataset": name,
@@ -254,10 +297,10 @@ def _finish(run: _Setup, trained: Trained, start: float) -> RunResult:
                                f"{100 * trained.bad.fraction:.2f}% of the training set, skipped "
                                f"{trained.bad.skipped} time(s) in all (first: {first.describe()})")
     evals = dict(run.evals)
-    if run.sets and recipe.train.method == "zeroshot" and "zeroshot" in evals:
+    if run.evaluates and recipe.train.method == "zeroshot" and "zeroshot" in evals:
         evals["student"] = evals["zeroshot"]  # the same weights: no second evaluation
         writer.eval_record("final_student", evals["student"], trained.steps, spec.primary)
-    elif run.sets:
+    elif run.evaluates:
         writer.reporter.notice("evaluating the finetuned model")
         head = trained.trainer.head
         evals["student"] = _evaluate(run, "student", run.backbone.model, head)
@@ -270,7 +313,7 @@ def _finish(run: _Setup, trained: Trained, start: float) -> RunResult:
                 writer.eval_record(f"final_{tag}", metrics, trained.steps, spec.primary)
     summary = {"run_dir": str(writer.run_dir), "steps": trained.steps,
                "wall_time_s": round(time.time() - start, 2),
-               "eval": summarize(recipe, evals, spec)}
+               "eval": summarize(recipe, evals, spec, run.before)}
     if trained.bad.skipped:
         summary["bad_data"] = trained.bad.summary()
     rundir.write_summary(writer.run_dir, summary)

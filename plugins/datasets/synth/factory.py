@@ -12,8 +12,16 @@ from PIL import Image
 
 from tracer_cli.errors import RecipeError
 from tracer_cli.options import Options
+from tracer_cli.recipe import MAX_SEED
 
 DEFAULT_SIZE = {"train": 20000, "test": 5000}
+# Every image is rendered up front and kept in memory (image_size² × 3 bytes each), so the size
+# is bounded before anything is allocated: at most a million images, and at most 4 GiB of them
+# (87,381 images at the largest image_size, 128 px). tiny_pretrain.toml, the largest real use,
+# renders 60,000 at 32 px (184 MB).
+MAX_SIZE = 10**6
+MAX_BYTES = 4 * 2**30
+MAX_IMAGE_SIZE = 128
 
 
 _SPLIT_ID = {"train": 0, "test": 1}
@@ -40,11 +48,16 @@ def open_options(spec: dict[str, Any], split: str,
     opts = Options(table, path=table.pop("_path", "data"))
     if split not in _SPLIT_ID:
         raise ValueError(f"unknown split {split!r}; expected 'train' or 'test'")
-    common = {"size": opts.int("size", default=default_size[split], minimum=1),
-              "image_size": opts.int("image_size", default=32, minimum=16),
-              "seed": opts.int("seed", default=0, minimum=0)}
-    if common["image_size"] > 128:
-        raise RecipeError(opts.key("image_size"), f"got {common['image_size']}; must be <= 128")
+    common = {"size": opts.int("size", default=default_size[split], minimum=1, maximum=MAX_SIZE),
+              "image_size": opts.int("image_size", default=32, minimum=16,
+                                     maximum=MAX_IMAGE_SIZE),
+              "seed": opts.int("seed", default=0, minimum=0, maximum=MAX_SEED)}
+    fits = MAX_BYTES // (3 * common["image_size"] ** 2)
+    if common["size"] > fits:
+        raise RecipeError(opts.key("size"), f"got {common['size']}; images of "
+                          f"{common['image_size']} px are kept in memory, at most "
+                          f"{MAX_BYTES >> 30} GiB of them: must be between 1 and {fits:,} "
+                          "(or a smaller image_size)")
     return opts, common
 
 

@@ -1,10 +1,11 @@
-"""The synth plugin's hook: registers the world's nine datasets (the ``synth`` entry point)."""
+"""The synth plugin's hook: registers the world's ten datasets (the ``synth`` entry point)."""
 
 from __future__ import annotations
 
 from tracer_cli import hookimpl
 from tracer_plugins.datasets.synth.classification import (
     domain_factory, synth_photo_narrow, synth_world)
+from tracer_plugins.datasets.synth.colour import synth_colour
 from tracer_plugins.datasets.synth.retrieval import synth_captions
 from tracer_plugins.datasets.synth.vqa import synth_vqa
 
@@ -18,5 +19,6 @@ def tracer_register_datasets(registry) -> None:
     registry.add("synth-cartoon", domain_factory("cartoon"))
     registry.add("synth-noisy", domain_factory("noisy"))
     registry.add("synth-mono", domain_factory("mono"))
+    registry.add("synth-colour", synth_colour)
     registry.add("synth-captions", synth_captions)
     registry.add("synth-vqa", synth_vqa)

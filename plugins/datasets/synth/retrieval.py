@@ -50,10 +50,7 @@ def synth_captions(spec: dict[str, Any], split: str, transform=None) -> DatasetB
     """
     opts, common = open_options(spec, split, DEFAULT_CAPTION_SIZE)
     domain = opts.str("domain", default="photo", choices=RENDER_DOMAINS)
-    per_image = opts.int("captions_per_image", default=3, minimum=1)
-    if per_image > MAX_CAPTIONS:
-        raise RecipeError(opts.key("captions_per_image"), f"got {per_image}; must be <= "
-                                                          f"{MAX_CAPTIONS}")
+    per_image = opts.int("captions_per_image", default=3, minimum=1, maximum=MAX_CAPTIONS)
     colours = read_names(opts, "colours", COLOURS, COLOURS)
     opts.done()
     seed = split_seed(common["seed"], split)
