@@ -42,6 +42,23 @@ def test_minimal_recipe_gets_defaults():
     # tracer's default views (crd, fd, icl, xkd) compare with the untempered teacher
     ({**MINIMAL, "distill": {"temperature": 2}}, "distill.temperature",
      "only in plain soft-label distillation"),
+    ({**MINIMAL, "train": {"schedule": "step"}}, "train.schedule",
+     "allowed: cosine, constant, linear"),
+    ({**MINIMAL, "train": {"beta1": 1}}, "train.beta1", "must be >= 0 and < 1"),
+    ({**MINIMAL, "train": {"beta2": -0.5}}, "train.beta2", "must be >= 0 and < 1"),
+    ({**MINIMAL, "train": {"eps": 0}}, "train.eps", "must be > 0"),
+    ({**MINIMAL, "train": {"epochs": -1}}, "train.epochs", "must be between 0 and"),
+    ({**MINIMAL, "train": {"epochs": 2, "steps": 100}}, "train.epochs", "set one of them"),
+    ({**MINIMAL, "train": {"lock_image_unlocked_groups": 2}}, "train.lock_image_unlocked_groups",
+     "only applies with train.lock_image = true"),
+    ({**MINIMAL, "train": {"lock_text_freeze_layer_norm": False}},
+     "train.lock_text_freeze_layer_norm", "only applies with train.lock_text = true"),
+    ({**MINIMAL, "train": {"lock_text": True, "lock_text_unlocked_layers": -1}},
+     "train.lock_text_unlocked_layers", "must be >= 0"),
+    ({**MINIMAL, "train": {"lock_image": True, "method": "ft"}}, "train.lock_image",
+     "which is train.method = 'lp'"),
+    ({**MINIMAL, "train": {"lock_text": True, "method": "lp"}}, "train.lock_text",
+     "trains no part of the backbone"),
     ({"run": {}}, "data", "required"),
     ({"data": {"train": 3}}, "data.train", "dataset name or a table"),
     ({"data": {"train": "a", "ood": ["x", {"name": "x"}]}}, "data.ood", "appear twice"),
@@ -144,6 +161,33 @@ def test_lock_file_round_trips(tmp_path):
     assert again.to_dict() == rec.to_dict()
     assert again.train.steps == 420
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_epochs_resolve_to_whole_batches_and_the_lock_records_the_steps(tmp_path):
+    rec = R.from_dict({**MINIMAL, "train": {"epochs": 3, "batch_size": 16, "warmup_steps": 5}})
+    rec.train.resolve_epochs(70)  # 4 whole batches of 16; the last 6 examples are dropped
+    assert rec.train.steps == 12
+    doc = tomllib.loads(R.lock_text(rec, {}))
+    assert doc["train"]["steps"] == 12 and "epochs" not in doc["train"]
+    assert doc["lock"]["epochs"] == 3
+    doc.pop("lock")
+    assert R.from_dict(doc).train.steps == 12  # the lock reads back as a run of 12 steps
+
+
+def test_an_epochs_recipe_prints_without_steps_and_reads_back():
+    rec = R.from_dict({**MINIMAL, "train": {"epochs": 3}})
+    doc = tomllib.loads(R.recipe_text(rec))
+    assert doc["train"]["epochs"] == 3 and "steps" not in doc["train"]
+    assert R.from_dict(doc).train.epochs == 3
+
+
+def test_epochs_too_short_for_the_warmup_name_the_key():
+    rec = R.from_dict({**MINIMAL, "train": {"epochs": 1, "batch_size": 16, "warmup_steps": 5}})
+    with pytest.raises(RecipeError) as err:
+        rec.train.resolve_epochs(70)
+    assert err.value.key == "train.warmup_steps" and "train.steps (4)" in str(err.value)
+    with pytest.raises(RecipeError, match="fewer than one batch"):
+        rec.train.resolve_epochs(15)
 
 
 def test_resume_free_plugin_keys_are_the_ones_their_plugins_declare(monkeypatch):

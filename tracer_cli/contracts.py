@@ -40,7 +40,26 @@ from tracer_cli.metric_spec import CLASSIFICATION_METRICS, TaskMetrics, task_met
 
 __all__ = ["Backbone", "CLASSIFICATION_METRICS", "DatasetBundle", "ExportFormat", "ExportedModel",
            "Logger", "OUTCOMES", "Outcome", "SkippedItem", "Task", "TaskMetrics", "eval_scalars",
-           "flat_params", "flat_scalars", "skipped_item", "task_metrics"]
+           "flat_params", "flat_scalars", "skipped_item", "task_metrics", "TEMPLATE_PLACEHOLDERS",
+           "template_problem", "fill_template"]
+
+
+# The class-name placeholder of a prompt template: open_clip's "{}" or CLIP_benchmark's "{c}",
+# exactly one of them, once.
+TEMPLATE_PLACEHOLDERS = ("{}", "{c}")
+
+
+def template_problem(template: str) -> str | None:
+    """Why ``template`` is not a prompt template (one error line naming it), or None."""
+    if sum(template.count(p) for p in TEMPLATE_PLACEHOLDERS) != 1:
+        return (f"template {template!r} must contain exactly one '{{}}' or '{{c}}' for the class "
+                "name")
+    return None
+
+
+def fill_template(template: str, classname: str) -> str:
+    """The prompt ``template`` (checked by :func:`template_problem`) for ``classname``."""
+    return template.format(classname) if "{}" in template else template.format(c=classname)
 
 
 @dataclass
@@ -49,7 +68,8 @@ class DatasetBundle:
 
     ``dataset[i]`` returns a dict with ``"image"`` (a transformed image tensor), ``"label"`` (int)
     and, for caption datasets, ``"caption"`` (str). ``classnames[label]`` names each label;
-    ``templates`` are prompt templates with one ``{}`` for the class name; ``class_subset`` lists
+    ``templates`` are prompt templates with one ``{}`` (or ``{c}``) for the class name
+    (:func:`fill_template`); ``class_subset`` lists
     the indices of these classes in a parent label space when the dataset covers only part of it
     (ImageNet-R: 200 of 1000). An item that cannot be read (a corrupt image) is returned as a
     :class:`SkippedItem` rather than raised, so one bad file does not end a long run.
@@ -112,6 +132,10 @@ class Backbone(Protocol):
     (``"image"``, ``"text"``); ``train.grad_checkpointing = true`` needs it.
     ``shard_units(module) -> list[nn.Module]`` names the blocks ``train.strategy = "fsdp"``
     shards one at a time (without it the whole model is one unit).
+    ``lock_image_tower(module, unlocked_groups)`` and ``lock_text_tower(module, unlocked_layers,
+    freeze_layer_norm)`` stop the parameters of a tower (all but its last groups / layers) from
+    requiring gradients, as open_clip's methods of these names; ``train.lock_image`` /
+    ``train.lock_text`` need them.
     """
 
     model: nn.Module
@@ -206,10 +230,14 @@ class ExportedModel:
 
 class ExportFormat(Protocol):
     """A folder layout a backbone writes for the library it comes from, declared in its factory's
-    ``export_formats``. tracer builds the folder under a temporary name, adds ``MODEL_CARD.md``
-    and ``model_card.json`` and publishes it only when everything succeeded. An optional method
-    ``by_name(model) -> dict | None`` fills the card's ``model.by_name`` (how to load the weights
-    by architecture name, or None when that would not give this model)."""
+    ``export_formats``. tracer builds the folder under a temporary name, adds ``README.md``,
+    ``MODEL_CARD.md`` and ``model_card.json`` and publishes it only when everything succeeded.
+    An optional method ``by_name(model) -> dict | None`` fills the card's ``model.by_name`` (how
+    to load the weights by architecture name, or None when that would not give this model).
+    Optional for the
+    ``README.md`` front matter (Hugging Face): an attribute ``library_name`` (the Hub's name of
+    the library that loads the folder) and a method ``license(model) -> str | None`` (the
+    weights' license identifier, None when unknown)."""
 
     def write(self, folder: Path, model: ExportedModel) -> dict[str, Any]:
         """Write and check the format's files in ``folder``; returns the card's ``details`` (the

@@ -342,7 +342,8 @@ def _checkpoint_source(req: EvalRequest, which: str) -> _Source:
     if req.recipe is not None:
         raw, origin = read_recipe(req.recipe), str(req.recipe)
     elif isinstance(state.get("recipe"), dict):
-        raw, origin = copy.deepcopy(state["recipe"]), f"{req.checkpoint} (embedded recipe)"
+        raw = recipe_mod.resolved_tables(copy.deepcopy(state["recipe"]))
+        origin = f"{req.checkpoint} (embedded recipe)"
     else:
         raise UsageError(f"checkpoint '{req.checkpoint}' carries no recipe; pass --recipe FILE "
                          "with the recipe it was trained with")

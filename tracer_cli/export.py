@@ -1,6 +1,8 @@
 """``tracer export`` as a library: a run's model in formats other tools load as they are.
 
-Formats (each a folder, plus ``MODEL_CARD.md`` and ``model_card.json``):
+Formats (each a folder, plus the model card: ``README.md``, the card with Hugging Face's YAML
+front matter, which the Hub reads; ``MODEL_CARD.md``, the same card without it, as earlier
+versions wrote; and ``model_card.json``):
 
 - a backbone's own formats, declared by its plugin's factory in ``export_formats``
   (:class:`tracer_cli.contracts.ExportFormat`): the ``openclip`` backbone's ``open_clip``, a
@@ -55,7 +57,9 @@ from tracer_cli.teacher_spec import TeacherSpec
 # Formats every backbone can be exported in; backbones declare their own besides (formats()).
 CORE_FORMATS = ("safetensors", "onnx", "torchscript")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-CARD_FILES = ("MODEL_CARD.md", "model_card.json")
+CARD_FILES = ("README.md", "MODEL_CARD.md", "model_card.json")
+# What the Hugging Face Hub shows the model as: a CLIP scores images against class prompts.
+HUB_PIPELINE = "zero-shot-image-classification"
 SAFETENSORS_WEIGHTS = "model.safetensors"
 ONNX_OPSET = 18
 # Graphs whose weights exceed this go to a side file (protobuf stops at 2 GiB).
@@ -596,7 +600,26 @@ def build_card(req: ExportRequest, run: RunDir, subject: _Subject, folder: Path,
         "versions": _versions(req.format),
         "files": file_entries(folder),
         "load": load_snippets(req, subject),
+        "hub": hub_metadata(req, recipe, subject),
     }
+
+
+def hub_metadata(req: ExportRequest, recipe: Recipe, subject: _Subject) -> dict[str, Any]:
+    """The Hugging Face front matter of ``README.md``: ``library_name`` and ``license`` where the
+    backbone's own format declares them (its optional ``library_name`` attribute and
+    ``license(model)`` method; open_clip: ``open_clip``), the pipeline, and tags naming what
+    was trained."""
+    fmt = subject.own_format
+    meta: dict[str, Any] = {}
+    if getattr(fmt, "library_name", None):
+        meta["library_name"] = fmt.library_name
+    license_id = fmt.license(subject.exported()) if hasattr(fmt, "license") else None
+    if license_id:
+        meta["license"] = license_id
+    meta["pipeline_tag"] = HUB_PIPELINE
+    meta["tags"] = list(dict.fromkeys(["tracer", "clip", recipe.train.method, recipe.task.name,
+                                       req.format]))
+    return meta
 
 
 def _model_section(subject: _Subject) -> dict[str, Any]:
@@ -728,7 +751,20 @@ def load_snippets(req: ExportRequest, subject: _Subject) -> dict[str, str]:
 def write_card(folder: Path, card: dict[str, Any]) -> None:
     (folder / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n",
                                             encoding="utf-8")
-    (folder / "MODEL_CARD.md").write_text(render_card(card), encoding="utf-8")
+    text = render_card(card)
+    (folder / "MODEL_CARD.md").write_text(text, encoding="utf-8")
+    (folder / "README.md").write_text(front_matter(card["hub"]) + text, encoding="utf-8")
+
+
+def front_matter(meta: dict[str, Any]) -> str:
+    """``meta`` as a YAML front-matter block; every string JSON-quoted (valid YAML scalars)."""
+    lines = ["---"]
+    for key, value in meta.items():
+        if isinstance(value, list):
+            lines += [f"{key}:"] + [f"- {json.dumps(v)}" for v in value]
+        else:
+            lines.append(f"{key}: {json.dumps(value)}")
+    return "\n".join(lines + ["---", ""]) + "\n"
 
 
 def render_card(card: dict[str, Any]) -> str:

@@ -80,16 +80,17 @@ class TaskMetrics:
 CLASSIFICATION_METRICS = TaskMetrics(
     primary="accuracy",
     columns=("accuracy", "top5", "ece", "nll", "brier", "macro_f1", "n"),
-    hidden=("macro_f1_wilds", "accuracy_se"),
-    higher_is_better=frozenset({"accuracy", "top5", "macro_f1", "macro_f1_wilds", "n"}),
+    hidden=("macro_f1_wilds", "mean_per_class_recall", "accuracy_se"),
+    higher_is_better=frozenset({"accuracy", "top5", "macro_f1", "macro_f1_wilds",
+                                "mean_per_class_recall", "n"}),
     # A threshold of 70 for accuracy is a typo for 0.70, not a gate.
-    fractions=frozenset({"accuracy", "top5", "macro_f1", "macro_f1_wilds", "ece",
-                         "accuracy_se"}),
+    fractions=frozenset({"accuracy", "top5", "macro_f1", "macro_f1_wilds",
+                         "mean_per_class_recall", "ece", "accuracy_se"}),
     averaged=("accuracy", "ece"),
     id_averaged=("accuracy",),
     headers={"accuracy": "acc %", "top5": "top-5 %", "ece": "ECE", "nll": "NLL",
              "brier": "Brier", "macro_f1": "macro-F1", "macro_f1_wilds": "macro-F1 (WILDS)",
-             "n": "n"},
+             "mean_per_class_recall": "mean per-class recall", "n": "n"},
     percent=frozenset({"accuracy", "top5"}),
 )
 

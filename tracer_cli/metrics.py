@@ -153,6 +153,18 @@ def macro_f1_wilds(logits: Any, labels: Any) -> float:
     return float(np.mean(f1[actual]))
 
 
+def mean_per_class_recall(logits: Any, labels: Any) -> float:
+    """Unweighted mean over the classes in the labels of each class's recall (its share of
+    images predicted as it): CLIP_benchmark's ``mean_per_class_recall`` (scikit-learn's
+    ``balanced_accuracy_score``), which VTAB-style benchmarks report for unbalanced test sets."""
+    pred = _to_numpy(logits).argmax(axis=1)
+    y = _labels(labels)
+    actual = np.bincount(y)
+    hits = np.bincount(y[pred == y], minlength=len(actual))
+    present = actual > 0
+    return float(np.mean(hits[present] / actual[present]))
+
+
 def standard_error(acc: float, n: int) -> float:
     """Binomial standard error of an accuracy measured on ``n`` samples: √(acc(1 − acc)/n)."""
     return float(np.sqrt(acc * (1.0 - acc) / n))
@@ -162,7 +174,7 @@ def classification_metrics(logits: Any, labels: Any) -> dict[str, float | int]:
     """Every metric of the report for one dataset, from its full logits and labels.
 
     Keys: ``accuracy``, ``top5``, ``ece``, ``nll``, ``brier``, ``macro_f1``,
-    ``macro_f1_wilds``, ``n``, ``accuracy_se``.
+    ``macro_f1_wilds``, ``mean_per_class_recall``, ``n``, ``accuracy_se``.
     """
     z = _to_numpy(logits)
     y = _labels(labels)
@@ -176,6 +188,7 @@ def classification_metrics(logits: Any, labels: Any) -> dict[str, float | int]:
         "brier": brier(probs, y),
         "macro_f1": macro_f1(z, y),
         "macro_f1_wilds": macro_f1_wilds(z, y),
+        "mean_per_class_recall": mean_per_class_recall(z, y),
         "n": int(len(y)),
         "accuracy_se": standard_error(acc, len(y)),
     }

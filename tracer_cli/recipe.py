@@ -201,6 +201,24 @@ class TrainConfig:
     # Under torchrun: "ddp" replicates the model on every rank; "fsdp" shards student, teacher,
     # θ₀ and AdamW state over the ranks (torch FSDP2; see tracer_cli.engine.sharding).
     strategy: Literal["ddp", "fsdp"] = "ddp"
+    # AdamW's moment decay rates and denominator term (torch's and open_clip_train's defaults),
+    # and the learning-rate curve after the linear warm-up (see tracer_cli.engine.loop.SCHEDULES).
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    schedule: Literal["cosine", "constant", "linear"] = "cosine"
+    # The run's length in passes over the training set instead of train.steps (0: steps); the
+    # engine turns it into steps once the training set is built (resolve_epochs).
+    epochs: int = 0
+    # Towers kept fixed, with open_clip's lock_image_tower / lock_text_tower semantics (a backbone
+    # capability): the last N groups / layers stay trainable; frozen BatchNorm statistics and
+    # LayerNorm weights of the locked part as open_clip_train's --lock-* flags.
+    lock_image: bool = False
+    lock_image_unlocked_groups: int = 0
+    lock_image_freeze_bn_stats: bool = False
+    lock_text: bool = False
+    lock_text_unlocked_layers: int = 0
+    lock_text_freeze_layer_norm: bool = True
 
     def resolved_head_lr(self) -> float:
         return self.head_lr or self.lr
@@ -216,8 +234,10 @@ class TrainConfig:
         for key, note in (("lr", ""), ("weight_decay", ""), ("grad_clip", " (0 disables)")):
             value = getattr(self, key)
             _check(f"{path}.{key}", value >= 0, f"got {value:g}; must be >= 0{note}")
-        _check(f"{path}.warmup_steps", 0 <= self.warmup_steps <= self.steps,
-               f"got {self.warmup_steps}; must be between 0 and train.steps ({self.steps})")
+        self._validate_optimizer(path)
+        self._validate_locks(path)
+        if not self.epochs:  # with epochs, once the steps are known (resolve_epochs)
+            self._validate_horizon(path)
         _check_range(f"{path}.checkpoint_every", self.checkpoint_every, 0, MAX_STEPS,
                      " (0: only the final checkpoint)")
         _check_range(f"{path}.keep_checkpoints", self.keep_checkpoints, 0, MAX_STEPS,
@@ -229,9 +249,6 @@ class TrainConfig:
                self.batch_size % self.accum_steps == 0,
                f"got {self.accum_steps}; must be >= 1 and divide train.batch_size "
                f"({self.batch_size}) into equal micro-batches")
-        _check(f"{path}.lp_steps", 0 <= self.lp_steps < self.steps,
-               f"got {self.lp_steps}; must be >= 0 and < train.steps ({self.steps}) (0: half of "
-               "the steps)")
         if self.strategy == "fsdp" and self.method in HEAD_METHODS:
             raise RecipeError(f"{path}.strategy", f"'fsdp' shards the contrastive methods "
                               f"(flyp, carot, tracer), not train.method = '{self.method}'; use "
@@ -239,6 +256,59 @@ class TrainConfig:
         if self.lp_steps and self.method != "lpft":
             raise RecipeError(f"{path}.lp_steps", f"only applies to train.method = 'lpft' (got "
                               f"'{self.method}')")
+
+    def _validate_horizon(self, path: str) -> None:
+        """The keys bounded by ``steps``."""
+        _check(f"{path}.warmup_steps", 0 <= self.warmup_steps <= self.steps,
+               f"got {self.warmup_steps}; must be between 0 and train.steps ({self.steps})")
+        _check(f"{path}.lp_steps", 0 <= self.lp_steps < self.steps,
+               f"got {self.lp_steps}; must be >= 0 and < train.steps ({self.steps}) (0: half of "
+               "the steps)")
+
+    def _validate_optimizer(self, path: str) -> None:
+        for key in ("beta1", "beta2"):
+            value = getattr(self, key)
+            _check(f"{path}.{key}", 0 <= value < 1, f"got {value:g}; must be >= 0 and < 1")
+        _check(f"{path}.eps", self.eps > 0, f"got {self.eps:g}; must be > 0")
+        _check_range(f"{path}.epochs", self.epochs, 0, MAX_STEPS,
+                     " (0: the run's length is train.steps)")
+
+    def _validate_locks(self, path: str) -> None:
+        """The ``lock_*`` options need their tower locked, and a method whose backbone trains."""
+        default = TrainConfig()
+        for tower, options in (("image", ("unlocked_groups", "freeze_bn_stats")),
+                               ("text", ("unlocked_layers", "freeze_layer_norm"))):
+            locked = getattr(self, f"lock_{tower}")
+            for key in (f"lock_{tower}_{option}" for option in options):
+                value = getattr(self, key)
+                _check(f"{path}.{key}", locked or value == getattr(default, key),
+                       f"got {value!r}, but it only applies with {path}.lock_{tower} = true")
+            _check(f"{path}.lock_{tower}", not locked or self.method not in ("zeroshot", "lp"),
+                   f"got true, but train.method = '{self.method}' trains no part of the backbone")
+        for key in ("lock_image_unlocked_groups", "lock_text_unlocked_layers"):
+            _check(f"{path}.{key}", getattr(self, key) >= 0,
+                   f"got {getattr(self, key)}; must be >= 0 (0: the whole tower is locked)")
+        _check(f"{path}.lock_image", not self.lock_image or self.method not in HEAD_METHODS or
+               self.lock_image_unlocked_groups > 0,
+               f"a fully locked image tower leaves train.method = '{self.method}' only its head "
+               "to train, which is train.method = 'lp'; use that, or keep the last groups "
+               f"trainable with {path}.lock_image_unlocked_groups")
+
+    def resolve_epochs(self, dataset_size: int, path: str = "train") -> None:
+        """Set ``steps`` from ``epochs`` (when set) and the training set's size: whole batches
+        only, as the engine's data stream drops the last partial one; then check the keys
+        bounded by ``steps``."""
+        if not self.epochs:
+            return
+        per_epoch = dataset_size // self.batch_size
+        _check(f"{path}.epochs", per_epoch >= 1,
+               f"the training set has {dataset_size} examples, fewer than one batch "
+               f"(train.batch_size = {self.batch_size})")
+        self.steps = self.epochs * per_epoch
+        _check(f"{path}.epochs", self.steps <= MAX_STEPS,
+               f"got {self.epochs}: {self.steps:,} steps of {per_epoch:,} per epoch; a run has at "
+               f"most {MAX_STEPS:,}")
+        self._validate_horizon(path)
 
 
 @dataclass
@@ -509,6 +579,7 @@ def from_dict(raw: dict[str, Any], source: str = "<memory>") -> Recipe:
     )
     _check_method(recipe)
     _check_eval_sets(recipe)
+    _check_length(raw.get("train", {}))
     return recipe
 
 
@@ -519,6 +590,13 @@ def _check_eval_sets(recipe: Recipe) -> None:
         _check("run.eval_sets", name in labels,
                f"got {name!r}, which is not an evaluation dataset of data.id / data.ood; "
                f"allowed: {', '.join(labels) or '(none: the recipe evaluates nothing)'}")
+
+
+def _check_length(train: dict[str, Any]) -> None:
+    """A run's length is ``train.steps`` or ``train.epochs``, never both."""
+    _check("train.epochs", not (train.get("epochs") and "steps" in train),
+           f"got {train.get('epochs')!r} with train.steps = {train.get('steps')!r}; set one of "
+           "them (steps: optimizer steps; epochs: passes over the training set)")
 
 
 def with_method_defaults(raw: dict[str, Any]) -> dict[str, Any]:
@@ -629,6 +707,8 @@ def resume_differences(saved: dict[str, Any], current: Recipe) -> list[str]:
     checkpoint differs from ``current``; empty when the run can be resumed as it is."""
     old, new = _flatten(saved), _flatten(current.to_dict())
     free = RESUME_FREE_KEYS + plugin_resume_free_keys(saved, current)
+    if current.train.epochs:  # steps follow from epochs and data.train, both compared
+        free += ("train.steps",)
     out = []
     for key in sorted(set(old) | set(new)):
         before, after = old.get(key, _ABSENT), new.get(key, _ABSENT)
@@ -871,14 +951,18 @@ def _sets_key(override: str, key: str) -> bool:
 
 def recipe_text(recipe: Recipe) -> str:
     """The resolved recipe as TOML (``tracer finetune --print-recipe``)."""
-    return _toml_text(recipe.to_dict())
+    doc = recipe.to_dict()
+    if recipe.train.epochs:  # its steps come from the training set, which is not read here
+        del doc["train"]["steps"]
+    return _toml_text(doc)
 
 
 def lock_text(recipe: Recipe, extra: dict[str, Any]) -> str:
     """The resolved recipe plus ``extra`` (versions, git hash) in a ``[lock]`` table, as TOML:
     what a run's ``recipe.lock.toml`` holds."""
-    doc = recipe.to_dict()
-    doc["lock"] = extra
+    doc = resolved_tables(recipe.to_dict())
+    # An epochs run records the epochs its steps were resolved from.
+    doc["lock"] = {**extra, "epochs": recipe.train.epochs} if recipe.train.epochs else extra
     return _toml_text(doc)
 
 
@@ -886,6 +970,16 @@ def _toml_text(doc: dict[str, Any]) -> str:
     import tomli_w
 
     return tomli_w.dumps(_toml_safe(doc))
+
+
+def resolved_tables(tables: dict[str, Any]) -> dict[str, Any]:
+    """The tables of a resolved recipe (``Recipe.to_dict()`` after the engine resolved
+    ``train.epochs``, as a checkpoint holds it) as a recipe of ``train.steps`` alone, which reads
+    back without the training set: what ``recipe.lock.toml`` holds. Changes ``tables``."""
+    train = tables.get("train")
+    if isinstance(train, dict) and train.get("epochs") and "steps" in train:
+        del train["epochs"]
+    return tables
 
 
 def _toml_safe(value: Any) -> Any:

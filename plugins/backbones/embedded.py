@@ -1,9 +1,9 @@
 """The embedded tiny CLIP: pretrained by tracer itself on the synthetic world, built on first use.
 
 ``model.pretrained = "embedded"`` resolves to ``$TRACER_CACHE/embedded/<arch>-<digest>.pt``
-(``TRACER_CACHE`` defaults to ``~/.cache/tracer``). When the file is missing, the ``openclip``
-backbone asks the engine for it (:func:`weights_build`, the backbone's ``weights_build``
-capability): the engine runs the packaged ``tiny_pretrain.toml`` recipe — exactly what
+(``TRACER_CACHE`` defaults to ``$XDG_CACHE_HOME/tracer``, else ``~/.cache/tracer``). When the
+file is missing, the ``openclip`` backbone asks the engine for it (:func:`weights_build`, the
+backbone's ``weights_build`` capability): the engine runs the packaged ``tiny_pretrain.toml`` recipe — exactly what
 ``tracer finetune recipes/tiny_pretrain.toml`` does — keeps the student's weights there, and then
 builds the backbone. The digest covers the recipe text, the architecture's name and config
 (``model_configs/<arch>.json``) and :data:`BUILD_VERSION`, so editing the recipe or the config,
@@ -54,7 +54,13 @@ _UNTRAINED_SEED = 20260  # the fixed stream the untrained token rows are redrawn
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tracer").expanduser()
+    """``$TRACER_CACHE``, else ``$XDG_CACHE_HOME/tracer``, else ``~/.cache/tracer`` (the XDG base
+    directory rules: an empty or relative ``XDG_CACHE_HOME`` is ignored)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "tracer"
 
 
 def pretrain_recipe_text() -> str:

@@ -415,6 +415,30 @@ class OpenClipBackbone:
             towers.append("text")
         return towers
 
+    def lock_image_tower(self, module: nn.Module, unlocked_groups: int) -> None:
+        """open_clip's ``lock_image_tower``: the image tower's parameters stop requiring
+        gradients, except its last ``unlocked_groups`` layer groups. BatchNorm statistics are
+        the engine's (``train.lock_image_freeze_bn_stats``): open_clip's FrozenBatchNorm2d would
+        drop keys from the checkpoint that plain open_clip then misses."""
+        try:
+            module.lock_image_tower(unlocked_groups=unlocked_groups, freeze_bn_stats=False)
+        except AssertionError as exc:  # open_clip's ModifiedResNet locks only as a whole
+            raise RecipeError("train.lock_image_unlocked_groups",
+                              f"got {unlocked_groups}, but {self.arch}'s image tower cannot be "
+                              f"partly locked ({exc}); use 0") from None
+
+    def lock_text_tower(self, module: nn.Module, unlocked_layers: int,
+                        freeze_layer_norm: bool) -> None:
+        """open_clip's ``lock_text_tower``: the text tower's parameters stop requiring gradients,
+        except its last ``unlocked_layers`` groups (embeddings, blocks, projection)."""
+        try:
+            module.lock_text_tower(unlocked_layers=unlocked_layers,
+                                   freeze_layer_norm=freeze_layer_norm)
+        except AssertionError as exc:  # open_clip's own text towers lock LayerNorm with the rest
+            raise RecipeError("train.lock_text_freeze_layer_norm",
+                              f"got false, but {self.arch}'s text tower locks its LayerNorm "
+                              f"weights with the others ({exc}); remove the key") from None
+
     def shard_units(self, module: nn.Module) -> list[nn.Module]:
         """The blocks FSDP shards one at a time (``train.strategy = "fsdp"``): every transformer
         block of both towers, and the four stages of a ModifiedResNet image tower."""

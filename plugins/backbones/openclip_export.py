@@ -40,6 +40,15 @@ _PREPROCESS_KWARGS = (("mean", "image_mean"), ("std", "image_std"),
 class OpenClipFormat:
     """The ``open_clip`` export format (satisfies :class:`tracer_cli.contracts.ExportFormat`)."""
 
+    # The Hugging Face Hub's name for the library that loads the folder (README.md front matter).
+    library_name = "open_clip"
+
+    def license(self, model: ExportedModel) -> str | None:
+        """The weights' license where tracer knows it: the embedded tiny CLIPs are tracer's own
+        (MIT, as tracer); a tag's or a file's weights carry their publisher's terms, unstated
+        here."""
+        return "mit" if model.backbone.describe().get("pretrained") == "embedded" else None
+
     def write(self, folder: Path, model: ExportedModel) -> dict[str, Any]:
         if model.model_cfg is None:
             raise UsageError("--format open_clip needs the backbone's open_clip model config, "

@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 from PIL import Image
 from torch.utils.data import Dataset
 
-from tracer_cli.contracts import SkippedItem, skipped_item
+from tracer_cli.contracts import SkippedItem, skipped_item, template_problem
 from tracer_cli.errors import MissingResourceError, RecipeError
 from tracer_cli.options import Options
 
@@ -62,14 +62,14 @@ def options_for(spec: dict[str, Any]) -> Options:
 
 
 def read_templates(opts: Options) -> list[str]:
-    """The ``templates`` option: prompt templates, each with exactly one ``{}``."""
+    """The ``templates`` option: prompt templates, each with exactly one ``{}`` or ``{c}``."""
     templates = opts.str_list("templates", default=list(DEFAULT_TEMPLATES))
     if not templates:
         raise RecipeError(opts.key("templates"), "must list at least one template")
     for template in templates:
-        if template.count("{}") != 1:
-            raise RecipeError(opts.key("templates"),
-                              f"template {template!r} must contain exactly one '{{}}'")
+        problem = template_problem(template)
+        if problem:
+            raise RecipeError(opts.key("templates"), problem)
     return templates
 
 

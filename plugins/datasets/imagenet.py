@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from tracer_cli import hookimpl
-from tracer_cli.contracts import DatasetBundle
+from tracer_cli.contracts import TEMPLATE_PLACEHOLDERS, DatasetBundle
 from tracer_cli.errors import MissingResourceError, RecipeError
 from tracer_cli.options import Options
 from tracer_plugins.datasets.common import (
@@ -199,11 +199,11 @@ class Common:
 def read_imagenet_templates(opts: Options) -> list[str]:
     """The ``templates`` option: ``"openai"`` (default), ``"simple"`` or a list of templates."""
     value = opts.raw("templates", default="openai")
-    if isinstance(value, str) and "{}" not in value:
+    if isinstance(value, str) and not any(p in value for p in TEMPLATE_PLACEHOLDERS):
         if value not in TEMPLATE_SETS:
             raise RecipeError(opts.key("templates"),
                               f"got {value!r}; use \"openai\" (CLIP's 80 prompts), \"simple\" "
-                              "(open_clip's 7) or a list of templates with one '{}' each")
+                              "(open_clip's 7) or a list of templates with one '{}' or '{c}' each")
         return imagenet_templates(value)
     return read_templates(opts)
 

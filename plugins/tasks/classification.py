@@ -45,7 +45,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tracer_cli import hookimpl
-from tracer_cli.contracts import CLASSIFICATION_METRICS, Backbone, DatasetBundle
+from tracer_cli.contracts import (
+    CLASSIFICATION_METRICS, Backbone, DatasetBundle, fill_template, template_problem)
 from tracer_cli.engine.modes import eval_mode
 from tracer_cli.errors import RecipeError, UsageError
 from tracer_cli.metric_spec import CLASSIFICATION_HEADLINES, classification_spec
@@ -86,16 +87,16 @@ def _check_templates(key: str, templates: Sequence[str] | None) -> None:
     if not templates:
         raise RecipeError(key, "must list at least one template")
     for t in templates:
-        if t.count("{}") != 1:
-            raise RecipeError(key, f"template {t!r} must contain exactly one '{{}}' for the "
-                              "class name")
+        problem = template_problem(t)
+        if problem:
+            raise RecipeError(key, problem)
 
 
 @torch.no_grad()
 def zero_shot_head(backbone: Backbone, module: nn.Module, classnames: Sequence[str],
                    templates: Sequence[str], device: torch.device, autocast: Any) -> torch.Tensor:
     """C×D classifier: per class, mean of normalized template embeddings, renormalized."""
-    texts = [t.format(c) for c in classnames for t in templates]
+    texts = [fill_template(t, c) for c in classnames for t in templates]
     feats = []
     with autocast():
         for i in range(0, len(texts), _TEXT_CHUNK):
@@ -311,7 +312,7 @@ class ClassificationTask:
         names = self._names(bundle, "the training set")
         labels = batch["label"].tolist()
         picks = torch.randint(len(templates), (len(labels),), generator=rng).tolist()
-        return [templates[p].format(names[y]) for y, p in zip(labels, picks)]
+        return [fill_template(templates[p], names[y]) for y, p in zip(labels, picks)]
 
     # --- a trained head (lp, ft, lpft) ----------------------------------------------------------
 

@@ -59,6 +59,15 @@ def test_ema_every_step_is_collapsed_and_strict_exits_3(runner, tiny_recipe, pri
     assert _check_runs(private_tmp) == []  # no run directory left behind
 
 
+def test_an_epochs_recipe_is_checked_over_its_resolved_steps(runner, tiny_recipe):
+    """2 passes over 70 examples at batch 16: 4 whole batches each, a horizon of 8 steps."""
+    text = tiny_recipe.read_text().replace("steps = 3", "epochs = 2")
+    tiny_recipe.write_text(text.replace('size = 64 }', 'size = 70 }'))
+    result = runner.invoke(app, ["distill-check", str(tiny_recipe), "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["horizon"] == 8
+
+
 def test_quickstart_is_persistent(runner, private_tmp):
     result = runner.invoke(app, ["distill-check", QUICKSTART, "--strict"])
     assert result.exit_code == 0, result.stderr

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import open_clip
@@ -32,6 +33,7 @@ from tracer_cli.engine.build import pretrained_backbone
 from tracer_cli.plugins import PluginHost
 from tracer_cli.runs import RunDir
 from tracer_plugins.backbones.openclip import register_tiny_configs
+from tracer_plugins.backbones.openclip_export import OpenClipFormat
 
 TEXTS = ["a photo of a circle.", "a sketch of a red triangle on grass.", "a star."]
 
@@ -75,7 +77,14 @@ def test_open_clip_folder_loads_in_plain_open_clip_with_the_same_embeddings(
     doc = _doc(_export(runner, run_dir, out, "--format", "open_clip", "--json"))
     assert doc["output"] == str(out) and doc["format"] == "open_clip"
     assert sorted(p.name for p in out.iterdir()) == [
-        "MODEL_CARD.md", "model_card.json", "open_clip_config.json", "open_clip_model.safetensors"]
+        "MODEL_CARD.md", "README.md", "model_card.json", "open_clip_config.json",
+        "open_clip_model.safetensors"]
+    # README.md: Hugging Face's front matter (no license: these weights are random-init), then
+    # the card of MODEL_CARD.md.
+    assert (out / "README.md").read_text() == "\n".join([
+        "---", 'library_name: "open_clip"', 'pipeline_tag: "zero-shot-image-classification"',
+        "tags:", '- "tracer"', '- "clip"', '- "classification"', '- "open_clip"',  # tracer once
+        "---", "", ""]) + (out / "MODEL_CARD.md").read_text()
     backbone, _ = tracer_model
     config = json.loads((out / "open_clip_config.json").read_text())
     register_tiny_configs()
@@ -234,7 +243,10 @@ def test_model_card_names_method_metrics_versions_and_hashes(runner, run_dir, tm
     weights = out / "model.safetensors"
     assert entry == {"path": "model.safetensors", "bytes": weights.stat().st_size,
                      "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    assert card["hub"] == {"pipeline_tag": "zero-shot-image-classification",
+                           "tags": ["tracer", "clip", "classification", "safetensors"]}
     text = (out / "MODEL_CARD.md").read_text()
+    assert (out / "README.md").read_text().endswith(text)
     for needle in (card["method"], entry["sha256"], "| student | 50.00 | 25.00 | 75.00 | 50.00 |",
                    "load_file("):
         assert needle in text, needle
@@ -395,3 +407,12 @@ def test_own_format_of_another_backbone_exits_2_before_loading(runner, run_dir, 
             "'plain-clip' (use --format safetensors, onnx or torchscript)") in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
     assert export_mod.formats() == ("open_clip", "safetensors", "onnx", "torchscript")
+
+
+def test_the_open_clip_format_states_the_license_of_tracers_own_weights():
+    def license_of(pretrained: str):
+        backbone = SimpleNamespace(describe=lambda: {"pretrained": pretrained})
+        return OpenClipFormat().license(SimpleNamespace(backbone=backbone))
+
+    assert license_of("embedded") == "mit"
+    assert license_of("openai") is None  # the publisher's terms: not tracer's to state

@@ -88,6 +88,16 @@ def test_the_two_macro_f1s_differ_on_a_class_predicted_but_absent():
     assert metrics.macro_f1_wilds(logits, labels) == pytest.approx((1 + 2 / 3 + 1) / 3)
 
 
+def test_mean_per_class_recall_hand_example():
+    # CLIP_benchmark's mean_per_class_recall (balanced accuracy): recall of class 0 = 2/3,
+    # class 1 = 1, class 2 = 0; class 3 is predicted but absent and does not count.
+    labels = np.array([0, 0, 0, 1, 2])
+    preds = np.array([0, 0, 1, 1, 3])
+    logits = np.eye(4)[preds]
+    assert metrics.mean_per_class_recall(logits, labels) == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert metrics.accuracy(logits, labels) == pytest.approx(3 / 5)  # what it differs from
+
+
 def test_accuracy_and_topk():
     logits = torch.tensor([[0.1, 0.5, 0.4], [0.8, 0.1, 0.05], [0.2, 0.3, 0.5]])
     labels = torch.tensor([2, 0, 0])
@@ -103,7 +113,7 @@ def test_classification_metrics_keys_and_standard_error():
     labels = torch.randint(0, 10, (200,), generator=gen)
     out = metrics.classification_metrics(logits, labels)
     assert set(out) == {"accuracy", "top5", "ece", "nll", "brier", "macro_f1", "macro_f1_wilds",
-                        "n", "accuracy_se"}
+                        "mean_per_class_recall", "n", "accuracy_se"}
     assert out["n"] == 200
     assert out["accuracy_se"] == pytest.approx(math.sqrt(out["accuracy"] * (1 - out["accuracy"])
                                                          / 200))

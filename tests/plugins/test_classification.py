@@ -15,7 +15,8 @@ from tracer_cli.errors import RecipeError, UsageError
 from tracer_cli.metrics import classification_metrics
 from tracer_plugins.backbones.openclip import make_backbone
 from tracer_plugins.datasets.synth import CLASSNAMES
-from tracer_plugins.tasks.classification import LinearHead, group_max, make_task
+from tracer_plugins.tasks.classification import (
+    LinearHead, group_max, make_task, zero_shot_head)
 
 TEMPLATES = ["a photo of a {}.", "a sketch of a {}."]
 SUBSET = [7, 1, 4]  # deliberately unsorted: rows must follow the subset's order
@@ -114,6 +115,26 @@ def test_templates_file(tmp_path):
         make_task({"templates_file": str(path)})
     with pytest.raises(RecipeError, match="task.classnames_file.*does not exist"):
         make_task({"classnames_file": str(tmp_path / "missing.txt")})
+
+
+def test_clip_benchmark_templates_are_the_same_prompts(backbone):
+    """A ``{c}`` template (CLIP_benchmark's form) prompts exactly as its ``{}`` twin."""
+    heads = [zero_shot_head(backbone, backbone.model, CLASSNAMES[:3], [template],
+                            torch.device("cpu"), contextlib.nullcontext)
+             for template in ("a photo of a {}.", "a photo of a {c}.")]
+    assert torch.equal(*heads)  # the same texts encoded twice
+    bundle, batches = _bundle([0, 1, 2, 3], CLASSNAMES)
+    texts = make_task({"train_templates": ["a {c} sketch"]}).train_texts(
+        batches[0], bundle, torch.Generator().manual_seed(0))
+    assert texts == [f"a {name} sketch" for name in CLASSNAMES[:4]]
+
+
+@pytest.mark.parametrize("template", ["a {} or a {c}", "no slot here", "{c} and {c}"])
+def test_a_template_needs_exactly_one_placeholder(template):
+    with pytest.raises(RecipeError) as err:
+        make_task({"templates": [template]})
+    assert err.value.key == "task.templates"
+    assert f"template {template!r} must contain exactly one '{{}}' or '{{c}}'" in str(err.value)
 
 
 def test_labels_outside_the_head_are_a_usage_error(backbone):

@@ -44,6 +44,19 @@ class _Notices(Reporter):
         self.lines.append(message)
 
 
+def test_the_cache_is_tracer_cache_then_xdg_cache_home_then_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TRACER_CACHE", str(tmp_path / "mine"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert embedded.cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("TRACER_CACHE")
+    assert embedded.cache_dir() == tmp_path / "xdg" / "tracer"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # ignored, as the XDG rules say
+    assert embedded.cache_dir() == tmp_path / "home" / ".cache" / "tracer"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert embedded.cache_dir() == tmp_path / "home" / ".cache" / "tracer"
+
+
 def test_packaged_recipe_is_the_repository_recipe():
     assert embedded.pretrain_recipe_text() == (RECIPES / "tiny_pretrain.toml").read_text()
 

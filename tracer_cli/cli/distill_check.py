@@ -77,7 +77,11 @@ def distill_check(
 def _load_recipe(path: Path | None, run: Path | None, sets: list[str]) -> recipe_mod.Recipe:
     """RECIPE with --set applied, or the run's resolved recipe when only --run is given."""
     if path is not None:
-        return recipe_mod.load(path, sets)
+        from tracer_cli.engine.build import resolve_epochs
+
+        rec = recipe_mod.load(path, sets)
+        resolve_epochs(rec)  # the teacher's horizon in steps
+        return rec
     if run is None:
         raise UsageError("give a RECIPE file, or --run RUN_DIR to check a run")
     from tracer_cli.runs import RunDir

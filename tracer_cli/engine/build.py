@@ -129,6 +129,15 @@ def build_dataset(spec: dict[str, Any], path: str, split: str, transform: Any) -
     return bundle
 
 
+def resolve_epochs(recipe: Recipe) -> None:
+    """``train.epochs`` into ``train.steps`` where no run builds the training set with its
+    backbone (``tracer distill-check RECIPE``): the set is built without a transform, only to be
+    counted. A finetune resolves from the set it trains on."""
+    if recipe.train.epochs:
+        bundle = build_dataset(recipe.data.train, "data.train", "train", None)
+        recipe.train.resolve_epochs(len(bundle.dataset))
+
+
 def eval_sets(recipe: Recipe, backbone: Backbone, roles: tuple[str, ...] = ("id", "ood")
               ) -> dict[str, tuple[DatasetBundle, Any]]:
     """name -> (bundle, loader) for the recipe's datasets of ``roles`` (``id``, ``ood``,

@@ -124,6 +124,30 @@ def enable_grad_checkpointing(backbone: Backbone, module: nn.Module, notice) -> 
     return towers
 
 
+def check_tower_locks(backbone: Backbone, train: TrainConfig) -> None:
+    """Refuse ``train.lock_image`` / ``train.lock_text`` for a backbone without the capability
+    (called as soon as the backbone exists, before the run directory is written)."""
+    for tower in ("image", "text"):
+        if getattr(train, f"lock_{tower}") and \
+                getattr(backbone, f"lock_{tower}_tower", None) is None:
+            raise UsageError(f"train.lock_{tower} = true, but backbone "
+                             f"'{type(backbone).__name__}' cannot lock its {tower} tower "
+                             f"(lock_{tower}_tower); remove the key or use the 'openclip' "
+                             "backbone")
+
+
+def lock_towers(backbone: Backbone, module: nn.Module, train: TrainConfig) -> None:
+    """Lock the towers of ``module`` (the student) that the recipe locks, through the backbone's
+    capabilities; locked parameters then need no gradient, so no optimizer group holds them
+    (:func:`param_groups`). Call before the optimizer and DDP are built."""
+    check_tower_locks(backbone, train)
+    if train.lock_image:
+        backbone.lock_image_tower(module, train.lock_image_unlocked_groups)
+    if train.lock_text:
+        backbone.lock_text_tower(module, train.lock_text_unlocked_layers,
+                                 train.lock_text_freeze_layer_norm)
+
+
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """No weight decay on gains, biases and the logit scale (as in CLIP / open_clip training)."""
     decay, no_decay = [], []
@@ -149,22 +173,49 @@ def cosine_with_warmup(warmup: int, total: int):
     return factor
 
 
+def constant_with_warmup(warmup: int, total: int):
+    """LR multiplier: linear warm-up over ``warmup`` steps, then 1 until ``total``."""
+
+    def factor(step: int) -> float:
+        return (step + 1) / warmup if step < warmup else 1.0
+
+    return factor
+
+
+def linear_with_warmup(warmup: int, total: int):
+    """LR multiplier: linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total``."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 1.0 - min(1.0, (step - warmup) / max(1, total - warmup))
+
+    return factor
+
+
+# train.schedule: the multiplier after the warm-up, each a function of (warmup, total).
+SCHEDULES = {"cosine": cosine_with_warmup, "constant": constant_with_warmup,
+             "linear": linear_with_warmup}
+
+
 def phased_schedules(train: TrainConfig, head_ratio: float
                      ) -> tuple[Callable[[int], float], Callable[[int], float]]:
     """LR multipliers (backbone, head) for ``train.method``.
 
-    Every method but lpft: warm-up + cosine over the run for both. lpft: the backbone's multiplier
-    is 0 during the ``lp`` probing steps (it gets no gradient then either), after which both
-    follow warm-up + cosine over the remaining steps at ``train.lr``; the head first follows its
-    own warm-up + cosine over the probing steps at ``head_lr``. ``head_ratio`` = lr / head_lr
-    turns the head group's base rate into ``train.lr`` for the second phase.
+    Every method but lpft: warm-up + ``train.schedule`` (cosine by default) over the run for
+    both. lpft: the backbone's multiplier is 0 during the ``lp`` probing steps (it gets no
+    gradient then either), after which both follow warm-up + schedule over the remaining steps at
+    ``train.lr``; the head first follows its own warm-up + schedule over the probing steps at
+    ``head_lr``. ``head_ratio`` = lr / head_lr turns the head group's base rate into
+    ``train.lr`` for the second phase.
     """
     lp, total, warmup = train.resolved_lp_steps(), train.steps, train.warmup_steps
+    schedule = SCHEDULES[train.schedule]
     if train.method != "lpft":
-        factor = cosine_with_warmup(warmup, total)
+        factor = schedule(warmup, total)
         return factor, factor
-    probe = cosine_with_warmup(min(warmup, lp), lp)
-    tune = cosine_with_warmup(min(warmup, total - lp), total - lp)
+    probe = schedule(min(warmup, lp), lp)
+    tune = schedule(min(warmup, total - lp), total - lp)
 
     def backbone(step: int) -> float:
         return 0.0 if step < lp else tune(step - lp)
@@ -309,7 +360,8 @@ class Trainer:
             for group in param_groups(self.head, train.weight_decay):
                 groups.append({**group, "lr": head_lr})
                 lambdas.append(head_factor)
-        optimizer = torch.optim.AdamW(groups, lr=train.lr, fused=True)
+        optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2),
+                                      eps=train.eps, fused=True)
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
 
     def frozen(self, step: int) -> bool:

@@ -35,7 +35,7 @@ from tracer_cli.engine.build import (
 from tracer_cli.engine.data import eval_loader
 from tracer_cli.engine.distributed import DistContext
 from tracer_cli.engine.loggers import RunLoggers, build_loggers
-from tracer_cli.engine.loop import Trainer, check_grad_checkpointing
+from tracer_cli.engine.loop import Trainer, check_grad_checkpointing, check_tower_locks
 from tracer_cli.engine.precision import Precision, resolve_precision
 from tracer_cli.engine.scoring import evaluate, summarize
 from tracer_cli.engine.signals import SignalTrap
@@ -218,7 +218,11 @@ def _setup(recipe: Recipe, ctx: DistContext, output_dir: Path | None, overwrite:
         raise UsageError("run.eval_every evaluates on rank 0 alone, which under train.strategy "
                          "= 'fsdp' holds only a shard of the weights; set run.eval_every = 0 "
                          "(the final evaluation still runs) or train.strategy = 'ddp'")
+    check_tower_locks(backbone, recipe.train)
     bundle = build_dataset(recipe.data.train, "data.train", "train", backbone.preprocess_train)
+    # train.epochs becomes train.steps here, before the lock file, the schedule and the teacher
+    # kernel read the horizon.
+    recipe.train.resolve_epochs(len(bundle.dataset))
     evaluates = recipe.run.eval and ctx.is_main
     sets = eval_sets(recipe, backbone) if evaluates else {}
     retain = eval_sets(recipe, backbone, ("retain",)) if evaluates else {}

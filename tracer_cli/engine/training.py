@@ -26,7 +26,7 @@ from tracer_cli.engine.data import BadDataLog, BadItem, TrainStream
 from tracer_cli.engine.distributed import DistContext, Shard
 from tracer_cli.engine.loggers import RunLoggers
 from tracer_cli.engine.loop import (
-    FeatureForward, NonFiniteLoss, Trainer, enable_grad_checkpointing)
+    FeatureForward, NonFiniteLoss, Trainer, enable_grad_checkpointing, lock_towers)
 from tracer_cli.engine.precision import Precision
 from tracer_cli.engine.signals import SignalTrap
 from tracer_cli.engine.sharding import Sharding
@@ -184,7 +184,8 @@ def build_trainer(recipe: Recipe, ctx: DistContext, backbone: Backbone, task: Ta
                   bundle: DatasetBundle, precision: Precision, notice) -> Trainer:
     """The Trainer, its student forward in DDP (or FSDP) when distributed, and a teacher built
     from θ₀."""
-    backbone.model = distributed.sync_batchnorm(backbone.model, ctx, recipe.model.freeze_bn_stats)
+    lock_towers(backbone, backbone.model, recipe.train)
+    backbone.model = distributed.sync_batchnorm(backbone.model, ctx, freeze_bn_stats(recipe))
     if recipe.train.channels_last:
         backbone.model.to(memory_format=torch.channels_last)
     head = build_head(recipe, task, backbone, bundle, precision)
@@ -200,8 +201,14 @@ def build_trainer(recipe: Recipe, ctx: DistContext, backbone: Backbone, task: Ta
     if recipe.train.grad_checkpointing:  # after the teacher's copy: it never back-propagates
         enable_grad_checkpointing(backbone, backbone.model, notice)
     return Trainer(backbone, task, bundle, teacher, recipe.train, recipe.distill, precision,
-                   recipe.model.freeze_bn_stats, recipe.run.seed, notice=notice,
+                   freeze_bn_stats(recipe), recipe.run.seed, notice=notice,
                    track_drift=recipe.run.track_drift, forward=forward, head=head)
+
+
+def freeze_bn_stats(recipe: Recipe) -> bool:
+    """Whether BatchNorm layers keep their running statistics: ``model.freeze_bn_stats``, or a
+    locked image tower's ``train.lock_image_freeze_bn_stats`` (BatchNorm lives in image towers)."""
+    return recipe.model.freeze_bn_stats or recipe.train.lock_image_freeze_bn_stats
 
 
 def _build_sharded_trainer(recipe: Recipe, ctx: DistContext, backbone: Backbone, task: Task,
@@ -227,7 +234,7 @@ def _build_sharded_trainer(recipe: Recipe, ctx: DistContext, backbone: Backbone,
     if recipe.train.compile:
         forward = torch.compile(forward)
     return Trainer(backbone, task, bundle, teacher, recipe.train, recipe.distill, precision,
-                   recipe.model.freeze_bn_stats, recipe.run.seed, notice=notice,
+                   freeze_bn_stats(recipe), recipe.run.seed, notice=notice,
                    track_drift=recipe.run.track_drift, forward=forward, head=head,
                    sharding=sharding, teacher_forward=teacher_forward)
 
