@@ -1,7 +1,7 @@
 """Atomic file writes: a reader never sees a half-written file, even after a crash or SIGKILL.
 
-A file is written under a temporary name beside it (``.NAME.XXXXXXXX.tmp``; a folder as
-``.NAME.XXXXXXXX``) and renamed into place when complete. A process killed outright (SIGKILL,
+A file is written under a temporary name beside it (``.NAME.RANDOM.tmp``; a folder as
+``.NAME.RANDOM``) and renamed into place when complete. A process killed outright (SIGKILL,
 power loss) cannot remove its temporary, so every temporary is ``flock``-ed by the process
 building it: the kernel drops that lock when the process dies, and :func:`remove_stale_temps`
 removes only temporaries nobody holds. Each atomic write sweeps the stale temporaries of its own
@@ -95,7 +95,7 @@ def remove_stale_temps(folder: Path, owned: Callable[[str], bool]) -> list[Path]
     their process died, for the target names ``owned`` accepts; returns what it removed.
 
     A temporary still locked belongs to a live process and stays. A folder an overwrite had moved
-    aside (``.NAME.XXXXXXXX.old``) while ``NAME`` itself is gone holds the previous output: it is
+    aside (``.NAME.RANDOM.old``) while ``NAME`` itself is gone holds the previous output: it is
     put back, never deleted.
     """
     removed: list[Path] = []
@@ -154,8 +154,9 @@ def folder_blocker(path: Path) -> Path | None:
     return None
 
 
-# atomic_dir builds ``NAME`` as ``.NAME.XXXXXXXX`` and may move an old one to ``...XXXXXXXX.old``.
-_TEMP_EXTRA_BYTES = len(".") + len(".XXXXXXXX.old")
+# atomic_dir builds ``NAME`` as ``.NAME.RANDOM`` and may move an old one to ``...RANDOM.old``;
+# RANDOM is tempfile's 8 characters.
+_TEMP_EXTRA_BYTES = len(".") + len(".") + 8 + len(".old")
 
 
 def folder_problem(path: Path) -> str | None:

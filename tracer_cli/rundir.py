@@ -44,7 +44,7 @@ removing a sidecar never exempts a damaged one whose other name still records it
 Where the file system has no hard links ``last.pt`` is a copy with only its own sidecar.
 
 Debris. A process killed outright cannot remove the temporaries of its atomic writes
-(``.NAME.XXXXXXXX.tmp``); :func:`clean_debris` removes those of the run's own files, and
+(``.NAME.RANDOM.tmp``); :func:`clean_debris` removes those of the run's own files, and
 ``finetune`` calls it when it takes the lock and when the run finishes.
 """
 
