@@ -416,19 +416,23 @@ class Trainer:
         record.update(reg_parts if log else {})
         return _Terms(global_loss, local_loss, reg, record)
 
-    def _train_texts(self, batch: dict[str, Any], shard: Shard) -> tuple[list[str], Pairing]:
+    def _train_texts(self, batch: dict[str, Any], shard: Shard) -> list[str]:
         """This rank's captions, drawn for the whole global batch as one process would draw them
-        (the text RNG advances identically on every rank), and how they pair with the images:
-        the task's candidate texts (``train_pairs``) for a contrastive run of a task that has
-        them, which runs in one process (:func:`tracer_cli.engine.training.check_pairing`)."""
+        (the text RNG advances identically on every rank)."""
+        if shard.meta is None:
+            return self.task.train_texts(batch, self.bundle, self.text_rng)
+        texts = self.task.train_texts(shard.meta, self.bundle, self.text_rng)
+        return list(texts[shard.offset:shard.offset + shard.size])
+
+    def _paired_texts(self, batch: dict[str, Any], shard: Shard) -> tuple[list[str], Pairing]:
+        """The step's texts and how they pair with the images: the task's candidate texts
+        (``train_pairs``) in a contrastive run of a task that has them (one process, see
+        :func:`tracer_cli.engine.training.check_pairing`), else one caption per image."""
         pairs = getattr(self.task, "train_pairs", None)
         if self.head is None and pairs is not None:
             texts, pairing = pairs(batch, self.bundle, self.text_rng)
             return list(texts), pairing.to(self.device)
-        if shard.meta is None:
-            return self.task.train_texts(batch, self.bundle, self.text_rng), CLIP_PAIRING
-        texts = self.task.train_texts(shard.meta, self.bundle, self.text_rng)
-        return list(texts[shard.offset:shard.offset + shard.size]), CLIP_PAIRING
+        return self._train_texts(batch, shard), CLIP_PAIRING
 
     def step(self, step: int, batch: dict[str, Any], shard: Shard | None = None
              ) -> dict[str, float]:
@@ -451,7 +455,7 @@ class Trainer:
         # finetuning leave the text tower alone.
         tokens, self.pairing = None, CLIP_PAIRING
         if self.head is None or self.head_uses_text or self.teacher.active:
-            texts, self.pairing = self._train_texts(batch, shard)
+            texts, self.pairing = self._paired_texts(batch, shard)
             tokens = self.backbone.tokenize(texts).to(self.device, non_blocking=True)
         # Every rank splits its slice into the same number of micro-batches (collectives match).
         bounds = micro_bounds(len(images), min(self.train_cfg.accum_steps, min(shard.sizes)))
