@@ -10,13 +10,14 @@ plain baseline, on every seed:
 
   retrieval  ``recipes/quickstart_retrieval.toml``: tracer; flyp (the same contrastive loss on
              captions, no teacher, no distillation)
-  vqa        ``recipes/quickstart_vqa.toml``: tracer; lp (the answer head on frozen features); ft
-             (head and backbone, no teacher)
+  vqa        ``recipes/quickstart_vqa.toml``: tracer (contrastive on "{question} {answer}"
+             texts); lp (the answer head on frozen features); ft (head and backbone, no
+             teacher); flyp (the same contrastive texts, no teacher)
 
 A baseline is the recipe with ``train.method`` set and its ``[teacher]`` and ``[distill]`` tables
 emptied. Tables and paired differences (by seed; within noise when |mean| < 2 SE) are ``tracer
 compare --by train.method --baseline B --markdown`` over each task's runs, B being the plain
-method that trains what TRACER trains (retrieval: flyp; vqa: ft). ``--set KEY=VALUE`` overrides
+method that trains what TRACER trains (flyp for both). ``--set KEY=VALUE`` overrides
 every run (e.g. a shorter schedule); each child gets OMP_NUM_THREADS = MKL_NUM_THREADS =
 ``--threads`` (default max(1, cpu_count // jobs)). A finished run is reused when its command is
 unchanged (``command.txt`` and ``summary.json`` next to it); runs go seed by seed, so an
@@ -43,13 +44,14 @@ from cli_runs import (add_run_options, compare_markdown, print_plan, replace_blo
 # task -> (recipe, plain baselines, the baseline of the paired differences, what a row means)
 TASKS = {
     "retrieval": ("recipes/quickstart_retrieval.toml", ("flyp",), "flyp",
-                  "finetuned on photos in 4 of the 8 colours; 1,000 test images with 3 captions "
-                  "each per domain. The headline is mean recall % (the mean of R@1/5/10 in both "
+                  "finetuned and tested ID on photos whose shapes come in their own colours (the "
+                  "colour tie); 1,000 test images with 3 captions each per domain. The headline is mean recall % (the mean of R@1/5/10 in both "
                   "directions); the SE is the spread over seeds."),
-    "vqa": ("recipes/quickstart_vqa.toml", ("lp", "ft"), "ft",
+    "vqa": ("recipes/quickstart_vqa.toml", ("lp", "ft", "flyp"), "flyp",
             "questions about shape, colour, size, position and count on photos; 2,000 test "
             "questions per domain, colour not asked about sketches. Accuracy %; the zero-shot row "
-            "answers CLIP-style (the image against \"{question} {answer}\" for every answer)."),
+            "and the contrastive runs (tracer, flyp) answer CLIP-style (the image against "
+            "\"{question} {answer}\" for every answer), lp and ft through their head."),
 }
 PLAIN = ("--set", "teacher={}", "--set", "distill={}")
 

@@ -196,6 +196,9 @@ class Task(Protocol):
     ``make_head(backbone, module, bundle, device, autocast) -> nn.Module``,
     ``load_head(state) -> nn.Module`` and ``head_loss(head_output, batch) -> Tensor``; then
     ``evaluate`` also takes ``head=`` (None: evaluate without a trained head, e.g. zero-shot).
+    ``train_pairs(batch, bundle, rng) -> (texts, Pairing)`` replaces ``train_texts`` for the
+    contrastive methods when a task's images choose among candidate texts (vqa); the head methods
+    still read ``train_texts``.
     """
 
     def train_texts(self, batch: dict[str, Any], bundle: DatasetBundle,
@@ -212,6 +215,37 @@ class Task(Protocol):
         are optional (retrieval has none): without them no reliability diagram or predictions
         file is written for the dataset.
         """
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """Which of a batch's texts each image is scored against, for the contrastive loss and the
+    distillation views alike.
+
+    ``Pairing()`` is the CLIP / FLYP case: B images and B texts, text i belongs to image i, and
+    both directions (image→text, text→image) are scored. A task whose images choose among
+    candidate texts (VQA: the question with each candidate answer) gives ``candidates``, B×K
+    indices into the batch's T texts (the texts image i is scored against), and ``targets``, B
+    positions of each image's right text among its K candidates. Then the logits are B×K and only
+    image→text is scored: a text is a candidate of several images, so it has no one right image.
+    """
+
+    candidates: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if (self.candidates is None) != (self.targets is None):
+            raise ValueError("Pairing: give both candidates and targets, or neither")
+
+    @property
+    def symmetric(self) -> bool:
+        """Whether both directions are scored (text i is image i's: the diagonal pairing)."""
+        return self.candidates is None
+
+    def to(self, device: torch.device) -> "Pairing":
+        if self.symmetric:
+            return self
+        return Pairing(self.candidates.to(device), self.targets.to(device))
 
 
 @dataclass

@@ -1,4 +1,16 @@
-"""Task ``vqa``: visual question answering with a fused-feature head on the shared TRACER engine.
+"""Task ``vqa``: visual question answering on the shared TRACER engine, in two forms: contrastive
+(image vs "{question} {answer}" texts) for the contrastive methods, a fused-feature head for the
+head methods.
+
+**Contrastive form** (``flyp``, ``carot``, ``tracer``; FLYP-style: training, zero-shot and
+evaluation score the same texts). For each training batch, :meth:`VqaTask.train_pairs` writes
+``zeroshot_template`` for every distinct question of the batch with every distinct canonical
+answer of the batch (the in-batch candidates, sorted); each image is scored against its own
+question's K texts, and its target is its canonical answer (a
+:class:`~tracer_cli.contracts.Pairing`). The loss is the cross-entropy of those B×K logits; with
+``tracer`` the teacher's views act on the same B×K image-answer-text logits, so they distil the
+teacher's answer distribution (CRD, XKD), its text features of the answers (FD, ICL).
+Evaluation of such a run is the zero-shot scorer below, on the finetuned student or teacher.
 
 **Head.** :class:`VqaHead` scores a closed answer vocabulary from the image and question features
 of the backbone (both L2-normalized, D each)::
@@ -11,15 +23,14 @@ broken alphabetically, so it does not depend on data order). It travels in the h
 (``_extra_state``), so a checkpoint, ``tracer eval RUN`` and ``tracer export`` (``head.json``)
 know what every output means.
 
-**Training.** The task's objective is its head (``objective = "head"``): cross-entropy of the
-head's logits against each question's canonical answer; questions whose answer is outside the
-vocabulary are ignored. The text the engine encodes for a training image is its question, so with
-``train.method = "tracer"`` the WMA teacher's distillation views act on image-question pairs and
-keep regularizing the backbone while the head learns; ``lp`` trains the head alone on frozen
-features; ``ft`` / ``flyp`` train head and backbone without a teacher.
+**Head training** (``lp``, ``ft``, ``lpft``): cross-entropy of the head's logits against each
+question's canonical answer; questions whose answer is outside the vocabulary are ignored. The
+text the engine encodes for a training image is its question (``train_texts``); ``lp`` trains the
+head alone on frozen features, ``ft`` head and backbone, ``lpft`` one after the other.
 
 **Evaluation.** Through the trained head when the run has one: logits over the vocabulary. Without
-a head (the zero-shot evaluation at the start of a run, ``tracer eval --model``), CLIP-style
+a head (contrastive runs, the zero-shot evaluation at the start of a run, ``tracer eval
+--model``), CLIP-style
 zero-shot VQA: for each question the image is scored against the texts ``zeroshot_template``
 (``"{question} {answer}"``) for every candidate answer, the evaluated dataset's own answer set
 (``info["answers"]``, most frequent first), and the best-scoring answer is predicted. Texts are
@@ -32,9 +43,9 @@ Metrics (:func:`tracer_cli.metrics.vqa_metrics`): ``accuracy`` (prediction = can
 softmax of the logits), ``coverage`` (share of canonical answers the scored vocabulary contains,
 the ceiling on accuracy), ``n``, ``accuracy_se``.
 
-``[task]`` keys: ``vocab_size`` (1000), ``hidden`` (512), ``dropout`` (0.1), ``zeroshot_template``
-(``"{question} {answer}"``), ``zeroshot_answers`` (0: every answer of the evaluated dataset; K: its
-K most frequent).
+``[task]`` keys: ``vocab_size`` (1000), ``hidden`` (512), ``dropout`` (0.1) for the head;
+``zeroshot_template`` (``"{question} {answer}"``: the contrastive form's training and scoring
+text), ``zeroshot_answers`` (0: every answer of the evaluated dataset; K: its K most frequent).
 """
 
 from __future__ import annotations
@@ -48,7 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tracer_cli import hookimpl
-from tracer_cli.contracts import Backbone, DatasetBundle, TaskMetrics
+from tracer_cli.contracts import Backbone, DatasetBundle, Pairing, TaskMetrics
 from tracer_cli.engine.modes import eval_mode
 from tracer_cli.errors import RecipeError, RunError, UsageError
 from tracer_cli.metrics import ece, softmax, vqa_metrics
@@ -173,11 +184,11 @@ class _AnswerEmbeddings:
 
 
 class VqaTask:
-    """Closed-vocabulary VQA: a fused-feature head trained with cross-entropy (teacher views on
-    image-question pairs for ``tracer``), and a CLIP-style zero-shot baseline without a head."""
+    """VQA: image vs "{question} {answer}" texts for the contrastive methods (and zero-shot), a
+    fused-feature head trained with cross-entropy for the head methods."""
 
     name = "vqa"
-    objective = "head"
+    objective = "contrastive"  # the head methods (lp, ft, lpft) still train the head
     metrics = VQA_METRICS
 
     def __init__(self, vocab_size: int = 1000, hidden: int = 512, dropout: float = 0.1,
@@ -188,9 +199,27 @@ class VqaTask:
 
     def train_texts(self, batch: dict[str, Any], bundle: DatasetBundle,
                     rng: torch.Generator) -> list[str]:
-        """The questions: the head reads their features, the teacher's views pair them with the
-        images."""
+        """The questions, whose features the head reads (the head methods)."""
         return _questions(batch, "the training set")
+
+    def train_pairs(self, batch: dict[str, Any], bundle: DatasetBundle,
+                    rng: torch.Generator) -> tuple[list[str], Pairing]:
+        """The contrastive form's texts and pairing: ``zeroshot_template`` for each distinct
+        question of the batch (in order of appearance) with each distinct canonical answer of the
+        batch (sorted), Q·K texts; image i's candidates are its question's K texts, its target
+        its canonical answer. Deterministic: ``rng`` is not drawn from."""
+        questions = _questions(batch, "the training set")
+        answers = [str(a) for a in batch["answer"]]
+        candidates = sorted(set(answers))
+        asked = list(dict.fromkeys(questions))
+        texts = [self.zeroshot_template.format(question=q, answer=a)
+                 for q in asked for a in candidates]
+        first = {q: j * len(candidates) for j, q in enumerate(asked)}
+        columns = torch.arange(len(candidates))
+        rows = torch.stack([first[q] + columns for q in questions])
+        position = {a: k for k, a in enumerate(candidates)}
+        targets = torch.tensor([position[a] for a in answers], dtype=torch.long)
+        return texts, Pairing(rows, targets)
 
     # --- the head ---------------------------------------------------------------------------------
 

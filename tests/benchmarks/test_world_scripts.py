@@ -81,9 +81,9 @@ def test_tasks_plan_runs_each_quickstart_as_shipped_and_its_plain_baselines():
     assert done.returncode == 0, done.stderr
     commands = [line for line in done.stdout.splitlines() if line.startswith("-m tracer_cli")]
     names = sorted(c.split("run.name=")[1].split()[0] for c in commands)
-    assert names == sorted(f"{m}_s{s}" for m in ("tracer", "flyp", "tracer", "lp", "ft")
+    assert names == sorted(f"{m}_s{s}" for m in ("tracer", "flyp", "tracer", "lp", "ft", "flyp")
                            for s in range(3))
-    assert "# 15 runs" in done.stdout
+    assert "# 18 runs" in done.stdout
     for command in commands:
         assert "model.embedded_seed=2" in command
         shipped = "run.name=tracer_" in command
@@ -94,8 +94,7 @@ def test_tasks_plan_runs_each_quickstart_as_shipped_and_its_plain_baselines():
         assert ("teacher={}" in command and "distill={}" in command) is not shipped
         recipe = command.split()[3]
         method = command.split("run.name=")[1].split("_s")[0]
-        assert recipe == {"flyp": "recipes/quickstart_retrieval.toml",
-                          "lp": "recipes/quickstart_vqa.toml",
+        assert recipe == {"lp": "recipes/quickstart_vqa.toml",
                           "ft": "recipes/quickstart_vqa.toml"}.get(method, recipe)
 
 
@@ -128,15 +127,15 @@ def test_tasks_report_compares_the_runs_and_reuses_them(tmp_path):
     assert done.returncode == 0, done.stderr
     text = report.read_text()
     assert "stale" not in text and text.startswith("### Quickstarts\n\n<!-- tasks:begin -->")
-    assert "**vqa** (`recipes/quickstart_vqa.toml`; tracer, lp, ft)" in text
+    assert "**vqa** (`recipes/quickstart_vqa.toml`; tracer, lp, ft, flyp)" in text
     # tracer compare's tables, their headings moved under the report's own sections
-    assert "\n#### tracer compare: 3 run(s), 3 group(s)" in text and "\n## tracer" not in text
-    for row in ("| zero-shot (pretrained) |", "| ft |", "| lp |", "| tracer |",
+    assert "\n#### tracer compare: 4 run(s), 4 group(s)" in text and "\n## tracer" not in text
+    for row in ("| zero-shot (pretrained) |", "| ft |", "| lp |", "| flyp |", "| tracer |",
                 "| teacher of tracer |"):
         assert row in text
-    assert "Paired differences against ft" in text and "**retrieval**" not in text
+    assert "Paired differences against flyp" in text and "**retrieval**" not in text
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("vqa/*/command.txt")}
-    assert len(stamps) == 3
+    assert len(stamps) == 4
     again = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert again.returncode == 0, again.stderr
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # every run reused

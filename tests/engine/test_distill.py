@@ -256,3 +256,52 @@ def test_gather_features_keeps_local_gradient(tmp_path, rand):
     finally:
         dist.destroy_process_group()
     assert fi.grad is not None and ft.grad is not None
+
+
+# --------------------------------------------------------------------------- candidate texts
+
+
+def _kl_rows(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    p = target.softmax(1)
+    return (p * (p.log() - logits.log_softmax(1))).sum(1).mean()
+
+
+@pytest.mark.numerics
+def test_views_with_candidate_texts_act_on_each_images_candidates():
+    """With a Pairing, every view is its image→text direction over the B×K candidate logits
+    (written out here with explicit loops), and FD is unchanged."""
+    from tracer_cli.contracts import Pairing
+
+    g = torch.Generator().manual_seed(3)
+    B, T, D = 4, 6, 5
+    fi, gi = (torch.nn.functional.normalize(torch.randn(B, D, generator=g, dtype=torch.float64),
+                                            dim=1) for _ in range(2))
+    ft, gt = (torch.nn.functional.normalize(torch.randn(T, D, generator=g, dtype=torch.float64),
+                                            dim=1) for _ in range(2))
+    candidates = torch.tensor([[0, 1, 2], [0, 1, 2], [3, 4, 5], [3, 4, 5]])
+    pairing = Pairing(candidates, torch.tensor([2, 0, 1, 1]))
+    s, st = 7.0, 5.0
+
+    def over_candidates(a, b, scale):
+        return torch.stack([torch.stack([scale * a[i] @ b[j] for j in candidates[i]])
+                            for i in range(B)])
+
+    S, Tl = over_candidates(fi, ft, s), over_candidates(gi, gt, st)
+    ce = torch.nn.functional.cross_entropy(over_candidates(fi, gt, s), pairing.targets)
+    expected = {"crd": _kl_rows(Tl, S), "icl": ce,
+                "xkd": _kl_rows(Tl, over_candidates(fi, gt, s)),
+                "fd": ((fi - gi) ** 2).mean() + ((ft - gt) ** 2).mean()}
+    w = DistillWeights(lambda_sd=0.5, crd=1.0, fd=2.0, icl=3.0, xkd=4.0)
+    loss, parts = distill.distillation_loss(fi, ft, gi, gt, s, st, w, pairing)
+    for name, value in expected.items():
+        torch.testing.assert_close(parts[name], value, rtol=1e-10, atol=1e-12)
+    total = 0.5 * (expected["crd"] + 2 * expected["fd"] + 3 * expected["icl"]
+                   + 4 * expected["xkd"])
+    torch.testing.assert_close(loss, total, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(clip_loss(fi, ft, s, pairing),
+                               torch.nn.functional.cross_entropy(S, pairing.targets),
+                               rtol=1e-10, atol=1e-12)
+    kl_i2t, kl_t2i = distill.teacher_student_kl(S, Tl, symmetric=False)
+    assert float(kl_i2t) == float(kl_t2i)
+    with pytest.raises(ValueError, match="both candidates and targets"):
+        Pairing(candidates)

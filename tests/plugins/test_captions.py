@@ -109,7 +109,48 @@ def test_synth_captions_colours_option():
     assert bundle.info["colours"] == ["red"]
 
 
+def _colour_words(captions: list[list[str]]) -> list[set[str]]:
+    return [{w for c in caps for w in c.split()} & set(synth.COLOURS) for caps in captions]
+
+
+def test_synth_captions_colour_bias_ties_shapes_to_colours_deterministically():
+    spec = {"size": 1000, "seed": 4, "domain": "photo", "colour_bias": 0.99}
+    tied, again = synth.synth_captions(spec, "train"), synth.synth_captions(spec, "train")
+    assert tied.info["colour_bias"] == 0.99
+    np.testing.assert_array_equal(tied.dataset.images, again.dataset.images)  # same seed, same
+    assert tied.info["captions"] == again.info["captions"]
+    # Shape i comes in colour i % 8 (the classification world's class colours): every colour a
+    # caption names is its shape's in all but about 1% of the images.
+    own = [synth.COLOURS[label % len(synth.COLOURS)] for label in tied.dataset.labels]
+    named = [(colours, mine) for colours, mine in zip(_colour_words(tied.info["captions"]), own)
+             if colours]
+    assert len(named) > 900
+    off = sum(colours != {mine} for colours, mine in named) / len(named)
+    assert off < 0.03
+    # Without the option (the OOD sets) the colour is independent of the shape: about 7 in 8
+    # images show another one.
+    plain = synth.synth_captions({k: v for k, v in spec.items() if k != "colour_bias"}, "test")
+    free = [(c, synth.COLOURS[label % len(synth.COLOURS)])
+            for c, label in zip(_colour_words(plain.info["captions"]), plain.dataset.labels) if c]
+    assert sum(c != {mine} for c, mine in free) / len(free) > 0.7
+    assert "colour_bias" not in plain.info
+
+
+def test_synth_captions_without_a_tie_keep_their_images():
+    spec = {"size": 50, "seed": 4}
+    base = synth.synth_captions(spec, "train")
+    zero = synth.synth_captions({**spec, "colour_bias": 0}, "train")
+    np.testing.assert_array_equal(base.dataset.images, zero.dataset.images)
+    assert base.info["captions"] == zero.info["captions"] and "colour_bias" not in zero.info
+    tied = synth.synth_captions({**spec, "colour_bias": 1.0}, "train")
+    assert tied.dataset.labels.tolist() == base.dataset.labels.tolist()  # only colours move
+    with pytest.raises(RecipeError) as err:  # sketches draw no colour
+        synth.synth_captions({**spec, "domain": "sketch", "colour_bias": 0.5}, "train")
+    assert err.value.key == "data.colour_bias"
+
+
 @pytest.mark.parametrize("spec, key", [
+    ({"colour_bias": 1.5}, "data.colour_bias"),
     ({"captions_per_image": 0}, "data.captions_per_image"),
     ({"captions_per_image": 9}, "data.captions_per_image"),
     ({"domain": "painting"}, "data.domain"),

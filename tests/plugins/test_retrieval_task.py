@@ -129,6 +129,9 @@ def test_quickstart_recipe_validates():
     assert (rec.teacher.kind, rec.distill.lambda_sd, rec.distill.fd) == ("wma", 0.9, 2000.0)
     assert [s["domain"] for s in rec.data.id + rec.data.ood] == ["photo", "sketch", "cartoon",
                                                                  "noisy"]
+    # The tie: in the finetuning and ID photos, never in the OOD sets.
+    assert rec.data.train["colour_bias"] == rec.data.id[0]["colour_bias"] == 0.95
+    assert not any("colour_bias" in s for s in rec.data.ood)
 
 
 @pytest.fixture(scope="module")

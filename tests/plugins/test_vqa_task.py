@@ -1,6 +1,7 @@
-"""Task ``vqa``: the answer vocabulary, the head and its loss, zero-shot VQA on a hand-built toy,
-and tiny runs of ``recipes/quickstart_vqa.toml`` (TRACER with its teacher, and the head-only
-``lp`` baseline) through ``tracer finetune``, ``tracer eval`` and ``tracer export``."""
+"""Task ``vqa``: the contrastive form's texts and loss, the answer vocabulary, the head and its
+loss, zero-shot VQA on a hand-built toy, and tiny runs of ``recipes/quickstart_vqa.toml`` (TRACER
+in the contrastive form with its teacher, the ``ft`` and ``lp`` head methods) through ``tracer
+finetune``, ``tracer eval`` and ``tracer export``."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from torch import nn
 from tracer_cli import recipe as recipe_mod
 from tracer_cli.cli import app
 from tracer_cli.contracts import DatasetBundle, task_metrics
-from tracer_cli.engine import checkpoint
+from tracer_cli.engine import checkpoint, loop
+from tracer_cli.engine.distill import teacher_logits
+from tracer_cli.engine.losses import clip_loss
 from tracer_cli.errors import RecipeError, UsageError
 from tracer_plugins.tasks.vqa import VQA_METRICS, VqaHead, VqaTask, make_task, top_answers
 
@@ -26,6 +29,7 @@ TINY = ["model.pretrained=none", "run.device=cpu", "data.options.size=32",
         "data.eval_batch_size=32", "train.steps=2", "train.batch_size=16", "train.warmup_steps=1",
         "train.checkpoint_every=0", "run.log_every=1", "train.head_lr=1e-2"]
 BASELINE = ["train.method=lp", "teacher={}", "distill={}"]
+FT = ["train.method=ft", "teacher={}", "distill={}"]
 CPU = torch.device("cpu")
 
 
@@ -86,6 +90,47 @@ def _toy() -> tuple[DatasetBundle, list[dict]]:
                "question": [q for q, _, _ in b], "answer": [a for _, a, _ in b],
                "answers": [[a] for _, a, _ in b]} for b in batches]
     return bundle, loader
+
+
+# --------------------------------------------------------------------------- the contrastive form
+
+
+def _toy_batch() -> dict:
+    return {"image": torch.stack([_image(s) for _, _, s in ITEMS]),
+            "question": [q for q, _, _ in ITEMS], "answer": [a for _, a, _ in ITEMS]}
+
+
+def test_train_pairs_scores_each_image_against_its_question_with_every_batch_answer():
+    texts, pairing = VqaTask().train_pairs(_toy_batch(), None, None)
+    answers = ["blue", "circle", "red", "square"]  # the batch's answers, sorted
+    assert texts == [f"{q} {a}" for q in ("what colour?", "what shape?") for a in answers]
+    assert not pairing.symmetric
+    # Rows 0-2 ask "what colour?" (texts 0-3), rows 3-4 "what shape?" (texts 4-7).
+    assert pairing.candidates.tolist() == [[0, 1, 2, 3]] * 3 + [[4, 5, 6, 7]] * 2
+    assert pairing.targets.tolist() == [2, 2, 0, 1, 3]
+    again = VqaTask().train_pairs(_toy_batch(), None, None)  # deterministic
+    assert again[0] == texts and torch.equal(again[1].candidates, pairing.candidates)
+    templated = VqaTask(zeroshot_template="Q: {question} A: {answer}")
+    assert templated.train_pairs(_toy_batch(), None, None)[0][0] == "Q: what colour? A: blue"
+
+
+@pytest.mark.numerics
+def test_contrastive_loss_is_cross_entropy_over_each_images_answer_texts():
+    backbone = WordBackbone()
+    batch = _toy_batch()
+    texts, pairing = VqaTask().train_pairs(batch, None, None)
+    fi = backbone.encode_image(None, batch["image"]).double()
+    ft = backbone.encode_text(None, backbone.tokenize(texts)).double()
+    loss = clip_loss(fi, ft, 10.0, pairing)
+    # By hand: image i against the K = 4 texts of its question, −log p(its answer's text).
+    total = 0.0
+    for i, (question, answer, _) in enumerate(ITEMS):
+        mine = [j for j, t in enumerate(texts) if t.startswith(question)]
+        logits = torch.stack([10.0 * fi[i] @ ft[j] for j in mine])
+        right = mine.index(texts.index(f"{question} {answer}"))
+        total += float(torch.logsumexp(logits, 0) - logits[right])
+    torch.testing.assert_close(loss, torch.tensor(total / len(ITEMS), dtype=torch.float64),
+                               rtol=1e-12, atol=1e-12)
 
 
 # --------------------------------------------------------------------------- vocabulary and head
@@ -188,6 +233,8 @@ def test_options_and_metric_spec():
         make_task({"vocab": 10})
     with pytest.raises(UsageError, match="needs a VQA dataset"):
         VqaTask().train_texts({"caption": ["x"]}, None, None)
+    with pytest.raises(UsageError, match="needs a VQA dataset"):
+        VqaTask().train_pairs({"caption": ["x"], "answer": ["y"]}, None, None)
 
 
 # --------------------------------------------------------------------------- end to end
@@ -212,36 +259,107 @@ def _finetune(tmp_path_factory, name: str, *sets: str) -> tuple[Path, dict]:
     return out / "quickstart_vqa", json.loads(result.stdout)
 
 
+class _Seen:
+    """What reached the distillation function: the pairing, the teacher's logits, the texts."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.texts: list[list[str]] = []
+
+
 @pytest.fixture(scope="module")
 def tracer_run(tmp_path_factory):
-    return _finetune(tmp_path_factory, "vqa-tracer")
+    """The quickstart's TRACER run (contrastive form), recording what its views received."""
+    seen, monkeypatch = _Seen(), pytest.MonkeyPatch()
+    distill, pairs = loop.distillation_loss, VqaTask.train_pairs
+
+    def recording_distill(fi, ft, gi, gt, s, s_t, w, pairing=loop.CLIP_PAIRING):
+        seen.calls.append((pairing, teacher_logits(gi, gt, s_t, pairing=pairing), len(fi)))
+        return distill(fi, ft, gi, gt, s, s_t, w, pairing)
+
+    def recording_pairs(self, batch, bundle, rng):
+        texts, pairing = pairs(self, batch, bundle, rng)
+        seen.texts.append(texts)
+        return texts, pairing
+
+    monkeypatch.setattr(loop, "distillation_loss", recording_distill)
+    monkeypatch.setattr(VqaTask, "train_pairs", recording_pairs)
+    try:
+        yield (*_finetune(tmp_path_factory, "vqa-tracer"), seen)
+    finally:
+        monkeypatch.undo()
 
 
-def test_tracer_run_trains_head_and_backbone_with_its_teacher(tracer_run):
+@pytest.fixture(scope="module")
+def ft_run(tmp_path_factory):
+    return _finetune(tmp_path_factory, "vqa-ft", *FT)
+
+
+def test_tracer_run_distils_the_teachers_answer_distribution(tracer_run):
     from tracer_cli.engine.build import pretrained_backbone
-    from tracer_plugins.datasets.synth import synth_vqa
 
-    run_dir, summary = tracer_run
+    run_dir, summary, seen = tracer_run
     models = summary["eval"]["models"]
     assert set(models) == {"zeroshot", "student", "teacher"}
     for entry in models.values():
         assert {"avg_ood_accuracy", "avg_ood_vqa_score", "avg_ood_ece"} <= set(entry)
     state = checkpoint.load(run_dir / "last.pt")
+    assert "head" not in state  # the contrastive form has no head
+    theta0 = pretrained_backbone(recipe_mod.load(RECIPE, TINY)).model.state_dict()
+    moved = [k for k, v in state["state_dict"].items()
+             if v.is_floating_point() and not torch.equal(v, theta0[k])]
+    assert moved
+    # Step 0 has no teacher term (φ = θ); step 1's views got the teacher's B×K answer logits
+    # over texts that carry answers.
+    assert len(seen.calls) == 1 and len(seen.texts) == 2
+    pairing, teacher, batch = seen.calls[0]
+    k = pairing.candidates.shape[1]
+    assert not pairing.symmetric and teacher.shape == (batch, k) == (16, k) and k > 1
+    texts = seen.texts[1]
+    assert len(texts) == k * len({t.rsplit(" ", 1)[0] for t in texts}) > batch
+    answers = {t.rsplit(" ", 1)[1] for t in texts}
+    assert len(answers) == k and all(t.split()[-1] in answers for t in texts)
+    events = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [e for e in events if e.get("event") == "train"]
+    assert "loss_clip" in steps[-1] and "loss_sd" in steps[-1] and "loss_head" not in steps[-1]
+    assert steps[-1]["kl_i2t"] == steps[-1]["kl_t2i"]  # one direction: answers per image
+
+
+def test_contrastive_run_is_evaluated_by_the_zero_shot_scorer(tracer_run, runner):
+    run_dir, summary, _ = tracer_run
+    doc = json.loads(runner.invoke(app, ["eval", str(run_dir), "--json"]).stdout)
+    assert doc["datasets"] == json.loads((run_dir / "eval" / "final_student.json").read_text())
+    assert "head" not in doc["model"]
+    teacher = json.loads(runner.invoke(app, ["eval", str(run_dir), "--which", "teacher",
+                                             "--json"]).stdout)
+    assert teacher["datasets"] == json.loads((run_dir / "eval" / "final_teacher.json").read_text())
+
+
+def test_contrastive_form_refuses_gradient_accumulation(tmp_path, runner):
+    result = runner.invoke(app, ["finetune", str(RECIPE), "--output-dir", str(tmp_path),
+                                 *_sets(*TINY, "train.accum_steps=2")])
+    assert result.exit_code == 2
+    assert "train.accum_steps = 2" in result.stderr and "head method" in result.stderr
+    assert not (tmp_path / "quickstart_vqa" / "last.pt").exists()
+
+
+def test_ft_trains_the_head_on_question_features(ft_run):
+    from tracer_plugins.datasets.synth import synth_vqa
+
+    run_dir, summary = ft_run
+    assert set(summary["eval"]["models"]) == {"zeroshot", "student"}
+    state = checkpoint.load(run_dir / "last.pt")
     spec = {k: v for k, v in recipe_mod.load(RECIPE, TINY).data.train.items() if k != "name"}
     assert spec["size"] == 32
     train = synth_vqa(spec, "train")
     assert state["head"]["_extra_state"]["vocab"] == top_answers(train.info["answers"], 1000)
-    theta0 = pretrained_backbone(recipe_mod.load(RECIPE, TINY)).model.state_dict()
-    moved = [k for k, v in state["state_dict"].items()
-             if v.is_floating_point() and not torch.equal(v, theta0[k])]
-    assert moved  # the backbone trains under the teacher's distillation
     events = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [e for e in events if e.get("event") == "train"]
-    assert "loss_head" in steps[-1] and "loss_sd" in steps[-1] and "loss_clip" not in steps[-1]
+    assert "loss_head" in steps[-1] and "loss_clip" not in steps[-1]
 
 
-def test_eval_and_export_read_the_run_through_its_head(tracer_run, runner, tmp_path):
-    run_dir, summary = tracer_run
+def test_eval_and_export_read_the_run_through_its_head(ft_run, runner, tmp_path):
+    run_dir, summary = ft_run
     result = runner.invoke(app, ["eval", str(run_dir), "--json", "--output-dir",
                                  str(tmp_path / "out"), "--save-predictions",
                                  "--fail-under", "avg_ood_vqa_score=0"])
@@ -253,10 +371,6 @@ def test_eval_and_export_read_the_run_through_its_head(tracer_run, runner, tmp_p
     assert "VQA score %" in result.stderr
     names = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"eval.json", "reliability_vqa-photo.png", "predictions"} <= names
-
-    teacher = json.loads(runner.invoke(app, ["eval", str(run_dir), "--which", "teacher",
-                                             "--json"]).stdout)
-    assert teacher["datasets"] == json.loads((run_dir / "eval" / "final_teacher.json").read_text())
 
     out = tmp_path / "export"
     exported = runner.invoke(app, ["export", str(run_dir), "--format", "safetensors",

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from tracer_cli.contracts import Backbone, DatasetBundle, Task
+from tracer_cli.contracts import Backbone, DatasetBundle, Pairing, Task
 from tracer_cli.engine.accumulation import (
     bn_statistics_kept, micro_bounds, rows, slice_batch, substitute)
 from tracer_cli.engine.distill import (
@@ -33,7 +33,8 @@ from tracer_cli.engine.distill import (
     top1_agreement,
 )
 from tracer_cli.engine.distributed import Shard
-from tracer_cli.engine.losses import clip_loss, gather_features, scale_grad
+from tracer_cli.engine.losses import (
+    CLIP_PAIRING, clip_loss, gather_features, paired_logits, scale_grad)
 from tracer_cli.engine.offload import FrozenCopy, squared_distance
 from tracer_cli.engine.precision import Precision
 from tracer_cli.engine.sharding import Sharding, gradient_sync, local
@@ -337,6 +338,7 @@ class Trainer:
         self.optimizer, self.scheduler = self._optimizer(train)
         self.scaler = precision.grad_scaler()
         self.text_rng = torch.Generator().manual_seed(seed)
+        self.pairing = CLIP_PAIRING  # this step's: set by step() with its texts
         self.drift = DriftTracker(self.student, teacher, sharded=sharding is not None) \
             if teacher.active and track_drift else None
         set_train_mode(self.student, freeze_bn_stats)
@@ -407,10 +409,13 @@ class Trainer:
         parts = []
         with torch.no_grad(), self.precision.autocast():
             for a, b in bounds:
+                # One micro-batch encodes every text: with candidate texts (a Pairing) the batch
+                # has T texts for its B images.
+                text = tokens if len(bounds) == 1 else tokens[a:b]
                 if self.teacher_forward is not None:  # sharded: its blocks gather as it runs
-                    parts.append(self.teacher_forward(images[a:b], tokens[a:b], True)[:3])
+                    parts.append(self.teacher_forward(images[a:b], text, True)[:3])
                 else:
-                    parts.append(self._features(self.teacher.module, images[a:b], tokens[a:b]))
+                    parts.append(self._features(self.teacher.module, images[a:b], text))
         gi = torch.cat([p[0] for p in parts]).float()
         gt = torch.cat([p[1] for p in parts]).float()
         if shard.world_size > 1:
@@ -423,16 +428,18 @@ class Trainer:
         if teacher is None:
             return None, {}
         gi, gt, st = teacher
+        pairing, both = self.pairing, self.pairing.symmetric
         stats: dict[str, float] = {}
         if log:
             with torch.no_grad():
-                S, T = s.detach() * fi.detach() @ ft.detach().T, st * gi @ gt.T
-                kl_i2t, kl_t2i = teacher_student_kl(S, T)
+                S = paired_logits(fi.detach(), ft.detach(), s.detach(), pairing)
+                T = paired_logits(gi, gt, st, pairing)
+                kl_i2t, kl_t2i = teacher_student_kl(S, T, both)
                 stats = {"kl_i2t": float(kl_i2t), "kl_t2i": float(kl_t2i),
-                         "agreement": float(top1_agreement(S, T))}
+                         "agreement": float(top1_agreement(S, T, both))}
         if self.weights.lambda_sd == 0:
             return None, stats
-        loss, parts = distillation_loss(fi, ft, gi, gt, s, st, self.weights)
+        loss, parts = distillation_loss(fi, ft, gi, gt, s, st, self.weights, pairing)
         if log:
             stats.update({f"sd_{k}": float(v) for k, v in parts.items()})
         return loss, stats
@@ -445,7 +452,7 @@ class Trainer:
         record: dict[str, float] = {}
         global_loss = None
         if self.head is None:
-            global_loss = clip_loss(fi, ft, s)
+            global_loss = clip_loss(fi, ft, s, self.pairing)
             if log:
                 record["loss_clip"] = float(global_loss.detach())
         elif log:
@@ -469,6 +476,16 @@ class Trainer:
         texts = self.task.train_texts(shard.meta, self.bundle, self.text_rng)
         return list(texts[shard.offset:shard.offset + shard.size])
 
+    def _paired_texts(self, batch: dict[str, Any], shard: Shard) -> tuple[list[str], Pairing]:
+        """The step's texts and how they pair with the images: the task's candidate texts
+        (``train_pairs``) in a contrastive run of a task that has them (one process, see
+        :func:`tracer_cli.engine.training.check_pairing`), else one caption per image."""
+        pairs = getattr(self.task, "train_pairs", None)
+        if self.head is None and pairs is not None:
+            texts, pairing = pairs(batch, self.bundle, self.text_rng)
+            return list(texts), pairing.to(self.device)
+        return self._train_texts(batch, shard), CLIP_PAIRING
+
     def step(self, step: int, batch: dict[str, Any], shard: Shard | None = None
              ) -> dict[str, float]:
         """One optimizer step (``step`` counts completed steps before this one).
@@ -488,10 +505,10 @@ class Trainer:
         # Text is encoded only when something uses it: the contrastive loss, a head that reads
         # the text (vqa: the question), or the teacher's views. Probing and plain cross-entropy
         # finetuning leave the text tower alone.
-        tokens = None
+        tokens, self.pairing = None, CLIP_PAIRING
         if self.head is None or self.head_uses_text or self.teacher.active:
-            tokens = self.backbone.tokenize(self._train_texts(batch, shard))
-            tokens = tokens.to(self.device, non_blocking=True)
+            texts, self.pairing = self._paired_texts(batch, shard)
+            tokens = self.backbone.tokenize(texts).to(self.device, non_blocking=True)
         # Every rank splits its slice into the same number of micro-batches (collectives match).
         bounds = micro_bounds(len(images), min(self.train_cfg.accum_steps, min(shard.sizes)))
         teacher = self._teacher_features(step, images, tokens, shard, bounds)

@@ -2,7 +2,8 @@
 
 Conventions shared with :mod:`tracer_cli.engine.distill`: features are L2-normalized B×D tensors,
 ``scale`` is the already exponentiated logit scale (a float or a 0-d tensor), and the targets are
-the diagonal, ``arange(B)``.
+the diagonal, ``arange(B)``, unless a :class:`~tracer_cli.contracts.Pairing` names candidate texts
+and targets per image (then the logits are B×K and only image→text is scored).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from tracer_cli.contracts import Pairing
+
+CLIP_PAIRING = Pairing()  # B images, B texts, text i is image i's
 _F = TypeVar("_F", bound=Callable)
 
 
@@ -61,11 +65,28 @@ def diagonal_targets(logits: torch.Tensor) -> torch.Tensor:
     return torch.arange(logits.shape[0], device=logits.device)
 
 
+def paired_logits(a: torch.Tensor, b: torch.Tensor, scale, pairing: Pairing = CLIP_PAIRING
+                  ) -> torch.Tensor:
+    """``scale · a bᵀ`` (B×T), or its columns each row's pairing names: B×K, row i over image
+    i's candidate texts."""
+    logits = pairwise_logits(a, b, scale)
+    return logits if pairing.symmetric else logits.gather(1, pairing.candidates)
+
+
+def paired_targets(logits: torch.Tensor, pairing: Pairing = CLIP_PAIRING) -> torch.Tensor:
+    """The right column of each row: the diagonal, or the pairing's targets."""
+    return diagonal_targets(logits) if pairing.symmetric else pairing.targets
+
+
 @full_precision
-def clip_loss(fi: torch.Tensor, ft: torch.Tensor, scale) -> torch.Tensor:
-    """½[CE(S) + CE(Sᵀ)] with S = scale · fi ftᵀ: the symmetric contrastive (CLIP/FLYP) loss."""
-    logits = pairwise_logits(fi, ft, scale)
-    labels = diagonal_targets(logits)
+def clip_loss(fi: torch.Tensor, ft: torch.Tensor, scale, pairing: Pairing = CLIP_PAIRING
+              ) -> torch.Tensor:
+    """½[CE(S) + CE(Sᵀ)] with S = scale · fi ftᵀ: the symmetric contrastive (CLIP/FLYP) loss;
+    with candidate texts per image CE(S) alone, S the B×K logits over each image's candidates."""
+    logits = paired_logits(fi, ft, scale, pairing)
+    labels = paired_targets(logits, pairing)
+    if not pairing.symmetric:
+        return F.cross_entropy(logits, labels)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
 
 

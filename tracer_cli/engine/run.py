@@ -40,7 +40,7 @@ from tracer_cli.engine.precision import Precision, resolve_precision
 from tracer_cli.engine.scoring import evaluate, summarize
 from tracer_cli.engine.signals import SignalTrap
 from tracer_cli.engine.training import (
-    Resume, RunWriter, Trained, check_task_head, load_resume, train)
+    Resume, RunWriter, Trained, check_pairing, check_task_head, load_resume, train)
 from tracer_cli.errors import UsageError
 from tracer_cli.events import Reporter, current_reporter
 from tracer_cli.recipe import Recipe
@@ -207,6 +207,7 @@ def _setup(recipe: Recipe, ctx: DistContext, output_dir: Path | None, overwrite:
             resumed = load_resume(recipe, run_dir, resume, reporter.notice)
     task = build_task(recipe)
     check_task_head(recipe, task)  # in seconds, before weights are downloaded or built
+    check_pairing(recipe, task, ctx.world_size)
     seed_everything(recipe.run.seed)
     with distributed.main_first(ctx):  # downloads and the embedded build happen once
         backbone = build_backbone(recipe)

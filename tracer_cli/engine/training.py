@@ -188,6 +188,7 @@ def build_trainer(recipe: Recipe, ctx: DistContext, backbone: Backbone, task: Ta
     backbone.model = distributed.sync_batchnorm(backbone.model, ctx, freeze_bn_stats(recipe))
     if recipe.train.channels_last:
         backbone.model.to(memory_format=torch.channels_last)
+    check_pairing(recipe, task, ctx.world_size)
     head = build_head(recipe, task, backbone, bundle, precision)
     if recipe.train.strategy == "fsdp" and ctx.distributed:
         return _build_sharded_trainer(recipe, ctx, backbone, task, bundle, precision, notice, head)
@@ -260,8 +261,9 @@ def consolidate(trainer: Trainer, recipe: Recipe, ctx: DistContext, backbone: Ba
 
 
 def task_objective(task: Task) -> str:
-    """``"contrastive"`` (image-text pairs; classification, retrieval) or ``"head"`` (the task's
-    own head and loss; vqa). Task plugins without the attribute are contrastive."""
+    """``"contrastive"`` (image-text pairs, or candidate texts per image: classification,
+    retrieval, vqa) or ``"head"`` (the task's own head and loss for every method). Task plugins
+    without the attribute are contrastive; the head methods train a head either way."""
     return getattr(task, "objective", "contrastive")
 
 
@@ -293,6 +295,21 @@ def check_task_head(recipe: Recipe, task: Task) -> None:
         raise UsageError(f"train.method = '{recipe.train.method}' trains a task head, but task "
                          f"'{recipe.task.name}' has none; use train.method 'zeroshot', 'flyp', "
                          "'carot' or 'tracer' with this task")
+
+
+def check_pairing(recipe: Recipe, task: Task, world_size: int) -> None:
+    """Refuse candidate texts per image (a task's ``train_pairs``: vqa's contrastive form) with
+    several processes or micro-batches, before any work is done: the texts are shared by the
+    batch's images, so neither feature gathering nor micro-batch substitution can split them."""
+    if uses_head(recipe, task) or getattr(task, "train_pairs", None) is None:
+        return
+    where = f"--nproc {world_size}" if world_size > 1 else \
+        f"train.accum_steps = {recipe.train.accum_steps}" if recipe.train.accum_steps > 1 else ""
+    if where:
+        raise UsageError(f"task '{recipe.task.name}' with train.method = "
+                         f"'{recipe.train.method}' scores each image against candidate texts "
+                         f"shared by the batch, which runs in one process without gradient "
+                         f"accumulation; drop {where}, or use a head method (ft, lp, lpft)")
 
 
 def teacher_params(recipe: Recipe) -> dict[str, Any]:

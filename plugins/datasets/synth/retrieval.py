@@ -13,9 +13,11 @@ from tracer_cli.contracts import DatasetBundle
 from tracer_cli.errors import RecipeError
 from tracer_plugins.datasets.common import caption_fields
 from tracer_plugins.datasets.synth.captions import MAX_CAPTIONS, caption_sets
+from tracer_plugins.datasets.synth.classification import read_colour_bias
 from tracer_plugins.datasets.synth.factory import as_image, open_options, read_names, split_seed
 from tracer_plugins.datasets.synth.rendering import render_arrays
-from tracer_plugins.datasets.synth.world import CLASSNAMES, COLOURS, RENDER_DOMAINS, TEMPLATES
+from tracer_plugins.datasets.synth.world import (
+    CLASSNAMES, COLOURLESS, COLOURS, RENDER_DOMAINS, TEMPLATES)
 
 DEFAULT_CAPTION_SIZE = {"train": 4000, "test": 1000}  # images; test big enough for stable recall
 
@@ -47,18 +49,25 @@ def synth_captions(spec: dict[str, Any], split: str, transform=None) -> DatasetB
     colours; the other captions name more of the image's attributes in other sentence frames
     (:func:`caption_sets`). ``info["captions"]`` holds every image's captions, so a task can
     encode all texts without reading the images.
+
+    ``colour_bias`` (0 to 1, default 0) ties each shape to a colour of its own in these images,
+    as in the classification world: retrieval's finetuning photos get a tie pretraining never saw
+    (a finetuned model can match "star" through "yellow"), the OOD domains do not. The captions
+    are drawn from the tied attributes, so they name the colour an image shows.
     """
     opts, common = open_options(spec, split, DEFAULT_CAPTION_SIZE)
     domain = opts.str("domain", default="photo", choices=RENDER_DOMAINS)
     per_image = opts.int("captions_per_image", default=3, minimum=1, maximum=MAX_CAPTIONS)
     colours = read_names(opts, "colours", COLOURS, COLOURS)
+    bias = {} if domain in COLOURLESS else read_colour_bias(opts)
     opts.done()
     seed = split_seed(common["seed"], split)
     images, labels, first, attrs = render_arrays(domain, common["size"], seed,
-                                                 common["image_size"], colours)
+                                                 common["image_size"], colours, **bias)
     captions = caption_sets(domain, attrs, first, seed, per_image)
     return DatasetBundle(
         dataset=SynthCaptionDataset(images, labels, captions, transform),
         classnames=list(CLASSNAMES), templates=list(TEMPLATES), has_captions=True,
         info={"kind": "captions", "captions": captions, "domain": domain, "split": split,
-              **common, "captions_per_image": per_image, "colours": colours})
+              **common, "captions_per_image": per_image, "colours": colours,
+              **bias})
