@@ -24,13 +24,13 @@ import time
 
 import torch
 
-from tracer_cli.contracts import DatasetBundle
+from tracer_cli.engine.build import build_dataset
 from tracer_cli.engine.data import eval_loader
 from tracer_cli.engine.loop import Trainer
 from tracer_cli.engine.precision import resolve_device, resolve_precision
-from tracer_cli.engine.build import build_dataset
 from tracer_cli.engine.teachers import make_teacher
 from tracer_cli.recipe import TRACER_WEIGHTS, DistillWeights, TrainConfig
+from tracer_cli.sdk.contracts import DatasetBundle
 from tracer_plugins.backbones.openclip import make_backbone
 from tracer_plugins.tasks.classification import ClassificationTask, zero_shot_head
 

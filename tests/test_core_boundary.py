@@ -1,7 +1,7 @@
 """The core knows no built-in plugin: no module under ``tracer_cli`` imports ``tracer_plugins``
 (statically or through ``importlib``), and none names the openclip plugin's code or file names;
 what is specific to a backbone or task comes from its plugin through a declared capability
-(``tracer_cli.contracts``)."""
+(``tracer_cli.sdk.contracts``)."""
 
 from __future__ import annotations
 

@@ -116,7 +116,7 @@ def test_safe_filename():
 
 
 def test_gates_and_summaries_follow_the_tasks_metric_spec():
-    from tracer_cli.contracts import TaskMetrics
+    from tracer_cli.sdk.contracts import TaskMetrics
 
     spec = TaskMetrics(primary="score", columns=("score", "error", "n"),
                        higher_is_better=frozenset({"score", "n"}),
@@ -143,8 +143,8 @@ def test_gates_and_summaries_follow_the_tasks_metric_spec():
 
 
 def test_macro_f1_headline_spec_for_classification():
-    from tracer_cli.contracts import CLASSIFICATION_METRICS
-    from tracer_cli.metric_spec import classification_spec
+    from tracer_cli.sdk.contracts import CLASSIFICATION_METRICS
+    from tracer_cli.sdk.task_metrics import classification_spec
 
     assert classification_spec("accuracy") is CLASSIFICATION_METRICS
     spec = classification_spec("macro_f1")

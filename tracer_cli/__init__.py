@@ -1,8 +1,9 @@
 """tracer: robust finetuning of CLIP-style models with a persistent (WMA) self-distillation teacher.
 
-Plugin authors import the two markers from here and never import pluggy themselves::
+The project's two pluggy markers are defined here. Plugin authors import ``hookimpl`` (and
+everything else they need) from :mod:`tracer_cli.sdk`, and never import pluggy themselves::
 
-    from tracer_cli import hookimpl
+    from tracer_cli.sdk import hookimpl
 
     @hookimpl
     def tracer_register_datasets(registry):

@@ -25,7 +25,7 @@ WiSE-FT the entry with α = 1, else the largest α asked for), for the ``classif
      "runtime": {"device", "precision", "wall_time_s"}}
 
 Other tasks fill ``datasets`` with their own metrics and the averages with their own keys, from
-the task's :class:`~tracer_cli.contracts.TaskMetrics`: ``avg_ood_<m>`` for each averaged metric,
+the task's :class:`~tracer_cli.sdk.contracts.TaskMetrics`: ``avg_ood_<m>`` for each averaged metric,
 then ``id_<m>`` (the same keys in every ``wise`` entry). ``retrieval``: per dataset ``i2t_r1``,
 ``i2t_r5``, ``i2t_r10``, ``t2i_r1``, ``t2i_r5``, ``t2i_r10``, ``mean_recall``, ``n_images``,
 ``n_texts``; averages ``avg_ood_mean_recall``, ``avg_ood_i2t_r1``, ``avg_ood_t2i_r1``,
@@ -37,7 +37,7 @@ model read through the run's trained task head.
 Retention sets (``data.retain`` / ``--retain``: datasets of other tasks) are scored with
 classification's metrics through the zero-shot text head, never through a trained head, by the
 model and by the pretrained model θ₀ (``retain_before``; a zero-shot model is its own), whatever
-the run's task (:func:`tracer_cli.metric_spec.retention`).
+the run's task (:func:`tracer_cli.sdk.task_metrics.retention`).
 """
 
 from __future__ import annotations
@@ -56,17 +56,17 @@ import torch
 
 from tracer_cli import recipe as recipe_mod
 from tracer_cli import rundir
-from tracer_cli.contracts import (
-    CLASSIFICATION_METRICS, Backbone, DatasetBundle, Task, TaskMetrics, task_metrics)
 from tracer_cli.engine.build import pretrained_backbone
 from tracer_cli.engine.precision import Precision
 from tracer_cli.errors import GateError, RecipeError, UsageError
 from tracer_cli.events import Reporter, current_reporter
-from tracer_cli.metric_spec import RETAIN_KEYS, retention
 from tracer_cli.recipe import Recipe
 from tracer_cli.runs import (
     WHICH, RunDir, build_head, checkpoint_head, checkpoint_weights, interpolate, load_weights,
     read_checkpoint)
+from tracer_cli.sdk.contracts import (
+    CLASSIFICATION_METRICS, Backbone, DatasetBundle, Task, TaskMetrics, task_metrics)
+from tracer_cli.sdk.task_metrics import RETAIN_KEYS, retention
 
 MODEL_SPEC_GRAMMAR = ("BACKBONE:ARCH[:PRETRAINED], e.g. openclip:ViT-B-16:openai, "
                       "openclip:RN50:/path/to/weights.pt, openclip:local-dir:/path/to/folder")

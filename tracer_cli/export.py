@@ -5,7 +5,7 @@ front matter, which the Hub reads; ``MODEL_CARD.md``, the same card without it, 
 versions wrote; and ``model_card.json``):
 
 - a backbone's own formats, declared by its plugin's factory in ``export_formats``
-  (:class:`tracer_cli.contracts.ExportFormat`): the ``openclip`` backbone's ``open_clip``, a
+  (:class:`tracer_cli.sdk.contracts.ExportFormat`): the ``openclip`` backbone's ``open_clip``, a
   ``local-dir:`` folder open_clip loads. A run whose backbone does not declare the format asked
   for is refused (exit 2) before any weights are read.
 - ``safetensors``: the state dict alone (``model.safetensors``), for any backbone.
@@ -45,13 +45,13 @@ from torch import nn
 
 import tracer_cli
 from tracer_cli import rundir
-from tracer_cli.contracts import Backbone, ExportedModel, ExportFormat
 from tracer_cli.errors import DiskFullError, MissingResourceError, RunError, UsageError, no_space
 from tracer_cli.events import Reporter, current_reporter
 from tracer_cli.io import atomic_dir, folder_blocker, folder_problem, remove_stale_temps
 from tracer_cli.plugins import get_host
 from tracer_cli.recipe import Recipe
 from tracer_cli.runs import WHICH, RunDir
+from tracer_cli.sdk.contracts import Backbone, ExportedModel, ExportFormat
 from tracer_cli.teacher_spec import TeacherSpec
 
 # Formats every backbone can be exported in; backbones declare their own besides (formats()).
@@ -674,8 +674,8 @@ def run_eval(run: RunDir, req: ExportRequest) -> dict[str, Any] | None:
 
 def _metrics_of(run: RunDir) -> dict[str, Any]:
     """How to read the run's numbers: its task's headline metric and the metrics it averages
-    over the OOD sets (from the task's :class:`~tracer_cli.contracts.TaskMetrics`)."""
-    from tracer_cli.contracts import task_metrics
+    over the OOD sets (from the task's :class:`~tracer_cli.sdk.contracts.TaskMetrics`)."""
+    from tracer_cli.sdk.contracts import task_metrics
     from tracer_cli.engine.build import build_task
 
     spec = task_metrics(build_task(run.recipe))

@@ -17,8 +17,9 @@ from typing import Any, Callable
 
 import pluggy
 
-from tracer_cli import PROJECT_NAME, hookspecs
+from tracer_cli import PROJECT_NAME
 from tracer_cli.errors import MissingResourceError, TracerError, UsageError
+from tracer_cli.sdk import hookspecs
 
 ENTRY_POINT_GROUP = "tracer"
 DISABLE_ENV = "TRACER_DISABLE_PLUGINS"

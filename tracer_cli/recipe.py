@@ -4,7 +4,7 @@ A recipe has the sections ``run``, ``model``, ``data``, ``task``, ``train``, ``t
 ``distill`` and ``loggers``. The core sections are typed dataclasses validated here; the tables a
 plugin owns (the backbone's keys in ``[model]``, each dataset's options, the task's options, each
 ``[loggers.<name>]`` table) are passed on and validated by that plugin with
-:class:`tracer_cli.options.Options`. Every error names the key path,
+:class:`tracer_cli.sdk.options.Options`. Every error names the key path,
 the value and what is allowed.
 """
 
@@ -26,7 +26,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 from tracer_cli.errors import RecipeError, UsageError
-from tracer_cli.options import FLOAT32_MAX, fits_float32
+from tracer_cli.sdk.options import FLOAT32_MAX, fits_float32
 from tracer_cli.teacher_spec import (
     DEFAULT_UPDATE_EVERY, EMA_MOMENTUM_END, EMA_MOMENTUM_START, EMA_MOMENTUM_WARMUP, WMA_BETA)
 
@@ -141,7 +141,7 @@ class DataConfig:
     id: list[dict[str, Any]] = field(default_factory=list)
     ood: list[dict[str, Any]] = field(default_factory=list)
     # Retention: datasets of other tasks, scored zero-shot before and after finetuning (what the
-    # model kept of its general knowledge; tracer_cli.metric_spec.retention).
+    # model kept of its general knowledge; tracer_cli.sdk.task_metrics.retention).
     retain: list[dict[str, Any]] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
     eval_batch_size: int = 256
@@ -642,7 +642,7 @@ def _check_method(recipe: Recipe) -> None:
 # checkpoints, where it logs, and how it treats bad data or a non-finite loss (resuming with
 # on_nonfinite = "skip" after a stop is the point of that key). Every other key shapes the training
 # trajectory. Plugin keys ([model] and [task] options) are free when their plugin's factory
-# declares them in ``resume_free_keys`` (tracer_cli.contracts), e.g. openclip's model.cache_dir.
+# declares them in ``resume_free_keys`` (tracer_cli.sdk.contracts), e.g. openclip's model.cache_dir.
 RESUME_FREE_KEYS = (
     "run.name", "run.output_dir", "run.device", "run.precision", "run.eval", "run.eval_zeroshot",
     "run.eval_every", "run.eval_sets", "run.eval_max_images", "run.log_every",

@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.table import Table
 
-from tracer_cli.metric_spec import CLASSIFICATION_METRICS, TaskMetrics
+from tracer_cli.sdk.task_metrics import CLASSIFICATION_METRICS, TaskMetrics
 
 
 def _pct(value: float | None) -> str:

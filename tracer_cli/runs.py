@@ -16,11 +16,11 @@ from torch import nn
 
 from tracer_cli import recipe as recipe_mod
 from tracer_cli import rundir
-from tracer_cli.contracts import Backbone
 from tracer_cli.engine import checkpoint
 from tracer_cli.engine.build import pretrained_backbone
 from tracer_cli.errors import UsageError
 from tracer_cli.events import current_reporter
+from tracer_cli.sdk.contracts import Backbone
 
 WHICH = ("student", "teacher")
 _DAMAGED_FIX = ("use another checkpoint of the run (--checkpoint checkpoints/step_N.pt), or "

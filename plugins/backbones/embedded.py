@@ -24,16 +24,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from tracer_cli.contracts import WeightsBuild
-from tracer_cli.errors import UsageError
-from tracer_cli.export import sha256 as file_sha256
+from tracer_cli.sdk import UsageError, WeightsBuild, file_sha256, shipped_recipe_text
 
 CACHE_ENV = "TRACER_CACHE"
 PRETRAIN_RECIPE = "tiny_pretrain.toml"
@@ -64,7 +61,7 @@ def cache_dir() -> Path:
 
 
 def pretrain_recipe_text() -> str:
-    return resources.files("tracer_cli.recipes").joinpath(PRETRAIN_RECIPE).read_text("utf-8")
+    return shipped_recipe_text(PRETRAIN_RECIPE)
 
 
 def embedded_path(arch: str, seed: int = 0) -> Path:

@@ -38,12 +38,9 @@ from torch import nn
 from torchvision import transforms
 from torchvision.transforms import functional as TF
 
-from tracer_cli import hookimpl
-from tracer_cli.contracts import WeightsBuild
-from tracer_cli.engine.checkpoint import quiet_pickle_warnings, unreadable_reason
-from tracer_cli.errors import MissingResourceError, RecipeError, UsageError
-from tracer_cli.options import Options
-from tracer_cli.recipe import MAX_SEED
+from tracer_cli.sdk import (
+    MAX_SEED, MissingResourceError, Options, RecipeError, UsageError, WeightsBuild, hookimpl,
+    quiet_pickle_warnings, unreadable_reason)
 from tracer_plugins.backbones import embedded
 from tracer_plugins.backbones.openclip_export import OpenClipFormat
 
@@ -521,8 +518,8 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 class OpenClipFactory:
-    """The ``openclip`` factory and its capabilities (:mod:`tracer_cli.contracts`), which the core
-    reads without building anything: ``weights_build`` (the embedded tiny CLIP's weights are
+    """The ``openclip`` factory and its capabilities (:mod:`tracer_cli.sdk.contracts`), which the
+    core reads without building anything: ``weights_build`` (the embedded tiny CLIP's weights are
     pretrained by the engine before the backbone is built), the resume-free keys, the export
     formats it writes, and the ``tracer eval --model`` rules."""
 

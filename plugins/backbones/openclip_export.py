@@ -5,7 +5,7 @@ A folder open_clip's ``local-dir:`` loader (and so CLIP_benchmark) reads as it i
 ``quick_gelu`` spelled out, and its preprocessing, so nothing is silently defaulted) and
 ``open_clip_model.safetensors``, the first weights name that loader looks for. For archs open_clip knows by name the weights file also works as
 ``create_model_and_transforms(ARCH, pretrained=FILE)``. The openclip backbone factory declares
-this format in its ``export_formats`` (:class:`tracer_cli.contracts.ExportFormat`); tracer's
+this format in its ``export_formats`` (:class:`tracer_cli.sdk.ExportFormat`); tracer's
 export builds the folder atomically and adds the model card.
 """
 
@@ -22,10 +22,10 @@ import open_clip
 import torch
 from open_clip.transform import PreprocessCfg
 
-from tracer_cli.errors import RunError, UsageError
+from tracer_cli.sdk import RunError, UsageError
 
 if TYPE_CHECKING:  # annotations only
-    from tracer_cli.contracts import ExportedModel
+    from tracer_cli.sdk import ExportedModel
 
 CONFIG_FILE = "open_clip_config.json"
 # open_clip's local-dir loader takes the first of its preferred names that exists; this one is
@@ -38,7 +38,7 @@ _PREPROCESS_KWARGS = (("mean", "image_mean"), ("std", "image_std"),
 
 
 class OpenClipFormat:
-    """The ``open_clip`` export format (satisfies :class:`tracer_cli.contracts.ExportFormat`)."""
+    """The ``open_clip`` export format (satisfies :class:`tracer_cli.sdk.ExportFormat`)."""
 
     # The Hugging Face Hub's name for the library that loads the folder (README.md front matter).
     library_name = "open_clip"

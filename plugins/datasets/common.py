@@ -3,7 +3,7 @@
 A dataset plugin that reads its own layout needs the same few pieces as the built-in ones, and
 they live here so that no plugin imports another plugin's private names:
 
-* options: :func:`options_for` (an :class:`~tracer_cli.options.Options` over a dataset table whose
+* options: :func:`options_for` (an :class:`~tracer_cli.sdk.Options` over a dataset table whose
   errors name the recipe key), :func:`read_templates`, :func:`read_extensions`,
   :func:`check_classnames`, :func:`reject_class_options`, :func:`split_path`,
   :func:`read_lines` (a text file of class names, one per line);
@@ -11,7 +11,7 @@ they live here so that no plugin imports another plugin's private names:
   truncated or missing file raises), :func:`resolve_transform` (the backbone's transform, or
   ``ToTensor`` without one);
 * items: :class:`LazyImageDataset`, the one ``__getitem__`` of every dataset whose images are
-  decoded on access (an undecodable one becomes a :class:`~tracer_cli.contracts.SkippedItem`,
+  decoded on access (an undecodable one becomes a :class:`~tracer_cli.sdk.SkippedItem`,
   which the engine drops and counts), and two ready-made ones, :class:`ImageListDataset`
   ((path, label, caption) rows) and :class:`CaptionListDataset` (images with all their
   captions); :func:`caption_fields` is the shape of a caption (retrieval) item;
@@ -32,9 +32,8 @@ from typing import Any, Callable, Sequence
 from PIL import Image
 from torch.utils.data import Dataset
 
-from tracer_cli.contracts import SkippedItem, skipped_item, template_problem
-from tracer_cli.errors import MissingResourceError, RecipeError
-from tracer_cli.options import Options
+from tracer_cli.sdk import (
+    MissingResourceError, Options, RecipeError, SkippedItem, skipped_item, template_problem)
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")

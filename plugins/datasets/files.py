@@ -5,7 +5,7 @@
 pair. Both load images lazily, as RGB, in ``__getitem__``, and check at construction that every
 image file exists, so a bad path fails before training starts rather than mid-epoch. A file that
 exists but cannot be decoded (truncated, corrupt, not an image) comes back as a
-:class:`~tracer_cli.contracts.SkippedItem`, which the engine drops and counts.
+:class:`~tracer_cli.sdk.SkippedItem`, which the engine drops and counts.
 
 ``csv`` with ``mode = "captions"`` is an image-text retrieval set instead (COCO/Flickr30k style):
 rows are (image, caption) pairs, several per image allowed, grouped by image path in order of
@@ -24,10 +24,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from tracer_cli import hookimpl
-from tracer_cli.contracts import DatasetBundle
-from tracer_cli.errors import MissingResourceError, RecipeError
-from tracer_cli.options import Options
+from tracer_cli.sdk import DatasetBundle, MissingResourceError, Options, RecipeError, hookimpl
 from tracer_plugins.datasets.common import (
     MODES, CaptionListDataset, ImageListDataset, check_classnames, options_for, preview,
     read_extensions, read_templates, reject_class_options, resolve_transform, split_path)

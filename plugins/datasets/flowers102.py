@@ -16,10 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from tracer_cli import hookimpl
-from tracer_cli.contracts import DatasetBundle
-from tracer_cli.errors import MissingResourceError, RecipeError
-from tracer_cli.options import Options
+from tracer_cli.sdk import DatasetBundle, MissingResourceError, Options, RecipeError, hookimpl
 from tracer_plugins.datasets.common import (
     ImageListDataset, Where, data_dir, options_for, preview, read_lines, read_templates,
     resolve_root, resolve_transform)

@@ -8,12 +8,12 @@ The ``path`` option is a hub dataset id (``"owner/name"``) or a local path: a fo
 Local paths are always read with the hub switched off, so they never touch the network. Hub ids
 honour ``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE`` as set when the dataset is built (the libraries
 read them only once, at import); without network the failure becomes a
-:class:`~tracer_cli.errors.MissingResourceError` that says how to provide the data locally.
+:class:`~tracer_cli.sdk.MissingResourceError` that says how to provide the data locally.
 
 ``datasets`` is imported inside the functions that use it: it is slow to import, and every
 tracer process loads this plugin just to list it.
 
-A row whose image cannot be decoded comes back as a :class:`~tracer_cli.contracts.SkippedItem`
+A row whose image cannot be decoded comes back as a :class:`~tracer_cli.sdk.SkippedItem`
 named ``row N``, which the engine drops and counts.
 
 With ``mode = "captions"`` the dataset is an image-text retrieval set: one item per row with all
@@ -32,10 +32,7 @@ from typing import Any, Callable, Iterator
 
 from PIL import Image
 
-from tracer_cli import hookimpl
-from tracer_cli.contracts import DatasetBundle
-from tracer_cli.errors import MissingResourceError, RecipeError
-from tracer_cli.options import Options
+from tracer_cli.sdk import DatasetBundle, MissingResourceError, Options, RecipeError, hookimpl
 from tracer_plugins.datasets.common import (
     MODES, LazyImageDataset, caption_fields, check_classnames, open_rgb, options_for,
     read_templates, reject_class_options, resolve_transform, split_path)

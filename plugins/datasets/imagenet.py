@@ -36,10 +36,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from tracer_cli import hookimpl
-from tracer_cli.contracts import TEMPLATE_PLACEHOLDERS, DatasetBundle
-from tracer_cli.errors import MissingResourceError, RecipeError
-from tracer_cli.options import Options
+from tracer_cli.sdk import (
+    DatasetBundle, MissingResourceError, Options, RecipeError, TEMPLATE_PLACEHOLDERS, hookimpl)
 from tracer_plugins.datasets.common import (
     ImageListDataset, Where, data_dir, options_for, preview, read_extensions, read_templates,
     resolve_root, resolve_transform, subdirs)

@@ -44,9 +44,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from tracer_cli import hookimpl
-from tracer_cli.contracts import DatasetBundle
-from tracer_cli.options import Options
+from tracer_cli.sdk import DatasetBundle, Options, hookimpl
 from tracer_plugins.datasets.common import (
     ImageListDataset, Where, data_dir, options_for, preview, read_templates, resolve_root,
     resolve_transform)

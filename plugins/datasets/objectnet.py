@@ -36,8 +36,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from tracer_cli import hookimpl
-from tracer_cli.contracts import DatasetBundle
+from tracer_cli.sdk import DatasetBundle, hookimpl
 from tracer_plugins.datasets.common import (
     ImageListDataset, Where, data_dir, options_for, preview, resolve_transform, subdirs)
 from tracer_plugins.datasets.imagenet import (

@@ -15,7 +15,7 @@ A ``{split}`` in any of the four is the COCO split, option ``coco_split``: ``"tr
 train split and ``"val"`` for its test split by default (VQAv2's test-dev and test-std answers are
 not public, so val2014 is the usual held-out set). Every question is one item; the images are
 opened lazily, and a file that cannot be decoded comes back as a
-:class:`~tracer_cli.contracts.SkippedItem`.
+:class:`~tracer_cli.sdk.SkippedItem`.
 
 Answers (the annotators' and the canonical ``multiple_choice_answer``) are normalized as the
 official evaluation script (``vqaEval.py``) normalizes them, see :func:`normalize_answer`, so a
@@ -32,10 +32,7 @@ from typing import Any, Callable
 
 from PIL import Image
 
-from tracer_cli import hookimpl
-from tracer_cli.contracts import DatasetBundle
-from tracer_cli.errors import MissingResourceError, RecipeError
-from tracer_cli.options import Options
+from tracer_cli.sdk import DatasetBundle, MissingResourceError, Options, RecipeError, hookimpl
 from tracer_plugins.datasets.common import (
     LazyImageDataset, open_rgb, options_for, preview, resolve_transform, split_path)
 

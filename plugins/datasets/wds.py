@@ -40,10 +40,7 @@ from PIL import Image
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import group_by_keys
 
-from tracer_cli import hookimpl
-from tracer_cli.contracts import DatasetBundle
-from tracer_cli.errors import MissingResourceError, RecipeError
-from tracer_cli.options import Options
+from tracer_cli.sdk import DatasetBundle, MissingResourceError, Options, RecipeError, hookimpl
 from tracer_plugins.datasets.common import (
     MODES, LazyImageDataset, caption_fields, check_classnames, open_rgb, options_for, preview,
     read_lines, read_templates, reject_class_options, resolve_transform)

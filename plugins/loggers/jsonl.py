@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from tracer_cli import hookimpl, rundir
-from tracer_cli.options import Options
+from tracer_cli.sdk import Options, append_metrics, end_partial_metrics_line, hookimpl
 
 
 class JsonlLogger:
@@ -25,7 +24,7 @@ class JsonlLogger:
     def start(self, run_dir: Path, recipe: dict[str, Any], resume_step: int | None) -> None:
         self.run_dir = Path(run_dir)
         if resume_step is not None:
-            rundir.end_partial_metrics_line(self.run_dir)
+            end_partial_metrics_line(self.run_dir)
 
     def log_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         self.log_event({"event": "train", "step": step, **scalars})
@@ -38,7 +37,7 @@ class JsonlLogger:
     def log_event(self, record: dict[str, Any]) -> None:
         if self.run_dir is None:
             raise RuntimeError("the jsonl logger was not started")
-        rundir.append_metrics(self.run_dir, {"time": round(time.time(), 3), **record})
+        append_metrics(self.run_dir, {"time": round(time.time(), 3), **record})
 
     def finish(self, outcome: str) -> None:
         """Nothing to close: every record is written and closed as it comes."""

@@ -30,11 +30,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from tracer_cli import hookimpl
-from tracer_cli.contracts import eval_scalars, flat_params, flat_scalars
-from tracer_cli.io import atomic_write_json
-from tracer_cli.options import Options
-from tracer_cli.plugins import require_module
+from tracer_cli.sdk import (
+    Options, atomic_write_json, eval_scalars, flat_params, flat_scalars, hookimpl, require_module)
 
 ID_FILE = "mlflow_run.json"
 DEFAULT_STORE = "mlruns"

@@ -16,10 +16,8 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from tracer_cli import hookimpl
-from tracer_cli.contracts import eval_scalars, flat_params, flat_scalars
-from tracer_cli.options import Options
-from tracer_cli.plugins import require_module
+from tracer_cli.sdk import (
+    Options, eval_scalars, flat_params, flat_scalars, hookimpl, require_module)
 
 DEFAULT_DIR = "tensorboard"
 INSTALL = "'tracer-clip[tensorboard]' (or: pip install tensorboard)"

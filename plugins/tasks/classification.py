@@ -44,14 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tracer_cli import hookimpl
-from tracer_cli.contracts import (
-    CLASSIFICATION_METRICS, Backbone, DatasetBundle, fill_template, template_problem)
-from tracer_cli.engine.modes import eval_mode
-from tracer_cli.errors import RecipeError, UsageError
-from tracer_cli.metric_spec import CLASSIFICATION_HEADLINES, classification_spec
-from tracer_cli.metrics import classification_metrics
-from tracer_cli.options import Options
+from tracer_cli.sdk import (
+    Backbone, CLASSIFICATION_HEADLINES, CLASSIFICATION_METRICS, DatasetBundle, Options,
+    RecipeError, UsageError, classification_metrics, classification_spec, eval_mode,
+    fill_template, hookimpl, template_problem)
 
 _TEXT_CHUNK = 512
 
@@ -468,7 +464,7 @@ def make_task(options: dict[str, Any]) -> ClassificationTask:
                               ClassNames(*names) if names else None, headline)
 
 
-# Factory capability (tracer_cli.contracts): evaluation prompts do not shape training, so a
+# Factory capability (tracer_cli.sdk.contracts): evaluation prompts do not shape training, so a
 # resumed run may change them.
 make_task.resume_free_keys = ("templates", "templates_file")
 

@@ -11,7 +11,7 @@ reports recall@1/5/10 image→text (an image counts as retrieved at k when *any*
 among its k most similar texts), recall@1/5/10 text→image (a caption is retrieved when its own
 image is among its k most similar images), their mean ``mean_recall`` (the headline metric), and
 the numbers of images and texts (the COCO / Flickr30k protocol,
-:func:`tracer_cli.metrics.retrieval_metrics`). The captions are read from the evaluation batches,
+:func:`tracer_cli.sdk.retrieval_metrics`). The captions are read from the evaluation batches,
 so an unreadable image takes its captions out of the evaluation with it.
 
 Datasets: any caption dataset, i.e. items with ``"captions"`` (all of an image's captions) or at
@@ -29,12 +29,9 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from tracer_cli import hookimpl
-from tracer_cli.contracts import Backbone, DatasetBundle, TaskMetrics
-from tracer_cli.engine.modes import eval_mode
-from tracer_cli.errors import UsageError
-from tracer_cli.metrics import RETRIEVAL_KS, retrieval_metrics
-from tracer_cli.options import Options
+from tracer_cli.sdk import (
+    Backbone, DatasetBundle, Options, RETRIEVAL_KS, TaskMetrics, UsageError, eval_mode, hookimpl,
+    retrieval_metrics)
 
 _TEXT_CHUNK = 512
 _RECALLS = tuple(f"{d}_r{k}" for d in ("i2t", "t2i") for k in RETRIEVAL_KS)

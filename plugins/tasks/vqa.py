@@ -7,7 +7,7 @@ evaluation score the same texts). For each training batch, :meth:`VqaTask.train_
 ``zeroshot_template`` for every distinct question of the batch with every distinct canonical
 answer of the batch (the in-batch candidates, sorted); each image is scored against its own
 question's K texts, and its target is its canonical answer (a
-:class:`~tracer_cli.contracts.Pairing`). The loss is the cross-entropy of those B×K logits; with
+:class:`~tracer_cli.sdk.Pairing`). The loss is the cross-entropy of those B×K logits; with
 ``tracer`` the teacher's views act on the same B×K image-answer-text logits, so they distil the
 teacher's answer distribution (CRD, XKD), its text features of the answers (FD, ICL).
 Evaluation of such a run is the zero-shot scorer below, on the finetuned student or teacher.
@@ -38,7 +38,7 @@ encoded once per distinct question (in chunks, cached within the call), which is
 questions repeat (the synthetic world: about twenty phrasings) and costs |questions| × |answers|
 text encodings when they do not (VQAv2: limit the candidates with ``zeroshot_answers``).
 
-Metrics (:func:`tracer_cli.metrics.vqa_metrics`): ``accuracy`` (prediction = canonical answer),
+Metrics (:func:`tracer_cli.sdk.vqa_metrics`): ``accuracy`` (prediction = canonical answer),
 ``vqa_score`` (min(#annotators who gave the predicted answer / 3, 1)), ``ece`` (15 bins, on the
 softmax of the logits), ``coverage`` (share of canonical answers the scored vocabulary contains,
 the ceiling on accuracy), ``n``, ``accuracy_se``.
@@ -58,12 +58,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tracer_cli import hookimpl
-from tracer_cli.contracts import Backbone, DatasetBundle, Pairing, TaskMetrics
-from tracer_cli.engine.modes import eval_mode
-from tracer_cli.errors import RecipeError, RunError, UsageError
-from tracer_cli.metrics import ece, softmax, vqa_metrics
-from tracer_cli.options import Options
+from tracer_cli.sdk import (
+    Backbone, DatasetBundle, Options, Pairing, RecipeError, RunError, TaskMetrics, UsageError,
+    ece, eval_mode, hookimpl, softmax, vqa_metrics)
 from tracer_plugins.tasks.retrieval import encode_texts
 
 IGNORE = -100  # cross-entropy target of an answer outside the vocabulary

@@ -1,4 +1,4 @@
-"""Retention (``data.retain``, :func:`tracer_cli.metric_spec.retention`) end to end on tiny
+"""Retention (``data.retain``, :func:`tracer_cli.sdk.task_metrics.retention`) end to end on tiny
 runs: the sets of another task scored zero-shot before and after finetuning, in ``tracer
 finetune`` (summary.json, --json, the table), ``tracer eval`` (JSON, table, gates), ``tracer
 compare`` and the model card; the key's validation."""
@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import TINY_RECIPE
 from tracer_cli.cli import app
-from tracer_cli.metric_spec import retention
+from tracer_cli.sdk.task_metrics import retention
 
 COLOUR = 'data.retain=[{name = "synth-colour", size = 40}]'
 

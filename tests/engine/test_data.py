@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from tracer_cli.contracts import SkippedItem
 from tracer_cli.engine.data import (BadDataLog, BadItem, TrainStream, _SeededItems, eval_loader,
                                     item_seed)
 from tracer_cli.errors import UsageError
+from tracer_cli.sdk.contracts import SkippedItem
 
 
 class Items(Dataset):

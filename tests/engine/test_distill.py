@@ -12,9 +12,9 @@ import torch
 import torch.distributed as dist
 
 from tracer_cli.engine import distill
+from tracer_cli.engine.losses import clip_loss, contrastive_loss, gather_features
 from tracer_cli.errors import RecipeError
 from tracer_cli.recipe import TRACER_WEIGHTS, DistillWeights
-from tracer_cli.engine.losses import clip_loss, contrastive_loss, gather_features
 
 # Golden numbers and explicit formulas in float64, within stated tolerances; CI reruns these
 # under other CPU kernels (.ci/run).
@@ -270,7 +270,7 @@ def _kl_rows(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 def test_views_with_candidate_texts_act_on_each_images_candidates():
     """With a Pairing, every view is its image→text direction over the B×K candidate logits
     (written out here with explicit loops), and FD is unchanged."""
-    from tracer_cli.contracts import Pairing
+    from tracer_cli.sdk.contracts import Pairing
 
     g = torch.Generator().manual_seed(3)
     B, T, D = 4, 6, 5

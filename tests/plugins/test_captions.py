@@ -16,8 +16,8 @@ from datasets import Dataset, Features, Sequence, Value
 from datasets import Image as HFImage
 from PIL import Image
 
-from tracer_cli.contracts import SkippedItem
 from tracer_cli.errors import MissingResourceError, RecipeError
+from tracer_cli.sdk.contracts import SkippedItem
 from tracer_plugins.datasets import synth
 from tracer_plugins.datasets.synth import captions as synth_captions_text
 from tracer_plugins.datasets.synth.classification import domain_factory

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from tests.conftest import LOGIT_TOLERANCE, assert_same_predictions
-from tracer_cli.contracts import DatasetBundle
 from tracer_cli.engine.modes import eval_mode
 from tracer_cli.errors import RecipeError, UsageError
 from tracer_cli.metrics import classification_metrics
+from tracer_cli.sdk.contracts import DatasetBundle
 from tracer_plugins.backbones.openclip import make_backbone
 from tracer_plugins.datasets.synth import CLASSNAMES
 from tracer_plugins.tasks.classification import (
@@ -144,7 +144,7 @@ def test_labels_outside_the_head_are_a_usage_error(backbone):
 
 
 def test_headline_key_picks_the_tasks_metric_spec():
-    from tracer_cli.contracts import CLASSIFICATION_METRICS, task_metrics
+    from tracer_cli.sdk.contracts import CLASSIFICATION_METRICS, task_metrics
 
     assert task_metrics(make_task({})) is CLASSIFICATION_METRICS
     task = make_task({"headline": "macro_f1"})

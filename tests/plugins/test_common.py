@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from tests.layouts import png
-from tracer_cli.contracts import SkippedItem
 from tracer_cli.errors import MissingResourceError, RecipeError
+from tracer_cli.sdk.contracts import SkippedItem
 from tracer_plugins.datasets import common
 
 

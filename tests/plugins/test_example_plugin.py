@@ -29,7 +29,7 @@ DIST = "tracer-plugin-example"
 
 _LIST_AND_BUILD = textwrap.dedent("""
     import json
-    from tracer_cli.contracts import task_metrics
+    from tracer_cli.sdk.contracts import task_metrics
     from tracer_cli.plugins import PluginHost
     host = PluginHost()
     bundle = host.datasets.get("example-stripes").factory(
@@ -223,7 +223,7 @@ def test_example_task_is_discovered_and_usable(fake_site, monkeypatch, request):
     blocked by its plugin name): its task is listed and evaluates with its own metric."""
     import torch
 
-    from tracer_cli.contracts import task_metrics
+    from tracer_cli.sdk.contracts import task_metrics
     from tracer_cli.engine.data import eval_loader
 
     monkeypatch.syspath_prepend(str(EXAMPLE_DIR))

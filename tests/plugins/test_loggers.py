@@ -212,7 +212,7 @@ def test_every_evaluation_shows_its_progress_per_dataset(logged):
 
 
 def test_counts_and_standard_errors_are_not_metrics():
-    from tracer_cli.contracts import eval_scalars
+    from tracer_cli.sdk.contracts import eval_scalars
 
     got = eval_scalars({"a": {"accuracy": 0.5, "n": 10, "accuracy_se": 0.1, "n_images": 3,
                               "mean_recall": 0.2}}, "eval/m/")

@@ -15,8 +15,8 @@ from torch import nn
 
 from tracer_cli import recipe as recipe_mod
 from tracer_cli.cli import app
-from tracer_cli.contracts import task_metrics
 from tracer_cli.errors import RecipeError, UsageError
+from tracer_cli.sdk.contracts import task_metrics
 from tracer_plugins.tasks.retrieval import RETRIEVAL_METRICS, RetrievalTask, make_task
 
 ROOT = Path(__file__).resolve().parents[2]

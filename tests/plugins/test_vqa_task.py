@@ -16,11 +16,11 @@ from torch import nn
 
 from tracer_cli import recipe as recipe_mod
 from tracer_cli.cli import app
-from tracer_cli.contracts import DatasetBundle, task_metrics
 from tracer_cli.engine import checkpoint, loop
 from tracer_cli.engine.distill import teacher_logits
 from tracer_cli.engine.losses import clip_loss
 from tracer_cli.errors import RecipeError, UsageError
+from tracer_cli.sdk.contracts import DatasetBundle, task_metrics
 from tracer_plugins.tasks.vqa import VQA_METRICS, VqaHead, VqaTask, make_task, top_answers
 
 ROOT = Path(__file__).resolve().parents[2]

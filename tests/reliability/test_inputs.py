@@ -147,7 +147,7 @@ def test_eval_output_dir_below_a_file(runner, tmp_path):
 @pytest.mark.parametrize("value", [1e300, -1e39, 10**400, float("nan"), float("inf")])
 def test_plugin_numbers_must_fit_float32(value):
     from tracer_cli.errors import RecipeError
-    from tracer_cli.options import Options
+    from tracer_cli.sdk.options import Options
 
     with pytest.raises(RecipeError, match=r"'task\.dropout': got .*float32") as err:
         Options({"dropout": value}, path="task").float("dropout", default=0.1)

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from tracer_cli import rundir
 from tracer_cli.analysis.tables import analyse, model_numbers, pack_correct, pooled_paired
 from tracer_cli.errors import UsageError
-from tracer_cli.metric_spec import RETAIN_KEYS
+from tracer_cli.sdk.task_metrics import RETAIN_KEYS
 
 # The seed is what groups average over; the keys that cannot change training (where a run lives,
 # what it logs and evaluates, how often it checkpoints: tracer_cli.recipe.training_free_keys)
@@ -241,7 +241,7 @@ def check_comparable(runs: Sequence[RunData]) -> None:
 def task_keys(runs: Sequence[RunData]) -> tuple[str, list[str]]:
     """The task's primary metric and headline summaries, ID and average OOD of the primary
     first (from the task's declared TaskMetrics)."""
-    from tracer_cli.contracts import task_metrics
+    from tracer_cli.sdk.contracts import task_metrics
     from tracer_cli.plugins import get_host
 
     # The task alone, from the lock's [task] table (its keys besides the name are the task's

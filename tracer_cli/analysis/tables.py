@@ -22,7 +22,7 @@ import numpy as np
 from tracer_cli.analysis.stats import (
     average_binomial_var, binomial_var, ci95, effective_robustness, frontier_gap, logit_fit,
     mean_se, paired_difference, shared_images_se)
-from tracer_cli.metric_spec import RETAIN_KEYS
+from tracer_cli.sdk.task_metrics import RETAIN_KEYS
 
 PRETRAINED_ROW = "zero-shot (pretrained)"
 # Per-dataset counts: reported as they are, never averaged into a summary.

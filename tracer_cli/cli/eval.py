@@ -25,11 +25,11 @@ from tracer_cli.cli.common import (
     stderr_console,
 )
 from tracer_cli.cli.progress import make_reporter
-from tracer_cli.metric_spec import CLASSIFICATION_METRICS, RETAIN_KEYS, TaskMetrics
 from tracer_cli.errors import UsageError
 from tracer_cli.events import use_reporter
 from tracer_cli.io import folder_blocker
 from tracer_cli.report import retention_table
+from tracer_cli.sdk.task_metrics import CLASSIFICATION_METRICS, RETAIN_KEYS, TaskMetrics
 
 app = typer.Typer()
 
@@ -155,7 +155,7 @@ def most_recent_run(root: Path = DEFAULT_RUNS) -> Path | None:
 
 def _retention_columns(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The retention table's two columns: the pretrained model and the one evaluated."""
-    from tracer_cli.metric_spec import retention
+    from tracer_cli.sdk.task_metrics import retention
 
     before = doc["retain_before"]
     after = {**doc["datasets"], **{k: doc[k] for k in RETAIN_KEYS}}

@@ -5,7 +5,7 @@ module, so a recipe means the same model and data to every command.
 
 A backbone plugin may need weights that tracer itself has to train first (the embedded tiny CLIP
 is pretrained by tracer on its synthetic world). Its factory then declares them through the
-optional ``weights_build(options)`` capability (a :class:`~tracer_cli.contracts.WeightsBuild`),
+optional ``weights_build(options)`` capability (a :class:`~tracer_cli.sdk.contracts.WeightsBuild`),
 and :func:`backbone_from_options` trains them once, before it calls the factory: the engine calls
 the plugin, never the other way round.
 """
@@ -21,13 +21,13 @@ import numpy as np
 import torch
 
 from tracer_cli import rundir
-from tracer_cli.contracts import Backbone, DatasetBundle, Task, WeightsBuild
 from tracer_cli.engine.data import eval_loader
 from tracer_cli.engine.precision import resolve_device
 from tracer_cli.errors import UsageError
 from tracer_cli.events import current_reporter
 from tracer_cli.plugins import get_host
 from tracer_cli.recipe import Recipe
+from tracer_cli.sdk.contracts import Backbone, DatasetBundle, Task, WeightsBuild
 
 
 def seed_everything(seed: int) -> None:

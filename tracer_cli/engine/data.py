@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from tracer_cli.contracts import SkippedItem
 from tracer_cli.errors import UsageError
+from tracer_cli.sdk.contracts import SkippedItem
 
 # Beyond the SkippedItem a dataset plugin returns, an OSError from any dataset (a file that
 # vanished, PIL failing to identify an image) is treated as one unreadable item too.

@@ -9,7 +9,7 @@ distillation temperature τ only for plain soft distillation, as the reference c
 :func:`teacher_logits`). Every function computes in float32 or wider, see
 :func:`tracer_cli.engine.losses.full_precision` for why.
 
-A :class:`~tracer_cli.contracts.Pairing` with candidate texts per image (VQA: each image's
+A :class:`~tracer_cli.sdk.contracts.Pairing` with candidate texts per image (VQA: each image's
 question with every candidate answer) turns the B×B logits into B×K ones, row i over image i's
 candidates, with the pairing's targets instead of the diagonal. Every view then keeps its
 image→text direction only (a candidate text has no one right image): CRD and XKD become the KL
@@ -22,10 +22,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tracer_cli.contracts import Pairing
 from tracer_cli.engine.losses import (
     CLIP_PAIRING, full_precision, paired_logits, paired_targets)
 from tracer_cli.recipe import DistillWeights
+from tracer_cli.sdk.contracts import Pairing
 
 
 def student_logits(fi: torch.Tensor, ft: torch.Tensor, s, pairing: Pairing = CLIP_PAIRING

@@ -1,6 +1,6 @@
 """The run's loggers: ``metrics.jsonl`` (always) and the recipe's ``run.loggers``, fed together.
 
-Loggers are plugins (:func:`tracer_cli.hookspecs.tracer_register_loggers`). They are built and
+Loggers are plugins (:func:`tracer_cli.sdk.hookspecs.tracer_register_loggers`). They are built and
 checked on every process before any work is done (unknown names, bad ``[loggers.<name>]`` keys and
 missing packages stop the run with exit 2), and started and fed on rank 0 only. The ``jsonl``
 logger writes ``metrics.jsonl``; it is not isolated, so a run that cannot write its metrics fails
@@ -13,10 +13,10 @@ import contextlib
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from tracer_cli.contracts import Logger, Outcome
 from tracer_cli.errors import Interrupted, RecipeError, UsageError
 from tracer_cli.plugins import get_host
 from tracer_cli.recipe import Recipe
+from tracer_cli.sdk.contracts import Logger, Outcome
 
 JSONL = "jsonl"
 # Keys of a metrics.jsonl train record that are not the step's numbers.

@@ -23,7 +23,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from tracer_cli.contracts import Backbone, DatasetBundle, Pairing, Task
 from tracer_cli.engine.accumulation import (
     bn_statistics_kept, micro_bounds, rows, slice_batch, substitute)
 from tracer_cli.engine.distill import (
@@ -41,6 +40,7 @@ from tracer_cli.engine.sharding import Sharding, gradient_sync, local
 from tracer_cli.engine.teachers import Teacher
 from tracer_cli.errors import RunError, UsageError
 from tracer_cli.recipe import DistillWeights, TrainConfig
+from tracer_cli.sdk.contracts import Backbone, DatasetBundle, Pairing, Task
 
 MAX_LOGIT_SCALE = math.log(100.0)
 

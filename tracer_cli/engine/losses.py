@@ -2,7 +2,7 @@
 
 Conventions shared with :mod:`tracer_cli.engine.distill`: features are L2-normalized B×D tensors,
 ``scale`` is the already exponentiated logit scale (a float or a 0-d tensor), and the targets are
-the diagonal, ``arange(B)``, unless a :class:`~tracer_cli.contracts.Pairing` names candidate texts
+the diagonal, ``arange(B)``, unless a :class:`~tracer_cli.sdk.Pairing` names candidate texts
 and targets per image (then the logits are B×K and only image→text is scored).
 """
 
@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from tracer_cli.contracts import Pairing
+from tracer_cli.sdk.contracts import Pairing
 
 CLIP_PAIRING = Pairing()  # B images, B texts, text i is image i's
 _F = TypeVar("_F", bound=Callable)

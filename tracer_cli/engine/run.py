@@ -27,8 +27,6 @@ from torch.utils.data import Subset
 import tracer_cli
 from tracer_cli import plots, rundir
 from tracer_cli import recipe as recipe_mod
-from tracer_cli.contracts import (
-    CLASSIFICATION_METRICS, Backbone, DatasetBundle, Task, TaskMetrics, task_metrics)
 from tracer_cli.engine import checkpoint, distributed
 from tracer_cli.engine.build import (
     build_backbone, build_dataset, build_task, eval_sets, retain_task, seed_everything)
@@ -44,6 +42,8 @@ from tracer_cli.engine.training import (
 from tracer_cli.errors import UsageError
 from tracer_cli.events import Reporter, current_reporter
 from tracer_cli.recipe import Recipe
+from tracer_cli.sdk.contracts import (
+    CLASSIFICATION_METRICS, Backbone, DatasetBundle, Task, TaskMetrics, task_metrics)
 
 
 @dataclass

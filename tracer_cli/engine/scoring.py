@@ -14,12 +14,13 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from tracer_cli.contracts import CLASSIFICATION_METRICS, Backbone, DatasetBundle, Task, TaskMetrics
 from tracer_cli.engine.modes import eval_mode
 from tracer_cli.engine.precision import Precision
 from tracer_cli.events import Reporter, current_reporter
-from tracer_cli.metric_spec import retention
 from tracer_cli.recipe import Recipe
+from tracer_cli.sdk.contracts import (
+    CLASSIFICATION_METRICS, Backbone, DatasetBundle, Task, TaskMetrics)
+from tracer_cli.sdk.task_metrics import retention
 
 
 class _Progress:
@@ -97,7 +98,7 @@ def summarize(recipe: Recipe, evals: dict[str, dict[str, Any]],
     """Per dataset metrics of each evaluated model, ``avg_ood_<m>``, the average over the OOD
     sets, of each metric the task averages (classification: accuracy and ECE), and with retention
     sets ``retain_accuracy`` and ``retain_change`` against ``before``, the pretrained model's
-    metrics on them (:func:`tracer_cli.metric_spec.retention`)."""
+    metrics on them (:func:`tracer_cli.sdk.task_metrics.retention`)."""
     ood = [s.get("label") or s["name"] for s in recipe.data.ood]
     ids = [s.get("label") or s["name"] for s in recipe.data.id]
     retain = [s.get("label") or s["name"] for s in recipe.data.retain]

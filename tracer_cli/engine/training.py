@@ -20,7 +20,6 @@ import torch
 
 from tracer_cli import recipe as recipe_mod
 from tracer_cli import rundir
-from tracer_cli.contracts import Backbone, DatasetBundle, Task
 from tracer_cli.engine import checkpoint, distributed
 from tracer_cli.engine.data import BadDataLog, BadItem, TrainStream
 from tracer_cli.engine.distributed import DistContext, Shard
@@ -28,13 +27,14 @@ from tracer_cli.engine.loggers import RunLoggers
 from tracer_cli.engine.loop import (
     FeatureForward, NonFiniteLoss, Trainer, enable_grad_checkpointing, lock_towers)
 from tracer_cli.engine.precision import Precision
-from tracer_cli.engine.signals import SignalTrap
 from tracer_cli.engine.sharding import Sharding
+from tracer_cli.engine.signals import SignalTrap
 from tracer_cli.engine.teachers import frozen_copy, make_teacher
 from tracer_cli.errors import DiskFullError, Interrupted, RunError, UsageError
 from tracer_cli.events import Reporter
 from tracer_cli.plugins import get_host
 from tracer_cli.recipe import Recipe
+from tracer_cli.sdk.contracts import Backbone, DatasetBundle, Task
 from tracer_cli.teacher_spec import TeacherSpec
 
 TRAIN_TASK = "train"

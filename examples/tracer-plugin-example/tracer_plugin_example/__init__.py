@@ -10,7 +10,7 @@ index), so the data is identical across runs and processes and needs no files. R
 ``example-balanced``: tracer's classification task (same training texts, zero-shot and trained
 heads, same ``[task]`` keys) with one more metric, ``balanced_accuracy`` (the mean over classes of
 each class's recall), declared as the task's headline metric through
-:class:`tracer_cli.contracts.TaskMetrics`, so run summaries, ``tracer eval`` tables and gates
+:class:`tracer_cli.sdk.TaskMetrics`, so run summaries, ``tracer eval`` tables and gates
 (``--fail-under avg_ood_balanced_accuracy=0.6``) use it. Its factory also declares a capability,
 ``resume_free_keys``: like classification, a resumed run may change its evaluation prompts.
 
@@ -34,9 +34,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from tracer_cli import hookimpl
-from tracer_cli.contracts import DatasetBundle, TaskMetrics, flat_scalars
-from tracer_cli.options import Options
+from tracer_cli.sdk import DatasetBundle, Options, TaskMetrics, flat_scalars, hookimpl
 from tracer_plugins.tasks.classification import ClassificationTask
 from tracer_plugins.tasks.classification import make_task as make_classification
 
@@ -158,7 +156,7 @@ def make_balanced(options: dict[str, Any]) -> BalancedClassificationTask:
                                       base.classnames)
 
 
-# A factory capability (tracer_cli.contracts), read without building the task: the [task] keys a
+# A factory capability (tracer_cli.sdk.contracts), read without building the task: the [task] keys a
 # resumed run may change. These are classification's, whose keys this task takes.
 make_balanced.resume_free_keys = make_classification.resume_free_keys
 
@@ -172,7 +170,7 @@ def tracer_register_tasks(registry) -> None:
 
 
 class CsvLogger:
-    """Satisfies :class:`tracer_cli.contracts.Logger`: start, log_scalars, log_eval, finish."""
+    """Satisfies :class:`tracer_cli.sdk.Logger`: start, log_scalars, log_eval, finish."""
 
     def __init__(self, file_name: str):
         self.file_name = file_name

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from tracer_cli.contracts import DatasetBundle
+from tracer_cli.sdk import DatasetBundle
 from tracer_plugins.datasets.synth.classification import SynthDataset
 from tracer_plugins.datasets.synth.factory import open_options, split_seed
 from tracer_plugins.datasets.synth.rendering import render_arrays

@@ -10,9 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tracer_cli.errors import RecipeError
-from tracer_cli.options import Options
-from tracer_cli.recipe import MAX_SEED
+from tracer_cli.sdk import MAX_SEED, Options, RecipeError
 
 DEFAULT_SIZE = {"train": 20000, "test": 5000}
 # Every image is rendered up front and kept in memory (image_size² × 3 bytes each), so the size

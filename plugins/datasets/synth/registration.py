@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tracer_cli import hookimpl
+from tracer_cli.sdk import hookimpl
 from tracer_plugins.datasets.synth.classification import (
     domain_factory, synth_photo_narrow, synth_world)
 from tracer_plugins.datasets.synth.colour import synth_colour

@@ -9,8 +9,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from tracer_cli.contracts import DatasetBundle
-from tracer_cli.errors import RecipeError
+from tracer_cli.sdk import DatasetBundle, RecipeError
 from tracer_plugins.datasets.common import caption_fields
 from tracer_plugins.datasets.synth.captions import MAX_CAPTIONS, caption_sets
 from tracer_plugins.datasets.synth.classification import read_colour_bias

@@ -14,9 +14,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from tracer_cli.contracts import DatasetBundle
-from tracer_cli.errors import RecipeError
-from tracer_cli.options import Options
+from tracer_cli.sdk import DatasetBundle, Options, RecipeError
 from tracer_plugins.datasets.synth.captions import article
 from tracer_plugins.datasets.synth.factory import as_image, open_options, read_names, split_seed
 from tracer_plugins.datasets.synth.groups import MAX_GROUP, render_groups

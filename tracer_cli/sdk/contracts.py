@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 
 # Re-exported: a task plugin declares its metrics with these (defined apart, free of torch, so the
 # CLI can read a spec without importing torch).
-from tracer_cli.metric_spec import CLASSIFICATION_METRICS, TaskMetrics, task_metrics
+from tracer_cli.sdk.task_metrics import CLASSIFICATION_METRICS, TaskMetrics, task_metrics
 
 __all__ = ["Backbone", "CLASSIFICATION_METRICS", "DatasetBundle", "ExportFormat", "ExportedModel",
            "Logger", "OUTCOMES", "Outcome", "SkippedItem", "Task", "TaskMetrics", "eval_scalars",

@@ -2,8 +2,8 @@
 
 Run summaries, ``tracer eval`` documents, gates, result tables, WiSE-FT curves and model cards all
 read a task's metrics through this declaration instead of assuming classification. It lives apart
-from :mod:`tracer_cli.contracts` (which re-exports it) because it needs no torch: the CLI reads it
-while drawing tables.
+from :mod:`tracer_cli.sdk.contracts` (which re-exports it) because it needs no torch: the CLI reads
+it while drawing tables. Plugins import these names from :mod:`tracer_cli.sdk`.
 """
 
 from __future__ import annotations

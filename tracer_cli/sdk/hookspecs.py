@@ -20,10 +20,10 @@ def tracer_register_backbones(registry) -> None:
     ``[model]`` table without ``backbone`` and ``freeze_bn_stats`` (``arch``, ``pretrained`` and
     backbone-specific keys; it must reject keys it does not know with
     :class:`tracer_cli.errors.RecipeError`) and returns an object satisfying
-    :class:`tracer_cli.contracts.Backbone`. The factory may declare capabilities as attributes,
+    :class:`tracer_cli.sdk.contracts.Backbone`. The factory may declare capabilities as attributes,
     read without calling it (``resume_free_keys``, ``export_formats``, ``location_archs``,
-    ``weights_required``; see :mod:`tracer_cli.contracts`) and a ``weights_build(options)``
-    method returning a :class:`tracer_cli.contracts.WeightsBuild` (or None) for weights tracer
+    ``weights_required``; see :mod:`tracer_cli.sdk.contracts`) and a ``weights_build(options)``
+    method returning a :class:`tracer_cli.sdk.contracts.WeightsBuild` (or None) for weights tracer
     must train once before the factory can load them (the engine trains them, then calls the
     factory): the core knows nothing specific to any backbone, built-in or not.
     """
@@ -36,7 +36,7 @@ def tracer_register_datasets(registry) -> None:
     Called once when the plugin host loads. Call ``registry.add(name, factory)`` for each dataset.
     ``factory(spec: dict, split: str, transform)`` receives the dataset's options from the recipe
     (everything in its table except ``name`` and ``label``), the split (``"train"`` or ``"test"``)
-    and the backbone's image transform, and returns a :class:`tracer_cli.contracts.DatasetBundle`.
+    and the backbone's image transform, and returns a :class:`tracer_cli.sdk.DatasetBundle`.
     Missing files must raise :class:`tracer_cli.errors.MissingResourceError` saying what to provide.
     """
 
@@ -47,12 +47,12 @@ def tracer_register_tasks(registry) -> None:
 
     Called once when the plugin host loads. Call ``registry.add(name, factory)`` for each task.
     ``factory(task_section: dict)`` receives the recipe's ``[task]`` table without ``name`` and
-    returns an object satisfying :class:`tracer_cli.contracts.Task`: it owns its head, the texts
+    returns an object satisfying :class:`tracer_cli.sdk.contracts.Task`: it owns its head, the texts
     paired with training images, and its metrics. A task declares what it reports with a class
-    attribute ``metrics = TaskMetrics(...)`` (:class:`tracer_cli.contracts.TaskMetrics`; summaries,
+    attribute ``metrics = TaskMetrics(...)`` (:class:`tracer_cli.sdk.TaskMetrics`; summaries,
     tables and gates follow it); without one it is read as classification. The factory may declare
     ``resume_free_keys``, the ``[task]`` keys a resumed run may change (classification: its
-    evaluation prompts; see :mod:`tracer_cli.contracts`).
+    evaluation prompts; see :mod:`tracer_cli.sdk.contracts`).
     """
 
 
@@ -65,10 +65,10 @@ def tracer_register_loggers(registry) -> None:
     ``[loggers.<name>]`` tables. ``factory(options: dict)`` receives that table (empty when the
     recipe has none) on every process of a run, before any training: it must reject keys it does
     not know with :class:`tracer_cli.errors.RecipeError` (read them with
-    :class:`tracer_cli.options.Options` at path ``loggers.<name>``), raise
+    :class:`tracer_cli.sdk.options.Options` at path ``loggers.<name>``), raise
     :class:`tracer_cli.errors.MissingResourceError` with the pip command when a package it needs
-    is missing (:func:`tracer_cli.plugins.require_module`), and do no I/O. It returns an object
-    satisfying :class:`tracer_cli.contracts.Logger`, which only rank 0 starts and feeds. An
+    is missing (:func:`tracer_cli.sdk.require_module`), and do no I/O. It returns an object
+    satisfying :class:`tracer_cli.sdk.contracts.Logger`, which only rank 0 starts and feeds. An
     exception the logger raises during the run is reported once and the logger is switched off;
     the run and ``metrics.jsonl`` go on.
     """
