@@ -15,7 +15,7 @@ from torch import nn
 from tracer_cli import diagnostics
 from tracer_cli import recipe as recipe_mod
 from tracer_cli.engine import kernels
-from tracer_cli.engine.loop import DriftTracker
+from tracer_cli.engine.step import DriftTracker
 from tracer_cli.engine.teachers import EmaTeacher, StaticTeacher, WmaTeacher
 from tracer_cli.errors import UsageError
 

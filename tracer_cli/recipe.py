@@ -202,7 +202,7 @@ class TrainConfig:
     # θ₀ and AdamW state over the ranks (torch FSDP2; see tracer_cli.engine.sharding).
     strategy: Literal["ddp", "fsdp"] = "ddp"
     # AdamW's moment decay rates and denominator term (torch's and open_clip_train's defaults),
-    # and the learning-rate curve after the linear warm-up (see tracer_cli.engine.loop.SCHEDULES).
+    # and the learning-rate curve after the linear warm-up (see tracer_cli.engine.step.SCHEDULES).
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8

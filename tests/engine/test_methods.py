@@ -178,7 +178,7 @@ def test_the_logged_learning_rate_is_the_one_the_step_used(tiny_recipe, tmp_path
 
 
 def test_head_method_refused_by_a_task_without_a_head(tiny_recipe, tmp_path):
-    from tracer_cli.engine import training
+    from tracer_cli.engine import loop
     from tracer_cli.errors import UsageError
 
     class NoHead:
@@ -186,7 +186,7 @@ def test_head_method_refused_by_a_task_without_a_head(tiny_recipe, tmp_path):
 
     recipe = _recipe(tiny_recipe, "ft")
     with pytest.raises(UsageError, match="has none"):
-        training.build_head(recipe, NoHead(), None, None, None)
+        loop.build_head(recipe, NoHead(), None, None, None)
 
 
 # --------------------------------------------------------------------------- eval, WiSE, export

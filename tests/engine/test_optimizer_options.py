@@ -12,7 +12,7 @@ import torch
 from tracer_cli import recipe as recipe_mod
 from tracer_cli import rundir
 from tracer_cli.engine import checkpoint
-from tracer_cli.engine.loop import check_tower_locks, phased_schedules
+from tracer_cli.engine.step import check_tower_locks, phased_schedules
 from tracer_cli.engine.run import finetune
 from tracer_cli.errors import RecipeError, UsageError
 from tracer_cli.events import Reporter

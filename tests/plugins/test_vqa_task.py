@@ -17,7 +17,7 @@ from torch import nn
 from tracer_cli import recipe as recipe_mod
 from tracer_cli.cli import app
 from tracer_cli.contracts import DatasetBundle, task_metrics
-from tracer_cli.engine import checkpoint, loop
+from tracer_cli.engine import checkpoint, step
 from tracer_cli.engine.distill import teacher_logits
 from tracer_cli.engine.losses import clip_loss
 from tracer_cli.errors import RecipeError, UsageError
@@ -271,9 +271,9 @@ class _Seen:
 def tracer_run(tmp_path_factory):
     """The quickstart's TRACER run (contrastive form), recording what its views received."""
     seen, monkeypatch = _Seen(), pytest.MonkeyPatch()
-    distill, pairs = loop.distillation_loss, VqaTask.train_pairs
+    distill, pairs = step.distillation_loss, VqaTask.train_pairs
 
-    def recording_distill(fi, ft, gi, gt, s, s_t, w, pairing=loop.CLIP_PAIRING):
+    def recording_distill(fi, ft, gi, gt, s, s_t, w, pairing=step.CLIP_PAIRING):
         seen.calls.append((pairing, teacher_logits(gi, gt, s_t, pairing=pairing), len(fi)))
         return distill(fi, ft, gi, gt, s, s_t, w, pairing)
 

@@ -4,7 +4,7 @@ Launched by torchrun, every process runs :func:`finetune`; rank 0 alone evaluate
 (see :mod:`tracer_cli.engine.distributed`): the pretrained model before training, the student and
 teacher every ``run.eval_every`` steps during it (plotted in ``eval/curves.png``), and at the end.
 The training phase, with checkpoints, exact resume, signals, bad data and non-finite losses, is
-:mod:`tracer_cli.engine.training`.
+:mod:`tracer_cli.engine.loop`.
 
 It writes the run directory that the other commands read; :mod:`tracer_cli.rundir` owns its
 layout (recipe lock, checkpoints, metrics, evaluations, summary). Optional loggers
@@ -35,11 +35,11 @@ from tracer_cli.engine.build import (
 from tracer_cli.engine.data import eval_loader
 from tracer_cli.engine.distributed import DistContext
 from tracer_cli.engine.loggers import RunLoggers, build_loggers
-from tracer_cli.engine.loop import Trainer, check_grad_checkpointing, check_tower_locks
+from tracer_cli.engine.step import Trainer, check_grad_checkpointing, check_tower_locks
 from tracer_cli.engine.precision import Precision, resolve_precision
 from tracer_cli.engine.scoring import evaluate, summarize
 from tracer_cli.engine.signals import SignalTrap
-from tracer_cli.engine.training import (
+from tracer_cli.engine.loop import (
     Resume, RunWriter, Trained, check_pairing, check_task_head, load_resume, train)
 from tracer_cli.errors import UsageError
 from tracer_cli.events import Reporter, current_reporter
