@@ -58,7 +58,7 @@ from tracer_cli import recipe as recipe_mod
 from tracer_cli import rundir
 from tracer_cli.contracts import (
     CLASSIFICATION_METRICS, Backbone, DatasetBundle, Task, TaskMetrics, task_metrics)
-from tracer_cli.engine.build import pretrained_backbone
+from tracer_cli.engine.run import pretrained_backbone
 from tracer_cli.engine.precision import Precision
 from tracer_cli.errors import GateError, RecipeError, UsageError
 from tracer_cli.events import Reporter, current_reporter

@@ -22,7 +22,8 @@ from tracer_cli.engine.data import TrainStream
 from tracer_cli.engine.losses import gather_features
 from tracer_cli.engine.step import NonFiniteLoss
 from tracer_cli.engine.precision import resolve_precision
-from tracer_cli.engine.build import build_backbone, build_dataset, build_task, seed_everything
+from tracer_cli.engine.build import build_dataset, build_task, seed_everything
+from tracer_cli.engine.run import build_backbone
 from tracer_cli.engine.loop import build_trainer
 
 

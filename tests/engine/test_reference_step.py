@@ -43,7 +43,8 @@ import pytest
 import torch
 
 from tracer_cli import recipe as recipe_mod
-from tracer_cli.engine.build import build_backbone, build_task
+from tracer_cli.engine.build import build_task
+from tracer_cli.engine.run import build_backbone
 from tracer_cli.engine.distributed import DistContext
 from tracer_cli.engine.step import MAX_LOGIT_SCALE
 from tracer_cli.engine.precision import resolve_precision

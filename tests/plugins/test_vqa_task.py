@@ -296,7 +296,7 @@ def ft_run(tmp_path_factory):
 
 
 def test_tracer_run_distils_the_teachers_answer_distribution(tracer_run):
-    from tracer_cli.engine.build import pretrained_backbone
+    from tracer_cli.engine.run import pretrained_backbone
 
     run_dir, summary, seen = tracer_run
     models = summary["eval"]["models"]
@@ -385,7 +385,7 @@ def test_eval_and_export_read_the_run_through_its_head(ft_run, runner, tmp_path)
 
 
 def test_lp_baseline_trains_the_head_alone(tmp_path_factory, runner):
-    from tracer_cli.engine.build import pretrained_backbone
+    from tracer_cli.engine.run import pretrained_backbone
 
     run_dir, summary = _finetune(tmp_path_factory, "vqa-lp", *BASELINE)
     assert set(summary["eval"]["models"]) == {"zeroshot", "student"}

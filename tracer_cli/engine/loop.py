@@ -25,11 +25,12 @@ from tracer_cli.engine import checkpoint, distributed
 from tracer_cli.engine.data import BadDataLog, BadItem, TrainStream
 from tracer_cli.engine.distributed import DistContext, Shard
 from tracer_cli.engine.loggers import RunLoggers
-from tracer_cli.engine.step import (
-    FeatureForward, NonFiniteLoss, Trainer, enable_grad_checkpointing, lock_towers)
 from tracer_cli.engine.precision import Precision
+from tracer_cli.engine.resume import Resume, restore_rng, restore_training
 from tracer_cli.engine.signals import SignalTrap
-from tracer_cli.engine.sharding import Sharding
+from tracer_cli.engine.step import (
+    NonFiniteLoss, StepConfig, Trainer, enable_grad_checkpointing, lock_towers)
+from tracer_cli.engine.strategy import strategy_for
 from tracer_cli.engine.teachers import frozen_copy, make_teacher
 from tracer_cli.errors import DiskFullError, Interrupted, RunError, UsageError
 from tracer_cli.events import Reporter
@@ -41,76 +42,6 @@ TRAIN_TASK = "train"
 # With on_nonfinite = "skip", this many non-finite batches in a row mean the run itself is broken
 # (weights or learning rate), not an odd batch: stop instead of skipping the rest of the data.
 MAX_NONFINITE_IN_A_ROW = 10
-RESUME_KEYS = ("step", "state_dict", "teacher", "optimizer", "scheduler", "scaler", "text_rng",
-               "rng", "data_position", "recipe")
-
-
-@dataclass(frozen=True)
-class Resume:
-    """A checkpoint to continue from, checked against the recipe; ``skipped`` says which newer
-    checkpoints failed verification (and where they were moved)."""
-
-    path: Path
-    state: dict[str, Any]
-    skipped: tuple[str, ...] = ()
-
-    @property
-    def step(self) -> int:
-        return int(self.state["step"])
-
-
-def load_resume(recipe: Recipe, run_dir: Path, resume: str | Path,
-                notice: Callable[[str], None] = lambda _: None) -> Resume:
-    """The checkpoint ``--resume`` names, verified against the SHA-256 recorded when it was
-    written and checked to be a complete training checkpoint of a run with the same
-    run-defining recipe keys.
-
-    "auto" takes the newest intact checkpoint of the run directory: ``last.pt``, else the step
-    checkpoints newest first; each one that fails verification or cannot be read is moved to
-    ``corrupt/`` (never deleted) and said so. Call it holding the run directory's lock.
-    """
-    if str(resume) == "auto":
-        path, state, skipped = _newest_intact(recipe, run_dir, notice)
-    else:
-        path, skipped = Path(resume), ()
-        verdict = rundir.verify(path) if path.is_file() else rundir.Verdict(True)
-        if not verdict.ok:
-            raise UsageError(f"--resume {path}: {verdict.reason}, so it cannot be trusted; give "
-                             "another checkpoint, or --resume auto to take the run's newest "
-                             "intact one")
-        state = checkpoint.load(path)
-    missing = [k for k in RESUME_KEYS if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise UsageError(f"'{path}' is not a tracer training checkpoint that can be resumed "
-                         f"(it has no {', '.join(missing)})")
-    diffs = recipe_mod.resume_differences(state["recipe"], recipe)
-    if diffs:
-        raise UsageError(f"cannot resume from '{path}': the recipe differs from the checkpoint's "
-                         f"in {'; '.join(diffs)}. These keys define the run; resume with the "
-                         "checkpoint's values or start a new run")
-    return Resume(path, state, skipped)
-
-
-def _newest_intact(recipe: Recipe, run_dir: Path, notice: Callable[[str], None]
-                   ) -> tuple[Path, dict[str, Any], tuple[str, ...]]:
-    skipped = []
-    for path in list(rundir.resume_candidates(run_dir)):
-        verdict = rundir.verify(path)
-        reason = "" if verdict.ok else verdict.reason
-        if verdict.ok:
-            try:
-                return path, checkpoint.load(path), tuple(skipped)
-            except UsageError:
-                reason = "it cannot be read (truncated, or not a checkpoint)"
-        moved = rundir.move_aside(run_dir, path)
-        skipped.append(f"{path} ({reason}; moved to {moved})")
-        notice(f"--resume auto: skipping {path}: {reason}; moved to {moved}")
-    if skipped:
-        raise UsageError(f"--resume auto: no intact checkpoint in '{run_dir}' (skipped "
-                         f"{'; '.join(skipped)}); start the run again with --overwrite")
-    raise UsageError(f"--resume auto: '{run_dir}' has no checkpoint to resume from (the run "
-                     "wrote no checkpoint yet; train.checkpoint_every = "
-                     f"{recipe.train.checkpoint_every}); start it again with --overwrite")
 
 
 class RunWriter:
@@ -182,28 +113,38 @@ class RunWriter:
 
 def build_trainer(recipe: Recipe, ctx: DistContext, backbone: Backbone, task: Task,
                   bundle: DatasetBundle, precision: Precision, notice) -> Trainer:
-    """The Trainer, its student forward in DDP (or FSDP) when distributed, and a teacher built
-    from θ₀."""
+    """The Trainer, its student forward set up by the run's strategy (one process, DDP or
+    FSDP: :mod:`tracer_cli.engine.strategy`), and a teacher built from θ₀."""
     lock_towers(backbone, backbone.model, recipe.train)
     backbone.model = distributed.sync_batchnorm(backbone.model, ctx, freeze_bn_stats(recipe))
     if recipe.train.channels_last:
         backbone.model.to(memory_format=torch.channels_last)
     check_pairing(recipe, task, ctx.world_size)
     head = build_head(recipe, task, backbone, bundle, precision)
-    if recipe.train.strategy == "fsdp" and ctx.distributed:
-        return _build_sharded_trainer(recipe, ctx, backbone, task, bundle, precision, notice, head)
-    # DDP first: its construction broadcasts rank 0's weights, which the teacher then copies.
-    forward = distributed.wrap(FeatureForward(backbone, head), ctx,
-                               find_unused=head is not None)
+    if recipe.train.strategy == "fsdp" and ctx.distributed and head is not None:
+        raise UsageError(f"train.strategy = 'fsdp' does not shard task heads (task "
+                         f"'{recipe.task.name}' trains one); use train.strategy = 'ddp'")
+    strategy = strategy_for(recipe.train.strategy, ctx, find_unused=head is not None)
+
+    def checkpointing() -> None:
+        if recipe.train.grad_checkpointing:
+            enable_grad_checkpointing(backbone, backbone.model, notice)
+
+    prepared = strategy.prepare(
+        backbone, head, lambda: make_teacher(recipe.teacher.kind, backbone.model,
+                                             recipe.train.steps, **teacher_params(recipe)),
+        checkpointing)
     if recipe.train.compile:
-        forward = torch.compile(forward)
-    teacher = make_teacher(recipe.teacher.kind, backbone.model, recipe.train.steps,
-                           **teacher_params(recipe))
-    if recipe.train.grad_checkpointing:  # after the teacher's copy: it never back-propagates
-        enable_grad_checkpointing(backbone, backbone.model, notice)
-    return Trainer(backbone, task, bundle, teacher, recipe.train, recipe.distill, precision,
-                   freeze_bn_stats(recipe), recipe.run.seed, notice=notice,
-                   track_drift=recipe.run.track_drift, forward=forward, head=head)
+        prepared.forward = torch.compile(prepared.forward)
+    return Trainer(backbone, task, bundle, prepared.teacher, step_config(recipe, precision),
+                   head=head, strategy=strategy, prepared=prepared, notice=notice)
+
+
+def step_config(recipe: Recipe, precision: Precision) -> StepConfig:
+    """The step's settings from ``recipe``."""
+    return StepConfig(recipe.train, recipe.distill, precision, seed=recipe.run.seed,
+                      freeze_bn_stats=freeze_bn_stats(recipe),
+                      track_drift=recipe.run.track_drift)
 
 
 def freeze_bn_stats(recipe: Recipe) -> bool:
@@ -212,42 +153,14 @@ def freeze_bn_stats(recipe: Recipe) -> bool:
     return recipe.model.freeze_bn_stats or recipe.train.lock_image_freeze_bn_stats
 
 
-def _build_sharded_trainer(recipe: Recipe, ctx: DistContext, backbone: Backbone, task: Task,
-                           bundle: DatasetBundle, precision: Precision, notice,
-                           head: torch.nn.Module | None) -> Trainer:
-    """FSDP: student and teacher sharded with one plan (engine.sharding)."""
-    if head is not None:
-        raise UsageError(f"train.strategy = 'fsdp' does not shard task heads (task "
-                         f"'{recipe.task.name}' trains one); use train.strategy = 'ddp'")
-    sharding = Sharding(ctx.device)
-    sharding.broadcast(backbone.model)
-    teacher = make_teacher(recipe.teacher.kind, backbone.model, recipe.train.steps,
-                           **teacher_params(recipe))
-    if recipe.train.grad_checkpointing:
-        enable_grad_checkpointing(backbone, backbone.model, notice)
-    units = getattr(backbone, "shard_units", lambda module: [])
-    forward = sharding.shard(FeatureForward(backbone, head), units(backbone.model))
-    teacher_forward = None
-    if teacher.active:
-        teacher_forward = sharding.shard(FeatureForward(backbone, model=teacher.module),
-                                         units(teacher.module), forward_only=True)
-        teacher.pair_with(backbone.model)
-    if recipe.train.compile:
-        forward = torch.compile(forward)
-    return Trainer(backbone, task, bundle, teacher, recipe.train, recipe.distill, precision,
-                   freeze_bn_stats(recipe), recipe.run.seed, notice=notice,
-                   track_drift=recipe.run.track_drift, forward=forward, head=head,
-                   sharding=sharding, teacher_forward=teacher_forward)
-
-
 def consolidate(trainer: Trainer, recipe: Recipe, ctx: DistContext, backbone: Backbone,
                 device: torch.device) -> None:
     """After sharded training: gather the weights (all ranks) and, on rank 0, put plain student
     and teacher modules in their places, so evaluation runs on rank 0 alone as after DDP."""
-    if trainer.sharding is None:
+    if not trainer.strategy.sharded:
         return
-    student = trainer.sharding.full_state(trainer.student)
-    teacher = trainer.sharding.full_state(trainer.teacher.module) if trainer.teacher.active \
+    student = trainer.strategy.module_state(trainer.student)
+    teacher = trainer.strategy.module_state(trainer.teacher.module) if trainer.teacher.active \
         else {}
     if not ctx.is_main:
         return
@@ -359,20 +272,16 @@ def train(writer: RunWriter, backbone: Backbone, task: Task, bundle: DatasetBund
 
 
 def _restore(writer: RunWriter, trainer: Trainer, stream: TrainStream, bad: BadDataLog,
-             resume: Resume) -> int:
-    state = resume.state
-    trainer.load_state_dict(state)
-    stream.load_state_dict(state["data_position"])
-    if "bad_data" in state:
-        bad.load_state_dict(state["bad_data"])
-    writer.last_checkpoint, writer.last_saved_step = resume.path, resume.step
-    writer.log({"event": "resume", "step": resume.step, "checkpoint": str(resume.path),
-                **({"skipped": list(resume.skipped)} if resume.skipped else {})})
-    writer.reporter.notice(f"resuming from {resume.path} at step {resume.step} of "
+             resumed: Resume) -> int:
+    restore_training(resumed, trainer, stream, bad)
+    writer.last_checkpoint, writer.last_saved_step = resumed.path, resumed.step
+    writer.log({"event": "resume", "step": resumed.step, "checkpoint": str(resumed.path),
+                **({"skipped": list(resumed.skipped)} if resumed.skipped else {})})
+    writer.reporter.notice(f"resuming from {resumed.path} at step {resumed.step} of "
                            f"{writer.recipe.train.steps}")
     # Last: nothing may draw from the global RNG between here and the next step.
-    checkpoint.restore_rng(checkpoint.rng_for_rank(state, writer.ctx.rank))
-    return resume.step
+    restore_rng(resumed, writer.ctx.rank)
+    return resumed.step
 
 
 class _Loop:
@@ -428,7 +337,7 @@ class _Loop:
             elapsed = time.perf_counter() - self.window_start
             # Sharded drift statistics are all-reduced: then every rank computes them.
             drift = self.trainer.drift_stats() \
-                if self.ctx.is_main or self.trainer.sharding is not None else {}
+                if self.ctx.is_main or self.trainer.strategy.sharded else {}
             record = {"event": "train", "step": done, **record, **drift,
                       "img_per_s": round(self.window_images / max(elapsed, 1e-9), 2)}
             self.writer.log(record)

@@ -4,7 +4,10 @@ One :class:`Trainer` owns the student, the teacher, the optimizer, the schedule 
 :meth:`Trainer.step` does one optimizer step and returns the numbers worth logging; nothing here
 knows about the CLI, the run directory or how progress is shown.
 
-Under DDP the student's forward goes through :class:`FeatureForward` wrapped in
+How the student is spread over processes (one process, DDP, FSDP) is a
+:class:`~tracer_cli.engine.strategy.Strategy` the step calls for wrapping, gradient sync, gradient
+finishing and state dicts; it has no branch of its own on the strategy. Under DDP the student's
+forward goes through :class:`~tracer_cli.engine.strategy.FeatureForward` wrapped in
 DistributedDataParallel; the features of all ranks are gathered so the contrastive loss, the
 distillation views and the logged statistics are those of the global batch, and the gradient is
 scaled so that the averaged gradient equals the single-process one (see
@@ -13,7 +16,6 @@ scaled so that the averaged gradient equals the single-process one (see
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 from dataclasses import dataclass, replace
@@ -37,7 +39,9 @@ from tracer_cli.engine.losses import (
     CLIP_PAIRING, clip_loss, gather_features, paired_logits, scale_grad)
 from tracer_cli.engine.offload import FrozenCopy, squared_distance
 from tracer_cli.engine.precision import Precision
-from tracer_cli.engine.sharding import Sharding, gradient_sync, local
+from tracer_cli.engine.sharding import local
+from tracer_cli.engine.strategy import (
+    FeatureForward, Prepared, Strategy, plain_teacher_features)
 from tracer_cli.engine.teachers import Teacher
 from tracer_cli.errors import RunError, UsageError
 from tracer_cli.recipe import DistillWeights, TrainConfig
@@ -52,40 +56,6 @@ class NonFiniteLoss(RunError):
     def __init__(self, step: int, value: float):
         self.step, self.value = step, value
         super().__init__(f"non-finite loss ({value}) at step {step}")
-
-
-class FeatureForward(nn.Module):
-    """The student's training forward, (f_i, f_t, s, head output) in one call, as a module DDP
-    can wrap.
-
-    DDP synchronizes gradients only for computations that run through its own ``forward``, while a
-    backbone exposes its encoders as methods that take the module. This adapter routes both
-    encoders, the logit scale and the task head (if any) through one ``forward``, so wrapping it
-    covers them for any backbone plugin; its submodules are the student itself and the head
-    (parameters shared, not copied). ``tokens`` may be None when no text is needed (f_t is None
-    then), and ``frozen`` runs the backbone without gradients (linear probing).
-    """
-
-    def __init__(self, backbone: Backbone, head: nn.Module | None = None,
-                 model: nn.Module | None = None):
-        super().__init__()
-        self.model = backbone.model if model is None else model
-        self.head = head
-        object.__setattr__(self, "_backbone", backbone)  # not a submodule: no parameters twice
-
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor | None, frozen: bool = False,
-                projections: bool = False
-                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, Any, Any]:
-        """(f_i, f_t, s, head output, projections): ``projections`` asks for the backbone's
-        projection matrices (V, T) as the forward sees them, which under FSDP is the only place
-        they exist unsharded, so the regularizers take them from here."""
-        b = self._backbone
-        with torch.no_grad() if frozen else contextlib.nullcontext():
-            fi = b.encode_image(self.model, images)
-            ft = b.encode_text(self.model, tokens) if tokens is not None else None
-            s = b.logit_scale(self.model)
-        out = self.head(fi, ft) if self.head is not None else None
-        return fi, ft, s, out, b.projections(self.model) if projections else None
 
 
 def set_train_mode(module: nn.Module, freeze_bn_stats: bool) -> None:
@@ -301,47 +271,67 @@ class _Terms:
                                self.local_loss, self.penalty) if t is not None)
 
 
+@dataclass(frozen=True)
+class StepConfig:
+    """What the step is told beside its models: the recipe's ``train`` and ``distill``
+    sections, the precision, the seed of the caption RNG, whether BatchNorm keeps its running
+    statistics, and whether parameter drift is tracked (``run.track_drift``)."""
+
+    train: TrainConfig
+    distill: DistillWeights
+    precision: Precision
+    seed: int = 0
+    freeze_bn_stats: bool = False
+    track_drift: bool = True
+
+
 class Trainer:
-    """Student + teacher + optimizer; :meth:`step` is one optimizer step of the TRACER objective."""
+    """Student + teacher + optimizer; :meth:`step` is one optimizer step of the TRACER objective.
+
+    ``head``: a task head (lp/ft/lpft, or a task whose loss is its head's, such as vqa), trained
+    with the task's head_loss instead of the contrastive loss. ``prepared``: the student's
+    forward and the teacher as a :class:`~tracer_cli.engine.strategy.Strategy` set them up
+    (``strategy``); without it, one process with ``teacher`` and a plain forward.
+    """
 
     def __init__(self, backbone: Backbone, task: Task, bundle: DatasetBundle, teacher: Teacher,
-                 train: TrainConfig, distill: DistillWeights, precision: Precision,
-                 freeze_bn_stats: bool, seed: int, notice=lambda msg: None,
-                 track_drift: bool = True, forward: nn.Module | None = None,
-                 head: nn.Module | None = None, sharding: Sharding | None = None,
-                 teacher_forward: nn.Module | None = None):
+                 config: StepConfig, *, head: nn.Module | None = None,
+                 strategy: Strategy | None = None, prepared: Prepared | None = None,
+                 notice: Callable[[str], None] = lambda msg: None):
+        self.strategy = strategy or Strategy()
+        if prepared is None:
+            prepared = Prepared(FeatureForward(backbone, head), teacher,
+                                plain_teacher_features(backbone, teacher))
         self.backbone, self.task, self.bundle, self.teacher = backbone, task, bundle, teacher
         self.student = backbone.model
-        # A task head (lp/ft/lpft, or a task whose loss is its head's, such as vqa): trained with
-        # the task's head_loss instead of the contrastive loss. head_init is θ₀'s head (WiSE-FT).
+        # head_init is θ₀'s head (WiSE-FT).
         self.head = head
-        # Under FSDP (``sharding``) the student, the head and the teacher are sharded; state dicts
-        # are gathered into full tensors, and the teacher runs through its own sharded forward.
-        self.sharding, self.teacher_forward = sharding, teacher_forward
         self.head_init = None if head is None else \
             {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
-             for k, v in self._module_state(head).items()}
+             for k, v in self.strategy.module_state(head).items()}
         self.head_uses_text = bool(getattr(head, "uses_text", False))
-        # The student's training forward: FeatureForward, in DDP when distributed.
-        self.forward = forward if forward is not None else FeatureForward(backbone, head)
+        # The student's training forward (wrapped by the strategy) and the teacher's features.
+        self.forward, self.teacher_features = prepared.forward, prepared.teacher_features
+        train, precision = config.train, config.precision
         self.train_cfg, self.precision = train, precision
         # Steps during which the backbone is frozen and only the head learns (lp: all of them).
         self.probe_steps = train.resolved_lp_steps() if head is not None else 0
         self._frozen: bool | None = None
         self.device = precision.device
-        self.freeze_bn_stats = freeze_bn_stats
-        self.weights = distill
-        if (distill.lambda_fn or distill.lambda_orth) and backbone.projections(self.student) is None:
+        self.freeze_bn_stats = config.freeze_bn_stats
+        self.weights = config.distill
+        if (self.weights.lambda_fn or self.weights.lambda_orth) and \
+                backbone.projections(self.student) is None:
             notice("distill.lambda_fn / lambda_orth disabled: this backbone exposes no projection "
                    "matrices")
             self.weights = replace(self.weights, lambda_fn=0.0, lambda_orth=0.0)
         self.optimizer, self.scheduler = self._optimizer(train)
         self.scaler = precision.grad_scaler()
-        self.text_rng = torch.Generator().manual_seed(seed)
+        self.text_rng = torch.Generator().manual_seed(config.seed)
         self.pairing = CLIP_PAIRING  # this step's: set by step() with its texts
-        self.drift = DriftTracker(self.student, teacher, sharded=sharding is not None) \
-            if teacher.active and track_drift else None
-        set_train_mode(self.student, freeze_bn_stats)
+        self.drift = DriftTracker(self.student, teacher, sharded=self.strategy.sharded) \
+            if teacher.active and config.track_drift else None
+        set_train_mode(self.student, config.freeze_bn_stats)
 
     def _optimizer(self, train: TrainConfig):
         """AdamW over the backbone (unless it never trains: lp) and the head (at head_lr), with
@@ -385,10 +375,6 @@ class Trainer:
         """Parameter distances to θ₀ and to the teacher (see :class:`DriftTracker`), or {}."""
         return {} if self.drift is None else self.drift.stats()
 
-    def _features(self, module: nn.Module, images: torch.Tensor, tokens: torch.Tensor):
-        b = self.backbone
-        return b.encode_image(module, images), b.encode_text(module, tokens), b.logit_scale(module)
-
     @property
     def _wants_projections(self) -> bool:
         return bool(self.weights.lambda_fn or self.weights.lambda_orth)
@@ -412,10 +398,7 @@ class Trainer:
                 # One micro-batch encodes every text: with candidate texts (a Pairing) the batch
                 # has T texts for its B images.
                 text = tokens if len(bounds) == 1 else tokens[a:b]
-                if self.teacher_forward is not None:  # sharded: its blocks gather as it runs
-                    parts.append(self.teacher_forward(images[a:b], text, True)[:3])
-                else:
-                    parts.append(self._features(self.teacher.module, images[a:b], text))
+                parts.append(self.teacher_features(images[a:b], text))
         gi = torch.cat([p[0] for p in parts]).float()
         gt = torch.cat([p[1] for p in parts]).float()
         if shard.world_size > 1:
@@ -579,7 +562,7 @@ class Trainer:
         self._check_finite(step, terms.total)
         offset = shard.offset if world > 1 and ft is not None else 0
         for j, (a, b) in enumerate(bounds):
-            with self._sync_gradients(j == n - 1):
+            with self.strategy.gradient_sync(self.forward, j == n - 1):
                 # The penalty depends on θ alone: added once, with the first micro-batch.
                 fi_j, ft_j, s, out, proj = self._student(images[a:b], rows(tokens, a, b), frozen,
                                                          1.0 / (world * n),
@@ -592,20 +575,9 @@ class Trainer:
                 self._backward(live.objective(world))
         return terms
 
-    def _sync_gradients(self, last: bool):
-        """DDP's ``no_sync`` (FSDP: gradient sync off) for every micro-batch but the last: one
-        all-reduce (reduce-scatter) per step."""
-        module = getattr(self.forward, "_orig_mod", self.forward)
-        if last:
-            return contextlib.nullcontext()
-        if self.sharding is not None:
-            return gradient_sync(module, False)
-        return module.no_sync() if hasattr(module, "no_sync") else contextlib.nullcontext()
-
     def _check_finite(self, step: int, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):
-            if self.sharding is not None:  # no backward will reshard the root: do it here
-                getattr(self.forward, "_orig_mod", self.forward).reshard()
+            self.strategy.abandon_step(self.forward)
             raise NonFiniteLoss(step + 1, float(loss.detach()))
 
     def _trainable(self, frozen: bool) -> list[torch.Tensor]:
@@ -613,19 +585,14 @@ class Trainer:
         return params + (list(self.head.parameters()) if self.head is not None else [])
 
     def _backward(self, objective: torch.Tensor) -> None:
-        self.scaler.scale(objective).backward()
+        self.strategy.backward(objective, self.scaler)
 
     def _apply(self, frozen: bool = False) -> bool:
         """Clip, optimizer and schedule step on the accumulated gradient; True when the fp16
         GradScaler skipped the optimizer step because a gradient overflowed (it then lowers its
         scale)."""
-        if self.sharding is not None:
-            if self.train_cfg.grad_clip > 0:
-                self.scaler.unscale_(self.optimizer)
-            self.sharding.finish_gradients(self._trainable(frozen), self.train_cfg.grad_clip)
-        elif self.train_cfg.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self._trainable(frozen), self.train_cfg.grad_clip)
+        self.strategy.finish_gradients(self._trainable(frozen), self.optimizer, self.scaler,
+                                       self.train_cfg.grad_clip)
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -638,41 +605,27 @@ class Trainer:
                 logit_scale.clamp_(0, MAX_LOGIT_SCALE)
         return skipped
 
-    def _module_state(self, module: nn.Module) -> dict[str, Any]:
-        """``module.state_dict()``, gathered into full tensors under FSDP (a collective)."""
-        return module.state_dict() if self.sharding is None else self.sharding.full_state(module)
-
     def state_dict(self) -> dict[str, Any]:
         """Everything an exact resume needs. Under FSDP a collective: every rank calls it, rank 0
         gets the consolidated tensors (the same layout as a single process's)."""
-        teacher = self.teacher.state_dict()
-        if self.sharding is not None and self.teacher.active:
-            teacher["module"] = self.sharding.full_state(self.teacher.module)
-        optimizer = self.optimizer.state_dict() if self.sharding is None else \
-            self.sharding.optimizer_state(self.forward, self.optimizer)
-        state = {"state_dict": self._module_state(self.student), "teacher": teacher,
-                 "optimizer": optimizer,
+        strategy = self.strategy
+        state = {"state_dict": strategy.module_state(self.student),
+                 "teacher": strategy.teacher_state(self.teacher),
+                 "optimizer": strategy.optimizer_state(self.forward, self.optimizer),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  "text_rng": self.text_rng.get_state()}
         if self.head is not None:
-            state["head"] = self._module_state(self.head)
+            state["head"] = strategy.module_state(self.head)
             state["head_init"] = self.head_init
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        sharding = self.sharding
-        load = (lambda module, sd: module.load_state_dict(sd)) if sharding is None else \
-            sharding.load_full
-        load(self.student, state["state_dict"])
+        strategy = self.strategy
+        strategy.load_module(self.student, state["state_dict"])
         if self.head is not None:
-            load(self.head, state["head"])
-        if sharding is not None and self.teacher.active:
-            sharding.load_full(self.teacher.module, state["teacher"]["module"])
-        self.teacher.load_state_dict(state["teacher"], module=sharding is None)
-        if sharding is None:
-            self.optimizer.load_state_dict(state["optimizer"])
-        else:
-            sharding.load_optimizer(self.forward, self.optimizer, state["optimizer"])
+            strategy.load_module(self.head, state["head"])
+        strategy.load_teacher(self.teacher, state["teacher"])
+        strategy.load_optimizer(self.forward, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.text_rng.set_state(state["text_rng"])
