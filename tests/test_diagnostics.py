@@ -15,7 +15,7 @@ from torch import nn
 from tracer_cli import diagnostics
 from tracer_cli import recipe as recipe_mod
 from tracer_cli.engine import kernels
-from tracer_cli.engine.loop import DriftTracker
+from tracer_cli.engine.step import DriftTracker
 from tracer_cli.engine.teachers import EmaTeacher, StaticTeacher, WmaTeacher
 from tracer_cli.errors import UsageError
 
@@ -46,8 +46,9 @@ def test_ema_lag_tends_to_k_m_over_1_minus_m(m, k):
 
 def test_ema_with_momentum_warmup_ends_at_the_final_momentum_lag():
     total, k = 100_000, 500  # 160 updates at the final momentum after the ramp
-    curve = diagnostics.TeacherSpec("ema", k, momentum_start=0.05, momentum_end=0.9,
-                                    momentum_warmup=0.2).curve(total)
+    curve = kernels.spec_curve(diagnostics.TeacherSpec("ema", k, momentum_start=0.05,
+                                                        momentum_end=0.9, momentum_warmup=0.2),
+                               total)
     assert curve.lag[int(curve.updates[-1])] == pytest.approx(k * 0.9 / 0.1, rel=1e-6)
     assert len(curve.updates) == total // k
 

@@ -46,3 +46,14 @@ def test_labels_and_words():
     static = ts.TeacherSpec.from_config(_recipe(kind="static", update_every=7).teacher)
     assert static == ts.TeacherSpec("static") and static.params() == {}
     assert static.words == "static teacher θ₀"
+
+
+def test_teacher_kinds_are_listed_once():
+    """``TeacherKind`` is the one list: the recipe accepts it, the spec's tables and the engine's
+    classes cover exactly its kinds."""
+    import typing
+
+    kinds = set(typing.get_args(ts.TeacherKind))
+    assert kinds == set(ts.KIND_KEYS) == set(ts.DEFAULT_UPDATE_EVERY) == set(TEACHER_KINDS)
+    hints = typing.get_type_hints(recipe_mod.TeacherConfig)
+    assert set(typing.get_args(hints["kind"])) == kinds

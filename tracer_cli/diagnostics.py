@@ -122,7 +122,7 @@ def _finite(value: float) -> float | None:
 
 
 def analyse_teacher(spec: TeacherSpec, horizon: int, threshold: float) -> TeacherAnalysis:
-    return TeacherAnalysis(spec, spec.curve(horizon), threshold)
+    return TeacherAnalysis(spec, kernels.spec_curve(spec, horizon), threshold)
 
 
 # --------------------------------------------------------------------------- empirical part

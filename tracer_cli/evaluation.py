@@ -56,17 +56,17 @@ import torch
 
 from tracer_cli import recipe as recipe_mod
 from tracer_cli import rundir
-from tracer_cli.engine.build import pretrained_backbone
+from tracer_cli.sdk.contracts import (
+    CLASSIFICATION_METRICS, Backbone, DatasetBundle, Task, TaskMetrics, task_metrics)
+from tracer_cli.engine.run import pretrained_backbone
 from tracer_cli.engine.precision import Precision
 from tracer_cli.errors import GateError, RecipeError, UsageError
 from tracer_cli.events import Reporter, current_reporter
+from tracer_cli.sdk.task_metrics import RETAIN_KEYS, retention
 from tracer_cli.recipe import Recipe
 from tracer_cli.runs import (
     WHICH, RunDir, build_head, checkpoint_head, checkpoint_weights, interpolate, load_weights,
     read_checkpoint)
-from tracer_cli.sdk.contracts import (
-    CLASSIFICATION_METRICS, Backbone, DatasetBundle, Task, TaskMetrics, task_metrics)
-from tracer_cli.sdk.task_metrics import RETAIN_KEYS, retention
 
 MODEL_SPEC_GRAMMAR = ("BACKBONE:ARCH[:PRETRAINED], e.g. openclip:ViT-B-16:openai, "
                       "openclip:RN50:/path/to/weights.pt, openclip:local-dir:/path/to/folder")

@@ -28,7 +28,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 from tracer_cli.errors import RecipeError, UsageError
 from tracer_cli.sdk.options import FLOAT32_MAX, fits_float32
 from tracer_cli.teacher_spec import (
-    DEFAULT_UPDATE_EVERY, EMA_MOMENTUM_END, EMA_MOMENTUM_START, EMA_MOMENTUM_WARMUP, WMA_BETA)
+    DEFAULT_UPDATE_EVERY, EMA_MOMENTUM_END, EMA_MOMENTUM_START, EMA_MOMENTUM_WARMUP, WMA_BETA,
+    TeacherKind)
 
 # What a run trains (``train.method``); see METHOD_DEFAULTS and docs/method.md.
 METHODS = ("zeroshot", "lp", "ft", "lpft", "flyp", "carot", "tracer")
@@ -202,7 +203,7 @@ class TrainConfig:
     # θ₀ and AdamW state over the ranks (torch FSDP2; see tracer_cli.engine.sharding).
     strategy: Literal["ddp", "fsdp"] = "ddp"
     # AdamW's moment decay rates and denominator term (torch's and open_clip_train's defaults),
-    # and the learning-rate curve after the linear warm-up (see tracer_cli.engine.loop.SCHEDULES).
+    # and the learning-rate curve after the linear warm-up (see tracer_cli.engine.step.SCHEDULES).
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
@@ -313,7 +314,7 @@ class TrainConfig:
 
 @dataclass
 class TeacherConfig:
-    kind: Literal["wma", "ema", "static", "none"] = "wma"
+    kind: TeacherKind = "wma"
     beta: float = WMA_BETA
     update_every: int = 0
     momentum_start: float = EMA_MOMENTUM_START

@@ -556,18 +556,6 @@ def clean_debris(run_dir: Path) -> list[Path]:
             *remove_stale_temps(run_dir / EVAL, lambda n: n.endswith(".json"))]
 
 
-def resume_candidates(run_dir: Path) -> Iterator[Path]:
-    """Where ``--resume auto`` looks, in order: ``last.pt``, then the step checkpoints newest
-    first."""
-    last = last_path(run_dir)
-    if last.is_file():
-        yield last
-    for _, path in step_checkpoints(run_dir):
-        if last.is_file() and _same_file(path, last):
-            continue  # the same bytes as last.pt, already judged
-        yield path
-
-
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)

@@ -17,7 +17,7 @@ from torch import nn
 from tracer_cli import recipe as recipe_mod
 from tracer_cli import rundir
 from tracer_cli.engine import checkpoint
-from tracer_cli.engine.build import pretrained_backbone
+from tracer_cli.engine.run import pretrained_backbone
 from tracer_cli.errors import UsageError
 from tracer_cli.events import current_reporter
 from tracer_cli.sdk.contracts import Backbone

@@ -1,8 +1,10 @@
 """What each teacher kind is: its recipe keys, their defaults, its kernel and its label.
 
-One specification, read by the recipe (defaults, ``teacher.update_every = 0``), the engine (the
-teacher's constructor options), ``tracer distill-check`` (kernel curves, labels) and ``tracer
-export`` (the model card's words), so a default is written once. No torch import.
+One specification, read by the recipe (the kinds, defaults, ``teacher.update_every = 0``), the
+engine (the teacher's constructor options; its kernels are
+:func:`tracer_cli.engine.kernels.spec_curve`), ``tracer distill-check`` (labels) and ``tracer
+export`` (the model card's words), so a kind or a default is written once. No torch import, and
+no import of the engine: the engine reads this module, never the other way round.
 
 Kinds: ``wma`` (the TRACER teacher, a Beta(β, β)-kernel average of the trajectory), ``ema``
 (CaRot's exponential moving average with a momentum warm-up), ``static`` (θ₀ forever) and
@@ -12,12 +14,12 @@ Kinds: ``wma`` (the TRACER teacher, a Beta(β, β)-kernel average of the traject
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
-if TYPE_CHECKING:  # pragma: no cover
-    from tracer_cli.engine.kernels import KernelCurve
-
-KINDS = ("wma", "ema", "static", "none")
+# The teacher kinds, listed here only: ``teacher.kind`` accepts these, KIND_KEYS and
+# DEFAULT_UPDATE_EVERY give each its keys, and the engine has one class per kind
+# (tracer_cli.engine.teachers.TEACHER_KINDS; tests/test_teacher_spec.py checks they match).
+TeacherKind = Literal["wma", "ema", "static", "none"]
 WMA_BETA = 0.5
 # CaRot (Oh et al. 2024): momentum 0.05 -> 0.9 over the first 20% of the steps, every 500 steps.
 EMA_MOMENTUM_START = 0.05
@@ -85,18 +87,3 @@ class TeacherSpec:
             return (f"EMA teacher m={self.momentum_start:g}→{self.momentum_end:g} every "
                     f"{self.update_every} steps")
         return "static teacher θ₀" if self.kind == "static" else "no teacher"
-
-    def curve(self, total_steps: int) -> KernelCurve:
-        """The kernel over a run of ``total_steps`` steps (what the teacher averages)."""
-        import numpy as np
-
-        from tracer_cli.engine import kernels
-
-        if self.kind == "wma":
-            return kernels.wma_curve(total_steps, self.beta, self.update_every)
-        if self.kind == "ema":
-            def momenta(steps: np.ndarray) -> np.ndarray:
-                return kernels.linear_warmup_momenta(steps, total_steps, self.momentum_start,
-                                                     self.momentum_end, self.momentum_warmup)
-            return kernels.ema_curve(total_steps, momenta, self.update_every)
-        return kernels.static_curve(total_steps)

@@ -15,7 +15,7 @@ import torch
 from tracer_cli import recipe as recipe_mod
 from tracer_cli.cli import app
 from tracer_cli.engine import checkpoint
-from tracer_cli.engine.build import pretrained_backbone
+from tracer_cli.engine.run import pretrained_backbone
 
 # The paper's learning rate. At 1e-4 the weights still agree to ~1e-5, except for parameters whose
 # gradient is mathematically zero (attention key biases): AdamW divides their rounding noise by

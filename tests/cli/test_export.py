@@ -29,7 +29,7 @@ from tracer_cli import recipe as recipe_mod
 from tracer_cli import rundir
 from tracer_cli.cli import app
 from tracer_cli.errors import RunError
-from tracer_cli.engine.build import pretrained_backbone
+from tracer_cli.engine.run import pretrained_backbone
 from tracer_cli.plugins import PluginHost
 from tracer_cli.runs import RunDir
 from tracer_plugins.backbones.openclip import register_tiny_configs

@@ -169,7 +169,7 @@ def test_head_methods_are_evaluated_through_the_head_during_training(tiny_recipe
     see the same weights and head, so they agree to the last bit."""
     from tracer_cli import recipe as recipe_mod
     from tracer_cli.engine.run import finetune
-    from tracer_cli.engine.training import RunWriter
+    from tracer_cli.engine.loop import RunWriter
     from tracer_cli.events import Reporter
 
     seen = []

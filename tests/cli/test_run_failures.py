@@ -12,7 +12,7 @@ from PIL import Image
 
 from tracer_cli.cli import app
 from tracer_cli.engine import checkpoint
-from tracer_cli.engine import loop as loop_mod
+from tracer_cli.engine import step as step_mod
 
 
 def _records(run_dir: Path, event: str | None = None) -> list[dict]:
@@ -22,7 +22,7 @@ def _records(run_dir: Path, event: str | None = None) -> list[dict]:
 
 def _nan_on_calls(monkeypatch, calls: set[int] | None) -> None:
     """Make the contrastive loss NaN on the given calls (1-based; None: on every call)."""
-    real, seen = loop_mod.clip_loss, {"n": 0}
+    real, seen = step_mod.clip_loss, {"n": 0}
 
     def fake(*args):
         seen["n"] += 1

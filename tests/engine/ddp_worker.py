@@ -17,13 +17,14 @@ import torch
 
 from tracer_cli import recipe as recipe_mod
 from tracer_cli.engine import distributed
-from tracer_cli.engine import loop as loop_mod
+from tracer_cli.engine import step as step_mod
 from tracer_cli.engine.data import TrainStream
 from tracer_cli.engine.losses import gather_features
-from tracer_cli.engine.loop import NonFiniteLoss
+from tracer_cli.engine.step import NonFiniteLoss
 from tracer_cli.engine.precision import resolve_precision
-from tracer_cli.engine.build import build_backbone, build_dataset, build_task, seed_everything
-from tracer_cli.engine.training import build_trainer
+from tracer_cli.engine.build import build_dataset, build_task, seed_everything
+from tracer_cli.engine.run import build_backbone
+from tracer_cli.engine.loop import build_trainer
 
 
 def check_unequal_gather(ctx: distributed.DistContext) -> None:
@@ -58,15 +59,15 @@ def main(recipe_path: str, out: str) -> None:
         return trainer.step(index, batch, distributed.exchange(ctx, batch, bad, 0).shard)
 
     records = [step(0), step(1)]
-    real = loop_mod.clip_loss
-    loop_mod.clip_loss = lambda *args: real(*args) * float("nan")
+    real = step_mod.clip_loss
+    step_mod.clip_loss = lambda *args: real(*args) * float("nan")
     try:
         step(2)
         raise AssertionError("a NaN loss did not raise")
     except NonFiniteLoss:
         pass
     finally:
-        loop_mod.clip_loss = real
+        step_mod.clip_loss = real
     records.append(step(2))
     if ctx.is_main:
         torch.save({"grads": grads, "records": records, "weights": backbone.model.state_dict(),

@@ -14,7 +14,7 @@ from tracer_cli.engine.accumulation import bn_statistics_kept, micro_bounds, sli
 from tracer_cli.engine.distributed import DistContext
 from tracer_cli.engine.precision import resolve_precision
 from tracer_cli.engine.run import build_backbone, build_dataset, build_task
-from tracer_cli.engine.training import build_trainer
+from tracer_cli.engine.loop import build_trainer
 from tracer_cli.errors import RecipeError
 
 # The tiny recipe without its [teacher] / [distill] tables: each method brings its own defaults.

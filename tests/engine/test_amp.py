@@ -10,11 +10,11 @@ import math
 import torch
 
 from tracer_cli import recipe as recipe_mod
-from tracer_cli.engine import loop as loop_mod
+from tracer_cli.engine import step as step_mod
 from tracer_cli.engine.distributed import DistContext
 from tracer_cli.engine.precision import resolve_precision
 from tracer_cli.engine.run import build_backbone, build_dataset, build_task
-from tracer_cli.engine.training import build_trainer
+from tracer_cli.engine.loop import build_trainer
 
 
 def _trainer(tiny_recipe, precision: str, *sets: str):
@@ -63,8 +63,8 @@ def test_bf16_runs_the_teacher_under_the_students_autocast_and_the_losses_in_fp3
         return wrapped
 
     monkeypatch.setattr(type(trainer.backbone), "encode_image", spy_encode)
-    monkeypatch.setattr(loop_mod, "clip_loss", spy_loss(loop_mod.clip_loss))
-    monkeypatch.setattr(loop_mod, "distillation_loss", spy_loss(loop_mod.distillation_loss))
+    monkeypatch.setattr(step_mod, "clip_loss", spy_loss(step_mod.clip_loss))
+    monkeypatch.setattr(step_mod, "distillation_loss", spy_loss(step_mod.distillation_loss))
     record = trainer.step(1, batch)  # step > 0: the teacher takes part
     assert seen["student"] == [(True, torch.bfloat16, torch.bfloat16)]
     assert seen["teacher"] == seen["student"]  # the same autocast, not fp32 and not another dtype

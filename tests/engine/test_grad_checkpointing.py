@@ -13,10 +13,10 @@ from tracer_cli import plugins as plugins_mod
 from tracer_cli import recipe as recipe_mod
 from tracer_cli.cli import app
 from tracer_cli.engine.distributed import DistContext
-from tracer_cli.engine.loop import enable_grad_checkpointing
+from tracer_cli.engine.step import enable_grad_checkpointing
 from tracer_cli.engine.precision import resolve_precision
 from tracer_cli.engine.run import build_backbone, build_dataset, build_task
-from tracer_cli.engine.training import build_trainer
+from tracer_cli.engine.loop import build_trainer
 from tracer_cli.errors import UsageError
 from tracer_cli.plugins import PluginHost
 from tracer_plugins.backbones.openclip import make_backbone

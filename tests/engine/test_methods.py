@@ -40,7 +40,7 @@ def _run(recipe: recipe_mod.Recipe, out: Path, **kwargs):
 
 
 def _theta0(recipe: recipe_mod.Recipe) -> dict[str, torch.Tensor]:
-    from tracer_cli.engine.build import pretrained_backbone
+    from tracer_cli.engine.run import pretrained_backbone
 
     return {k: v.clone() for k, v in pretrained_backbone(recipe).model.state_dict().items()}
 
@@ -128,7 +128,7 @@ def test_ft_head_starts_as_the_zero_shot_head(tiny_recipe):
     """At step 0 the head predicts exactly what zero-shot evaluation predicts."""
     from tracer_cli.engine.data import eval_loader
     from tracer_cli.engine.build import build_dataset, build_task
-    from tracer_cli.engine.build import pretrained_backbone
+    from tracer_cli.engine.run import pretrained_backbone
 
     recipe = _recipe(tiny_recipe, "ft")
     backbone, task = pretrained_backbone(recipe), build_task(recipe)
@@ -178,7 +178,7 @@ def test_the_logged_learning_rate_is_the_one_the_step_used(tiny_recipe, tmp_path
 
 
 def test_head_method_refused_by_a_task_without_a_head(tiny_recipe, tmp_path):
-    from tracer_cli.engine import training
+    from tracer_cli.engine import loop
     from tracer_cli.errors import UsageError
 
     class NoHead:
@@ -186,7 +186,7 @@ def test_head_method_refused_by_a_task_without_a_head(tiny_recipe, tmp_path):
 
     recipe = _recipe(tiny_recipe, "ft")
     with pytest.raises(UsageError, match="has none"):
-        training.build_head(recipe, NoHead(), None, None, None)
+        loop.build_head(recipe, NoHead(), None, None, None)
 
 
 # --------------------------------------------------------------------------- eval, WiSE, export

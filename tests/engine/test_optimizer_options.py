@@ -12,7 +12,7 @@ import torch
 from tracer_cli import recipe as recipe_mod
 from tracer_cli import rundir
 from tracer_cli.engine import checkpoint
-from tracer_cli.engine.loop import check_tower_locks, phased_schedules
+from tracer_cli.engine.step import check_tower_locks, phased_schedules
 from tracer_cli.engine.run import finetune
 from tracer_cli.errors import RecipeError, UsageError
 from tracer_cli.events import Reporter
@@ -28,7 +28,7 @@ def _run(recipe: recipe_mod.Recipe, out: Path, **kwargs):
 
 
 def _theta0(recipe: recipe_mod.Recipe) -> dict[str, torch.Tensor]:
-    from tracer_cli.engine.build import pretrained_backbone
+    from tracer_cli.engine.run import pretrained_backbone
 
     return {k: v.clone() for k, v in pretrained_backbone(recipe).model.state_dict().items()}
 
@@ -115,7 +115,7 @@ def test_a_locked_text_tower_keeps_its_weights_and_leaves_the_optimizer(tiny_rec
     assert any(k.startswith("visual.") for k in moved)
     # AdamW holds exactly the parameters that still need gradients: the image tower and the
     # logit scale (open_clip's lock leaves it trainable).
-    from tracer_cli.engine.build import pretrained_backbone
+    from tracer_cli.engine.run import pretrained_backbone
 
     model = pretrained_backbone(recipe).model
     trainable = sum(1 for n, _ in model.named_parameters()

@@ -43,11 +43,12 @@ import pytest
 import torch
 
 from tracer_cli import recipe as recipe_mod
-from tracer_cli.engine.build import build_backbone, build_task
+from tracer_cli.engine.build import build_task
+from tracer_cli.engine.run import build_backbone
 from tracer_cli.engine.distributed import DistContext
-from tracer_cli.engine.loop import MAX_LOGIT_SCALE
+from tracer_cli.engine.step import MAX_LOGIT_SCALE
 from tracer_cli.engine.precision import resolve_precision
-from tracer_cli.engine.training import build_trainer
+from tracer_cli.engine.loop import build_trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = json.loads((ROOT / "tests" / "data" / "reference_step.json").read_text())

@@ -10,8 +10,9 @@ import torch
 from tracer_cli import recipe as recipe_mod
 from tracer_cli.engine.distributed import DistContext
 from tracer_cli.engine.precision import resolve_precision
-from tracer_cli.engine.build import build_backbone, build_dataset, build_task
-from tracer_cli.engine.training import build_trainer
+from tracer_cli.engine.build import build_dataset, build_task
+from tracer_cli.engine.run import build_backbone
+from tracer_cli.engine.loop import build_trainer
 
 
 def _trainer(tiny_recipe, *sets):

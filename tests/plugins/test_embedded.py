@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from tracer_cli.engine.build import backbone_from_options
+from tracer_cli.engine.run import backbone_from_options
 from tracer_cli.errors import MissingResourceError, UsageError
 from tracer_cli.events import Reporter, use_reporter
 from tracer_plugins.backbones import embedded

@@ -16,11 +16,11 @@ from torch import nn
 
 from tracer_cli import recipe as recipe_mod
 from tracer_cli.cli import app
-from tracer_cli.engine import checkpoint, loop
+from tracer_cli.sdk.contracts import DatasetBundle, task_metrics
+from tracer_cli.engine import checkpoint, step
 from tracer_cli.engine.distill import teacher_logits
 from tracer_cli.engine.losses import clip_loss
 from tracer_cli.errors import RecipeError, UsageError
-from tracer_cli.sdk.contracts import DatasetBundle, task_metrics
 from tracer_plugins.tasks.vqa import VQA_METRICS, VqaHead, VqaTask, make_task, top_answers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -271,9 +271,9 @@ class _Seen:
 def tracer_run(tmp_path_factory):
     """The quickstart's TRACER run (contrastive form), recording what its views received."""
     seen, monkeypatch = _Seen(), pytest.MonkeyPatch()
-    distill, pairs = loop.distillation_loss, VqaTask.train_pairs
+    distill, pairs = step.distillation_loss, VqaTask.train_pairs
 
-    def recording_distill(fi, ft, gi, gt, s, s_t, w, pairing=loop.CLIP_PAIRING):
+    def recording_distill(fi, ft, gi, gt, s, s_t, w, pairing=step.CLIP_PAIRING):
         seen.calls.append((pairing, teacher_logits(gi, gt, s_t, pairing=pairing), len(fi)))
         return distill(fi, ft, gi, gt, s, s_t, w, pairing)
 
@@ -296,7 +296,7 @@ def ft_run(tmp_path_factory):
 
 
 def test_tracer_run_distils_the_teachers_answer_distribution(tracer_run):
-    from tracer_cli.engine.build import pretrained_backbone
+    from tracer_cli.engine.run import pretrained_backbone
 
     run_dir, summary, seen = tracer_run
     models = summary["eval"]["models"]
@@ -385,7 +385,7 @@ def test_eval_and_export_read_the_run_through_its_head(ft_run, runner, tmp_path)
 
 
 def test_lp_baseline_trains_the_head_alone(tmp_path_factory, runner):
-    from tracer_cli.engine.build import pretrained_backbone
+    from tracer_cli.engine.run import pretrained_backbone
 
     run_dir, summary = _finetune(tmp_path_factory, "vqa-lp", *BASELINE)
     assert set(summary["eval"]["models"]) == {"zeroshot", "student"}

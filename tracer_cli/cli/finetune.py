@@ -144,7 +144,9 @@ def finetune(
 def _again(recipe: Path, sets: list[str], output_dir: Path | None, run_dir: Path) -> str:
     """How to go on after a stop: resume when the run has a checkpoint, else start it again
     (with --overwrite when it left files), so that the printed command works as it is."""
-    if next(rundir.resume_candidates(run_dir), None) is not None:
+    from tracer_cli.engine.resume import has_checkpoint
+
+    if has_checkpoint(run_dir):
         return "resume with: " + _rerun_command(recipe, sets, output_dir, resume="auto")
     return ("start again (there is no checkpoint to resume from yet) with: "
             + _rerun_command(recipe, sets, output_dir, overwrite=bool(rundir.contents(run_dir))))

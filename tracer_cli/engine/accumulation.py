@@ -8,7 +8,7 @@ without a graph, then each micro-batch again with its graph, its rows substitute
 features of the whole batch, and the whole-batch loss back-propagated through those rows only.
 Summed over the micro-batches this is exactly the gradient of the whole-batch loss, at the memory
 of one micro-batch's activations (plus one B×D feature cache). These helpers carve batches and
-features; the two passes are :meth:`tracer_cli.engine.loop.Trainer.step`.
+features; the two passes are :meth:`tracer_cli.engine.step.Trainer.step`.
 """
 
 from __future__ import annotations

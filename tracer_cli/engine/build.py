@@ -6,28 +6,32 @@ module, so a recipe means the same model and data to every command.
 A backbone plugin may need weights that tracer itself has to train first (the embedded tiny CLIP
 is pretrained by tracer on its synthetic world). Its factory then declares them through the
 optional ``weights_build(options)`` capability (a :class:`~tracer_cli.sdk.contracts.WeightsBuild`),
-and :func:`backbone_from_options` trains them once, before it calls the factory: the engine calls
-the plugin, never the other way round.
+and :func:`make_backbone` has them made once, before it calls the factory: the engine calls the
+plugin, never the other way round. Making them is a finetuning run, one level up
+(:func:`tracer_cli.engine.run.train_weights`), so it is passed in (``train_weights``) rather than
+imported: this module is below the run, and imports nothing of it. Callers that want the whole of
+it use :func:`tracer_cli.engine.run.build_backbone` / ``pretrained_backbone`` /
+``backbone_from_options``, which pass the run's own.
 """
 
 from __future__ import annotations
 
 import random
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from tracer_cli import rundir
+from tracer_cli.sdk.contracts import Backbone, DatasetBundle, Task, WeightsBuild
+from tracer_cli.engine import checkpoint
 from tracer_cli.engine.data import eval_loader
 from tracer_cli.engine.precision import resolve_device
 from tracer_cli.errors import UsageError
 from tracer_cli.events import current_reporter
 from tracer_cli.plugins import get_host
 from tracer_cli.recipe import Recipe
-from tracer_cli.sdk.contracts import Backbone, DatasetBundle, Task, WeightsBuild
 
 
 def seed_everything(seed: int) -> None:
@@ -36,20 +40,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_backbone(recipe: Recipe) -> Backbone:
-    """The recipe's backbone, its weights trained first when the plugin asks for that."""
-    return backbone_from_options(recipe.model.backbone, dict(recipe.model.options))
+# Makes a backbone's weights (a finetuning run) and returns where they are.
+TrainWeights = Callable[[WeightsBuild], Path]
 
 
-def pretrained_backbone(recipe: Recipe) -> Backbone:
-    """The backbone exactly as ``finetune`` built it: seeded first, so that even randomly
-    initialised weights (``pretrained = "none"``) come out as the run's θ₀."""
-    seed_everything(recipe.run.seed)
-    return build_backbone(recipe)
-
-
-def backbone_from_options(name: str, options: dict[str, Any]) -> Backbone:
-    """Backbone plugin ``name`` built from its ``[model]`` options."""
+def make_backbone(name: str, options: dict[str, Any], train_weights: TrainWeights) -> Backbone:
+    """Backbone plugin ``name`` built from its ``[model]`` options, its weights made first by
+    ``train_weights`` when the plugin asks for weights that are not there (or damaged)."""
     factory = get_host().backbones.get(name).factory
     plan = getattr(factory, "weights_build", None)
     build = plan(dict(options)) if plan is not None else None
@@ -75,42 +72,16 @@ def _intact(build: WeightsBuild) -> bool:
     return False
 
 
-def train_weights(build: WeightsBuild) -> Path:
-    """Keep ``build``'s weights at ``build.target``, with their lock file beside it: the
-    plugin's packaged weights when it ships them (``build.shipped``), else ``build.recipe`` run
-    as ``tracer finetune`` would (in a temporary run directory), its student's weights passed
-    through ``build.finalize`` when given."""
-    from tracer_cli import recipe as recipe_mod
-    from tracer_cli.engine import checkpoint
-    from tracer_cli.engine.run import finetune
-
-    reporter = current_reporter()
-    if build.shipped is not None:
-        state, lock = build.shipped()
-        build.target.parent.mkdir(parents=True, exist_ok=True)
-        # The lock first: the weights file appearing is what marks the build complete.
-        build.target.with_suffix(".lock.toml").write_text(lock, encoding="utf-8")
-        checkpoint.save(build.target, {"state_dict": state})
-        reporter.notice(f"{build.what}: unpacked the weights shipped with tracer to "
-                        f"{build.target}")
-        return build.target
-    reporter.notice(f"building {build.what} (one-time training; it will be cached at "
-                    f"{build.target})")
-    with tempfile.TemporaryDirectory(prefix="tracer-weights-") as tmp:
-        source = Path(tmp) / "recipe.toml"
-        source.write_text(build.recipe, encoding="utf-8")
-        recipe = recipe_mod.load(source, list(build.overrides))
-        result = finetune(recipe, output_dir=Path(tmp) / "runs", reporter=reporter)
-        last = checkpoint.load(rundir.last_path(result.run_dir))
-        state = last["state_dict"]
-        if build.finalize is not None:
-            state = build.finalize(state, last)
-        lock = rundir.recipe_lock_path(result.run_dir).read_text(encoding="utf-8")
-        build.target.parent.mkdir(parents=True, exist_ok=True)
-        build.target.with_suffix(".lock.toml").write_text(lock, encoding="utf-8")
-        checkpoint.save(build.target, {"state_dict": state})
-    values = sum(v.numel() for v in state.values() if torch.is_tensor(v))
-    reporter.notice(f"{build.what} ready: {build.target} ({values:,} values)")
+def unpack_shipped(build: WeightsBuild) -> Path:
+    """Write the weights the plugin ships (``build.shipped``) to ``build.target``, with their
+    lock file beside it."""
+    state, lock = build.shipped()
+    build.target.parent.mkdir(parents=True, exist_ok=True)
+    # The lock first: the weights file appearing is what marks the build complete.
+    build.target.with_suffix(".lock.toml").write_text(lock, encoding="utf-8")
+    checkpoint.save(build.target, {"state_dict": state})
+    current_reporter().notice(f"{build.what}: unpacked the weights shipped with tracer to "
+                              f"{build.target}")
     return build.target
 
 

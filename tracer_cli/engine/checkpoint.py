@@ -43,13 +43,6 @@ def capture_rng() -> dict[str, Any]:
     return state
 
 
-def rng_for_rank(state: dict[str, Any], rank: int) -> dict[str, Any]:
-    """The RNG states a checkpoint holds for ``rank`` (rank 0's when it was saved by fewer ranks
-    or by a single process)."""
-    ranks = state.get("rng_ranks") or []
-    return ranks[rank] if rank < len(ranks) else state["rng"]
-
-
 def restore_rng(state: dict[str, Any]) -> None:
     random.setstate(_to_tuples(state["python"]))
     kind, keys, *rest = state["numpy"]

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from tracer_cli.teacher_spec import EMA_UPDATE_EVERY, WMA_BETA
+from tracer_cli.teacher_spec import EMA_UPDATE_EVERY, WMA_BETA, TeacherSpec
 
 Weights = list[tuple[int, float]]
 
@@ -264,3 +264,15 @@ def static_curve(total_steps: int) -> KernelCurve:
     """:class:`KernelCurve` of the static teacher φ = θ₀: anchor mass 1, L(t) = t, ρ(t) = 1."""
     none = np.zeros(0, dtype=np.int64)
     return _curve(total_steps, np.zeros(1), np.zeros(1), none)
+
+
+def spec_curve(spec: TeacherSpec, total_steps: int) -> KernelCurve:
+    """The kernel of teacher ``spec`` over a run of ``total_steps`` steps (what it averages)."""
+    if spec.kind == "wma":
+        return wma_curve(total_steps, spec.beta, spec.update_every)
+    if spec.kind == "ema":
+        def momenta(steps: np.ndarray) -> np.ndarray:
+            return linear_warmup_momenta(steps, total_steps, spec.momentum_start,
+                                         spec.momentum_end, spec.momentum_warmup)
+        return ema_curve(total_steps, momenta, spec.update_every)
+    return static_curve(total_steps)

@@ -1,678 +1,409 @@
-"""The training step shared by every method: contrastive loss, teacher distillation, regularizers.
+"""The training phase of a run: the loop around :meth:`Trainer.step` that never loses a run.
 
-One :class:`Trainer` owns the student, the teacher, the optimizer, the schedule and the grad scaler.
-:meth:`Trainer.step` does one optimizer step and returns the numbers worth logging; nothing here
-knows about the CLI, the run directory or how progress is shown.
-
-Under DDP the student's forward goes through :class:`FeatureForward` wrapped in
-DistributedDataParallel; the features of all ranks are gathered so the contrastive loss, the
-distillation views and the logged statistics are those of the global batch, and the gradient is
-scaled so that the averaged gradient equals the single-process one (see
-:func:`tracer_cli.engine.losses.gather_features`).
+It checkpoints every ``train.checkpoint_every`` steps and at the end, resumes bit-exactly from a
+checkpoint, stops at a step boundary with a checkpoint on SIGINT/SIGTERM, skips unreadable items
+(and stops once more than ``data.max_bad_fraction`` of the training set is unreadable), and stops on
+a non-finite loss naming the last good checkpoint, or skips that batch (``train.on_nonfinite``).
+Under DDP every decision is taken from information all ranks share, so ranks never diverge; only
+rank 0 writes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import math
-from dataclasses import dataclass, replace
-from typing import Any, Callable, NamedTuple
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
-import torch.distributed as dist
-from torch import nn
 
-from tracer_cli.engine.accumulation import (
-    bn_statistics_kept, micro_bounds, rows, slice_batch, substitute)
-from tracer_cli.engine.distill import (
-    distillation_loss,
-    projection_penalty,
-    teacher_student_kl,
-    top1_agreement,
-)
-from tracer_cli.engine.distributed import Shard
-from tracer_cli.engine.losses import (
-    CLIP_PAIRING, clip_loss, gather_features, paired_logits, scale_grad)
-from tracer_cli.engine.offload import FrozenCopy, squared_distance
+from tracer_cli import recipe as recipe_mod
+from tracer_cli import rundir
+from tracer_cli.sdk.contracts import Backbone, DatasetBundle, Task
+from tracer_cli.engine import checkpoint, distributed
+from tracer_cli.engine.data import BadDataLog, BadItem, TrainStream
+from tracer_cli.engine.distributed import DistContext, Shard
+from tracer_cli.engine.loggers import RunLoggers
 from tracer_cli.engine.precision import Precision
-from tracer_cli.engine.sharding import Sharding, gradient_sync, local
-from tracer_cli.engine.teachers import Teacher
-from tracer_cli.errors import RunError, UsageError
-from tracer_cli.recipe import DistillWeights, TrainConfig
-from tracer_cli.sdk.contracts import Backbone, DatasetBundle, Pairing, Task
+from tracer_cli.engine.resume import Resume, restore_rng, restore_training
+from tracer_cli.engine.signals import SignalTrap
+from tracer_cli.engine.step import (
+    NonFiniteLoss, StepConfig, Trainer, enable_grad_checkpointing, lock_towers)
+from tracer_cli.engine.strategy import strategy_for
+from tracer_cli.engine.teachers import frozen_copy, make_teacher
+from tracer_cli.errors import DiskFullError, Interrupted, RunError, UsageError
+from tracer_cli.events import Reporter
+from tracer_cli.plugins import get_host
+from tracer_cli.recipe import Recipe
+from tracer_cli.teacher_spec import TeacherSpec
 
-MAX_LOGIT_SCALE = math.log(100.0)
+TRAIN_TASK = "train"
+# With on_nonfinite = "skip", this many non-finite batches in a row mean the run itself is broken
+# (weights or learning rate), not an odd batch: stop instead of skipping the rest of the data.
+MAX_NONFINITE_IN_A_ROW = 10
 
 
-class NonFiniteLoss(RunError):
-    """The loss of a step was NaN or infinite; raised before any update, so the batch can be
-    skipped (``train.on_nonfinite = "skip"``) or the run stopped ("stop")."""
+class RunWriter:
+    """Everything a run writes, on rank 0 only: records for metrics.jsonl and the run's other
+    loggers, eval/*.json, checkpoints."""
 
-    def __init__(self, step: int, value: float):
-        self.step, self.value = step, value
-        super().__init__(f"non-finite loss ({value}) at step {step}")
+    def __init__(self, recipe: Recipe, run_dir: Path, ctx: DistContext, reporter: Reporter,
+                 loggers: RunLoggers):
+        self.recipe, self.run_dir, self.ctx, self.reporter = recipe, run_dir, ctx, reporter
+        self.loggers = loggers
+        self.last_checkpoint: Path | None = None
+        self.last_saved_step: int | None = None
+
+    def log(self, record: dict[str, Any]) -> None:
+        """One metrics.jsonl record (``event``: train, checkpoint, resume, ...), to every logger."""
+        if self.ctx.is_main:
+            self.loggers.log(record)
+
+    def eval_record(self, tag: str, metrics: dict[str, Any], step: int,
+                    primary: str = "accuracy") -> None:
+        """``eval/<tag>.json``, and the evaluation to every logger (:meth:`log_eval`)."""
+        if self.ctx.is_main:
+            rundir.write_eval(self.run_dir, tag, metrics)
+            self.log_eval(tag, metrics, step, primary)
+
+    def log_eval(self, tag: str, metrics: dict[str, Any], step: int,
+                 primary: str = "accuracy") -> None:
+        """The task's headline metric per dataset in metrics.jsonl (``<dataset>/<primary>``:
+        ``synth-photo/accuracy``, ``coco/mean_recall``), and every metric to the other loggers;
+        no eval/*.json (the evaluations during training, ``run.eval_every``)."""
+        if self.ctx.is_main:
+            self.loggers.log_eval(tag, step, metrics, primary)
+
+    def correct_record(self, tag: str, correct: dict[str, Any]) -> None:
+        """``eval/<tag>.correct.npz``: which examples the model got right, per dataset."""
+        if self.ctx.is_main and correct:
+            rundir.write_correct(self.run_dir, tag, correct)
+
+    def save(self, trainer: Trainer, position: dict[str, int], bad: BadDataLog, step: int) -> Path:
+        """A checkpoint of the state after ``step`` steps (a collective under DDP: every rank
+        contributes its RNG states, rank 0 writes)."""
+        rngs = distributed.gather_objects(self.ctx, checkpoint.capture_rng())
+        path = rundir.step_path(self.run_dir, step)
+        state = trainer.state_dict()  # every rank: under FSDP gathering the weights is collective
+        if self.ctx.is_main:
+            payload = {"step": step, **state, "data_position": dict(position),
+                       "rng": rngs[0], "recipe": self.recipe.to_dict(),
+                       "bad_data": bad.state_dict(), "world_size": self.ctx.world_size}
+            if self.ctx.distributed:
+                payload["rng_ranks"] = rngs
+            train = self.recipe.train
+            try:
+                path = checkpoint.save_checkpoint(self.run_dir, step, payload,
+                                                  train.keep_checkpoints, train.keep_every)
+            except DiskFullError as exc:
+                raise DiskFullError(exc.path, self.last_good()) from None
+            self.log({"event": "checkpoint", "step": step,
+                      "path": str(path.relative_to(self.run_dir))})
+        self.last_checkpoint, self.last_saved_step = path, step
+        return path
+
+    def last_good(self) -> str:
+        """Where the run can continue from, in words."""
+        if self.last_checkpoint is None:
+            return ("no checkpoint was written before it (train.checkpoint_every = "
+                    f"{self.recipe.train.checkpoint_every})")
+        return f"the last good checkpoint is {self.last_checkpoint} (step {self.last_saved_step})"
 
 
-class FeatureForward(nn.Module):
-    """The student's training forward, (f_i, f_t, s, head output) in one call, as a module DDP
-    can wrap.
+def build_trainer(recipe: Recipe, ctx: DistContext, backbone: Backbone, task: Task,
+                  bundle: DatasetBundle, precision: Precision, notice) -> Trainer:
+    """The Trainer, its student forward set up by the run's strategy (one process, DDP or
+    FSDP: :mod:`tracer_cli.engine.strategy`), and a teacher built from θ₀."""
+    lock_towers(backbone, backbone.model, recipe.train)
+    backbone.model = distributed.sync_batchnorm(backbone.model, ctx, freeze_bn_stats(recipe))
+    if recipe.train.channels_last:
+        backbone.model.to(memory_format=torch.channels_last)
+    check_pairing(recipe, task, ctx.world_size)
+    head = build_head(recipe, task, backbone, bundle, precision)
+    if recipe.train.strategy == "fsdp" and ctx.distributed and head is not None:
+        raise UsageError(f"train.strategy = 'fsdp' does not shard task heads (task "
+                         f"'{recipe.task.name}' trains one); use train.strategy = 'ddp'")
+    strategy = strategy_for(recipe.train.strategy, ctx, find_unused=head is not None)
 
-    DDP synchronizes gradients only for computations that run through its own ``forward``, while a
-    backbone exposes its encoders as methods that take the module. This adapter routes both
-    encoders, the logit scale and the task head (if any) through one ``forward``, so wrapping it
-    covers them for any backbone plugin; its submodules are the student itself and the head
-    (parameters shared, not copied). ``tokens`` may be None when no text is needed (f_t is None
-    then), and ``frozen`` runs the backbone without gradients (linear probing).
+    def checkpointing() -> None:
+        if recipe.train.grad_checkpointing:
+            enable_grad_checkpointing(backbone, backbone.model, notice)
+
+    prepared = strategy.prepare(
+        backbone, head, lambda: make_teacher(recipe.teacher.kind, backbone.model,
+                                             recipe.train.steps, **teacher_params(recipe)),
+        checkpointing)
+    if recipe.train.compile:
+        prepared.forward = torch.compile(prepared.forward)
+    return Trainer(backbone, task, bundle, prepared.teacher, step_config(recipe, precision),
+                   head=head, strategy=strategy, prepared=prepared, notice=notice)
+
+
+def step_config(recipe: Recipe, precision: Precision) -> StepConfig:
+    """The step's settings from ``recipe``."""
+    return StepConfig(recipe.train, recipe.distill, precision, seed=recipe.run.seed,
+                      freeze_bn_stats=freeze_bn_stats(recipe),
+                      track_drift=recipe.run.track_drift)
+
+
+def freeze_bn_stats(recipe: Recipe) -> bool:
+    """Whether BatchNorm layers keep their running statistics: ``model.freeze_bn_stats``, or a
+    locked image tower's ``train.lock_image_freeze_bn_stats`` (BatchNorm lives in image towers)."""
+    return recipe.model.freeze_bn_stats or recipe.train.lock_image_freeze_bn_stats
+
+
+def consolidate(trainer: Trainer, recipe: Recipe, ctx: DistContext, backbone: Backbone,
+                device: torch.device) -> None:
+    """After sharded training: gather the weights (all ranks) and, on rank 0, put plain student
+    and teacher modules in their places, so evaluation runs on rank 0 alone as after DDP."""
+    if not trainer.strategy.sharded:
+        return
+    student = trainer.strategy.module_state(trainer.student)
+    teacher = trainer.strategy.module_state(trainer.teacher.module) if trainer.teacher.active \
+        else {}
+    if not ctx.is_main:
+        return
+    plain = get_host().backbones.get(recipe.model.backbone).factory(dict(recipe.model.options))
+    plain.model.load_state_dict(student)
+    backbone.model = plain.model.to(device)
+    trainer.student = backbone.model
+    if trainer.teacher.active:
+        trainer.teacher.module = frozen_copy(backbone.model)
+        trainer.teacher.module.load_state_dict(teacher)
+
+
+def task_objective(task: Task) -> str:
+    """``"contrastive"`` (image-text pairs, or candidate texts per image: classification,
+    retrieval, vqa) or ``"head"`` (the task's own head and loss for every method). Task plugins
+    without the attribute are contrastive; the head methods train a head either way."""
+    return getattr(task, "objective", "contrastive")
+
+
+def uses_head(recipe: Recipe, task: Task) -> bool:
+    """Whether this run trains a task head: the head methods, or a task whose objective is one.
+
+    A zero-shot run trains nothing, so it gets no head either: an untrained head in its
+    checkpoint would make ``tracer eval RUN`` disagree with the run's own zero-shot numbers.
     """
-
-    def __init__(self, backbone: Backbone, head: nn.Module | None = None,
-                 model: nn.Module | None = None):
-        super().__init__()
-        self.model = backbone.model if model is None else model
-        self.head = head
-        object.__setattr__(self, "_backbone", backbone)  # not a submodule: no parameters twice
-
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor | None, frozen: bool = False,
-                projections: bool = False
-                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, Any, Any]:
-        """(f_i, f_t, s, head output, projections): ``projections`` asks for the backbone's
-        projection matrices (V, T) as the forward sees them, which under FSDP is the only place
-        they exist unsharded, so the regularizers take them from here."""
-        b = self._backbone
-        with torch.no_grad() if frozen else contextlib.nullcontext():
-            fi = b.encode_image(self.model, images)
-            ft = b.encode_text(self.model, tokens) if tokens is not None else None
-            s = b.logit_scale(self.model)
-        out = self.head(fi, ft) if self.head is not None else None
-        return fi, ft, s, out, b.projections(self.model) if projections else None
+    if recipe.train.method == "zeroshot":
+        return False
+    return recipe.train.method in recipe_mod.HEAD_METHODS or task_objective(task) == "head"
 
 
-def set_train_mode(module: nn.Module, freeze_bn_stats: bool) -> None:
-    """Train mode, but BatchNorm layers in eval when ``freeze_bn_stats`` is set.
-
-    Running statistics re-estimated on a narrow finetuning set wreck features on other domains for
-    a reason unrelated to forgetting; freezing them keeps that effect out of the comparison. The
-    BatchNorm affine parameters still train.
-    """
-    module.train()
-    if freeze_bn_stats:
-        for m in module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
+def build_head(recipe: Recipe, task: Task, backbone: Backbone, bundle: DatasetBundle,
+               precision: Precision) -> torch.nn.Module | None:
+    """The task's head for this run, built from θ₀ (a zero-shot head for classification), or
+    None for the contrastive methods."""
+    if not uses_head(recipe, task):
+        return None
+    check_task_head(recipe, task)
+    head = task.make_head(backbone, backbone.model, bundle, precision.device, precision.autocast)
+    return head.to(precision.device)
 
 
-def check_grad_checkpointing(backbone: Backbone, wanted: bool) -> None:
-    """Refuse ``train.grad_checkpointing = true`` for a backbone without the capability (called
-    as soon as the backbone exists, before the run directory is written)."""
-    if wanted and getattr(backbone, "set_grad_checkpointing", None) is None:
-        raise UsageError(f"train.grad_checkpointing = true, but backbone "
-                         f"'{type(backbone).__name__}' has no activation checkpointing "
-                         "(set_grad_checkpointing); remove the key or use the 'openclip' backbone")
+def check_task_head(recipe: Recipe, task: Task) -> None:
+    """Refuse a head method for a task without a head (retrieval), before any work is done."""
+    if uses_head(recipe, task) and getattr(task, "make_head", None) is None:
+        raise UsageError(f"train.method = '{recipe.train.method}' trains a task head, but task "
+                         f"'{recipe.task.name}' has none; use train.method 'zeroshot', 'flyp', "
+                         "'carot' or 'tracer' with this task")
 
 
-def enable_grad_checkpointing(backbone: Backbone, module: nn.Module, notice) -> list[str]:
-    """Activation checkpointing of ``module`` (the student) through the backbone's own
-    ``set_grad_checkpointing(module)`` capability; the towers it covers are returned, and a tower
-    left out is reported through ``notice``. A backbone without the capability is a usage error
-    (``train.grad_checkpointing``)."""
-    check_grad_checkpointing(backbone, True)
-    towers = list(backbone.set_grad_checkpointing(module))
-    missing = [t for t in ("image", "text") if t not in towers]
-    if missing:
-        notice(f"train.grad_checkpointing: the {' and '.join(missing)} tower(s) of this backbone "
-               "are not checkpointed (open_clip checkpoints transformer blocks only)")
-    return towers
+def check_pairing(recipe: Recipe, task: Task, world_size: int) -> None:
+    """Refuse candidate texts per image (a task's ``train_pairs``: vqa's contrastive form) with
+    several processes or micro-batches, before any work is done: the texts are shared by the
+    batch's images, so neither feature gathering nor micro-batch substitution can split them."""
+    if uses_head(recipe, task) or getattr(task, "train_pairs", None) is None:
+        return
+    where = f"--nproc {world_size}" if world_size > 1 else \
+        f"train.accum_steps = {recipe.train.accum_steps}" if recipe.train.accum_steps > 1 else ""
+    if where:
+        raise UsageError(f"task '{recipe.task.name}' with train.method = "
+                         f"'{recipe.train.method}' scores each image against candidate texts "
+                         f"shared by the batch, which runs in one process without gradient "
+                         f"accumulation; drop {where}, or use a head method (ft, lp, lpft)")
 
 
-def check_tower_locks(backbone: Backbone, train: TrainConfig) -> None:
-    """Refuse ``train.lock_image`` / ``train.lock_text`` for a backbone without the capability
-    (called as soon as the backbone exists, before the run directory is written)."""
-    for tower in ("image", "text"):
-        if getattr(train, f"lock_{tower}") and \
-                getattr(backbone, f"lock_{tower}_tower", None) is None:
-            raise UsageError(f"train.lock_{tower} = true, but backbone "
-                             f"'{type(backbone).__name__}' cannot lock its {tower} tower "
-                             f"(lock_{tower}_tower); remove the key or use the 'openclip' "
-                             "backbone")
+def teacher_params(recipe: Recipe) -> dict[str, Any]:
+    return TeacherSpec.from_config(recipe.teacher).engine_params()
 
 
-def lock_towers(backbone: Backbone, module: nn.Module, train: TrainConfig) -> None:
-    """Lock the towers of ``module`` (the student) that the recipe locks, through the backbone's
-    capabilities; locked parameters then need no gradient, so no optimizer group holds them
-    (:func:`param_groups`). Call before the optimizer and DDP are built."""
-    check_tower_locks(backbone, train)
-    if train.lock_image:
-        backbone.lock_image_tower(module, train.lock_image_unlocked_groups)
-    if train.lock_text:
-        backbone.lock_text_tower(module, train.lock_text_unlocked_layers,
-                                 train.lock_text_freeze_layer_norm)
-
-
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on gains, biases and the logit scale (as in CLIP / open_clip training)."""
-    decay, no_decay = [], []
-    for name, p in module.named_parameters():
-        if not p.requires_grad:
-            continue
-        exclude = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or \
-            "logit_scale" in name
-        (no_decay if exclude else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
-
-
-def cosine_with_warmup(warmup: int, total: int):
-    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def constant_with_warmup(warmup: int, total: int):
-    """LR multiplier: linear warm-up over ``warmup`` steps, then 1 until ``total``."""
-
-    def factor(step: int) -> float:
-        return (step + 1) / warmup if step < warmup else 1.0
-
-    return factor
-
-
-def linear_with_warmup(warmup: int, total: int):
-    """LR multiplier: linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total``."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 1.0 - min(1.0, (step - warmup) / max(1, total - warmup))
-
-    return factor
-
-
-# train.schedule: the multiplier after the warm-up, each a function of (warmup, total).
-SCHEDULES = {"cosine": cosine_with_warmup, "constant": constant_with_warmup,
-             "linear": linear_with_warmup}
-
-
-def phased_schedules(train: TrainConfig, head_ratio: float
-                     ) -> tuple[Callable[[int], float], Callable[[int], float]]:
-    """LR multipliers (backbone, head) for ``train.method``.
-
-    Every method but lpft: warm-up + ``train.schedule`` (cosine by default) over the run for
-    both. lpft: the backbone's multiplier is 0 during the ``lp`` probing steps (it gets no
-    gradient then either), after which both follow warm-up + schedule over the remaining steps at
-    ``train.lr``; the head first follows its own warm-up + schedule over the probing steps at
-    ``head_lr``. ``head_ratio`` = lr / head_lr turns the head group's base rate into
-    ``train.lr`` for the second phase.
-    """
-    lp, total, warmup = train.resolved_lp_steps(), train.steps, train.warmup_steps
-    schedule = SCHEDULES[train.schedule]
-    if train.method != "lpft":
-        factor = schedule(warmup, total)
-        return factor, factor
-    probe = schedule(min(warmup, lp), lp)
-    tune = schedule(min(warmup, total - lp), total - lp)
-
-    def backbone(step: int) -> float:
-        return 0.0 if step < lp else tune(step - lp)
-
-    def head(step: int) -> float:
-        return probe(step) if step < lp else head_ratio * tune(step - lp)
-
-    return backbone, head
-
-
-class DriftTracker:
-    """Distances between the student θ, its starting point θ₀ and the teacher φ.
-
-    ``drift`` = ‖θ − θ₀‖, ``gap`` = ‖θ − φ‖ and ``param_ratio`` = gap/drift over all floating
-    parameters (buffers excluded), the empirical counterpart of the relative teacher lag ρ(t) that
-    ``tracer distill-check`` reads: it shrinks towards 0 as the teacher collapses onto the student.
-    θ₀ is a frozen copy kept off the compute device (:class:`~tracer_cli.engine.offload.
-    FrozenCopy`: host memory under CUDA, an unlinked temporary file on CPU; a static teacher *is*
-    θ₀ and is read instead), and :meth:`stats` streams it back in chunks, so tracking costs no
-    device memory beyond a few 16 MiB chunks. Call it at log steps only. Build it before loading a
-    checkpoint, so that θ₀ is the pretrained model.
-
-    Under FSDP (``sharded``) θ₀ is a copy of this rank's shards, each rank sums its squared
-    differences and :meth:`stats` all-reduces them: every rank must call it.
-    """
-
-    def __init__(self, student: nn.Module, teacher: Teacher, sharded: bool = False):
-        self.student, self.teacher, self.sharded = student, teacher.module, sharded
-        self.names = [n for n, p in student.named_parameters() if p.is_floating_point()]
-        self.theta0 = None if teacher.kind == "static" else FrozenCopy(self._tensors(student))
-
-    def _tensors(self, module: nn.Module) -> list[torch.Tensor]:
-        # Looked up by name at each call: FSDP swaps parameter objects between passes.
-        named = dict(module.named_parameters())
-        return [local(named[n]).detach() for n in self.names]
-
-    @torch.no_grad()
-    def stats(self) -> dict[str, float]:
-        """``drift`` and ``gap``, plus ``param_ratio`` once the student has moved (drift > 0)."""
-        theta, phi = self._tensors(self.student), self._tensors(self.teacher)
-        theta0 = phi if self.theta0 is None else self.theta0
-        sums = torch.stack([squared_distance(theta, theta0), squared_distance(theta, phi)])
-        if self.sharded:
-            dist.all_reduce(sums)
-        drift, gap = (float(x) for x in sums.sqrt())
-        out = {"drift": drift, "gap": gap}
-        if drift > 0:
-            out["param_ratio"] = gap / drift
-        return out
-
-
-class _TeacherFeatures(NamedTuple):
-    """The teacher's whole-batch image and text features and its logit scale (no gradient)."""
-
-    gi: torch.Tensor
-    gt: torch.Tensor
-    st: torch.Tensor
+# Called with the trainer and the number of steps done, after each step (see :func:`train`).
+AfterStep = Callable[[Trainer, int], None]
 
 
 @dataclass
-class _Terms:
-    """One step's loss terms: ``global_loss`` is computed on the global batch's features (equal
-    on every rank), ``local_loss`` on this rank's rows (a task head's loss), ``penalty`` on θ."""
-
-    global_loss: torch.Tensor | None
-    local_loss: torch.Tensor | None
-    penalty: torch.Tensor | None
-    record: dict[str, float]
-    logit_scale: float = 0.0
-
-    @property
-    def total(self) -> torch.Tensor:
-        return sum(t for t in (self.global_loss, self.local_loss, self.penalty) if t is not None)
-
-    def objective(self, world: int) -> torch.Tensor:
-        """What to back-propagate: every rank's global loss is the loss of the whole batch,
-        back-propagated through its local features only, so ×world makes DDP's average the full
-        gradient. The penalty depends on θ alone, so it is already the same on every rank."""
-        if world == 1:
-            return self.total
-        return sum(t for t in (None if self.global_loss is None else self.global_loss * world,
-                               self.local_loss, self.penalty) if t is not None)
+class Trained:
+    trainer: Trainer
+    bad: BadDataLog
+    steps: int
 
 
-class Trainer:
-    """Student + teacher + optimizer; :meth:`step` is one optimizer step of the TRACER objective."""
+def train(writer: RunWriter, backbone: Backbone, task: Task, bundle: DatasetBundle,
+          precision: Precision, resume: Resume | None = None, last_step: int | None = None,
+          interrupt: SignalTrap | None = None, after_step: AfterStep | None = None) -> Trained:
+    """Train from step 0, or from ``resume``, up to ``last_step`` (default ``train.steps``).
 
-    def __init__(self, backbone: Backbone, task: Task, bundle: DatasetBundle, teacher: Teacher,
-                 train: TrainConfig, distill: DistillWeights, precision: Precision,
-                 freeze_bn_stats: bool, seed: int, notice=lambda msg: None,
-                 track_drift: bool = True, forward: nn.Module | None = None,
-                 head: nn.Module | None = None, sharding: Sharding | None = None,
-                 teacher_forward: nn.Module | None = None):
-        self.backbone, self.task, self.bundle, self.teacher = backbone, task, bundle, teacher
-        self.student = backbone.model
-        # A task head (lp/ft/lpft, or a task whose loss is its head's, such as vqa): trained with
-        # the task's head_loss instead of the contrastive loss. head_init is θ₀'s head (WiSE-FT).
-        self.head = head
-        # Under FSDP (``sharding``) the student, the head and the teacher are sharded; state dicts
-        # are gathered into full tensors, and the teacher runs through its own sharded forward.
-        self.sharding, self.teacher_forward = sharding, teacher_forward
-        self.head_init = None if head is None else \
-            {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
-             for k, v in self._module_state(head).items()}
-        self.head_uses_text = bool(getattr(head, "uses_text", False))
-        # The student's training forward: FeatureForward, in DDP when distributed.
-        self.forward = forward if forward is not None else FeatureForward(backbone, head)
-        self.train_cfg, self.precision = train, precision
-        # Steps during which the backbone is frozen and only the head learns (lp: all of them).
-        self.probe_steps = train.resolved_lp_steps() if head is not None else 0
-        self._frozen: bool | None = None
-        self.device = precision.device
-        self.freeze_bn_stats = freeze_bn_stats
-        self.weights = distill
-        if (distill.lambda_fn or distill.lambda_orth) and backbone.projections(self.student) is None:
-            notice("distill.lambda_fn / lambda_orth disabled: this backbone exposes no projection "
-                   "matrices")
-            self.weights = replace(self.weights, lambda_fn=0.0, lambda_orth=0.0)
-        self.optimizer, self.scheduler = self._optimizer(train)
-        self.scaler = precision.grad_scaler()
-        self.text_rng = torch.Generator().manual_seed(seed)
-        self.pairing = CLIP_PAIRING  # this step's: set by step() with its texts
-        self.drift = DriftTracker(self.student, teacher, sharded=sharding is not None) \
-            if teacher.active and track_drift else None
-        set_train_mode(self.student, freeze_bn_stats)
+    Build the backbone (θ₀) before calling: the drift tracker and the teacher are built from it
+    before the checkpoint's weights are loaded. ``after_step(trainer, step)`` is called on every
+    rank after each step, after its logging and before its checkpoint (the evaluations of
+    ``run.eval_every``).
+    """
+    recipe, ctx = writer.recipe, writer.ctx
+    trainer = build_trainer(recipe, ctx, backbone, task, bundle, precision,
+                            writer.reporter.notice)
+    stream = TrainStream(bundle.dataset, recipe.train.batch_size, recipe.run.seed,
+                         recipe.data.num_workers, pin_memory=precision.device.type == "cuda",
+                         rank=ctx.rank, world_size=ctx.world_size)
+    bad = BadDataLog(len(bundle.dataset), recipe.data.max_bad_fraction)
+    first = 0 if resume is None else _restore(writer, trainer, stream, bad, resume)
+    last = recipe.train.steps if last_step is None else last_step
+    if recipe.train.method == "zeroshot":
+        # Nothing to train: the run's checkpoint holds θ₀, so eval, export and WiSE-FT read a
+        # zero-shot run like any other.
+        writer.save(trainer, stream.state_dict(), bad, 0)
+        return Trained(trainer, bad, 0)
+    loop = _Loop(writer, trainer, stream, bad, interrupt, after_step)
+    with interrupt if interrupt is not None else contextlib.nullcontext():
+        steps = loop.run(first, last)
+    consolidate(trainer, recipe, ctx, backbone, precision.device)
+    return Trained(trainer, bad, steps)
 
-    def _optimizer(self, train: TrainConfig):
-        """AdamW over the backbone (unless it never trains: lp) and the head (at head_lr), with
-        the method's schedule per group (see :func:`phased_schedules`).
 
-        The fused implementation: one kernel per step for all tensors, on CPU as on CUDA (6x
-        faster than the per-tensor loop torch picks by default on CPU, where it was a fifth of a
-        tiny-CLIP step), and it takes the GradScaler's scale and inf flag itself. It accepts
-        FSDP2's DTensor shards."""
-        groups, lambdas = [], []
-        head_lr = train.resolved_head_lr()
-        backbone_factor, head_factor = phased_schedules(train, train.lr / head_lr)
-        if self.probe_steps < train.steps:
-            for group in param_groups(self.student, train.weight_decay):
-                groups.append({**group, "lr": train.lr})
-                lambdas.append(backbone_factor)
-        if self.head is not None:
-            for group in param_groups(self.head, train.weight_decay):
-                groups.append({**group, "lr": head_lr})
-                lambdas.append(head_factor)
-        optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2),
-                                      eps=train.eps, fused=True)
-        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+def _restore(writer: RunWriter, trainer: Trainer, stream: TrainStream, bad: BadDataLog,
+             resumed: Resume) -> int:
+    restore_training(resumed, trainer, stream, bad)
+    writer.last_checkpoint, writer.last_saved_step = resumed.path, resumed.step
+    writer.log({"event": "resume", "step": resumed.step, "checkpoint": str(resumed.path),
+                **({"skipped": list(resumed.skipped)} if resumed.skipped else {})})
+    writer.reporter.notice(f"resuming from {resumed.path} at step {resumed.step} of "
+                           f"{writer.recipe.train.steps}")
+    # Last: nothing may draw from the global RNG between here and the next step.
+    restore_rng(resumed, writer.ctx.rank)
+    return resumed.step
 
-    def frozen(self, step: int) -> bool:
-        """Whether the backbone is frozen at ``step`` (linear probing)."""
-        return step < self.probe_steps
 
-    def _set_modes(self, frozen: bool) -> None:
-        """A frozen backbone runs in eval mode (its features are fixed, BatchNorm included);
-        otherwise train mode as configured."""
-        if frozen == self._frozen:
+class _Loop:
+    """The step loop with its policies; every method runs on all ranks in the same order."""
+
+    def __init__(self, writer: RunWriter, trainer: Trainer, stream: TrainStream,
+                 bad: BadDataLog, interrupt: SignalTrap | None, after_step: AfterStep | None):
+        self.writer, self.trainer, self.stream, self.bad = writer, trainer, stream, bad
+        self.interrupt, self.after_step = interrupt, after_step
+        self.ctx, self.cfg = writer.ctx, writer.recipe
+        self.window_start, self.window_images = time.perf_counter(), 0
+
+    def run(self, step: int, last: int) -> int:
+        reporter = self.writer.reporter
+        reporter.start(TRAIN_TASK, last, completed=step)
+        try:
+            step = self._steps(step, last)
+            signum = self._agreed_signal()
+            if signum:  # arrived during the last step: training is done, but honour it
+                self._stop(signum, step, self.stream.state_dict())
+        finally:
+            reporter.finish(TRAIN_TASK)
+        return step
+
+    def _steps(self, step: int, last: int) -> int:
+        batches = iter(self.stream)
+        in_a_row = 0
+        while step < last:
+            position = self.stream.state_dict()
+            batch, local_bad = next(batches)
+            signum = self.interrupt.signum if self.interrupt is not None else 0
+            shared = distributed.exchange(self.ctx, batch, local_bad, signum)
+            if shared.stop_signal:
+                self._stop(shared.stop_signal, step, position)
+            self._track_bad(shared.bad, step)
+            if min(shared.shard.sizes) == 0:
+                continue  # a rank has no readable item in this batch: every rank skips it
+            try:
+                record = self.trainer.step(step, batch, shared.shard)
+            except NonFiniteLoss as exc:
+                in_a_row = self._nonfinite(exc, in_a_row + 1)
+                continue
+            in_a_row = 0
+            step += 1
+            self._after_step(step, last, record, shared.shard)
+        return step
+
+    def _after_step(self, done: int, last: int, record: dict[str, Any], shard: Shard) -> None:
+        cfg, reporter = self.cfg, self.writer.reporter
+        self.window_images += sum(shard.sizes)
+        reporter.advance(TRAIN_TASK, done, {k: record.get(k) for k in ("loss", "lr", "kl_i2t")})
+        if done % cfg.run.log_every == 0 or done == last:
+            elapsed = time.perf_counter() - self.window_start
+            # Sharded drift statistics are all-reduced: then every rank computes them.
+            drift = self.trainer.drift_stats() \
+                if self.ctx.is_main or self.trainer.strategy.sharded else {}
+            record = {"event": "train", "step": done, **record, **drift,
+                      "img_per_s": round(self.window_images / max(elapsed, 1e-9), 2)}
+            self.writer.log(record)
+            reporter.log(TRAIN_TASK, record)
+            self.window_start, self.window_images = time.perf_counter(), 0
+            self._log_new_bad(done)
+        if self.after_step is not None:
+            # Before the checkpoint: a run resumed from step N's checkpoint never repeats what
+            # was done at step N.
+            self.after_step(self.trainer, done)
+        every = cfg.train.checkpoint_every
+        if done == cfg.train.steps or (every and done % every == 0):
+            self.writer.save(self.trainer, self.stream.state_dict(), self.bad, done)
+
+    def _agreed_signal(self) -> int:
+        if self.interrupt is None:
+            return 0
+        return max(distributed.gather_objects(self.ctx, self.interrupt.signum))
+
+    def _stop(self, signum: int, step: int, position: dict[str, int]) -> None:
+        writer = self.writer
+        if writer.last_saved_step == step and writer.last_checkpoint is not None:
+            path = writer.last_checkpoint
+        else:
+            path = writer.save(self.trainer, position, self.bad, step)
+        distributed.barrier(self.ctx)  # rank 0's file is complete before any rank exits
+        writer.log({"event": "interrupted", "step": step, "signal": signum,
+                    "checkpoint": str(path)})
+        raise Interrupted(signum, step, str(path))
+
+    def _nonfinite(self, exc: NonFiniteLoss, in_a_row: int) -> int:
+        policy = self.cfg.train.on_nonfinite
+        self.writer.log({"event": "nonfinite", "step": exc.step, "loss": str(exc.value),
+                         "action": policy})
+        if policy == "stop":
+            raise RunError(f"{exc}; {self._last_good()}") from None
+        if in_a_row >= MAX_NONFINITE_IN_A_ROW:
+            raise RunError(f"{exc}, the {in_a_row}th non-finite loss in a row (train.on_nonfinite "
+                           f"= 'skip' skips single batches, not a broken run); "
+                           f"{self._last_good()}") from None
+        self.writer.reporter.notice(f"{exc}: batch skipped (train.on_nonfinite = 'skip')")
+        return in_a_row
+
+    def _last_good(self) -> str:
+        path = self.writer.last_checkpoint
+        if path is None:
+            return self.writer.last_good()
+        return (f"{self.writer.last_good()}; continue from it with --resume {path}, e.g. with a "
+                "lower train.lr or train.on_nonfinite = 'skip'")
+
+    def _track_bad(self, items: list[BadItem], step: int) -> None:
+        if not items:
             return
-        if frozen:
-            self.student.eval()
-        else:
-            set_train_mode(self.student, self.freeze_bn_stats)
-        self._frozen = frozen
+        if not self.bad.items:
+            self.writer.reporter.notice(
+                f"skipping unreadable training items (first: {items[0].describe()}); they are "
+                "counted, logged to metrics.jsonl and reported at the end")
+        self.bad.add(items)
+        if self.bad.exceeded():
+            self.writer.log({"event": "bad_data", "split": "train", "step": step,
+                             **self.bad.summary()})
+            raise RunError(self.bad.message())
 
-    def drift_stats(self) -> dict[str, float]:
-        """Parameter distances to θ₀ and to the teacher (see :class:`DriftTracker`), or {}."""
-        return {} if self.drift is None else self.drift.stats()
-
-    def _features(self, module: nn.Module, images: torch.Tensor, tokens: torch.Tensor):
-        b = self.backbone
-        return b.encode_image(module, images), b.encode_text(module, tokens), b.logit_scale(module)
-
-    @property
-    def _wants_projections(self) -> bool:
-        return bool(self.weights.lambda_fn or self.weights.lambda_orth)
-
-    def _regularizers(self, projections) -> tuple[torch.Tensor | None, dict[str, float]]:
-        """The projection penalty from the (V, T) the student's forward returned."""
-        if not self._wants_projections or projections is None:
-            return None, {}
-        penalty, parts = projection_penalty(*projections, self.weights)
-        return penalty, {f"reg_{k}": float(x) for k, x in parts.items()}
-
-    def _teacher_features(self, step: int, images: torch.Tensor, tokens: torch.Tensor | None,
-                          shard: Shard, bounds: list[tuple[int, int]]) -> _TeacherFeatures | None:
-        """The teacher's (gathered) features of the whole batch, without gradient, under the
-        student's autocast, one micro-batch at a time; None at step 0 (φ = θ) or without one."""
-        if not self.teacher.active or step == 0 or tokens is None:
-            return None
-        parts = []
-        with torch.no_grad(), self.precision.autocast():
-            for a, b in bounds:
-                # One micro-batch encodes every text: with candidate texts (a Pairing) the batch
-                # has T texts for its B images.
-                text = tokens if len(bounds) == 1 else tokens[a:b]
-                if self.teacher_forward is not None:  # sharded: its blocks gather as it runs
-                    parts.append(self.teacher_forward(images[a:b], text, True)[:3])
-                else:
-                    parts.append(self._features(self.teacher.module, images[a:b], text))
-        gi = torch.cat([p[0] for p in parts]).float()
-        gt = torch.cat([p[1] for p in parts]).float()
-        if shard.world_size > 1:
-            gi, gt = gather_features(gi, gt, shard.sizes)
-        return _TeacherFeatures(gi, gt, parts[0][2].float())
-
-    def _teacher_terms(self, fi, ft, s, teacher: _TeacherFeatures | None, log: bool
-                       ) -> tuple[torch.Tensor | None, dict[str, float]]:
-        """Distillation loss and (when ``log``) the teacher-student statistics."""
-        if teacher is None:
-            return None, {}
-        gi, gt, st = teacher
-        pairing, both = self.pairing, self.pairing.symmetric
-        stats: dict[str, float] = {}
-        if log:
-            with torch.no_grad():
-                S = paired_logits(fi.detach(), ft.detach(), s.detach(), pairing)
-                T = paired_logits(gi, gt, st, pairing)
-                kl_i2t, kl_t2i = teacher_student_kl(S, T, both)
-                stats = {"kl_i2t": float(kl_i2t), "kl_t2i": float(kl_t2i),
-                         "agreement": float(top1_agreement(S, T, both))}
-        if self.weights.lambda_sd == 0:
-            return None, stats
-        loss, parts = distillation_loss(fi, ft, gi, gt, s, st, self.weights, pairing)
-        if log:
-            stats.update({f"sd_{k}": float(v) for k, v in parts.items()})
-        return loss, stats
-
-    def _objective(self, fi, ft, s, teacher: _TeacherFeatures | None,
-                   local_loss: torch.Tensor | None, projections=None, log: bool = True
-                   ) -> _Terms:
-        """The loss terms on whole-batch features: global ones (contrastive, distillation), this
-        rank's head loss, and the projection penalty (which depends on θ alone)."""
-        record: dict[str, float] = {}
-        global_loss = None
-        if self.head is None:
-            global_loss = clip_loss(fi, ft, s, self.pairing)
-            if log:
-                record["loss_clip"] = float(global_loss.detach())
-        elif log:
-            record["loss_head"] = float(local_loss.detach())
-        if ft is not None:
-            sd, stats = self._teacher_terms(fi, ft, s, teacher, log)
-            record.update(stats)
-            if sd is not None:
-                global_loss = sd if global_loss is None else global_loss + sd
-                if log:
-                    record["loss_sd"] = float(sd.detach())
-        reg, reg_parts = self._regularizers(projections)
-        record.update(reg_parts if log else {})
-        return _Terms(global_loss, local_loss, reg, record)
-
-    def _train_texts(self, batch: dict[str, Any], shard: Shard) -> list[str]:
-        """This rank's captions, drawn for the whole global batch as one process would draw them
-        (the text RNG advances identically on every rank)."""
-        if shard.meta is None:
-            return self.task.train_texts(batch, self.bundle, self.text_rng)
-        texts = self.task.train_texts(shard.meta, self.bundle, self.text_rng)
-        return list(texts[shard.offset:shard.offset + shard.size])
-
-    def _paired_texts(self, batch: dict[str, Any], shard: Shard) -> tuple[list[str], Pairing]:
-        """The step's texts and how they pair with the images: the task's candidate texts
-        (``train_pairs``) in a contrastive run of a task that has them (one process, see
-        :func:`tracer_cli.engine.training.check_pairing`), else one caption per image."""
-        pairs = getattr(self.task, "train_pairs", None)
-        if self.head is None and pairs is not None:
-            texts, pairing = pairs(batch, self.bundle, self.text_rng)
-            return list(texts), pairing.to(self.device)
-        return self._train_texts(batch, shard), CLIP_PAIRING
-
-    def step(self, step: int, batch: dict[str, Any], shard: Shard | None = None
-             ) -> dict[str, float]:
-        """One optimizer step (``step`` counts completed steps before this one).
-
-        ``shard`` places ``batch`` in the global batch under DDP. Returns the numbers to log. A
-        non-finite loss raises :class:`NonFiniteLoss` before anything is updated (no backward
-        pass, no optimizer, schedule or teacher step), so the caller may skip the batch. With
-        ``train.accum_steps`` > 1 the batch is processed in micro-batches with the gradient of
-        the whole batch (:mod:`tracer_cli.engine.accumulation`).
-        """
-        shard = shard or Shard((len(batch["image"]),))
-        frozen = self.frozen(step)
-        self._set_modes(frozen)
-        images = batch["image"].to(self.device, non_blocking=True)
-        if self.train_cfg.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        # Text is encoded only when something uses it: the contrastive loss, a head that reads
-        # the text (vqa: the question), or the teacher's views. Probing and plain cross-entropy
-        # finetuning leave the text tower alone.
-        tokens, self.pairing = None, CLIP_PAIRING
-        if self.head is None or self.head_uses_text or self.teacher.active:
-            texts, self.pairing = self._paired_texts(batch, shard)
-            tokens = self.backbone.tokenize(texts).to(self.device, non_blocking=True)
-        # Every rank splits its slice into the same number of micro-batches (collectives match).
-        bounds = micro_bounds(len(images), min(self.train_cfg.accum_steps, min(shard.sizes)))
-        teacher = self._teacher_features(step, images, tokens, shard, bounds)
-        if len(bounds) == 1:
-            terms = self._whole_batch(step, batch, images, tokens, shard, frozen, teacher)
-        else:
-            terms = self._accumulated(step, batch, images, tokens, shard, frozen, teacher,
-                                      bounds)
-        # The rates this step trains with; _apply advances the schedule to the next step's.
-        lr, lr_head = (self.optimizer.param_groups[i]["lr"] for i in (0, -1))
-        skipped = self._apply(frozen)
-        # After a step the fp16 GradScaler skipped (inf/NaN gradient), the teacher is updated all
-        # the same, with the unchanged θ: the reference implementation does so, and it keeps the
-        # teacher's kernel position tied to the step count (docs/method.md, "Mixed precision").
-        self.teacher.update(step + 1, self.student)
-        record = terms.record
-        record.update(loss=float(terms.total.detach()), logit_scale=terms.logit_scale, lr=lr)
-        if self.head is not None:
-            record["lr_head"] = lr_head
-        if self.scaler.is_enabled():
-            record.update(grad_scale=float(self.scaler.get_scale()), amp_skipped=float(skipped))
-        return record
-
-    def _student(self, images, tokens, frozen: bool, grad_share: float,
-                 projections: bool = False):
-        """The student's features in float32; the logit scale's gradient scaled by
-        ``grad_share`` (1/W under DDP, 1/(W·N) with N micro-batches: every rank and every
-        micro-batch reaches it directly, see :func:`tracer_cli.engine.losses.gather_features`)."""
-        with self.precision.autocast():
-            fi, ft, s, out, proj = self.forward(images, tokens, frozen, projections)
-        fi, s = fi.float(), scale_grad(s.float(), grad_share)
-        return fi, (ft.float() if ft is not None else None), s, out, proj
-
-    def _whole_batch(self, step, batch, images, tokens, shard: Shard, frozen: bool,
-                     teacher: _TeacherFeatures | None) -> _Terms:
-        world = shard.world_size
-        fi, ft, s, out, proj = self._student(images, tokens, frozen, 1.0 / world,
-                                             self._wants_projections)
-        if world > 1 and ft is not None:
-            fi, ft = gather_features(fi, ft, shard.sizes)
-        local = self.task.head_loss(out, batch) if self.head is not None else None
-        terms = self._objective(fi, ft, s, teacher, local, proj)
-        terms.logit_scale = float(s.detach())
-        self._check_finite(step, terms.total)
-        self._backward(terms.objective(world))
-        return terms
-
-    def _accumulated(self, step, batch, images, tokens, shard: Shard, frozen: bool,
-                     teacher: _TeacherFeatures | None, bounds: list[tuple[int, int]]) -> _Terms:
-        """Pass 1: every micro-batch's features without a graph, the whole-batch loss for the
-        record and the finiteness check. Pass 2: each micro-batch with its graph, substituted into
-        the cached features, the whole-batch loss back-propagated (DDP syncs on the last)."""
-        world, n, size = shard.world_size, len(bounds), len(images)
-        with torch.no_grad(), bn_statistics_kept(self.student):
-            parts = [self._student(images[a:b], rows(tokens, a, b), frozen, 1.0,
-                                   j == 0 and self._wants_projections)
-                     for j, (a, b) in enumerate(bounds)]
-            fi = torch.cat([p[0] for p in parts])
-            ft = torch.cat([p[1] for p in parts]) if tokens is not None else None
-            if world > 1 and ft is not None:
-                fi, ft = gather_features(fi, ft, shard.sizes)
-            local = None
-            if self.head is not None:
-                local = sum(self.task.head_loss(p[3], slice_batch(batch, a, b)) * ((b - a) / size)
-                            for p, (a, b) in zip(parts, bounds))
-            terms = self._objective(fi, ft, parts[0][2], teacher, local, parts[0][4])
-        terms.logit_scale = float(parts[0][2])
-        self._check_finite(step, terms.total)
-        offset = shard.offset if world > 1 and ft is not None else 0
-        for j, (a, b) in enumerate(bounds):
-            with self._sync_gradients(j == n - 1):
-                # The penalty depends on θ alone: added once, with the first micro-batch.
-                fi_j, ft_j, s, out, proj = self._student(images[a:b], rows(tokens, a, b), frozen,
-                                                         1.0 / (world * n),
-                                                         j == 0 and self._wants_projections)
-                local = None if self.head is None else \
-                    self.task.head_loss(out, slice_batch(batch, a, b)) * ((b - a) / size)
-                live = self._objective(substitute(fi, offset + a, fi_j),
-                                       None if ft is None else substitute(ft, offset + a, ft_j),
-                                       s, teacher, local, proj, log=False)
-                self._backward(live.objective(world))
-        return terms
-
-    def _sync_gradients(self, last: bool):
-        """DDP's ``no_sync`` (FSDP: gradient sync off) for every micro-batch but the last: one
-        all-reduce (reduce-scatter) per step."""
-        module = getattr(self.forward, "_orig_mod", self.forward)
-        if last:
-            return contextlib.nullcontext()
-        if self.sharding is not None:
-            return gradient_sync(module, False)
-        return module.no_sync() if hasattr(module, "no_sync") else contextlib.nullcontext()
-
-    def _check_finite(self, step: int, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss):
-            if self.sharding is not None:  # no backward will reshard the root: do it here
-                getattr(self.forward, "_orig_mod", self.forward).reshard()
-            raise NonFiniteLoss(step + 1, float(loss.detach()))
-
-    def _trainable(self, frozen: bool) -> list[torch.Tensor]:
-        params = [] if frozen else list(self.student.parameters())
-        return params + (list(self.head.parameters()) if self.head is not None else [])
-
-    def _backward(self, objective: torch.Tensor) -> None:
-        self.scaler.scale(objective).backward()
-
-    def _apply(self, frozen: bool = False) -> bool:
-        """Clip, optimizer and schedule step on the accumulated gradient; True when the fp16
-        GradScaler skipped the optimizer step because a gradient overflowed (it then lowers its
-        scale)."""
-        if self.sharding is not None:
-            if self.train_cfg.grad_clip > 0:
-                self.scaler.unscale_(self.optimizer)
-            self.sharding.finish_gradients(self._trainable(frozen), self.train_cfg.grad_clip)
-        elif self.train_cfg.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self._trainable(frozen), self.train_cfg.grad_clip)
-        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        skipped = self.scaler.is_enabled() and self.scaler.get_scale() < scale
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        logit_scale = getattr(self.student, "logit_scale", None)
-        if isinstance(logit_scale, torch.Tensor):
-            with torch.no_grad():
-                logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-        return skipped
-
-    def _module_state(self, module: nn.Module) -> dict[str, Any]:
-        """``module.state_dict()``, gathered into full tensors under FSDP (a collective)."""
-        return module.state_dict() if self.sharding is None else self.sharding.full_state(module)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything an exact resume needs. Under FSDP a collective: every rank calls it, rank 0
-        gets the consolidated tensors (the same layout as a single process's)."""
-        teacher = self.teacher.state_dict()
-        if self.sharding is not None and self.teacher.active:
-            teacher["module"] = self.sharding.full_state(self.teacher.module)
-        optimizer = self.optimizer.state_dict() if self.sharding is None else \
-            self.sharding.optimizer_state(self.forward, self.optimizer)
-        state = {"state_dict": self._module_state(self.student), "teacher": teacher,
-                 "optimizer": optimizer,
-                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                 "text_rng": self.text_rng.get_state()}
-        if self.head is not None:
-            state["head"] = self._module_state(self.head)
-            state["head_init"] = self.head_init
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        sharding = self.sharding
-        load = (lambda module, sd: module.load_state_dict(sd)) if sharding is None else \
-            sharding.load_full
-        load(self.student, state["state_dict"])
-        if self.head is not None:
-            load(self.head, state["head"])
-        if sharding is not None and self.teacher.active:
-            sharding.load_full(self.teacher.module, state["teacher"]["module"])
-        self.teacher.load_state_dict(state["teacher"], module=sharding is None)
-        if sharding is None:
-            self.optimizer.load_state_dict(state["optimizer"])
-        else:
-            sharding.load_optimizer(self.forward, self.optimizer, state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.text_rng.set_state(state["text_rng"])
+    def _log_new_bad(self, step: int) -> None:
+        new = self.bad.unreported()
+        if new:
+            self.writer.log({"event": "bad_data", "split": "train", "step": step,
+                             "new": [i.describe() for i in new[:20]],
+                             "skipped": self.bad.skipped, "distinct": len(self.bad.items)})

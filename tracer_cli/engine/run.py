@@ -4,7 +4,7 @@ Launched by torchrun, every process runs :func:`finetune`; rank 0 alone evaluate
 (see :mod:`tracer_cli.engine.distributed`): the pretrained model before training, the student and
 teacher every ``run.eval_every`` steps during it (plotted in ``eval/curves.png``), and at the end.
 The training phase, with checkpoints, exact resume, signals, bad data and non-finite losses, is
-:mod:`tracer_cli.engine.training`.
+:mod:`tracer_cli.engine.step`.
 
 It writes the run directory that the other commands read; :mod:`tracer_cli.rundir` owns its
 layout (recipe lock, checkpoints, metrics, evaluations, summary). Optional loggers
@@ -15,6 +15,7 @@ id in ``*_run.json``, so ``--resume`` continues the same tracked run).
 from __future__ import annotations
 
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,23 +28,25 @@ from torch.utils.data import Subset
 import tracer_cli
 from tracer_cli import plots, rundir
 from tracer_cli import recipe as recipe_mod
+from tracer_cli.sdk.contracts import (
+    CLASSIFICATION_METRICS, Backbone, DatasetBundle, Task, TaskMetrics, WeightsBuild,
+    task_metrics)
 from tracer_cli.engine import checkpoint, distributed
 from tracer_cli.engine.build import (
-    build_backbone, build_dataset, build_task, eval_sets, retain_task, seed_everything)
+    build_dataset, build_task, eval_sets, make_backbone, retain_task, seed_everything,
+    unpack_shipped)
 from tracer_cli.engine.data import eval_loader
 from tracer_cli.engine.distributed import DistContext
 from tracer_cli.engine.loggers import RunLoggers, build_loggers
-from tracer_cli.engine.loop import Trainer, check_grad_checkpointing, check_tower_locks
+from tracer_cli.engine.loop import RunWriter, Trained, check_pairing, check_task_head, train
 from tracer_cli.engine.precision import Precision, resolve_precision
+from tracer_cli.engine.resume import Resume, load_resume
 from tracer_cli.engine.scoring import evaluate, summarize
 from tracer_cli.engine.signals import SignalTrap
-from tracer_cli.engine.training import (
-    Resume, RunWriter, Trained, check_pairing, check_task_head, load_resume, train)
+from tracer_cli.engine.step import Trainer, check_grad_checkpointing, check_tower_locks
 from tracer_cli.errors import UsageError
 from tracer_cli.events import Reporter, current_reporter
 from tracer_cli.recipe import Recipe
-from tracer_cli.sdk.contracts import (
-    CLASSIFICATION_METRICS, Backbone, DatasetBundle, Task, TaskMetrics, task_metrics)
 
 
 @dataclass
@@ -431,6 +434,52 @@ def _curves(run_dir: Path, primary: str) -> dict[str, list[tuple[int, float]]]:
                     curves.setdefault(f"{who} {key.removesuffix(f'/{primary}')}", []).append(
                         (step, value))
     return {label: points for label, points in curves.items() if len(points) > 1}
+
+
+def backbone_from_options(name: str, options: dict[str, Any]) -> Backbone:
+    """Backbone plugin ``name`` built from its ``[model]`` options, the weights it asks for
+    (``weights_build``) made first when missing: unpacked, or trained by :func:`train_weights`."""
+    return make_backbone(name, options, train_weights)
+
+
+def build_backbone(recipe: Recipe) -> Backbone:
+    """The recipe's backbone, its weights made first when the plugin asks for that."""
+    return backbone_from_options(recipe.model.backbone, dict(recipe.model.options))
+
+
+def pretrained_backbone(recipe: Recipe) -> Backbone:
+    """The backbone exactly as ``finetune`` built it: seeded first, so that even randomly
+    initialised weights (``pretrained = "none"``) come out as the run's θ₀."""
+    seed_everything(recipe.run.seed)
+    return build_backbone(recipe)
+
+
+def train_weights(build: WeightsBuild) -> Path:
+    """Keep ``build``'s weights at ``build.target``, with their lock file beside it: the
+    plugin's packaged weights when it ships them (``build.shipped``), else ``build.recipe`` run
+    as ``tracer finetune`` would (in a temporary run directory), its student's weights passed
+    through ``build.finalize`` when given."""
+    if build.shipped is not None:
+        return unpack_shipped(build)
+    reporter = current_reporter()
+    reporter.notice(f"building {build.what} (one-time training; it will be cached at "
+                    f"{build.target})")
+    with tempfile.TemporaryDirectory(prefix="tracer-weights-") as tmp:
+        source = Path(tmp) / "recipe.toml"
+        source.write_text(build.recipe, encoding="utf-8")
+        recipe = recipe_mod.load(source, list(build.overrides))
+        result = finetune(recipe, output_dir=Path(tmp) / "runs", reporter=reporter)
+        last = checkpoint.load(rundir.last_path(result.run_dir))
+        state = last["state_dict"]
+        if build.finalize is not None:
+            state = build.finalize(state, last)
+        lock = rundir.recipe_lock_path(result.run_dir).read_text(encoding="utf-8")
+        build.target.parent.mkdir(parents=True, exist_ok=True)
+        build.target.with_suffix(".lock.toml").write_text(lock, encoding="utf-8")
+        checkpoint.save(build.target, {"state_dict": state})
+    values = sum(v.numel() for v in state.values() if torch.is_tensor(v))
+    reporter.notice(f"{build.what} ready: {build.target} ({values:,} values)")
+    return build.target
 
 
 def _last_step(recipe: Recipe, stop_after: int | None) -> int:

@@ -42,10 +42,6 @@ def local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if isinstance(t, DTensor) else t
 
 
-def is_sharded(module: nn.Module) -> bool:
-    return any(isinstance(p, DTensor) for p in module.parameters())
-
-
 class Sharding:
     """The device mesh of all ranks and the FSDP operations the engine needs."""
 
