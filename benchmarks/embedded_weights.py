@@ -60,15 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="tracer-weights-") as tmp:
-        if args.source is None:
-            target = embedded.embedded_path(args.arch, args.seed) if args.cache else None
-            packed, trained, lock = _build(args.arch, args.seed, target or Path(tmp) / "w.pt")
-        else:
-            found = _pack_run(args.source, args.arch, args.seed)
-            if found is None:
-                return 2
-            packed, trained, lock = found
+    if args.source is not None:
+        found = _pack_run(args.source, args.arch, args.seed)
+        if found is None:
+            return 2
+        packed, trained, lock = found
+    elif args.cache:
+        packed, trained, lock = _build(args.arch, args.seed,
+                                       embedded.embedded_path(args.arch, args.seed))
+    else:  # the unpacked weights are not wanted: the build keeps them in a temporary folder
+        with tempfile.TemporaryDirectory(prefix="tracer-weights-") as tmp:
+            packed, trained, lock = _build(args.arch, args.seed, Path(tmp) / "weights.pt")
     built_s = time.perf_counter() - start
     if args.cache:
         target = embedded.embedded_path(args.arch, args.seed)
