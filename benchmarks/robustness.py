@@ -41,9 +41,9 @@ Statistics, tables and the ID-vs-OOD figure come from tracer_cli.analysis, the c
 ``tracer compare`` (this script plans and runs; docs/compare.md describes the numbers; the report
 block and the sweep and KL figures are this folder's ``_report.py`` and ``_plots.py``): per method
 and dataset, the mean over runs with standard error sqrt(var_between_runs / n + mean binomial
-variance / n); one table per pretrained model (pretraining seed), never pooled across them; differences
-between methods paired by seed within a pretrained model, within noise when |mean| < 2 SE; each
-model against the WiSE-FT curves at its mean ID accuracy.
+variance / n); one table per pretrained model (pretraining seed), never pooled across them;
+differences between methods paired by seed within a pretrained model, within noise when |mean| <
+2 SE; each model against the WiSE-FT curves at its mean ID accuracy.
 
 Outputs: ``OUT/results.json``; ``FIGURES/robustness_{id_vs_ood,beta_sweep,lambda_sweep,
 kl_ema_vs_wma}.png``; the block between ``<!-- robustness:begin -->`` and
