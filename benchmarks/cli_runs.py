@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tracer_cli import rundir
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -28,8 +30,9 @@ def execute(cmd: list[str], run_dir: Path, threads: int) -> dict:
     """
     stamp = run_dir / "command.txt"
     text = shlex.join(cmd[1:])
-    if stamp.is_file() and stamp.read_text() == text and (run_dir / "summary.json").is_file():
-        return json.loads((run_dir / "summary.json").read_text())
+    summary = rundir.summary_path(run_dir)
+    if stamp.is_file() and stamp.read_text() == text and summary.is_file():
+        return json.loads(summary.read_text())
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:

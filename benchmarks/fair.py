@@ -72,10 +72,10 @@ from typing import Any, Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import robustness as rb  # noqa: E402  (a sibling script: this folder is on sys.path)
+import robustness as rb  # noqa: E402  (sibling scripts: this folder is on sys.path)
 
-from tracer_cli.analysis import plots  # noqa: E402
-from tracer_cli.analysis.report import ROBUSTNESS_KEYS  # noqa: E402
+from _plots import save  # noqa: E402
+from _report import ROBUSTNESS_KEYS  # noqa: E402
 from tracer_cli.analysis.tables import analyse  # noqa: E402
 
 METHODS = ("zeroshot", "ft", "lpft", "flyp", "carot", "tracer")
@@ -685,7 +685,7 @@ def plot_frontier(res: dict[str, Any], path: Path) -> Path:
         ax.set_xlabel("ID accuracy (%)")
         ax.set_ylabel("average OOD accuracy (%)")
         ax.legend(fontsize=7)
-    return plots._save(figure, path)
+    return save(figure, path)
 
 
 def plot_persistence(rows: Sequence[dict[str, Any]], path: Path) -> Path:
@@ -706,7 +706,7 @@ def plot_persistence(rows: Sequence[dict[str, Any]], path: Path) -> Path:
         ax.set_ylabel("gap to FLYP's WiSE-FT curve (pp, ± 2 SE)")
         ax.set_title(model, fontsize=9)
         ax.legend(fontsize=7)
-    return plots._save(figure, path)
+    return save(figure, path)
 
 
 def _pct(value: float | None, se: float | None = None) -> str:

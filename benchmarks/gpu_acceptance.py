@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tracer_cli import rundir
+
 ROOT = Path(__file__).resolve().parents[1]
 # TRACER student of `tracer finetune recipes/quickstart.toml` on CPU, finetuning seed 0, on the
 # shipped embedded CLIP (build version 5, seed 0), 2026-12-02 (`python benchmarks/first_result.py`).
@@ -114,10 +116,7 @@ def _tail(done: subprocess.CompletedProcess) -> str:
 
 
 def _records(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return list(rundir.read_metrics(run_dir))
 
 
 def _finetune(recipe: Path, out: Path, sets: list[str], launcher: list[str] | None = None):
@@ -151,7 +150,7 @@ def stage_amp(table: Table, args, recipe: Path, out: Path, precision: str, name:
     if precision == "16-mixed":
         skipped = sum(int(r.get("amp_skipped", 0)) for r in train)
         table.add(name, "logged steps the GradScaler skipped", skipped, "(info)")
-    summary = json.loads((run_dir / "summary.json").read_text())["eval"]
+    summary = json.loads(rundir.summary_path(run_dir).read_text())["eval"]
     student = summary["models"]["student"]
     measured = {"id": 100 * student[summary["id"][0]]["accuracy"],
                 "avg_ood": 100 * student["avg_ood_accuracy"]}
@@ -235,7 +234,7 @@ def _max_batch_child(args) -> None:
     """Largest batch of two TRACER steps that fits (doubling, then bisecting on OOM)."""
     import torch
 
-    from tracer_cli.engine.loop import Trainer, enable_grad_checkpointing
+    from tracer_cli.engine.step import StepConfig, Trainer, enable_grad_checkpointing
     from tracer_cli.engine.precision import resolve_precision
     from tracer_cli.engine.teachers import make_teacher
     from tracer_cli.recipe import TRACER_WEIGHTS, TrainConfig
@@ -252,8 +251,8 @@ def _max_batch_child(args) -> None:
         enable_grad_checkpointing(backbone, backbone.model, lambda msg: None)
     distill = TRACER_WEIGHTS
     trainer = Trainer(backbone, ClassificationTask(train_templates=["a photo of a {}."]), None,
-                      teacher, TrainConfig(steps=10, batch_size=1), distill, precision,
-                      freeze_bn_stats=False, seed=0)
+                      teacher, StepConfig(TrainConfig(steps=10, batch_size=1), distill, precision,
+                                          seed=0, freeze_bn_stats=False))
     trainer.task.train_texts = lambda batch, bundle, rng: ["a photo."] * len(batch["image"])
     size = backbone.preprocess_cfg.size
     size = size if isinstance(size, int) else size[0]

@@ -104,8 +104,9 @@ def _child(recipe_path: str) -> None:
     from tracer_cli import recipe as recipe_mod
     from tracer_cli.engine.distributed import DistContext
     from tracer_cli.engine.precision import resolve_precision
-    from tracer_cli.engine.build import build_backbone, build_dataset, build_task
-    from tracer_cli.engine.training import build_trainer
+    from tracer_cli.engine.build import build_dataset, build_task
+    from tracer_cli.engine.run import build_backbone
+    from tracer_cli.engine.loop import build_trainer
 
     baseline = _peak_mib()
     rec = recipe_mod.load(recipe_path)

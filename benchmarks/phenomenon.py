@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tracer_cli import rundir
 from tracer_cli.analysis.stats import mean_se
 
 PLAIN = ["--set", "teacher.kind=none", "--set", "distill.lambda_sd=0",
@@ -51,7 +52,7 @@ def _run(recipe: str, out: Path, name: str, seed: int, pseed: int, extra: list[s
 
 
 def _summary(run_dir: Path) -> dict:
-    path = run_dir / "summary.json"
+    path = rundir.summary_path(run_dir)
     if not path.is_file():
         sys.exit(f"{path}: missing (is the benchmark finished?)")
     return json.loads(path.read_text())

@@ -37,12 +37,13 @@ file name of its weights, which carries their digest), so a second invocation
 resumes instead of recomputing. Finished runs keep their numbers but, unless --keep-weights, lose
 their checkpoints once every evaluation that needs them is done (about 190 MB per tiny run).
 
-Statistics, figures and the report come from tracer_cli.analysis, the code behind ``tracer
-compare`` (this script plans and runs; docs/compare.md describes the numbers): per method and
-dataset, the mean over runs with standard error sqrt(var_between_runs / n + mean binomial variance
-/ n); one table per pretrained model (pretraining seed), never pooled across them; differences
-between methods paired by seed within a pretrained model, within noise when |mean| < 2 SE; each
-model against the WiSE-FT curves at its mean ID accuracy.
+Statistics, tables and the ID-vs-OOD figure come from tracer_cli.analysis, the code behind
+``tracer compare`` (this script plans and runs; docs/compare.md describes the numbers; the report
+block and the sweep and KL figures are this folder's ``_report.py`` and ``_plots.py``): per method
+and dataset, the mean over runs with standard error sqrt(var_between_runs / n + mean binomial
+variance / n); one table per pretrained model (pretraining seed), never pooled across them;
+differences between methods paired by seed within a pretrained model, within noise when |mean| <
+2 SE; each model against the WiSE-FT curves at its mean ID accuracy.
 
 Outputs: ``OUT/results.json``; ``FIGURES/robustness_{id_vs_ood,beta_sweep,lambda_sweep,
 kl_ema_vs_wma}.png``; the block between ``<!-- robustness:begin -->`` and
@@ -55,7 +56,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import datetime
-import hashlib
 import json
 import math
 import os
@@ -72,17 +72,22 @@ from typing import Any, Collection, Iterable, Sequence
 import numpy as np
 
 from tracer_cli import rundir
-from tracer_cli.analysis import plots
 from tracer_cli.analysis.compare import read_run
 from tracer_cli.analysis.compare import record as compare_record
-from tracer_cli.analysis.report import ROBUSTNESS_KEYS, write_robustness_report
+from tracer_cli.analysis.plots import plot_id_vs_ood
 from tracer_cli.analysis.stats import (
     average_binomial_var, binomial_var, mean_se, noise_verdict, paired_difference)
 from tracer_cli.analysis.tables import aggregate, analyse, pair, pooled_paired
 from tracer_cli.errors import TracerError
+from tracer_cli.recipe import METHODS
+
+# The benchmark's own report block and figures live beside this script; when it is imported by
+# path (the tests, fair.py) rather than run, this folder is not on sys.path yet.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _plots import plot_kl, plot_sweep  # noqa: E402
+from _report import ROBUSTNESS_KEYS, write_robustness_report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("zeroshot", "lp", "ft", "lpft", "flyp", "carot", "tracer")
 DEFAULT_RECIPES = [f"recipes/synth_{m}.toml" for m in METHODS]
 DEFAULT_SWEEP = "recipes/synth_tracer.toml"
 BETAS = [0.2, 0.5, 1.0]
@@ -151,7 +156,7 @@ def read_recipe(path: str, overrides: Sequence[str]) -> RecipeInfo:
     names = tuple(s.get("label") or s["name"] for s in recipe.data.id + recipe.data.ood)
     return RecipeInfo(
         path=path, name=str(train.get("method") or Path(path).stem),
-        sha256=hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+        sha256=rundir.file_sha256(Path(path)),
         embedded=options.get("pretrained") == "embedded",
         embedded_seed=int(options.get("embedded_seed", 0) or 0), steps=recipe.train.steps,
         warmup_steps=recipe.train.warmup_steps, lp_steps=recipe.train.lp_steps,
@@ -240,8 +245,8 @@ class Task:
             key["embedded_weights"] = embedded_path(self.run.recipe.arch, self.run.pseed).name
         if self.kind != "finetune":
             summary = rundir.summary_path(self.run.run_dir)
-            key["summary_sha256"] = (hashlib.sha256(summary.read_bytes()).hexdigest()
-                                     if summary.is_file() else None)
+            key["summary_sha256"] = (rundir.file_sha256(summary) if summary.is_file()
+                                     else None)
         return key
 
     def load_cached(self) -> bool:
@@ -740,17 +745,16 @@ def kl_curves(kl: KlPlan | None, carot: Run | None) -> dict[str, Any]:
 
 def plot_all(results: dict[str, Any], folder: Path) -> dict[str, Path]:
     """The ID-vs-OOD plot (one panel per pretrained model), the sweeps and the KL curves."""
-    out = {"id_vs_ood": plots.plot_id_vs_ood(results["panels"],
-                                              folder / "robustness_id_vs_ood.png")}
+    out = {"id_vs_ood": plot_id_vs_ood(results["panels"], folder / "robustness_id_vs_ood.png")}
     choice = results.get("choice") or {}
     own = results.get("sweep_recipe_values") or {}
     for axis, name in (("beta", "robustness_beta_sweep.png"),
                        ("lambda_sd", "robustness_lambda_sweep.png")):
         rows = results["sweep"].get(axis)
         if rows:
-            out[axis] = plots.plot_sweep(rows, axis, choice[axis], own[axis], folder / name)
+            out[axis] = plot_sweep(rows, axis, choice[axis], own[axis], folder / name)
     if results["kl"]:
-        out["kl"] = plots.plot_kl(results["kl"], folder / "robustness_kl_ema_vs_wma.png")
+        out["kl"] = plot_kl(results["kl"], folder / "robustness_kl_ema_vs_wma.png")
     return out
 
 

@@ -26,7 +26,7 @@ import torch
 
 from tracer_cli.engine.build import build_dataset
 from tracer_cli.engine.data import eval_loader
-from tracer_cli.engine.loop import Trainer
+from tracer_cli.engine.step import StepConfig, Trainer
 from tracer_cli.engine.precision import resolve_device, resolve_precision
 from tracer_cli.engine.teachers import make_teacher
 from tracer_cli.recipe import TRACER_WEIGHTS, DistillWeights, TrainConfig
@@ -82,8 +82,8 @@ def _trainer(method: str, backbone, bundle, precision, steps: int) -> Trainer:
     teacher = make_teacher(kind, backbone.model, steps)
     train = TrainConfig(steps=steps, batch_size=1, lr=1e-5, warmup_steps=0)
     task = ClassificationTask(train_templates=["a photo of a {}."])
-    return Trainer(backbone, task, bundle, teacher, train, distill, precision,
-                   freeze_bn_stats=False, seed=0)
+    return Trainer(backbone, task, bundle, teacher,
+                   StepConfig(train, distill, precision, seed=0, freeze_bn_stats=False))
 
 
 def _sync(device: torch.device) -> None:

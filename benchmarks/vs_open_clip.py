@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 from cli_runs import ROOT, print_plan, replace_block
+from tracer_cli import rundir
 
 PROGRAMS = ("open_clip_train", "flyp", "tracer")
 REPORT_MARKER = "vs-open-clip"
@@ -273,7 +274,7 @@ def measure(args, runs: list[tuple], folder: Path) -> dict[str, list[dict]]:
             entry["short_s"] = seconds
         else:
             text = (log if program == "open_clip_train"
-                    else folder / "runs" / log.stem / "metrics.jsonl").read_text()
+                    else rundir.metrics_path(folder / "runs" / log.stem)).read_text()
             entry.update(long_s=seconds, peak_mib=peak,
                          logged_img_s=logged_rate(program, text, args))
         print(f"[rep {rep}] {program} {epochs} epochs: {seconds:.1f} s, peak {peak:.0f} MiB",

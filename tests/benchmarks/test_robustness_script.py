@@ -19,10 +19,23 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY_RECIPE
-from tracer_cli.analysis import report, stats, tables
+from tracer_cli.analysis import stats, tables
 from tracer_cli.errors import UsageError
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "robustness.py"
+
+
+def _sibling(name: str):
+    """A helper module of benchmarks/ (``_report``, ``_plots``), imported by path."""
+    spec = importlib.util.spec_from_file_location(f"{name}_module", SCRIPT.with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def report():
+    return _sibling("_report")
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +99,7 @@ def test_choose_value_prefers_the_recipe_value_among_ties(rb):
     assert rb.choose_value([0.2, 0.5, 1.0], [0.9, 0.8, 0.8], own=0.5) == 0.2
 
 
-def test_insert_block_replaces_between_markers_and_keeps_the_rest():
+def test_insert_block_replaces_between_markers_and_keeps_the_rest(report):
     block = f"{report.BEGIN}\nnew\n{report.END}"
     first = report.insert_block("# Title\n\ntext\n", block)
     assert first.startswith("# Title\n\ntext\n\n" + block) and "interpretation" in first
@@ -96,6 +109,17 @@ def test_insert_block_replaces_between_markers_and_keeps_the_rest():
     assert second.startswith("# Title\n\ntext\n") and second.endswith("human note\n")
     with pytest.raises(UsageError):
         report.insert_block(f"{report.BEGIN}\nno end\n", block)
+
+
+def test_sweep_and_kl_figures_are_png_files(tmp_path):
+    plots = _sibling("_plots")
+    rows = [{"value": v, "val_accuracy": (0.7 + v / 10, 0.01), "id_accuracy": (0.9, 0.01),
+             "avg_ood_accuracy": None} for v in (0.1, 0.9, 5.0)]
+    curves = {"EMA": {"points": [{"step": s, "kl_i2t": 0.1 / s, "param_ratio": 0.5}
+                                 for s in (1, 2, 3)]}}
+    for path in (plots.plot_sweep(rows, "lambda_sd", 0.9, 5.0, tmp_path / "sweep.png"),
+                 plots.plot_kl(curves, tmp_path / "kl.png")):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_steps_overrides_scale_the_schedule(rb):
