@@ -19,6 +19,10 @@ the pretrained weights. Everything that needs no weights is checked first; the f
 under a temporary name and renamed into place only when complete, so a failed export leaves
 nothing behind. ONNX and TorchScript graphs are checked against PyTorch at a batch size other than
 the one they were traced with before the folder is published.
+
+Once the folder is published, its card files are attached to the run's tracked runs (the
+``run.loggers`` whose plugins declare ``attach_files``: artifacts under ``model_card``), unless
+``track`` is off; a tracker that cannot take them is a warning, never a failed export.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ from tracer_cli.teacher_spec import TeacherSpec
 CORE_FORMATS = ("safetensors", "onnx", "torchscript")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CARD_FILES = ("README.md", "MODEL_CARD.md", "model_card.json")
+# Where trackers keep the card of a run's export (an artifact folder or kind).
+TRACKED_CARD_FOLDER = "model_card"
 # What the Hugging Face Hub shows the model as: a CLIP scores images against class prompts.
 HUB_PIPELINE = "zero-shot-image-classification"
 SAFETENSORS_WEIGHTS = "model.safetensors"
@@ -82,12 +88,15 @@ class ExportRequest:
     precision: str = "fp32"
     checkpoint: Path | None = None
     overwrite: bool = False
+    track: bool = True  # attach the card to the run's tracked runs (MLflow, W&B, ...)
 
 
 @dataclass
 class ExportResult:
     output: Path
     card: dict[str, Any]
+    # logger name -> where the card was attached (its tracked run)
+    tracked: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclass
@@ -244,7 +253,20 @@ def export(req: ExportRequest, reporter: Reporter | None = None) -> ExportResult
             raise DiskFullError(req.output / name, "nothing was written; free some space and "
                                 "export again") from None
     reporter.notice(f"wrote {req.format} export to {req.output}")
-    return ExportResult(req.output, card)
+    tracked = _attach_card(req, run, reporter) if req.track else {}
+    return ExportResult(req.output, card, tracked)
+
+
+def _attach_card(req: ExportRequest, run: RunDir, reporter: Reporter) -> dict[str, str]:
+    """The published card's files, attached to the tracked runs of the run's loggers."""
+    from tracer_cli.engine.loggers import attach_to_tracked_runs
+
+    paths = [req.output / name for name in CARD_FILES if (req.output / name).is_file()]
+    tracked = attach_to_tracked_runs(run.path, list(run.recipe.run.loggers), paths,
+                                     TRACKED_CARD_FOLDER, reporter.notice)
+    for name, where in tracked.items():
+        reporter.notice(f"attached the model card to the run's {name} run: {where}")
+    return tracked
 
 
 def _write_folder(folder: Path, req: ExportRequest, run: RunDir, subject: _Subject,

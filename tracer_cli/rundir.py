@@ -632,6 +632,21 @@ class RunLock:
         self.release()
 
 
+def lock_holder(run_dir: Path) -> str | None:
+    """Who holds the writer lock of ``run_dir`` (PID, host, start), or None when no live process
+    does; it only looks (the lock taken to look is dropped at once)."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None  # no lock file: no run has written here
+    try:
+        if try_lock(fd):
+            return None
+        return _describe(_read_record(fd))
+    finally:
+        os.close(fd)  # drops the lock taken just to look
+
+
 def describe_stale(record: dict[str, Any]) -> str:
     return f"took over the lock of a tracer process that is gone ({_describe(record)})"
 

@@ -18,17 +18,23 @@ SQLite store's new experiments go to ``mlartifacts/`` beside its file), ``experi
 ("tracer") and ``run_name`` (``run.name``). Evaluation counts and standard errors are not
 metrics; a completed run's ``eval/*.json``, ``summary.json``, ``recipe.lock.toml`` and plots are
 artifacts.
+
+``tracer export`` attaches the model card it writes to the run's MLflow run (the factory's
+``attach_files`` capability): artifacts under ``model_card/``, logged to the store that
+``mlflow_run.json`` names, without changing the run's status.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
+from urllib.parse import unquote, urlparse
 
 from tracer_cli.sdk import (
     Options, atomic_write_json, eval_scalars, flat_params, flat_scalars, hookimpl, require_module)
@@ -148,6 +154,61 @@ def _saved_id(run_dir: Path) -> str | None:
         return None  # no MLflow run yet (the run started without this logger): a new one
 
 
+def attach_files(run_dir: Path, paths: list[Path], folder: str) -> str | None:
+    """Log ``paths`` as artifacts under ``folder`` to the MLflow run recorded in ``run_dir``
+    (``mlflow_run.json``), in the store it names; the run's status is left as it is. None when
+    the run directory has no MLflow run."""
+    path = Path(run_dir) / ID_FILE
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        run_id, uri = saved["run_id"], saved["tracking_uri"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"cannot read {path} ({exc})") from None
+    require_module("mlflow", f"attaching files to MLflow run {run_id}", INSTALL)
+    from mlflow.tracking import MlflowClient
+
+    missing = _missing_store(uri)
+    if missing is not None:
+        # MLflow would make a new, empty store there; the run is not in it.
+        raise FileNotFoundError(f"MLflow store {uri} not found ({missing} does not exist)")
+    with _environment(saved.get("read_with_env") or {}):
+        client = MlflowClient(tracking_uri=uri)
+        client.get_run(run_id)  # a run deleted from the store fails here, naming it
+        for file in paths:
+            client.log_artifact(run_id, str(file), artifact_path=folder)
+    return f"MLflow run {run_id} in {uri}, artifacts {folder}/"
+
+
+def _missing_store(uri: str) -> Path | None:
+    """The local file or folder of a SQLite or file store that does not exist (None: it exists,
+    or the store is a server)."""
+    if uri.startswith("sqlite:///"):  # sqlite:////abs/path, or a path relative to the cwd
+        place = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    elif _is_file_store(uri):
+        place = Path(unquote(urlparse(uri).path)) if uri.startswith("file:") else Path(uri)
+    else:
+        return None
+    return None if place.exists() else place
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` set in ``os.environ`` for the block (what ``mlflow_run.json`` says reading the
+    store needs), then put back as they were."""
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update({key: str(value) for key, value in values.items()})
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def make_mlflow(options: dict[str, Any]) -> MlflowLogger:
     opts = Options(options, path="loggers.mlflow")
     tracking_uri = opts.str("tracking_uri", default=None)
@@ -156,6 +217,11 @@ def make_mlflow(options: dict[str, Any]) -> MlflowLogger:
     opts.done()
     require_module("mlflow", "logger 'mlflow' (run.loggers)", INSTALL)
     return MlflowLogger(tracking_uri, experiment, run_name)
+
+
+# A capability tracer reads without calling the factory (tracer_cli.sdk.contracts): `tracer export`
+# attaches the model card to the run's MLflow run with it.
+make_mlflow.attach_files = attach_files
 
 
 @hookimpl

@@ -12,7 +12,14 @@ their first values there. An attempt stopped by a signal ends with exit code 0 a
 ``tracer/outcome = "interrupted"`` (it has a checkpoint and goes on); a failed run with exit
 code 1. Evaluation counts and standard errors are not logged as metrics; a completed run's
 ``eval/*.json``, ``summary.json``, ``recipe.lock.toml`` and plots are saved as run files
-(``wandb.save``, kept offline too).
+(``wandb.save``, kept offline too). ``wandb_run.json`` also records the mode the run was logged in,
+W&B's folder (``dir``, null for the run directory) and, once it ended, tracer's outcome.
+
+``tracer export`` attaches the model card it writes to the run (the factory's ``attach_files``
+capability): it resumes the W&B run by id in the mode it was logged in (``resume="must"``), logs
+the card as an artifact of type ``model-card`` named ``model-card-<run id>`` (each export adds a
+version) and finishes the run with the exit code it ended with (1 only for a failed run).
+Offline, that is one more ``offline-run-*`` folder for ``wandb sync``.
 
 Options in ``[loggers.wandb]``: ``project`` ("tracer"), ``entity`` (your default entity),
 ``name`` (``run.name``), ``group``, ``tags`` ([]), ``notes``, ``mode`` ("online" | "offline" |
@@ -44,6 +51,8 @@ class WandbLogger:
     def __init__(self, settings: dict[str, Any]):
         self.settings = settings
         self.run = None
+        self.run_dir: Path | None = None
+        self.record: dict[str, Any] = {}  # what wandb_run.json holds
 
     def start(self, run_dir: Path, recipe: dict[str, Any], resume_step: int | None) -> None:
         import wandb
@@ -53,14 +62,18 @@ class WandbLogger:
         saved = _saved_id(run_dir) if resume_step is not None else None
         run_id = saved or _new_id()
         # Kept before the run starts: a run that dies in its first steps still resumes into it.
-        atomic_write_json(run_dir / ID_FILE, {"id": run_id, "project": s["project"],
-                                              "entity": s["entity"]})
+        self.run_dir = run_dir
+        self.record = {"id": run_id, "project": s["project"], "entity": s["entity"],
+                       "dir": None if s["dir"] is None else str(Path(s["dir"]).resolve())}
+        atomic_write_json(run_dir / ID_FILE, self.record)
         self.run = wandb.init(
             id=run_id, resume="allow" if saved else None, project=s["project"],
             entity=s["entity"],
             name=s["name"] or recipe["run"]["name"], group=s["group"], tags=s["tags"],
             notes=s["notes"], mode=s["mode"], dir=str(s["dir"] or run_dir), config=recipe,
             settings=wandb.Settings(console=s["console"]))
+        self.record["mode"] = _mode_of(self.run, s["mode"])
+        atomic_write_json(run_dir / ID_FILE, self.record)
 
     def log_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         self.run.log(flat_scalars(scalars, "train/"), step=step)
@@ -80,7 +93,65 @@ class WandbLogger:
             run, self.run = self.run, None
             run.summary["tracer/outcome"] = outcome
             # Only a failure is one: an interrupted attempt saved a checkpoint and goes on.
-            run.finish(exit_code=1 if outcome == "failed" else 0)
+            run.finish(exit_code=_exit_code(outcome))
+            # Kept so that a later attach (tracer export) ends the run as this attempt did.
+            atomic_write_json(self.run_dir / ID_FILE, {**self.record, "outcome": outcome})
+
+
+def attach_files(run_dir: Path, paths: list[Path], folder: str) -> str | None:
+    """Log ``paths`` as an artifact of type ``folder`` (``model_card``: ``model-card``) to the
+    W&B run recorded in ``run_dir`` (``wandb_run.json``): the run is resumed by id in the mode it
+    was logged in and finished again with the exit code it ended with. None when the run
+    directory has no W&B run, or its run was logged with ``mode = "disabled"``."""
+    run_dir = Path(run_dir)
+    path = run_dir / ID_FILE
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        run_id = saved["id"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"cannot read {path} ({exc})") from None
+    files_dir = Path(saved.get("dir") or run_dir)
+    mode = saved.get("mode") or _mode_from_files(files_dir, run_id)
+    if mode == "disabled":
+        return None
+    require_module("wandb", f"attaching files to W&B run {run_id}", INSTALL)
+    import wandb
+
+    kind = folder.replace("_", "-")
+    name = f"{kind}-{run_id}"
+    # "must": online, a run that is gone from W&B is an error rather than a new run.
+    run = wandb.init(id=run_id, resume="must", project=saved.get("project"),
+                     entity=saved.get("entity"), mode=mode, dir=str(files_dir),
+                     settings=wandb.Settings(console="off"))
+    try:
+        artifact = wandb.Artifact(name, type=kind)
+        for file in paths:
+            artifact.add_file(str(file), name=Path(file).name)
+        run.log_artifact(artifact)
+        where = f"W&B run {run_id} ({mode}), artifact {name}"
+        if mode == "offline":
+            where += f"; upload it with: wandb sync {Path(run.dir).parent}"
+    finally:
+        run.finish(exit_code=_exit_code(saved.get("outcome")))
+    return where
+
+
+def _exit_code(outcome: str | None) -> int:
+    return 1 if outcome == "failed" else 0
+
+
+def _mode_of(run: Any, asked: str | None) -> str:
+    """The mode W&B runs ``run`` in ("online", "offline" or "disabled")."""
+    mode = getattr(getattr(run, "settings", None), "mode", None) or asked or "online"
+    return {"dryrun": "offline", "run": "online"}.get(mode, mode)
+
+
+def _mode_from_files(files_dir: Path, run_id: str) -> str:
+    """For a ``wandb_run.json`` written before the mode was recorded: offline when W&B keeps an
+    offline attempt of the run in ``files_dir``, else online."""
+    return "offline" if any((files_dir / "wandb").glob(f"offline-run-*-{run_id}")) else "online"
 
 
 def _new_id() -> str:
@@ -111,6 +182,11 @@ def make_wandb(options: dict[str, Any]) -> WandbLogger:
     opts.done()
     require_module("wandb", "logger 'wandb' (run.loggers)", INSTALL)
     return WandbLogger(settings)
+
+
+# A capability tracer reads without calling the factory (tracer_cli.sdk.contracts): `tracer export`
+# attaches the model card to the run's W&B run with it.
+make_wandb.attach_files = attach_files
 
 
 @hookimpl

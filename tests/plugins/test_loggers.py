@@ -8,8 +8,11 @@ offline, MLflow writes a file store under tmp_path, and HOME points into tmp_pat
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -323,6 +326,11 @@ def _wandb_run(path: Path) -> dict[str, Any]:
                                    for i in record.summary.update})
         elif kind == "exit":
             out["exit"] = record.exit.exit_code
+        elif kind == "artifact":
+            out.setdefault("artifacts", []).append({
+                "type": record.artifact.type, "name": record.artifact.name,
+                "files": {e.path: (e.digest, e.local_path)
+                          for e in record.artifact.manifest.contents}})
     return out
 
 
@@ -423,6 +431,137 @@ print(json.dumps({
     assert {"recipe.json", "recipe.lock.toml", "summary.json", "eval/final_student.json",
             "eval/final_teacher.json", "eval/zeroshot.json", "eval/curves.png"} <= \
         set(got["artifacts"])
+
+
+# --------------------------------------------------------------------------- export's model card
+
+CARD = ("MODEL_CARD.md", "README.md", "model_card.json")
+
+
+def _copied_run(logged, tmp_path: Path) -> Path:
+    """A copy of the logged run: its W&B folder moves with it (``wandb_run.json`` keeps no
+    absolute ``dir`` by default), its MLflow run stays in the store ``mlflow_run.json`` names."""
+    run = tmp_path / "copy" / "tiny"
+    shutil.copytree(logged["run_dir"], run, symlinks=True)
+    return run
+
+
+def _wandb_attempts(run: Path) -> set[Path]:
+    return set((run / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def _export_card(runner, run: Path, out: Path, *args: str):
+    result = runner.invoke(app, ["export", str(run), "--format", "safetensors", "--output",
+                                 str(out), "--json", *args])
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted([*CARD, "model.safetensors"])
+    return json.loads(result.stdout), result.stderr
+
+
+def _unwrapped(text: str) -> str:
+    """``text`` with the console's line wrapping undone (words joined by single spaces)."""
+    return " ".join(text.split())
+
+
+def test_export_attaches_the_model_card_to_the_tracked_runs(logged, runner, tmp_path,
+                                                            monkeypatch):
+    _offline(monkeypatch, tmp_path / "home")
+    run = _copied_run(logged, tmp_path)
+    before = _wandb_attempts(run)
+    out = tmp_path / "export"
+    doc, stderr = _export_card(runner, run, out)
+    assert sorted(doc["tracked"]) == ["mlflow", "wandb"]
+    assert "attached the model card to the run's mlflow run: MLflow run" in stderr
+    assert "attached the model card to the run's wandb run: W&B run" in stderr
+    assert "warning" not in stderr
+
+    saved = json.loads((run / "mlflow_run.json").read_text())
+    got = _mlflow_read(saved, """
+import tempfile
+local = client.download_artifacts(run_id, "model_card/model_card.json", tempfile.mkdtemp())
+print(json.dumps({"status": client.get_run(run_id).info.status,
+                  "paths": sorted(a.path for a in client.list_artifacts(run_id, "model_card")),
+                  "card": json.load(open(local))}))
+""")
+    assert got["paths"] == [f"model_card/{name}" for name in CARD]
+    assert got["card"] == json.loads((out / "model_card.json").read_text())
+    assert got["status"] == "FINISHED"  # attaching left the run as it ended
+
+    wb = json.loads((run / "wandb_run.json").read_text())
+    assert (wb["mode"], wb["dir"], wb["outcome"]) == ("offline", None, "completed")
+    [attempt] = _wandb_attempts(run) - before  # one more attempt of the same run, in the copy
+    attached = _closed_wandb_run(attempt)
+    assert attached["id"] == wb["id"] and attached["resume"] and attached["exit"] == 0
+    assert "tracer/outcome" not in attached["summary"] and not attached["history"]
+    [artifact] = attached["artifacts"]
+    assert (artifact["type"], artifact["name"]) == ("model-card", f"model-card-{wb['id']}")
+    assert sorted(artifact["files"]) == sorted(CARD)
+    for name, (digest, staged) in artifact["files"].items():
+        data = (out / name).read_bytes()
+        assert digest == base64.b64encode(hashlib.md5(data).digest()).decode()
+        assert Path(staged).read_bytes() == data  # what wandb sync uploads
+    assert f"wandb sync {attempt.parent}" in doc["tracked"]["wandb"]
+
+
+def test_a_wandb_run_json_of_an_earlier_tracer_attaches_in_the_mode_its_files_show(
+        logged, tmp_path, monkeypatch):
+    from tracer_plugins.loggers.wandb import attach_files
+
+    _offline(monkeypatch, tmp_path / "home")
+    monkeypatch.delenv("WANDB_MODE")  # the mode comes from the run's offline folders
+    run = _copied_run(logged, tmp_path)
+    wb = json.loads((run / "wandb_run.json").read_text())
+    (run / "wandb_run.json").write_text(json.dumps({k: wb[k] for k in ("id", "project",
+                                                                         "entity")}))
+    card = tmp_path / "README.md"
+    card.write_text("# card\n")
+    before = _wandb_attempts(run)
+    where = attach_files(run, [card], "model_card")
+    assert where.startswith(f"W&B run {wb['id']} (offline), artifact model-card-{wb['id']}")
+    [attempt] = _wandb_attempts(run) - before
+    [artifact] = _closed_wandb_run(attempt)["artifacts"]
+    assert sorted(artifact["files"]) == ["README.md"]
+    assert attach_files(tmp_path, [card], "model_card") is None  # no W&B run kept there
+
+
+def test_export_warns_once_per_tracker_that_cannot_take_the_card(logged, runner, tmp_path,
+                                                                 monkeypatch):
+    _offline(monkeypatch, tmp_path / "home")
+    run = _copied_run(logged, tmp_path)
+    gone = tmp_path / "moved" / "mlflow.db"
+    saved = json.loads((run / "mlflow_run.json").read_text())
+    (run / "mlflow_run.json").write_text(json.dumps({
+        **saved, "tracking_uri": f"sqlite:///{gone.as_posix()}"}))
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import raises ImportError, as when absent
+    before = _wandb_attempts(run)
+    doc, stderr = _export_card(runner, run, tmp_path / "export")
+    assert doc["tracked"] == {}
+    assert stderr.count("warning") == 2, stderr
+    stderr = _unwrapped(stderr)
+    assert "model_card not attached to the run's 'mlflow' tracked run (FileNotFoundError: " \
+        f"MLflow store sqlite:///{gone.as_posix()} not found" in stderr
+    assert "model_card not attached to the run's 'wandb' tracked run (MissingResourceError: " \
+        "attaching files to W&B run" in stderr and "pip install 'tracer-clip[wandb]'" in stderr
+    assert not gone.parent.exists()  # no empty store made where the run's used to be
+    assert _wandb_attempts(run) == before
+
+
+def test_no_track_and_a_run_being_written_leave_the_trackers_alone(logged, runner, tmp_path,
+                                                                   monkeypatch):
+    from tracer_cli.rundir import RunLock
+
+    _offline(monkeypatch, tmp_path / "home")
+    run = _copied_run(logged, tmp_path)
+    before = _wandb_attempts(run)
+    doc, stderr = _export_card(runner, run, tmp_path / "untracked", "--no-track")
+    assert doc["tracked"] == {} and "attached" not in stderr and "warning" not in stderr
+    with RunLock(run):  # as while `tracer finetune` trains it
+        doc, stderr = _export_card(runner, run, tmp_path / "live")
+    assert doc["tracked"] == {} and stderr.count("warning") == 1
+    stderr = _unwrapped(stderr)
+    assert "warning: model_card not attached to the tracked runs of" in stderr
+    assert "(wandb, mlflow): the run is being written by another tracer process (PID " in stderr
+    assert _wandb_attempts(run) == before
 
 
 # --------------------------------------------------------------------------- outcomes

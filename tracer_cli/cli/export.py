@@ -49,14 +49,20 @@ def export_command(
         "checkpoints/step_500.pt (relative to the run works).", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace --output when it exists and is not empty.")] = False,
+    no_track: Annotated[bool, typer.Option(
+        "--no-track", help="Do not attach the model card to the tracked runs of the run's "
+        "loggers (MLflow, W&B artifacts); by default it is attached when the run was "
+        "tracked.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Export a run's student, teacher or WiSE-FT mix with a model card (MODEL_CARD.md)."""
+    """Export a run's student, teacher or WiSE-FT mix with a model card (README.md,
+    MODEL_CARD.md, model_card.json), attached to the run's tracked runs."""
     from tracer_cli import export  # imported here: it pulls in torch, which --help does not need
 
     request = export.ExportRequest(run_dir=run_dir, format=fmt, output=output, which=which,
                                    wise_alpha=wise_alpha, precision=precision,
-                                   checkpoint=checkpoint, overwrite=overwrite)
+                                   checkpoint=checkpoint, overwrite=overwrite,
+                                   track=not no_track)
     # SIGTERM unwinds like Ctrl-C, so the half-built output folder is removed on the way out.
     with stop_raises(), use_reporter(make_reporter()) as reporter:
         result = export.export(request, reporter)
@@ -68,7 +74,7 @@ def export_command(
         console.print(f"load ({route.replace('_', ' ')}):\n{code}", soft_wrap=True)
     console.print(f"exported to {result.output}")
     if as_json:
-        emit_json({"output": str(result.output), **card})
+        emit_json({"output": str(result.output), **card, "tracked": result.tracked})
 
 
 def files_table(card: dict[str, Any]) -> Table:

@@ -5,6 +5,9 @@ checked on every process before any work is done (unknown names, bad ``[loggers.
 missing packages stop the run with exit 2), and started and fed on rank 0 only. The ``jsonl``
 logger writes ``metrics.jsonl``; it is not isolated, so a run that cannot write its metrics fails
 as before. Any other logger that raises is reported once and switched off: training goes on.
+
+After a run, :func:`attach_to_tracked_runs` hands files made from it (``tracer export``'s model
+card) to the tracked runs of its loggers, through their factories' ``attach_files`` capability.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ import contextlib
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from tracer_cli import rundir
 from tracer_cli.errors import Interrupted, RecipeError, UsageError
-from tracer_cli.plugins import get_host
+from tracer_cli.plugins import declared, get_host
 from tracer_cli.recipe import Recipe
 from tracer_cli.sdk.contracts import Logger, Outcome
 
@@ -118,3 +122,41 @@ def build_loggers(recipe: Recipe) -> RunLoggers:
         built[name] = entry.factory(dict(recipe.loggers.get(name, {})))
     jsonl = built.pop(JSONL)
     return RunLoggers(jsonl, list(built.items()))
+
+
+def attach_to_tracked_runs(run_dir: Path, loggers: list[str], paths: list[Path], folder: str,
+                           notice: Callable[[str], None]) -> dict[str, str]:
+    """Attach ``paths`` (files made from the finished run in ``run_dir``, such as its model card)
+    to the tracked runs of ``loggers`` (the run's ``run.loggers``), in a folder or under a kind
+    called ``folder``: each logger whose factory declares ``attach_files`` (see
+    :mod:`tracer_cli.sdk.contracts`) finds its tracked run from what it kept in the run directory.
+
+    Returns logger name -> where the files went (loggers that kept no run there are left out).
+    Nothing here fails the caller: a tracker that cannot be reached, a missing package, or a run
+    still being trained (its writer lock is held) is one ``notice`` line each."""
+    attachers = [(name, attach) for name in dict.fromkeys(loggers)
+                 if (attach := declared("loggers", name, "attach_files")) is not None]
+    if not attachers or not paths:
+        return {}
+    holder = rundir.lock_holder(run_dir)
+    if holder is not None:
+        notice(f"warning: {folder} not attached to the tracked runs of {run_dir} "
+               f"({', '.join(n for n, _ in attachers)}): the run is being written by another "
+               f"tracer process ({holder}); try again once it has finished")
+        return {}
+    attached = {}
+    for name, attach in attachers:
+        try:
+            where = attach(run_dir, list(paths), folder)
+        except Exception as exc:  # noqa: BLE001 - the caller's own files are complete
+            notice(f"warning: {folder} not attached to the run's '{name}' tracked run "
+                   f"({type(exc).__name__}: {_one_line(exc)}); what was written is complete")
+            continue
+        if where:
+            attached[name] = where
+    return attached
+
+
+def _one_line(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 300 else text[:297] + "..."

@@ -22,6 +22,13 @@ nothing is built to answer them:
   (openclip: ``("local-dir", "hf-hub")``, so ``openclip:local-dir:/models/clip`` is
   ``arch = "local-dir:/models/clip"``), and, when a spec must name its weights, a phrase saying
   what PRETRAINED may be (a spec without it exits 2 with that phrase).
+- ``attach_files`` (logger factories), for trackers that keep files: ``attach_files(run_dir,
+  paths, folder) -> str | None`` adds ``paths`` (files made from the finished run in
+  ``run_dir``; ``tracer export``: its model card, ``folder = "model_card"``) to the tracked run
+  the logger kept in ``run_dir`` (from its own id file there), as artifacts in ``folder`` (or of
+  that kind), leaving the tracked run's state as it was. It returns where they went, in words,
+  or None when ``run_dir`` holds no tracked run of this logger; it raises for anything else
+  (tracker unreachable, package missing), which the caller reports as one warning line.
 """
 
 from __future__ import annotations

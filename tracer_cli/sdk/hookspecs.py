@@ -70,5 +70,7 @@ def tracer_register_loggers(registry) -> None:
     is missing (:func:`tracer_cli.sdk.require_module`), and do no I/O. It returns an object
     satisfying :class:`tracer_cli.sdk.contracts.Logger`, which only rank 0 starts and feeds. An
     exception the logger raises during the run is reported once and the logger is switched off;
-    the run and ``metrics.jsonl`` go on.
+    the run and ``metrics.jsonl`` go on. A factory may declare ``attach_files`` (see
+    :mod:`tracer_cli.sdk.contracts`), with which ``tracer export`` adds the model card to the run's
+    tracked run.
     """
