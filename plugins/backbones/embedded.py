@@ -37,7 +37,7 @@ PRETRAIN_RECIPE = "tiny_pretrain.toml"
 # Bumped whenever engine code changes the weights a build produces from the same recipe, so a
 # cache built by older code is never taken for this code's build (the digest includes it).
 # 2: fused AdamW (its float rounding differs from the per-tensor loop that built version 1).
-# 3: a width-16 model tried and not adopted (BENCHMARKS.md, "Tried and not adopted").
+# 3: a width-16 model tried and not adopted (docs/history.md, "Tried and not adopted").
 # 4: the width-16 model again, on the colour-biased photos of today's world, its weights packed
 #    (float16, untrained token rows redrawn): see pack().
 # 5: the same model pretrained twice as long at half the learning rate (6,000 steps of 128 at lr
