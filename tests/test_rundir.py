@@ -111,3 +111,21 @@ def test_per_example_correctness_round_trips_bit_packed(tmp_path):
     path.write_bytes(b"not a zip")
     assert rundir.read_correct(tmp_path, "final_student") is None
     assert rundir.eval_files(tmp_path) == []  # not an eval document
+
+
+def test_the_loggers_files_are_declared_here(tmp_path):
+    """The logger plugins take their files' places from the run directory (through the SDK), and
+    --overwrite counts exactly those as tracer's."""
+    assert rundir.tracker_record_path(tmp_path, "wandb") == tmp_path / "wandb_run.json"
+    assert rundir.tracker_record_path(tmp_path, "mlflow").name == "mlflow_run.json"
+    assert rundir.logger_folder(tmp_path, "tensorboard") == tmp_path / "tensorboard"
+    with pytest.raises(ValueError, match="declared: tensorboard, wandb"):
+        rundir.logger_folder(tmp_path, "neptune")
+    with pytest.raises(ValueError, match="lower-case"):
+        rundir.tracker_record_path(tmp_path, "../x")
+    (tmp_path / rundir.RECIPE_LOCK).write_text("")
+    rundir.tracker_record_path(tmp_path, "mlflow").write_text("{}")
+    for name in rundir.LOGGER_FOLDERS:
+        rundir.logger_folder(tmp_path, name).mkdir()
+    rundir.clear_run(tmp_path)
+    assert rundir.contents(tmp_path) == []

@@ -88,7 +88,7 @@ def run_dir_of(recipe: Recipe, output_dir: Path | None) -> Path:
 def prepare_run_dir(recipe: Recipe, output_dir: Path | None, overwrite: bool,
                     resuming: bool = False) -> Path:
     """Make the run folder ready (or refuse to clobber one) and prove it is writable, before
-    training. Call it holding the folder's :class:`~tracer_cli.RunLock`.
+    training. Call it holding the folder's :class:`~tracer_cli.rundir.lock.RunLock`.
 
     A resumed run keeps its folder as it is; ``--overwrite`` removes what tracer wrote in it and
     refuses anything else (:func:`tracer_cli.rundir.clear_run`). A failed probe leaves nothing:
