@@ -1,4 +1,5 @@
-"""Pieces of :mod:`tracer_cli.commands.model_export` that need no run: method names, request checks, hashing."""
+"""Pieces of :mod:`tracer_cli.commands.model_export` that need no run: method names, request
+checks, hashing."""
 
 from __future__ import annotations
 

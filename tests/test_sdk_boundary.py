@@ -82,7 +82,8 @@ def sdk_names_used(source: str) -> set[str]:
 def test_the_scan_finds_each_way_into_the_core():
     assert core_imports("from tracer_cli.errors import UsageError\n") == ["tracer_cli.errors"]
     assert core_imports("from tracer_cli import hookimpl\n") == ["tracer_cli"]
-    assert core_imports("import tracer_cli.commands.model_export as ex\n") == ["tracer_cli.commands.model_export"]
+    assert core_imports("import tracer_cli.commands.model_export as ex\n") == [
+        "tracer_cli.commands.model_export"]
     assert core_imports("import tracer_cli\n") == ["tracer_cli"]
     assert core_imports("import tracer_cli.sdk.contracts\n") == ["tracer_cli.sdk.contracts"]
     assert core_imports("from tracer_cli.sdk import contracts\n") == ["tracer_cli.sdk.contracts"]

@@ -1,8 +1,9 @@
 """``tracer distill-check RECIPE``: will the recipe's teacher still pull at the end of training?
 
-Thin adapter over :mod:`tracer_cli.commands.teacher_diagnostics`: the analytic check of the recipe's teacher beside
-the alternatives, optionally the measured series of the first N steps (``--steps``) or of a run
-(``--run``), a table, a plot, and exit 3 with ``--strict`` when the teacher collapses.
+Thin adapter over :mod:`tracer_cli.commands.teacher_diagnostics`: the analytic check of the
+recipe's teacher beside the alternatives, optionally the measured series of the first N steps
+(``--steps``) or of a run (``--run``), a table, a plot, and exit 3 with ``--strict`` when the
+teacher collapses.
 """
 
 from __future__ import annotations

@@ -194,8 +194,9 @@ class WmaTeacher(Teacher):
     number of optimizer steps; an update beyond it raises.
 
     With ``update_every`` = k it folds in θ after steps 1, k + 1, 2k + 1, ... and after the last
-    planned step (the reference code's schedule, :func:`~tracer_cli.teacher.kernels.is_update_step`);
-    the kernel position still follows the step, not the update count.
+    planned step (the reference code's schedule,
+    :func:`~tracer_cli.teacher.kernels.is_update_step`); the kernel position still follows the
+    step, not the update count.
     """
 
     kind = "wma"
