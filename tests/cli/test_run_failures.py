@@ -29,7 +29,7 @@ def _nan_on_calls(monkeypatch, calls: set[int] | None) -> None:
         loss = real(*args)
         return loss * float("nan") if calls is None or seen["n"] in calls else loss
 
-    monkeypatch.setattr(loop_mod, "clip_loss", fake)
+    monkeypatch.setattr(step_mod, "clip_loss", fake)
 
 
 def _finetune(runner, recipe: Path, out: Path, *args: str):

@@ -282,7 +282,7 @@ def tracer_run(tmp_path_factory):
         seen.texts.append(texts)
         return texts, pairing
 
-    monkeypatch.setattr(loop, "distillation_loss", recording_distill)
+    monkeypatch.setattr(step, "distillation_loss", recording_distill)
     monkeypatch.setattr(VqaTask, "train_pairs", recording_pairs)
     try:
         yield (*_finetune(tmp_path_factory, "vqa-tracer"), seen)
