@@ -72,7 +72,8 @@ CORRUPT = "corrupt"
 SHA_SUFFIX = ".sha256"
 WRITE_TEST = ".write-test"
 CORRECT_SUFFIX = ".correct.npz"
-_STEP = re.compile(r"^step_(\d+)\.pt$")
+# A full step checkpoint's file name (weights-only milestones excluded); group 1 is the step.
+STEP_CHECKPOINT = re.compile(r"^step_(\d+)\.pt$")
 # What tracer and its built-in loggers write at the top of a run directory (see the layout above).
 _OWN_FILES = (RECIPE_LOCK, METRICS, SUMMARY, LAST, LAST + SHA_SUFFIX, WRITE_TEST)
 # What the built-in loggers keep in a run directory: the folders TensorBoard and W&B write, and
@@ -188,7 +189,7 @@ def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     found = []
     if folder.is_dir():
         for path in folder.iterdir():
-            match = _STEP.match(path.name)
+            match = STEP_CHECKPOINT.match(path.name)
             if match and path.is_file():
                 found.append((int(match.group(1)), path))
     return sorted(found, reverse=True)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracer_cli.rundir import (
-    _STEP, CHECKPOINTS, LAST, last_path, sha_path, step_checkpoints)
+    CHECKPOINTS, LAST, STEP_CHECKPOINT, last_path, sha_path, step_checkpoints)
 
 _CHUNK = 1 << 20
 
@@ -97,7 +97,7 @@ def _other_names(path: Path) -> list[Path]:
     """The run's other names of the same file as ``path`` (hard links, not copies)."""
     if path.name == LAST:
         candidates = [p for _, p in step_checkpoints(path.parent)]
-    elif _STEP.match(path.name) and path.parent.name == CHECKPOINTS:
+    elif STEP_CHECKPOINT.match(path.name) and path.parent.name == CHECKPOINTS:
         candidates = [last_path(path.parent.parent)]
     else:
         return []
