@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tracer_cli.analysis.plots import _pct
-from tracer_cli.analysis.plots import _save as save
+from tracer_cli.results.figures import save_figure as save
 
 
 def plot_sweep(rows: Sequence[dict[str, Any]], axis: str, chosen: float, own: float,

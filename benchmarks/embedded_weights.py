@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from safetensors.torch import save_file
 
     from tracer_cli import rundir
+    from tracer_cli.rundir import checksums
     from tracer_plugins.backbones import embedded
 
     if args.threads:
@@ -83,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     path = out / embedded.shipped_path(args.arch, args.seed).name
     partial = path.with_name(path.name + ".partial")
     save_file(packed, str(partial))
-    digest = rundir.file_sha256(partial)
-    rundir.write_sha(path, digest)
+    digest = checksums.file_sha256(partial)
+    checksums.write_sha(path, digest)
     # write_sha goes through a private temporary (mode 600); a shipped file keeps a plain file's
     # mode, as the lock file beside it, so that every user of an installed tracer can read it.
     os.chmod(rundir.sha_path(path), _plain_mode())
@@ -131,6 +132,7 @@ def _pack_run(run_dir: Path, arch: str, seed: int) -> tuple[dict, Any, str] | No
     or None (with the error printed) when it is not the build of ``arch`` at ``seed``."""
     from tracer_cli import recipe as recipe_mod
     from tracer_cli import rundir
+    from tracer_cli.rundir import checksums
     from tracer_cli.engine import checkpoint
     from tracer_plugins.backbones import embedded
 

@@ -72,6 +72,7 @@ from typing import Any, Collection, Iterable, Sequence
 import numpy as np
 
 from tracer_cli import rundir
+from tracer_cli.rundir import checksums
 from tracer_cli.analysis.compare import read_run
 from tracer_cli.analysis.compare import record as compare_record
 from tracer_cli.analysis.plots import plot_id_vs_ood
@@ -156,7 +157,7 @@ def read_recipe(path: str, overrides: Sequence[str]) -> RecipeInfo:
     names = tuple(s.get("label") or s["name"] for s in recipe.data.id + recipe.data.ood)
     return RecipeInfo(
         path=path, name=str(train.get("method") or Path(path).stem),
-        sha256=rundir.file_sha256(Path(path)),
+        sha256=checksums.file_sha256(Path(path)),
         embedded=options.get("pretrained") == "embedded",
         embedded_seed=int(options.get("embedded_seed", 0) or 0), steps=recipe.train.steps,
         warmup_steps=recipe.train.warmup_steps, lp_steps=recipe.train.lp_steps,
@@ -245,7 +246,7 @@ class Task:
             key["embedded_weights"] = embedded_path(self.run.recipe.arch, self.run.pseed).name
         if self.kind != "finetune":
             summary = rundir.summary_path(self.run.run_dir)
-            key["summary_sha256"] = (rundir.file_sha256(summary) if summary.is_file()
+            key["summary_sha256"] = (checksums.file_sha256(summary) if summary.is_file()
                                      else None)
         return key
 
@@ -886,7 +887,7 @@ def _check(cfg: Config, args: argparse.Namespace) -> None:
                                  "is not reported (use another --val)")
     if cfg.sweep is not None:
         from tracer_cli.errors import TracerError
-        from tracer_cli.plugins import get_host
+        from tracer_cli.sdk.host import get_host
 
         for name in cfg.val:
             try:

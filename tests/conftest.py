@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tracer_cli.plugins import reset_host
+from tracer_cli.sdk.host import reset_host
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from tracer_cli import diagnostics
+from tracer_cli.commands import teacher_diagnostics as diagnostics
 from tracer_cli import recipe as recipe_mod
-from tracer_cli.engine import kernels
+from tracer_cli.teacher import kernels
 from tracer_cli.engine.step import DriftTracker
 from tracer_cli.engine.teachers import EmaTeacher, StaticTeacher, WmaTeacher
 from tracer_cli.errors import UsageError

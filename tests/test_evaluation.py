@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tracer_cli import evaluation
+from tracer_cli.commands import evaluate as evaluation
 from tracer_cli.errors import GateError, UsageError
-from tracer_cli.evaluation import EvalRequest, Gate, prepare
+from tracer_cli.commands.evaluate import EvalRequest, Gate, prepare
 
 
 @pytest.mark.parametrize("text, section", [

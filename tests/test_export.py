@@ -1,4 +1,5 @@
-"""Pieces of :mod:`tracer_cli.export` that need no run: method names, request checks, hashing."""
+"""Pieces of :mod:`tracer_cli.commands.model_export` that need no run: method names, request
+checks, hashing."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer_cli import export
+from tracer_cli.commands import model_export as export
 from tracer_cli import recipe as recipe_mod
 from tracer_cli.errors import UsageError
 

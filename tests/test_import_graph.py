@@ -1,4 +1,4 @@
-"""The core's import graph: no cycles, and the engine never imports the command layer.
+"""The core's import graph: no cycles, and no import runs back up a layer.
 
 The graph is read from the source with ``ast`` (nothing is imported): every ``import`` and
 ``from ... import`` of a ``tracer_cli`` module, at module level and inside functions (a deferred
@@ -99,7 +99,7 @@ def test_the_graph_sees_deferred_imports():
     graph = import_graph()
     # tracer_cli.cli.finetune imports the engine inside its functions only (a fast --help).
     assert "tracer_cli.engine.run" in graph["tracer_cli.cli.finetune"]
-    assert "tracer_cli.engine.kernels" in graph["tracer_cli.diagnostics"]
+    assert "tracer_cli.teacher.kernels" in graph["tracer_cli.commands.teacher_diagnostics"]
 
 
 def test_the_core_has_no_import_cycle():
@@ -115,11 +115,86 @@ def test_the_engine_never_imports_the_command_layer():
     assert not upward, upward
 
 
-def test_the_teacher_specification_does_not_import_the_engine():
+def test_the_teacher_specification_does_not_import_its_kernels_or_the_engine():
     """The engine reads the specification (kinds, defaults); the kernels that turn a
-    specification into a curve live in the engine and import it, not the other way round."""
+    specification into a curve import it, not the other way round."""
     graph = import_graph()
-    spec = [m for m in graph if m.endswith("teacher_spec")]
-    assert spec
-    for module in spec:
-        assert not {d for d in graph[module] if d.startswith("tracer_cli.engine")}, module
+    spec = graph["tracer_cli.teacher.spec"]
+    assert "tracer_cli.teacher.kernels" in graph and "tracer_cli.teacher.spec" in \
+        graph["tracer_cli.teacher.kernels"]
+    assert not {d for d in spec if d == "tracer_cli.teacher.kernels" or
+                d.startswith("tracer_cli.engine")}, spec
+
+
+# The layers, bottom up. A module may import its own layer and any layer below it, never one
+# above. (The package root ``tracer_cli`` holds the hook marker; ``__main__`` runs the CLI.)
+FOUNDATION = ("tracer_cli.errors", "tracer_cli.io", "tracer_cli.events")
+# What each layer above the foundation must never import (a package and all its modules); the
+# foundation imports nothing of tracer_cli but itself.
+FORBIDDEN = {
+    "sdk": ("tracer_cli.rundir", "tracer_cli.results", "tracer_cli.engine",
+            "tracer_cli.commands", "tracer_cli.analysis", "tracer_cli.cli"),
+    "rundir/results": ("tracer_cli.engine", "tracer_cli.commands", "tracer_cli.analysis",
+                       "tracer_cli.cli"),
+    "engine": ("tracer_cli.commands", "tracer_cli.analysis", "tracer_cli.cli"),
+    "commands/analysis": ("tracer_cli.cli",),
+}
+
+
+def _within(module: str, *packages: str) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+def _layer(module: str) -> str | None:
+    def under(*packages: str) -> bool:
+        return _within(module, *packages)
+
+    if module in FOUNDATION:
+        return "foundation"
+    # sdk/__init__ is the lazy door: it names the homes of the public names, in every layer.
+    if (under("tracer_cli.sdk") and module != "tracer_cli.sdk") or \
+            under("tracer_cli.recipe", "tracer_cli.teacher"):
+        return "sdk"
+    if under("tracer_cli.rundir", "tracer_cli.results"):
+        return "rundir/results"
+    if under("tracer_cli.engine"):
+        return "engine"
+    if under("tracer_cli.commands", "tracer_cli.analysis"):
+        return "commands/analysis"
+    return None
+
+
+def _allowed(layer: str, target: str) -> bool:
+    if layer == "foundation":
+        return target in FOUNDATION
+    return not _within(target, *FORBIDDEN[layer])
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every ``module -> target`` of ``graph`` that runs back up a layer."""
+    found = []
+    for module, targets in graph.items():
+        layer = _layer(module)
+        if layer is not None:
+            found += [f"{module} -> {t}" for t in sorted(targets) if not _allowed(layer, t)]
+    return sorted(found)
+
+
+def test_the_layer_check_catches_an_upward_import():
+    assert upward_imports({"tracer_cli.io": {"tracer_cli.errors"}}) == []
+    assert upward_imports({"tracer_cli.io": {"tracer_cli.recipe"}}) == [
+        "tracer_cli.io -> tracer_cli.recipe"]
+    assert upward_imports({"tracer_cli.rundir.checksums": {"tracer_cli.engine.run"}})
+    assert upward_imports({"tracer_cli.teacher.kernels": {"tracer_cli.results.metrics"}})
+    assert upward_imports({"tracer_cli.commands.evaluate": {"tracer_cli.cli.common"}})
+    assert upward_imports({"tracer_cli.engine.run": {"tracer_cli.analysis.stats"}})
+    # the lazy door and the command line may import anything below them
+    assert upward_imports({"tracer_cli.sdk": {"tracer_cli.engine.modes"},
+                           "tracer_cli.cli.eval": {"tracer_cli.commands.evaluate"}}) == []
+
+
+def test_no_import_runs_back_up_a_layer():
+    """foundation (errors, io, events) < sdk submodules, recipe, teacher/ < rundir/, results/ <
+    engine/ < commands/, analysis/ < cli/ (docs/architecture.md, "Layers")."""
+    upward = upward_imports(import_graph())
+    assert not upward, "imports running back up a layer: " + "; ".join(upward)

@@ -10,7 +10,7 @@ import pytest
 from tracer_cli import hookimpl
 from tracer_cli.cli import app
 from tracer_cli.errors import UsageError
-from tracer_cli.plugins import KINDS, PluginError, PluginHost
+from tracer_cli.sdk.host import KINDS, PluginError, PluginHost
 from tracer_cli.sdk import hookspecs
 
 BUILTIN_DATASETS = {"synth-world", "synth-photo", "synth-photo-narrow", "synth-sketch",

@@ -10,6 +10,7 @@ import pytest
 
 from tracer_cli import recipe as recipe_mod
 from tracer_cli import rundir
+from tracer_cli.rundir import checksums
 from tracer_cli.errors import UsageError
 
 
@@ -54,15 +55,15 @@ def test_checkpoint_paths_resolve_inside_the_run_and_removal_keeps_the_rest(tmp_
         path = rundir.step_path(tmp_path, step)
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(b"x")
-        rundir.write_sha(path, rundir.file_sha256(path))
+        checksums.write_sha(path, checksums.file_sha256(path))
     rundir.weights_path(tmp_path, 2).write_bytes(b"w")
-    rundir.publish_last(tmp_path, rundir.step_path(tmp_path, 2))
+    checksums.publish_last(tmp_path, rundir.step_path(tmp_path, 2))
     given = rundir.step_path(tmp_path, 1).relative_to(tmp_path)
     assert rundir.resolve_checkpoint(tmp_path, given) == rundir.step_path(tmp_path, 1)
     assert [s for s, _ in rundir.step_checkpoints(tmp_path)] == [2, 1]  # milestone not listed
     rundir.remove_checkpoints(tmp_path, keep_last=True)
     assert os.listdir(tmp_path / rundir.CHECKPOINTS) == []
-    assert rundir.last_path(tmp_path).is_file() and rundir.verify(rundir.last_path(tmp_path)).ok
+    assert rundir.last_path(tmp_path).is_file() and checksums.verify(rundir.last_path(tmp_path)).ok
 
 
 def test_last_pt_is_a_copy_where_the_file_system_has_no_hard_links(tmp_path, monkeypatch):
@@ -71,15 +72,15 @@ def test_last_pt_is_a_copy_where_the_file_system_has_no_hard_links(tmp_path, mon
     newest = rundir.step_path(tmp_path, 3)
     newest.parent.mkdir()
     newest.write_bytes(b"weights")
-    rundir.write_sha(newest, rundir.file_sha256(newest))
+    checksums.write_sha(newest, checksums.file_sha256(newest))
 
     def no_links(src, dst):
         raise OSError(errno.EPERM, "hard links not permitted")
 
     monkeypatch.setattr(os, "link", no_links)
-    last = rundir.publish_last(tmp_path, newest)
+    last = checksums.publish_last(tmp_path, newest)
     assert not os.path.samefile(last, newest)  # a copy, not a link
-    assert last.read_bytes() == b"weights" and rundir.verify(last).ok
+    assert last.read_bytes() == b"weights" and checksums.verify(last).ok
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
 
 
@@ -110,3 +111,21 @@ def test_per_example_correctness_round_trips_bit_packed(tmp_path):
     path.write_bytes(b"not a zip")
     assert rundir.read_correct(tmp_path, "final_student") is None
     assert rundir.eval_files(tmp_path) == []  # not an eval document
+
+
+def test_the_loggers_files_are_declared_here(tmp_path):
+    """The logger plugins take their files' places from the run directory (through the SDK), and
+    --overwrite counts exactly those as tracer's."""
+    assert rundir.tracker_record_path(tmp_path, "wandb") == tmp_path / "wandb_run.json"
+    assert rundir.tracker_record_path(tmp_path, "mlflow").name == "mlflow_run.json"
+    assert rundir.logger_folder(tmp_path, "tensorboard") == tmp_path / "tensorboard"
+    with pytest.raises(ValueError, match="declared: tensorboard, wandb"):
+        rundir.logger_folder(tmp_path, "neptune")
+    with pytest.raises(ValueError, match="lower-case"):
+        rundir.tracker_record_path(tmp_path, "../x")
+    (tmp_path / rundir.RECIPE_LOCK).write_text("")
+    rundir.tracker_record_path(tmp_path, "mlflow").write_text("{}")
+    for name in rundir.LOGGER_FOLDERS:
+        rundir.logger_folder(tmp_path, name).mkdir()
+    rundir.clear_run(tmp_path)
+    assert rundir.contents(tmp_path) == []

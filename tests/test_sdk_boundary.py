@@ -82,7 +82,8 @@ def sdk_names_used(source: str) -> set[str]:
 def test_the_scan_finds_each_way_into_the_core():
     assert core_imports("from tracer_cli.errors import UsageError\n") == ["tracer_cli.errors"]
     assert core_imports("from tracer_cli import hookimpl\n") == ["tracer_cli"]
-    assert core_imports("import tracer_cli.export as ex\n") == ["tracer_cli.export"]
+    assert core_imports("import tracer_cli.commands.model_export as ex\n") == [
+        "tracer_cli.commands.model_export"]
     assert core_imports("import tracer_cli\n") == ["tracer_cli"]
     assert core_imports("import tracer_cli.sdk.contracts\n") == ["tracer_cli.sdk.contracts"]
     assert core_imports("from tracer_cli.sdk import contracts\n") == ["tracer_cli.sdk.contracts"]
@@ -153,7 +154,7 @@ def test_importing_the_sdk_and_its_torch_free_parts_does_not_import_torch():
     """The recipe loader and the command line read the SDK's options and task metrics; the
     SDK's names load on first use, so these stay free of torch (a fast ``tracer --help``)."""
     code = ("import sys, tracer_cli.sdk, tracer_cli.sdk.options, tracer_cli.sdk.task_metrics, "
-            "tracer_cli.sdk.hookspecs, tracer_cli.recipe, tracer_cli.plugins\n"
+            "tracer_cli.sdk.hookspecs, tracer_cli.recipe, tracer_cli.sdk.host\n"
             "from tracer_cli.sdk import Options, hookimpl, TaskMetrics\n"
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

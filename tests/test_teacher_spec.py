@@ -7,7 +7,7 @@ import inspect
 import pytest
 
 from tracer_cli import recipe as recipe_mod
-from tracer_cli import teacher_spec as ts
+from tracer_cli.teacher import spec as ts
 from tracer_cli.engine.teachers import TEACHER_KINDS
 
 

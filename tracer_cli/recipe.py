@@ -27,7 +27,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 from tracer_cli.errors import RecipeError, UsageError
 from tracer_cli.sdk.options import FLOAT32_MAX, fits_float32
-from tracer_cli.teacher_spec import (
+from tracer_cli.teacher.spec import (
     DEFAULT_UPDATE_EVERY, EMA_MOMENTUM_END, EMA_MOMENTUM_START, EMA_MOMENTUM_WARMUP, WMA_BETA,
     TeacherKind)
 
@@ -392,9 +392,9 @@ def _weights_table(weights: DistillWeights) -> dict[str, float]:
 
 
 # Each method's values for the [teacher] and [distill] keys a recipe leaves unset. TRACER: the
-# paper's ViT-B/16 defaults; CaRot: its EMA teacher (teacher_spec) and weights; every other method:
+# paper's ViT-B/16 defaults; CaRot: its EMA teacher (teacher.spec) and weights; every other method:
 # no teacher and no regularizer. Explicit keys always win. update_every is left to the teacher
-# kind's own default (teacher_spec.DEFAULT_UPDATE_EVERY), so a tracer recipe that switches to an
+# kind's own default (teacher.spec.DEFAULT_UPDATE_EVERY), so a tracer recipe that switches to an
 # EMA teacher gets the EMA interval.
 METHOD_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "tracer": {"teacher": {"kind": "wma", "beta": WMA_BETA},
@@ -681,7 +681,7 @@ def plugin_resume_free_keys(saved: dict[str, Any], current: Recipe) -> tuple[str
 def _declared_free_keys(tables: list[dict[str, Any]]) -> tuple[str, ...]:
     """The plugin-declared resume-free keys of the backbones and tasks the recipe ``tables``
     name."""
-    from tracer_cli.plugins import declared
+    from tracer_cli.sdk.host import declared
 
     keys: list[str] = []
     for section, kind, field_ in (("model", "backbones", "backbone"), ("task", "tasks", "name")):

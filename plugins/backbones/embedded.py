@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from tracer_cli.sdk import UsageError, WeightsBuild, file_sha256, shipped_recipe_text
+from tracer_cli.sdk import (
+    UsageError, WeightsBuild, file_sha256, recorded_sha, sha_path, shipped_recipe_text)
 
 CACHE_ENV = "TRACER_CACHE"
 PRETRAIN_RECIPE = "tiny_pretrain.toml"
@@ -161,14 +162,14 @@ def load_shipped(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     the SHA-256 recorded beside it (``<path>.sha256``)."""
     from safetensors.torch import load_file
 
-    recorded = path.with_name(path.name + ".sha256")
+    recorded = sha_path(path)
     lock = path.with_name(path.name.removesuffix(".safetensors") + ".lock.toml")
     for needed in (recorded, lock):
         if not needed.is_file():
             raise UsageError(f"the embedded weights shipped at {path} come without {needed.name}: "
                              f"restore it (or reinstall tracer), or delete {path.name} to build "
                              "the weights from scratch")
-    expected = (recorded.read_text("utf-8").split() or [""])[0]
+    expected = recorded_sha(path) or ""
     actual = file_sha256(path)
     if actual != expected:
         raise UsageError(

@@ -37,9 +37,9 @@ from typing import Any, Iterator, Mapping
 from urllib.parse import unquote, urlparse
 
 from tracer_cli.sdk import (
-    Options, atomic_write_json, eval_scalars, flat_params, flat_scalars, hookimpl, require_module)
+    Options, atomic_write_json, eval_scalars, flat_params, flat_scalars, hookimpl, require_module,
+    tracker_record_path)
 
-ID_FILE = "mlflow_run.json"
 DEFAULT_STORE = "mlruns"
 DEFAULT_DB = "mlflow.db"
 ARTIFACTS = "mlartifacts"
@@ -82,8 +82,9 @@ class MlflowLogger:
         run = self.client.create_run(experiment_id,
                                      run_name=self.run_name or recipe["run"]["name"])
         self.run_id = run.info.run_id
-        atomic_write_json(run_dir / ID_FILE, {"run_id": self.run_id, "tracking_uri": uri,
-                                              "experiment_id": experiment_id, **reading})
+        atomic_write_json(tracker_record_path(run_dir, "mlflow"),
+                          {"run_id": self.run_id, "tracking_uri": uri,
+                           "experiment_id": experiment_id, **reading})
         self._log_recipe(recipe)
 
     def _log_recipe(self, recipe: dict[str, Any]) -> None:
@@ -149,7 +150,8 @@ def _name(key: str) -> str:
 
 def _saved_id(run_dir: Path) -> str | None:
     try:
-        return json.loads((run_dir / ID_FILE).read_text(encoding="utf-8"))["run_id"]
+        record = tracker_record_path(run_dir, "mlflow").read_text(encoding="utf-8")
+        return json.loads(record)["run_id"]
     except (OSError, ValueError, KeyError, TypeError):
         return None  # no MLflow run yet (the run started without this logger): a new one
 
@@ -158,7 +160,7 @@ def attach_files(run_dir: Path, paths: list[Path], folder: str) -> str | None:
     """Log ``paths`` as artifacts under ``folder`` to the MLflow run recorded in ``run_dir``
     (``mlflow_run.json``), in the store it names; the run's status is left as it is. None when
     the run directory has no MLflow run."""
-    path = Path(run_dir) / ID_FILE
+    path = tracker_record_path(run_dir, "mlflow")
     if not path.exists():
         return None
     try:

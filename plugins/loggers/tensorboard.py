@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tracer_cli.sdk import (
-    Options, eval_scalars, flat_params, flat_scalars, hookimpl, require_module)
+    Options, eval_scalars, flat_params, flat_scalars, hookimpl, logger_folder, require_module)
 
-DEFAULT_DIR = "tensorboard"
 INSTALL = "'tracer-clip[tensorboard]' (or: pip install tensorboard)"
 
 
@@ -33,7 +32,7 @@ class TensorBoardLogger:
     def start(self, run_dir: Path, recipe: dict[str, Any], resume_step: int | None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        log_dir = self.log_dir or Path(run_dir) / DEFAULT_DIR
+        log_dir = self.log_dir or logger_folder(run_dir, "tensorboard")
         # purge_step: events at or after it, left by the attempt that stopped, are hidden.
         purge = None if resume_step is None else resume_step + 1
         self.writer = SummaryWriter(str(log_dir), purge_step=purge, flush_secs=self.flush_secs)

@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tracer_cli.sdk import (
-    Options, atomic_write_json, eval_scalars, flat_scalars, hookimpl, require_module)
+    Options, atomic_write_json, eval_scalars, flat_scalars, hookimpl, logger_folder,
+    require_module, tracker_record_path)
 
-ID_FILE = "wandb_run.json"
 INSTALL = "'tracer-clip[wandb]' (or: pip install wandb)"
 MODES = ("online", "offline", "disabled")
 CONSOLES = ("off", "auto", "wrap", "redirect")
@@ -65,7 +65,7 @@ class WandbLogger:
         self.run_dir = run_dir
         self.record = {"id": run_id, "project": s["project"], "entity": s["entity"],
                        "dir": None if s["dir"] is None else str(Path(s["dir"]).resolve())}
-        atomic_write_json(run_dir / ID_FILE, self.record)
+        atomic_write_json(tracker_record_path(run_dir, "wandb"), self.record)
         self.run = wandb.init(
             id=run_id, resume="allow" if saved else None, project=s["project"],
             entity=s["entity"],
@@ -73,7 +73,7 @@ class WandbLogger:
             notes=s["notes"], mode=s["mode"], dir=str(s["dir"] or run_dir), config=recipe,
             settings=wandb.Settings(console=s["console"]))
         self.record["mode"] = _mode_of(self.run, s["mode"])
-        atomic_write_json(run_dir / ID_FILE, self.record)
+        atomic_write_json(tracker_record_path(run_dir, "wandb"), self.record)
 
     def log_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         self.run.log(flat_scalars(scalars, "train/"), step=step)
@@ -95,7 +95,8 @@ class WandbLogger:
             # Only a failure is one: an interrupted attempt saved a checkpoint and goes on.
             run.finish(exit_code=_exit_code(outcome))
             # Kept so that a later attach (tracer export) ends the run as this attempt did.
-            atomic_write_json(self.run_dir / ID_FILE, {**self.record, "outcome": outcome})
+            atomic_write_json(tracker_record_path(self.run_dir, "wandb"),
+                              {**self.record, "outcome": outcome})
 
 
 def attach_files(run_dir: Path, paths: list[Path], folder: str) -> str | None:
@@ -104,7 +105,7 @@ def attach_files(run_dir: Path, paths: list[Path], folder: str) -> str | None:
     was logged in and finished again with the exit code it ended with. None when the run
     directory has no W&B run, or its run was logged with ``mode = "disabled"``."""
     run_dir = Path(run_dir)
-    path = run_dir / ID_FILE
+    path = tracker_record_path(run_dir, "wandb")
     if not path.exists():
         return None
     try:
@@ -151,7 +152,8 @@ def _mode_of(run: Any, asked: str | None) -> str:
 def _mode_from_files(files_dir: Path, run_id: str) -> str:
     """For a ``wandb_run.json`` written before the mode was recorded: offline when W&B keeps an
     offline attempt of the run in ``files_dir``, else online."""
-    return "offline" if any((files_dir / "wandb").glob(f"offline-run-*-{run_id}")) else "online"
+    offline = logger_folder(files_dir, "wandb").glob(f"offline-run-*-{run_id}")
+    return "offline" if any(offline) else "online"
 
 
 def _new_id() -> str:
@@ -161,7 +163,8 @@ def _new_id() -> str:
 
 def _saved_id(run_dir: Path) -> str | None:
     try:
-        return json.loads((run_dir / ID_FILE).read_text(encoding="utf-8"))["id"]
+        record = tracker_record_path(run_dir, "wandb").read_text(encoding="utf-8")
+        return json.loads(record)["id"]
     except (OSError, ValueError, KeyError, TypeError):
         return None  # no W&B run yet (the run started without this logger): a new one
 

@@ -14,6 +14,7 @@ import torch
 
 from tests.plugins.test_embedded import TINY_PRETRAIN
 from tracer_cli import rundir
+from tracer_cli.rundir import checksums
 from tracer_plugins.backbones import embedded
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "embedded_weights.py"
@@ -39,14 +40,14 @@ def test_the_packed_file_is_what_the_build_keeps(script, tmp_path):
     assert not cached.exists()  # without --cache the build's weights stay in a temporary folder
     path = tmp_path / "weights" / embedded.shipped_path("tracer-tiny-rn").name
     sidecar = rundir.sha_path(path)
-    assert sidecar.read_text() == f"{rundir.file_sha256(path)}  {path.name}\n"
+    assert sidecar.read_text() == f"{checksums.file_sha256(path)}  {path.name}\n"
     lock = path.with_name(path.name.removesuffix(".safetensors") + ".lock.toml")
     assert sidecar.stat().st_mode == lock.stat().st_mode  # a plain file's, readable by all
     assert lock.read_text().count("steps = 2") == 1
     assert not list(path.parent.glob("*.partial"))
 
     assert script.main(["--cache", "--threads", threads]) == 0
-    assert rundir.verify(cached).ok and cached.with_suffix(".lock.toml").is_file()
+    assert checksums.verify(cached).ok and cached.with_suffix(".lock.toml").is_file()
     kept = torch.load(cached, weights_only=True)["state_dict"]
     unpacked = embedded.unpack(load_file(str(path)))
     assert unpacked.keys() == kept.keys()

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import LOGIT_TOLERANCE, assert_same_predictions
 from tracer_cli.cli import app
-from tracer_cli.metrics import classification_metrics
+from tracer_cli.results.metrics import classification_metrics
 from tracer_plugins.backbones.openclip import register_tiny_configs
 from tracer_plugins.datasets.synth import CLASSNAMES, render
 

@@ -22,16 +22,16 @@ from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from tracer_cli import export as export_mod
+from tracer_cli.commands import model_export as export_mod
 from tracer_cli import hookimpl
-from tracer_cli import plugins as plugins_mod
+from tracer_cli.sdk import host as plugins_mod
 from tracer_cli import recipe as recipe_mod
 from tracer_cli import rundir
 from tracer_cli.cli import app
 from tracer_cli.errors import RunError
 from tracer_cli.engine.run import pretrained_backbone
-from tracer_cli.plugins import PluginHost
-from tracer_cli.runs import RunDir
+from tracer_cli.sdk.host import PluginHost
+from tracer_cli.commands.finished_run import RunDir
 from tracer_plugins.backbones.openclip import register_tiny_configs
 from tracer_plugins.backbones.openclip_export import OpenClipFormat
 

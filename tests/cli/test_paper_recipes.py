@@ -29,7 +29,7 @@ from tests.layouts import IWILDCAM_CLASSES, write_imagenet_family, write_iwildca
 from tracer_cli import recipe as recipe_mod
 from tracer_cli.cli import app
 from tracer_cli.engine.run import finetune
-from tracer_cli.report import accuracy_table
+from tracer_cli.results.display import accuracy_table
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 IMAGENET_OOD = ["imagenet-v2", "imagenet-r", "imagenet-a", "imagenet-sketch", "objectnet"]

@@ -9,7 +9,7 @@ import torch
 from open_clip import transformer as open_clip_transformer
 
 from tracer_cli import hookimpl
-from tracer_cli import plugins as plugins_mod
+from tracer_cli.sdk import host as plugins_mod
 from tracer_cli import recipe as recipe_mod
 from tracer_cli.cli import app
 from tracer_cli.engine.distributed import DistContext
@@ -18,7 +18,7 @@ from tracer_cli.engine.precision import resolve_precision
 from tracer_cli.engine.run import build_backbone, build_dataset, build_task
 from tracer_cli.engine.loop import build_trainer
 from tracer_cli.errors import UsageError
-from tracer_cli.plugins import PluginHost
+from tracer_cli.sdk.host import PluginHost
 from tracer_plugins.backbones.openclip import make_backbone
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tracer_cli import metrics
+from tracer_cli.results import metrics
 
 # Metrics against hand-computed answers (stated tolerances); CI reruns these under other CPU
 # kernels (.ci/run).

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tracer_cli import metrics
+from tracer_cli.results import metrics
 
 # Retrieval metrics in chunks, whole and by brute force; CI reruns these under other CPU
 # kernels (.ci/run).

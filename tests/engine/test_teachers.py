@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from tracer_cli.engine import kernels
+from tracer_cli.teacher import kernels
 from tracer_cli.engine.teachers import (
     EmaTeacher,
     NoTeacher,

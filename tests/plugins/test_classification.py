@@ -11,7 +11,7 @@ import torch
 from tests.conftest import LOGIT_TOLERANCE, assert_same_predictions
 from tracer_cli.engine.modes import eval_mode
 from tracer_cli.errors import RecipeError, UsageError
-from tracer_cli.metrics import classification_metrics
+from tracer_cli.results.metrics import classification_metrics
 from tracer_cli.sdk.contracts import DatasetBundle
 from tracer_plugins.backbones.openclip import make_backbone
 from tracer_plugins.datasets.synth import CLASSNAMES

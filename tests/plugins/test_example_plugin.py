@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tracer_cli.plugins import DISABLE_ENV, PluginError, PluginHost
+from tracer_cli.sdk.host import DISABLE_ENV, PluginError, PluginHost
 
 EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "examples" / "tracer-plugin-example"
 DIST = "tracer-plugin-example"
@@ -30,7 +30,7 @@ DIST = "tracer-plugin-example"
 _LIST_AND_BUILD = textwrap.dedent("""
     import json
     from tracer_cli.sdk.contracts import task_metrics
-    from tracer_cli.plugins import PluginHost
+    from tracer_cli.sdk.host import PluginHost
     host = PluginHost()
     bundle = host.datasets.get("example-stripes").factory(
         {"_path": "data.train", "size": 7, "image_size": 16}, "train", None)

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from tracer_cli.errors import MissingResourceError, RecipeError
-from tracer_cli.plugins import PluginHost
+from tracer_cli.sdk.host import PluginHost
 from tracer_plugins.datasets import files
 from tracer_plugins.datasets.files import make_csv, make_imagefolder
 

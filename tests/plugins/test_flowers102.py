@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tracer_cli.errors import MissingResourceError, RecipeError
-from tracer_cli.plugins import PluginHost
+from tracer_cli.sdk.host import PluginHost
 from tracer_plugins.datasets import flowers102
 from tracer_plugins.datasets.flowers102 import make_flowers102
 

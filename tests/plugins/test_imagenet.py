@@ -14,7 +14,7 @@ import torch
 
 from tests.layouts import class_tree, label_of, png, timm_list
 from tracer_cli.errors import MissingResourceError, RecipeError
-from tracer_cli.plugins import PluginHost
+from tracer_cli.sdk.host import PluginHost
 from tracer_plugins.datasets import flowers102, imagenet, objectnet
 from tracer_plugins.datasets.imagenet import (
     make_imagenet, make_imagenet_a, make_imagenet_r, make_imagenet_sketch, make_imagenet_v2)

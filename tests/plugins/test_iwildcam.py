@@ -11,9 +11,9 @@ import torch
 
 from tests.layouts import IWILDCAM_CLASSES, IWILDCAM_ENGLISH, write_iwildcam
 from tracer_cli.errors import EXIT_USAGE, MissingResourceError, RecipeError
-from tracer_cli.evaluation import summarize
-from tracer_cli.metrics import classification_metrics
-from tracer_cli.plugins import PluginHost
+from tracer_cli.commands.evaluate import summarize
+from tracer_cli.results.metrics import classification_metrics
+from tracer_cli.sdk.host import PluginHost
 from tracer_cli.sdk.task_metrics import classification_spec
 from tracer_plugins.datasets import iwildcam
 from tracer_plugins.datasets.iwildcam import WILDS_SPLITS, make_iwildcam

@@ -24,11 +24,11 @@ import pytest
 import torch
 
 from tracer_cli import hookimpl
-from tracer_cli import plugins as plugins_mod
+from tracer_cli.sdk import host as plugins_mod
 from tracer_cli import recipe as recipe_mod
 from tracer_cli.cli import app
 from tracer_cli.events import Reporter
-from tracer_cli.plugins import PluginHost
+from tracer_cli.sdk.host import PluginHost
 
 LOGGERS = ["tensorboard", "wandb", "mlflow", "test-raising", "test-recorder"]
 OFFLINE_ENV = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true",
@@ -548,7 +548,7 @@ def test_export_warns_once_per_tracker_that_cannot_take_the_card(logged, runner,
 
 def test_no_track_and_a_run_being_written_leave_the_trackers_alone(logged, runner, tmp_path,
                                                                    monkeypatch):
-    from tracer_cli.rundir import RunLock
+    from tracer_cli.rundir.lock import RunLock
 
     _offline(monkeypatch, tmp_path / "home")
     run = _copied_run(logged, tmp_path)

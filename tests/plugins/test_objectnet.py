@@ -15,7 +15,7 @@ from tests.conftest import LOGIT_TOLERANCE
 from tests.layouts import class_tree, framed_png, label_of, timm_list
 from tracer_cli.engine.modes import eval_mode
 from tracer_cli.errors import MissingResourceError, RecipeError
-from tracer_cli.plugins import PluginHost
+from tracer_cli.sdk.host import PluginHost
 from tracer_plugins.backbones.openclip import make_backbone
 from tracer_plugins.datasets import objectnet
 from tracer_plugins.datasets.imagenet import imagenet_templates

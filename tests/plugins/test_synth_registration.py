@@ -13,7 +13,7 @@ def test_registers_every_dataset(synth_factories):
 
 
 def test_hook_loads_through_the_plugin_host():
-    from tracer_cli.plugins import PluginHost
+    from tracer_cli.sdk.host import PluginHost
 
     host = PluginHost(load_entry_points=False, plugins=(registration,))
     assert "synth-photo-narrow" in host.datasets.names()

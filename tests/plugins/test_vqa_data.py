@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from tracer_cli.errors import MissingResourceError, RecipeError
-from tracer_cli.plugins import PluginHost
+from tracer_cli.sdk.host import PluginHost
 from tracer_cli.sdk.contracts import SkippedItem
 from tracer_plugins.datasets import synth, vqav2
 from tracer_plugins.datasets.synth import groups as synth_groups

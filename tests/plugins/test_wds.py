@@ -13,7 +13,7 @@ import torch
 from tests.layouts import png, write_shards
 from tracer_cli.engine.data import TrainStream
 from tracer_cli.errors import MissingResourceError, RecipeError
-from tracer_cli.plugins import PluginHost
+from tracer_cli.sdk.host import PluginHost
 from tracer_cli.sdk.contracts import SkippedItem
 from tracer_plugins.datasets import wds
 from tracer_plugins.datasets.wds import make_webdataset

@@ -14,8 +14,9 @@ import torch
 
 from tracer_cli import recipe as recipe_mod
 from tracer_cli import rundir
+from tracer_cli.rundir import checksums
 from tracer_cli.cli import app
-from tracer_cli.runs import RunDir
+from tracer_cli.commands.finished_run import RunDir
 
 ROOT = Path(__file__).resolve().parents[2]
 # 3 steps, a checkpoint after each, the newest 2 kept, a weights-only milestone every 2 steps.
@@ -67,8 +68,8 @@ def test_retention_keeps_the_newest_two_and_last_pt_is_no_second_copy(run_dir):
     milestones = sorted(p.name for p in (run_dir / "checkpoints").glob("*.weights.pt"))
     assert milestones == ["step_2.weights.pt"]
     for path in [last, rundir.step_path(run_dir, 2), *(run_dir / "checkpoints").glob("*.weights.pt")]:
-        assert rundir.verify(path) == rundir.Verdict(True), path
-        assert rundir.recorded_sha(path) == rundir.file_sha256(path)
+        assert checksums.verify(path) == checksums.Verdict(True), path
+        assert checksums.recorded_sha(path) == checksums.file_sha256(path)
 
 
 def test_a_weights_only_milestone_is_readable_but_not_resumable(run_dir, runner, tiny_recipe):
@@ -151,30 +152,30 @@ def _layout(tmp_path: Path) -> tuple[Path, Path, Path]:
     steps[0].parent.mkdir(parents=True)
     for n, path in enumerate(steps, 1):
         path.write_bytes(bytes([n]) * 4096)
-        rundir.write_sha(path, rundir.file_sha256(path))
+        checksums.write_sha(path, checksums.file_sha256(path))
     os.link(steps[1], run / "last.pt")
-    rundir.write_sha(run / "last.pt", rundir.recorded_sha(steps[1]))
+    checksums.write_sha(run / "last.pt", checksums.recorded_sha(steps[1]))
     return run / "last.pt", steps[1], steps[0]
 
 
 def test_a_removed_sidecar_does_not_exempt_bytes_another_name_records(tmp_path):
     last, step2, _ = _layout(tmp_path)
     rundir.sha_path(last).unlink()
-    assert rundir.verify(last).ok  # step_2.pt's checksum vouches for the same bytes
+    assert checksums.verify(last).ok  # step_2.pt's checksum vouches for the same bytes
     _flip_bit(step2, 100)  # last.pt too: one file
-    assert not rundir.verify(last).ok and "SHA-256" in rundir.verify(last).reason
+    assert not checksums.verify(last).ok and "SHA-256" in checksums.verify(last).reason
     rundir.sha_path(step2).write_text("")  # no name records a checksum any more
-    assert rundir.verify(last) == rundir.Verdict(
+    assert checksums.verify(last) == checksums.Verdict(
         True, "no checksum recorded (written by an older tracer)")
 
 
 def test_a_stale_sidecar_never_condemns_intact_bytes(tmp_path):
     """As a full disk leaves it: last.pt.sha256 still holds the previous checkpoint's digest."""
     last, step2, step1 = _layout(tmp_path)
-    rundir.write_sha(last, rundir.recorded_sha(step1))
-    assert rundir.verify(last).ok and rundir.verify(step2).ok
+    checksums.write_sha(last, checksums.recorded_sha(step1))
+    assert checksums.verify(last).ok and checksums.verify(step2).ok
     _flip_bit(step2, 100)
-    assert not rundir.verify(last).ok and not rundir.verify(step2).ok
+    assert not checksums.verify(last).ok and not checksums.verify(step2).ok
 
 
 def test_a_copy_is_not_vouched_for_by_the_step_it_was_copied_from(tmp_path):
@@ -182,8 +183,8 @@ def test_a_copy_is_not_vouched_for_by_the_step_it_was_copied_from(tmp_path):
     last.unlink()
     shutil.copyfile(step2, last)  # a file system without hard links
     _flip_bit(last, 100)
-    assert not rundir.verify(last).ok  # its own sidecar
-    assert rundir.verify(step2).ok  # the copy's damage is not the step's
+    assert not checksums.verify(last).ok  # its own sidecar
+    assert checksums.verify(step2).ok  # the copy's damage is not the step's
 
 
 def test_resume_auto_does_not_trust_last_pt_when_only_its_sidecar_is_gone(run_dir, runner,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-import tracer_cli.export as export_mod
+import tracer_cli.commands.model_export as export_mod
 from tracer_cli import io, rundir
 from tracer_cli.cli import app
 from tracer_cli.engine import checkpoint

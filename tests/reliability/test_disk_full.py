@@ -15,8 +15,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-import tracer_cli.export as export_mod
+import tracer_cli.commands.model_export as export_mod
 from tracer_cli import io, rundir
+from tracer_cli.rundir import checksums
 from tracer_cli.cli import app
 from tracer_cli.cli.common import boundary
 from tracer_cli.engine import checkpoint
@@ -78,7 +79,7 @@ def test_disk_full_while_checkpointing_keeps_the_last_good_one_and_says_how_to_r
     assert leftovers == []
     assert [s for s, _ in rundir.step_checkpoints(run_dir)] == [2, 1]
     assert os.path.samefile(run_dir / "last.pt", rundir.step_path(run_dir, 2))
-    assert rundir.verify(run_dir / "last.pt").ok
+    assert checksums.verify(run_dir / "last.pt").ok
     # The printed command resumes the run once there is space again.
     command = shlex.split(line.split("resume with: ", 1)[1])
     assert command[:2] == ["tracer", "finetune"] and command[-2:] == ["--resume", "auto"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-import tracer_cli.export as export_mod
+import tracer_cli.commands.model_export as export_mod
 from tracer_cli.cli import app
 
 STOPPED = "stopped by SIGTERM; nothing was left half-written"
@@ -105,7 +105,7 @@ def test_sigterm_handlers_are_restored(run_dir, runner, tmp_path):
 # A real process: SIGTERM's default action ends it at once, so only a handler saves the cleanup.
 _DRIVER = textwrap.dedent("""
     import os, signal, sys, time
-    import tracer_cli.export as export
+    import tracer_cli.commands.model_export as export
 
     write_card = export.write_card
     def write_card_then_stop(folder, card):

@@ -15,7 +15,8 @@ import pytest
 
 from tracer_cli.cli import app
 from tracer_cli.errors import UsageError
-from tracer_cli.rundir import LOCK, RunLock
+from tracer_cli.rundir import LOCK
+from tracer_cli.rundir.lock import RunLock
 
 FAST = ["--set", "run.eval=false", "--max-steps", "2"]
 
@@ -54,8 +55,9 @@ def test_a_lock_left_by_a_killed_writer_is_taken_over_and_resume_auto_works(
     run_dir = out / "tiny"
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from tracer_cli.rundir import RunLock; RunLock(sys.argv[1]).acquire();"
-         " print('locked', flush=True); time.sleep(600)", str(run_dir)],
+         "import sys, time; from tracer_cli.rundir.lock import RunLock;"
+         " RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(600)",
+         str(run_dir)],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"

@@ -242,7 +242,7 @@ def task_keys(runs: Sequence[RunData]) -> tuple[str, list[str]]:
     """The task's primary metric and headline summaries, ID and average OOD of the primary
     first (from the task's declared TaskMetrics)."""
     from tracer_cli.sdk.contracts import task_metrics
-    from tracer_cli.plugins import get_host
+    from tracer_cli.sdk.host import get_host
 
     # The task alone, from the lock's [task] table (its keys besides the name are the task's
     # options): comparing runs must not depend on the rest of a recipe still validating.

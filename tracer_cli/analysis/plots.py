@@ -1,6 +1,7 @@
 """Figures of a comparison as PNG files: ID vs OOD (one panel per pretrained model). The
 robustness benchmark's hyperparameter sweeps and teacher-student KL curves are drawn by
-``benchmarks/_plots.py`` with the same file writer.
+``benchmarks/_plots.py`` with the same file writer,
+:func:`tracer_cli.results.figures.save_figure`.
 
 Drawn on matplotlib's Agg canvas directly (no pyplot: no global backend state, no display), each
 file written atomically.
@@ -15,17 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tracer_cli.analysis.stats import logit, sigmoid
-from tracer_cli.io import atomic_path
-
-
-def _save(figure: Any, path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(figure)
-    with atomic_path(path) as tmp:
-        # The temporary name ends in ".tmp": the format must be given, not guessed from it.
-        figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    return path
+from tracer_cli.results.figures import save_figure
 
 
 def _pct(pair: Sequence[float | None] | None) -> tuple[float, float]:
@@ -90,4 +81,4 @@ def plot_id_vs_ood(panels: Sequence[dict[str, Any]], path: Path, x: str = "id_ac
         ax.set_xlabel(f"{x.removeprefix('id_')} on ID (%)")
     axes[0].set_ylabel(f"average OOD {y.removeprefix('avg_ood_')} (%)")
     figure.suptitle("ID vs OOD (mean ± SE over runs), one panel per pretrained model")
-    return _save(figure, path)
+    return save_figure(figure, path)

@@ -1,8 +1,9 @@
 """``tracer distill-check RECIPE``: will the recipe's teacher still pull at the end of training?
 
-Thin adapter over :mod:`tracer_cli.diagnostics`: the analytic check of the recipe's teacher beside
-the alternatives, optionally the measured series of the first N steps (``--steps``) or of a run
-(``--run``), a table, a plot, and exit 3 with ``--strict`` when the teacher collapses.
+Thin adapter over :mod:`tracer_cli.commands.teacher_diagnostics`: the analytic check of the
+recipe's teacher beside the alternatives, optionally the measured series of the first N steps
+(``--steps``) or of a run (``--run``), a table, a plot, and exit 3 with ``--strict`` when the
+teacher collapses.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tracer_cli import diagnostics
+from tracer_cli.commands import teacher_diagnostics as diagnostics
 from tracer_cli import recipe as recipe_mod
 from tracer_cli.cli.common import JsonOpt, RecipeArg, SetOpt, boundary, emit_json, result_console
 from tracer_cli.cli.progress import make_reporter
@@ -84,7 +85,7 @@ def _load_recipe(path: Path | None, run: Path | None, sets: list[str]) -> recipe
         return rec
     if run is None:
         raise UsageError("give a RECIPE file, or --run RUN_DIR to check a run")
-    from tracer_cli.runs import RunDir
+    from tracer_cli.commands.finished_run import RunDir
 
     run_dir = RunDir(run)
     raw = copy.deepcopy(run_dir.tables)
@@ -93,7 +94,7 @@ def _load_recipe(path: Path | None, run: Path | None, sets: list[str]) -> recipe
 
 def _mismatch(rec: recipe_mod.Recipe, run: Path) -> list[str]:
     """A note when RECIPE's teacher or horizon is not the one the run was trained with."""
-    from tracer_cli.runs import RunDir
+    from tracer_cli.commands.finished_run import RunDir
 
     trained = RunDir(run).recipe
     if (trained.to_dict()["teacher"], trained.train.steps) == \

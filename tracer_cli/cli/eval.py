@@ -1,7 +1,8 @@
 """``tracer eval``: ID and OOD metrics of a run, a checkpoint or any backbone, with CI gates.
 
-The work happens in :mod:`tracer_cli.evaluation`; this module parses flags, draws the tables and
-maps a failed gate to exit 3 (after the results are printed, so a failing CI job still shows them).
+The work happens in :mod:`tracer_cli.commands.evaluate`; this module parses flags, draws the
+tables and maps a failed gate to exit 3 (after the results are printed, so a failing CI job still
+shows them).
 The tables show the metrics the run's task declares (classification: accuracy, top-5, ECE, ...;
 retrieval: recall@1/5/10 both ways; vqa: accuracy, VQA score, ...).
 """
@@ -28,7 +29,7 @@ from tracer_cli.cli.progress import make_reporter
 from tracer_cli.errors import UsageError
 from tracer_cli.events import use_reporter
 from tracer_cli.io import folder_blocker
-from tracer_cli.report import retention_table
+from tracer_cli.results.display import retention_table
 from tracer_cli.sdk.task_metrics import CLASSIFICATION_METRICS, RETAIN_KEYS, TaskMetrics
 
 app = typer.Typer()
@@ -98,7 +99,8 @@ def eval_command(
 ) -> None:
     """Evaluate a model on ID and OOD datasets with its task's metrics (classification: accuracy,
     top-5, ECE, NLL, Brier, macro-F1; retrieval: recall@k; vqa: accuracy, VQA score)."""
-    from tracer_cli import evaluation  # imported here: it pulls in torch, which --help does not need
+    # imported here: it pulls in torch, which --help does not need
+    from tracer_cli.commands import evaluate as evaluation
 
     if save_predictions and output_dir is None:
         raise UsageError("--save-predictions writes into --output-dir: give both")

@@ -1,6 +1,7 @@
 """``tracer export RUN_DIR``: a run's model as open_clip / safetensors / ONNX / TorchScript files.
 
-The work happens in :mod:`tracer_cli.export`; this module parses flags and prints what was written.
+The work happens in :mod:`tracer_cli.commands.model_export`; this module parses flags and prints
+what was written.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def export_command(
 ) -> None:
     """Export a run's student, teacher or WiSE-FT mix with a model card (README.md,
     MODEL_CARD.md, model_card.json), attached to the run's tracked runs."""
-    from tracer_cli import export  # imported here: it pulls in torch, which --help does not need
+    # imported here: it pulls in torch, which --help does not need
+    from tracer_cli.commands import model_export as export
 
     request = export.ExportRequest(run_dir=run_dir, format=fmt, output=output, which=which,
                                    wise_alpha=wise_alpha, precision=precision,

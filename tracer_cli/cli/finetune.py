@@ -30,7 +30,7 @@ from tracer_cli.cli.common import (
 from tracer_cli.cli.progress import make_reporter
 from tracer_cli.errors import EXIT_USAGE, DiskFullError, Interrupted, UsageError, WorkerFailed
 from tracer_cli.events import PlainReporter, Reporter, use_reporter
-from tracer_cli.report import accuracy_table, retention_table
+from tracer_cli.results.display import accuracy_table, retention_table
 
 app = typer.Typer()
 NPROC_ENV = "TRACER_NPROC"

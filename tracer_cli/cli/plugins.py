@@ -6,7 +6,7 @@ import typer
 from rich.table import Table
 
 from tracer_cli.cli.common import JsonOpt, boundary, emit_json, result_console
-from tracer_cli.plugins import get_host
+from tracer_cli.sdk.host import get_host
 
 app = typer.Typer(help="Inspect installed plugins (backbones, datasets, tasks, loggers).",
                   no_args_is_help=True)

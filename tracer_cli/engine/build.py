@@ -23,14 +23,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from tracer_cli import rundir
+from tracer_cli.rundir import checksums
 from tracer_cli.sdk.contracts import Backbone, DatasetBundle, Task, WeightsBuild
 from tracer_cli.engine import checkpoint
 from tracer_cli.engine.data import eval_loader
 from tracer_cli.engine.precision import resolve_device
 from tracer_cli.errors import UsageError
 from tracer_cli.events import current_reporter
-from tracer_cli.plugins import get_host
+from tracer_cli.sdk.host import get_host
 from tracer_cli.recipe import Recipe
 
 
@@ -61,7 +61,7 @@ def _intact(build: WeightsBuild) -> bool:
     build is reported instead of silently retrained: the user decides."""
     if not build.target.is_file():
         return False
-    verdict = rundir.verify(build.target)
+    verdict = checksums.verify(build.target)
     if verdict.ok:
         return True
     damaged = f"the cached weights file '{build.target}' is damaged ({verdict.reason})"

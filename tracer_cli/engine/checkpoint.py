@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from tracer_cli import rundir
+from tracer_cli.rundir import checksums
 from tracer_cli.errors import UsageError
 from tracer_cli.io import atomic_path
 
@@ -104,7 +105,7 @@ def save(path: Path, payload: dict[str, Any]) -> str:
             fh.flush()
             os.fsync(fh.fileno())
         digest = writer.digest.hexdigest()
-        rundir.write_sha(path, digest)
+        checksums.write_sha(path, digest)
     return digest
 
 
@@ -115,7 +116,7 @@ def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], keep: int
     ``step``. Until the new file is complete the previous checkpoints stay untouched."""
     path = rundir.step_path(run_dir, step)
     save(path, payload)
-    rundir.publish_last(run_dir, path)
+    checksums.publish_last(run_dir, path)
     rundir.prune(run_dir, keep)
     if keep_every and step % keep_every == 0:
         save(rundir.weights_path(run_dir, step),

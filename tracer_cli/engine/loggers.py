@@ -16,9 +16,9 @@ import contextlib
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from tracer_cli import rundir
+from tracer_cli.rundir.lock import lock_holder
 from tracer_cli.errors import Interrupted, RecipeError, UsageError
-from tracer_cli.plugins import declared, get_host
+from tracer_cli.sdk.host import declared, get_host
 from tracer_cli.recipe import Recipe
 from tracer_cli.sdk.contracts import Logger, Outcome
 
@@ -138,7 +138,7 @@ def attach_to_tracked_runs(run_dir: Path, loggers: list[str], paths: list[Path],
                  if (attach := declared("loggers", name, "attach_files")) is not None]
     if not attachers or not paths:
         return {}
-    holder = rundir.lock_holder(run_dir)
+    holder = lock_holder(run_dir)
     if holder is not None:
         notice(f"warning: {folder} not attached to the tracked runs of {run_dir} "
                f"({', '.join(n for n, _ in attachers)}): the run is being written by another "

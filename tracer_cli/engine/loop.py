@@ -34,9 +34,9 @@ from tracer_cli.engine.strategy import strategy_for
 from tracer_cli.engine.teachers import frozen_copy, make_teacher
 from tracer_cli.errors import DiskFullError, Interrupted, RunError, UsageError
 from tracer_cli.events import Reporter
-from tracer_cli.plugins import get_host
+from tracer_cli.sdk.host import get_host
 from tracer_cli.recipe import Recipe
-from tracer_cli.teacher_spec import TeacherSpec
+from tracer_cli.teacher.spec import TeacherSpec
 
 TRAIN_TASK = "train"
 # With on_nonfinite = "skip", this many non-finite batches in a row mean the run itself is broken

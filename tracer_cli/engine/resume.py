@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator
 
 from tracer_cli import recipe as recipe_mod
 from tracer_cli import rundir
+from tracer_cli.rundir import checksums
 from tracer_cli.engine import checkpoint
 from tracer_cli.engine.data import BadDataLog, TrainStream
 from tracer_cli.engine.step import Trainer
@@ -82,7 +83,7 @@ def load_resume(recipe: Recipe, run_dir: Path, resume: str | Path,
         path, state, skipped = _newest_intact(recipe, run_dir, notice)
     else:
         path, skipped = Path(resume), ()
-        verdict = rundir.verify(path) if path.is_file() else rundir.Verdict(True)
+        verdict = checksums.verify(path) if path.is_file() else checksums.Verdict(True)
         if not verdict.ok:
             raise UsageError(f"--resume {path}: {verdict.reason}, so it cannot be trusted; give "
                              "another checkpoint, or --resume auto to take the run's newest "
@@ -104,7 +105,7 @@ def _newest_intact(recipe: Recipe, run_dir: Path, notice: Callable[[str], None]
                    ) -> tuple[Path, dict[str, Any], tuple[str, ...]]:
     skipped = []
     for path in list(candidates(run_dir)):
-        verdict = rundir.verify(path)
+        verdict = checksums.verify(path)
         reason = "" if verdict.ok else verdict.reason
         if verdict.ok:
             try:

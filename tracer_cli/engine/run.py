@@ -26,8 +26,9 @@ import torch
 from torch.utils.data import Subset
 
 import tracer_cli
-from tracer_cli import plots, rundir
 from tracer_cli import recipe as recipe_mod
+from tracer_cli import rundir
+from tracer_cli.rundir.lock import RunLock, describe_stale
 from tracer_cli.sdk.contracts import (
     CLASSIFICATION_METRICS, Backbone, DatasetBundle, Task, TaskMetrics, WeightsBuild,
     task_metrics)
@@ -47,6 +48,7 @@ from tracer_cli.engine.step import Trainer, check_grad_checkpointing, check_towe
 from tracer_cli.errors import UsageError
 from tracer_cli.events import Reporter, current_reporter
 from tracer_cli.recipe import Recipe
+from tracer_cli.results import figures
 
 
 @dataclass
@@ -86,7 +88,7 @@ def run_dir_of(recipe: Recipe, output_dir: Path | None) -> Path:
 def prepare_run_dir(recipe: Recipe, output_dir: Path | None, overwrite: bool,
                     resuming: bool = False) -> Path:
     """Make the run folder ready (or refuse to clobber one) and prove it is writable, before
-    training. Call it holding the folder's :class:`~tracer_cli.rundir.RunLock`.
+    training. Call it holding the folder's :class:`~tracer_cli.rundir.lock.RunLock`.
 
     A resumed run keeps its folder as it is; ``--overwrite`` removes what tracer wrote in it and
     refuses anything else (:func:`tracer_cli.rundir.clear_run`). A failed probe leaves nothing:
@@ -140,12 +142,12 @@ def finetune(recipe: Recipe, output_dir: Path | None = None, overwrite: bool = F
     reporter = (reporter or current_reporter()) if ctx.is_main else Reporter()
     # One writer per run directory, for the whole run: rank 0 holds the lock until the summary
     # is written (the other ranks write nothing).
-    lock = rundir.RunLock(run_dir_of(recipe, output_dir))
+    lock = RunLock(run_dir_of(recipe, output_dir))
     try:
         if ctx.is_main:
             lock.acquire()
             if lock.stale:
-                reporter.notice(f"{lock.run_dir}: {rundir.describe_stale(lock.stale)}")
+                reporter.notice(f"{lock.run_dir}: {describe_stale(lock.stale)}")
             _clean_debris(lock.run_dir, reporter)
         with loggers.closing():  # the loggers rank 0 started end with the run's outcome
             try:
@@ -404,8 +406,8 @@ def _finish(run: _Setup, trained: Trained, start: float) -> RunResult:
             if tag != "zeroshot":
                 writer.eval_record(f"final_{tag}", metrics, trained.steps, spec.primary)
     if run.sets and recipe.run.eval_every:
-        plots.eval_curves(_curves(writer.run_dir, spec.primary), rundir.curves_path(writer.run_dir),
-                          spec.primary)
+        figures.eval_curves(_curves(writer.run_dir, spec.primary),
+                            rundir.curves_path(writer.run_dir), spec.primary)
     summary = {"run_dir": str(writer.run_dir), "steps": trained.steps,
                "wall_time_s": round(time.time() - start, 2),
                "eval": summarize(recipe, evals, spec, run.before)}

@@ -28,10 +28,10 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from tracer_cli.engine.kernels import is_update_step, linear_warmup_momentum, wma_kernel_weight
+from tracer_cli.teacher.kernels import is_update_step, linear_warmup_momentum, wma_kernel_weight
 from tracer_cli.engine.sharding import local
 from tracer_cli.errors import UsageError
-from tracer_cli.teacher_spec import (
+from tracer_cli.teacher.spec import (
     DEFAULT_UPDATE_EVERY, EMA_MOMENTUM_END, EMA_MOMENTUM_START, EMA_MOMENTUM_WARMUP,
     EMA_UPDATE_EVERY, WMA_BETA)
 
@@ -194,8 +194,9 @@ class WmaTeacher(Teacher):
     number of optimizer steps; an update beyond it raises.
 
     With ``update_every`` = k it folds in θ after steps 1, k + 1, 2k + 1, ... and after the last
-    planned step (the reference code's schedule, :func:`~tracer_cli.engine.kernels.is_update_step`);
-    the kernel position still follows the step, not the update count.
+    planned step (the reference code's schedule,
+    :func:`~tracer_cli.teacher.kernels.is_update_step`); the kernel position still follows the
+    step, not the update count.
     """
 
     kind = "wma"

@@ -28,7 +28,9 @@ What is here, by kind of plugin:
   command that installs it), and ``MAX_SEED`` (the largest seed a recipe accepts).
 - backbones: the :class:`Backbone` protocol, :class:`WeightsBuild` (weights a backbone builds
   itself), :class:`ExportFormat` and :class:`ExportedModel` (``tracer export`` formats a
-  backbone declares), ``file_sha256``, ``shipped_recipe_text`` (a recipe shipped with tracer),
+  backbone declares), the checksum of a file and its ``<file>.sha256`` sidecar (``file_sha256``,
+  ``sha_path``, ``recorded_sha``: tracer's one checksum home,
+  :mod:`tracer_cli.rundir.checksums`), ``shipped_recipe_text`` (a recipe shipped with tracer),
   ``quiet_pickle_warnings`` and ``unreadable_reason`` (loading a ``torch.save`` file and saying
   why it cannot be read).
 - datasets: :class:`DatasetBundle`, :class:`SkippedItem` and ``skipped_item`` (an undecodable
@@ -38,8 +40,10 @@ What is here, by kind of plugin:
   ``fill_template``, ``eval_mode``, and the metric functions ``classification_metrics``,
   ``retrieval_metrics`` (with ``RETRIEVAL_KS``), ``vqa_metrics``, ``ece`` and ``softmax``.
 - loggers: the :class:`Logger` protocol, ``eval_scalars``, ``flat_params``, ``flat_scalars``,
-  ``atomic_write_json``, and ``append_metrics`` / ``end_partial_metrics_line`` (the run's
-  ``metrics.jsonl``, written by the ``jsonl`` logger).
+  ``atomic_write_json``, ``append_metrics`` / ``end_partial_metrics_line`` (the run's
+  ``metrics.jsonl``, written by the ``jsonl`` logger), and where a logger keeps its files in the
+  run directory, as the run directory declares them: ``logger_folder`` (``tensorboard/``,
+  ``wandb/``) and ``tracker_record_path`` (a tracker's run id, ``<name>_run.json``).
 
 Names load on first use (PEP 562), so ``import tracer_cli.sdk`` stays cheap: the recipe loader
 and the command line read :mod:`tracer_cli.sdk.options` and :mod:`tracer_cli.sdk.task_metrics`
@@ -57,12 +61,14 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors; __getattr__ 
     from tracer_cli.engine.modes import eval_mode
     from tracer_cli.errors import MissingResourceError, RecipeError, RunError, UsageError
     from tracer_cli.io import atomic_write_json
-    from tracer_cli.metrics import (
+    from tracer_cli.results.metrics import (
         RETRIEVAL_KS, classification_metrics, ece, retrieval_metrics, softmax, vqa_metrics)
-    from tracer_cli.plugins import require_module
+    from tracer_cli.sdk.host import require_module
     from tracer_cli.recipe import MAX_SEED
     from tracer_cli.recipes import shipped_recipe_text
-    from tracer_cli.rundir import append_metrics, end_partial_metrics_line, file_sha256
+    from tracer_cli.rundir import (
+        append_metrics, end_partial_metrics_line, logger_folder, sha_path, tracker_record_path)
+    from tracer_cli.rundir.checksums import file_sha256, recorded_sha
     from tracer_cli.sdk.contracts import (
         CLASSIFICATION_METRICS, TEMPLATE_PLACEHOLDERS, Backbone, DatasetBundle, ExportedModel,
         ExportFormat, Logger, Pairing, SkippedItem, Task, WeightsBuild, eval_scalars,
@@ -78,12 +84,14 @@ _HOMES: dict[str, tuple[str, ...]] = {
     "tracer_cli.engine.modes": ("eval_mode",),
     "tracer_cli.errors": ("MissingResourceError", "RecipeError", "RunError", "UsageError"),
     "tracer_cli.io": ("atomic_write_json",),
-    "tracer_cli.metrics": ("RETRIEVAL_KS", "classification_metrics", "ece", "retrieval_metrics",
-                           "softmax", "vqa_metrics"),
-    "tracer_cli.plugins": ("require_module",),
+    "tracer_cli.results.metrics": ("RETRIEVAL_KS", "classification_metrics", "ece",
+                                   "retrieval_metrics", "softmax", "vqa_metrics"),
+    "tracer_cli.sdk.host": ("require_module",),
     "tracer_cli.recipe": ("MAX_SEED",),
     "tracer_cli.recipes": ("shipped_recipe_text",),
-    "tracer_cli.rundir": ("append_metrics", "end_partial_metrics_line", "file_sha256"),
+    "tracer_cli.rundir": ("append_metrics", "end_partial_metrics_line", "logger_folder",
+                          "sha_path", "tracker_record_path"),
+    "tracer_cli.rundir.checksums": ("file_sha256", "recorded_sha"),
     "tracer_cli.sdk.contracts": (
         "CLASSIFICATION_METRICS", "TEMPLATE_PLACEHOLDERS", "Backbone", "DatasetBundle",
         "ExportedModel", "ExportFormat", "Logger", "Pairing", "SkippedItem", "Task",
@@ -100,7 +108,8 @@ __all__ = [
     "hookimpl", "Options", "UsageError", "RecipeError", "MissingResourceError", "RunError",
     "require_module", "MAX_SEED",
     # backbones
-    "Backbone", "WeightsBuild", "ExportFormat", "ExportedModel", "file_sha256",
+    "Backbone", "WeightsBuild", "ExportFormat", "ExportedModel", "file_sha256", "sha_path",
+    "recorded_sha",
     "shipped_recipe_text", "quiet_pickle_warnings", "unreadable_reason",
     # datasets
     "DatasetBundle", "SkippedItem", "skipped_item", "TEMPLATE_PLACEHOLDERS", "template_problem",
@@ -110,7 +119,7 @@ __all__ = [
     "retrieval_metrics", "RETRIEVAL_KS", "vqa_metrics", "ece", "softmax",
     # loggers
     "Logger", "eval_scalars", "flat_params", "flat_scalars", "atomic_write_json",
-    "append_metrics", "end_partial_metrics_line",
+    "append_metrics", "end_partial_metrics_line", "logger_folder", "tracker_record_path",
 ]
 
 

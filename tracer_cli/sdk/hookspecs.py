@@ -3,7 +3,7 @@
 Every hook receives a *registrar* and adds named factories to it; return values are ignored.
 Built-in plugins (package ``tracer_plugins``) use exactly these hooks through the same entry-point
 group, ``tracer``, that third-party packages use. Hooks are called once per process, when the
-:class:`tracer_cli.plugins.PluginHost` loads, with keyword arguments only.
+:class:`tracer_cli.sdk.host.PluginHost` loads, with keyword arguments only.
 """
 
 from __future__ import annotations

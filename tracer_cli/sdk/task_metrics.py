@@ -104,7 +104,7 @@ def classification_spec(headline: str = "accuracy") -> TaskMetrics:
     """Classification's metrics with ``headline`` as the primary metric.
 
     ``"accuracy"`` is :data:`CLASSIFICATION_METRICS` itself. ``"macro_f1"`` leads with macro-F1
-    (the paper's reference definition, :func:`tracer_cli.metrics.macro_f1`) and puts WILDS'
+    (the paper's reference definition, :func:`tracer_cli.results.metrics.macro_f1`) and puts WILDS'
     ``macro_f1_wilds`` beside it: both columns shown in %, averaged over the OOD sets
     (``avg_ood_macro_f1``, ``avg_ood_macro_f1_wilds``, then the accuracy and ECE averages as
     before) and over the ID sets in eval documents (``id_macro_f1``, ``id_macro_f1_wilds``,

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from tracer_cli.teacher_spec import EMA_UPDATE_EVERY, WMA_BETA, TeacherSpec
+from tracer_cli.teacher.spec import EMA_UPDATE_EVERY, WMA_BETA, TeacherSpec
 
 Weights = list[tuple[int, float]]
 

@@ -8,13 +8,16 @@ backend state or needs a display, and each file is written atomically.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from tracer_cli.io import atomic_path
-from tracer_cli.metrics import ReliabilityBin
+from tracer_cli.results.metrics import ReliabilityBin
 
 
-def _save(figure, path: Path) -> Path:
+def save_figure(figure: Any, path: Path) -> Path:
+    """Write a matplotlib ``Figure`` as a PNG at ``path``, atomically, on the Agg canvas (no
+    pyplot, no display): the one figure writer of tracer's plots, ``tracer compare``'s and the
+    benchmarks' included."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(figure)
@@ -46,7 +49,7 @@ def reliability_diagram(bins: Sequence[ReliabilityBin], path: Path, title: str) 
     bottom.bar(left, [b.count for b in bins], width=width, align="edge", color="grey",
                edgecolor="white")
     bottom.set(xlim=(0, 1), xlabel="confidence (top-1)", ylabel="count")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def wise_curve(alphas: Sequence[float], id_accuracy: Sequence[float],
@@ -67,7 +70,7 @@ def wise_curve(alphas: Sequence[float], id_accuracy: Sequence[float],
                       xytext=(5, 4 if i % 2 == 0 else -11), fontsize="small")
     axes.set(xlabel=f"ID {metric} (%)", ylabel=f"average OOD {metric} (%)", title=title)
     axes.grid(alpha=0.3)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def eval_curves(curves: dict[str, Sequence[tuple[int, float]]], path: Path, metric: str,
@@ -85,4 +88,4 @@ def eval_curves(curves: dict[str, Sequence[tuple[int, float]]], path: Path, metr
     axes.set(xlabel="step", ylabel=f"{metric.replace('_', ' ')} (%)", title=title)
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small", loc="best")
-    return _save(figure, path)
+    return save_figure(figure, path)

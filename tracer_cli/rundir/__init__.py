@@ -1,6 +1,12 @@
-"""The run directory, the contract between commands: its layout, readers and writers, its
-checkpoints and its writer lock. Every command goes through this module; nothing else spells a
-file name of a run. No torch import: readers stay cheap.
+"""The run directory, the contract between commands: its layout, readers and writers. Every
+command goes through this package; nothing else spells a file name of a run, the built-in
+loggers' included. No torch import: readers stay cheap.
+
+This module holds the layout (names and paths), the readers and writers of the run's files, the
+checkpoints' retention and ``--overwrite``'s rules. Two modules beside it hold the rest:
+:mod:`tracer_cli.rundir.checksums` (the SHA-256 of a file, its ``.sha256`` sidecar, whether a
+checkpoint can be trusted, ``last.pt``'s publication) and :mod:`tracer_cli.rundir.lock` (the
+single-writer lock). Both import this module, never the reverse, and it re-exports neither.
 
 Layout owned here::
 
@@ -18,30 +24,17 @@ Layout owned here::
     runs/<name>/checkpoints/step_N.weights.pt  weights-only milestones (``train.keep_every``)
     runs/<name>/corrupt/                     checkpoints that failed verification, moved aside
     runs/<name>/.write-test                  the probe that proves the folder writable (removed)
+    runs/<name>/tensorboard/, wandb/         what TensorBoard and W&B keep (:data:`LOGGER_FOLDERS`,
+                                             :func:`logger_folder`)
+    runs/<name>/<tracker>_run.json           a tracker's run id: wandb_run.json, mlflow_run.json
+                                             (:func:`tracker_record_path`)
 
-The built-in loggers keep theirs beside it (``tensorboard/``, ``wandb/``, a tracker's run id in
-``*_run.json``), and ``tracer eval --output-dir RUN/eval/<folder>`` writes under ``eval/``.
+``tracer eval --output-dir RUN/eval/<folder>`` writes under ``eval/``.
 
 A tracer run directory is a folder holding ``recipe.lock.toml``. ``--overwrite`` empties one, but
 removes only the entries above (and the temporary files of atomic writes): anything else in it,
 or any folder that is not a run, is refused with its contents named, and nothing is deleted
 (:func:`clear_run`).
-
-A run directory has one writer at a time: :class:`RunLock` is an exclusive ``flock`` held for the
-life of a finetune. The kernel drops it when its holder dies, even by SIGKILL, so a lock left by a
-killed run is taken over (and said to be) instead of blocking ``--resume auto`` forever.
-
-Checksums. A checksum belongs to the bytes, not to a name: ``last.pt`` is a hard link to the
-newest ``checkpoints/step_N.pt``, one file under two names, each with a sidecar. A file is
-trusted when its SHA-256 matches *any* checksum recorded for it under any of its names in the run
-(:func:`recorded_shas`); it is damaged when checksums are recorded and none matches; a file with
-none recorded under any name was written by an older tracer and is read unverified. Why "any":
-a checksum is written after its file's bytes are final, so a failure while writing one (a full
-disk) can leave a sidecar missing or describing the previous bytes, but never makes intact
-bytes disagree with every sidecar, while a damaged file (a flipped bit, a truncation) matches
-none of them. So a failure while writing a checksum never condemns an intact checkpoint, and
-removing a sidecar never exempts a damaged one whose other name still records its checksum.
-Where the file system has no hard links ``last.pt`` is a copy with only its own sidecar.
 
 Debris. A process killed outright cannot remove the temporaries of its atomic writes
 (``.NAME.RANDOM.tmp``); :func:`clean_debris` removes those of the run's own files, and
@@ -50,21 +43,17 @@ Debris. A process killed outright cannot remove the temporaries of its atomic wr
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import json
 import os
 import re
 import shutil
-import socket
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from tracer_cli.errors import UsageError
-from tracer_cli.io import remove_stale_temps, try_lock
+from tracer_cli.io import remove_stale_temps
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -83,17 +72,21 @@ CORRUPT = "corrupt"
 SHA_SUFFIX = ".sha256"
 WRITE_TEST = ".write-test"
 CORRECT_SUFFIX = ".correct.npz"
-_STEP = re.compile(r"^step_(\d+)\.pt$")
+# A full step checkpoint's file name (weights-only milestones excluded); group 1 is the step.
+STEP_CHECKPOINT = re.compile(r"^step_(\d+)\.pt$")
 # What tracer and its built-in loggers write at the top of a run directory (see the layout above).
 _OWN_FILES = (RECIPE_LOCK, METRICS, SUMMARY, LAST, LAST + SHA_SUFFIX, WRITE_TEST)
-_OWN_FOLDERS = (CHECKPOINTS, EVAL, CORRUPT, "tensorboard", "wandb")
-# A tracker's run id (wandb_run.json, mlflow_run.json) and atomic_path's temporary files.
-_OWN_PATTERN = re.compile(r"^(?:[a-z0-9-]+_run\.json|\..+\.tmp)$")
+# What the built-in loggers keep in a run directory: the folders TensorBoard and W&B write, and
+# a tracker's run id in ``<tracker>_run.json`` (wandb_run.json, mlflow_run.json).
+LOGGER_FOLDERS = ("tensorboard", "wandb")
+TRACKER_RECORD_SUFFIX = "_run.json"
+_OWN_FOLDERS = (CHECKPOINTS, EVAL, CORRUPT, *LOGGER_FOLDERS)
+# A tracker's run id and atomic_path's temporary files.
+_OWN_PATTERN = re.compile(rf"^(?:[a-z0-9-]+{re.escape(TRACKER_RECORD_SUFFIX)}|\..+\.tmp)$")
 _CHECKPOINT_NAME = r"step_\d+(?:\.weights)?\.pt(?:\.sha256)?"
 _CHECKPOINT = re.compile(rf"^{_CHECKPOINT_NAME}$")
 _CHECKPOINT_FILE = re.compile(rf"^(?:{_CHECKPOINT_NAME}|\..+\.tmp)$")
 _LISTED = 5  # entries named in a refusal
-_CHUNK = 1 << 20
 
 
 
@@ -118,6 +111,25 @@ def curves_path(run_dir: Path) -> Path:
 
 def summary_path(run_dir: Path) -> Path:
     return Path(run_dir) / SUMMARY
+
+
+def logger_folder(run_dir: Path, logger: str) -> Path:
+    """The folder a built-in logger keeps in the run directory: ``tensorboard/`` (TensorBoard's
+    event files, unless ``[loggers.tensorboard] log_dir`` moves them) or ``wandb/`` (W&B's own,
+    made under the folder it is given). ``--overwrite`` counts these as tracer's."""
+    if logger not in LOGGER_FOLDERS:
+        raise ValueError(f"no run-directory folder is declared for logger {logger!r}; declared: "
+                         f"{', '.join(LOGGER_FOLDERS)}")
+    return Path(run_dir) / logger
+
+
+def tracker_record_path(run_dir: Path, tracker: str) -> Path:
+    """Where a tracker logger records its run id in the run directory (``wandb_run.json``,
+    ``mlflow_run.json``), so that ``--resume`` and ``tracer export`` find the tracked run again.
+    ``tracker`` is a logger name: lower-case letters, digits and '-'."""
+    if not re.fullmatch(r"[a-z0-9-]+", tracker):
+        raise ValueError(f"tracker name {tracker!r}: use lower-case letters, digits and '-'")
+    return Path(run_dir) / f"{tracker}{TRACKER_RECORD_SUFFIX}"
 
 
 def is_run_dir(path: Path) -> bool:
@@ -177,7 +189,7 @@ def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     found = []
     if folder.is_dir():
         for path in folder.iterdir():
-            match = _STEP.match(path.name)
+            match = STEP_CHECKPOINT.match(path.name)
             if match and path.is_file():
                 found.append((int(match.group(1)), path))
     return sorted(found, reverse=True)
@@ -364,71 +376,7 @@ def check_built_as_locked(run_dir: Path, locked: dict[str, Any], built: dict[str
             "QuickGELU trained a GELU network: finetune those again for comparable numbers")
 
 
-# --------------------------------------------------------------------------- checksums
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_sha(path: Path, digest: str) -> None:
-    """``<path>.sha256`` in ``sha256sum`` format, so ``sha256sum -c`` checks it too."""
-    from tracer_cli.io import atomic_write_text
-
-    atomic_write_text(sha_path(path), f"{digest}  {path.name}\n")
-
-
-def recorded_sha(path: Path) -> str | None:
-    try:
-        text = sha_path(path).read_text(encoding="utf-8").split()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return text[0] if text and re.fullmatch(r"[0-9a-f]{64}", text[0]) else None
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """Whether a checkpoint file can be trusted, and why not."""
-
-    ok: bool
-    reason: str = ""
-
-
-def verify(path: Path) -> Verdict:
-    """Compare a checkpoint with the SHA-256 recorded when it was written (the rule is in the
-    module docstring, "Checksums")."""
-    if not path.is_file():
-        return Verdict(False, "missing")
-    recorded = recorded_shas(path)
-    if not recorded:
-        return Verdict(True, "no checksum recorded (written by an older tracer)")
-    actual = file_sha256(path)
-    if actual not in recorded:
-        return Verdict(False, f"SHA-256 {actual[:12]}… does not match the {recorded[0][:12]}… "
-                              "recorded when it was written")
-    return Verdict(True)
-
-
-def recorded_shas(path: Path) -> list[str]:
-    """Every checksum recorded for the bytes of ``path``: its own sidecar's, then those of the
-    run's other names for the same file (``last.pt`` and the step checkpoint it links to)."""
-    found = [recorded_sha(name) for name in [Path(path), *_other_names(Path(path))]]
-    return list(dict.fromkeys(digest for digest in found if digest is not None))
-
-
-def _other_names(path: Path) -> list[Path]:
-    """The run's other names of the same file as ``path`` (hard links, not copies)."""
-    if path.name == LAST:
-        candidates = [p for _, p in step_checkpoints(path.parent)]
-    elif _STEP.match(path.name) and path.parent.name == CHECKPOINTS:
-        candidates = [last_path(path.parent.parent)]
-    else:
-        return []
-    return [c for c in candidates if c.is_file() and _same_file(c, path)]
-
+# --------------------------------------------------------------------------- checkpoints
 
 def move_aside(run_dir: Path, path: Path) -> Path:
     """Move a checkpoint that failed verification (and its checksum) to ``corrupt/``; never
@@ -450,29 +398,6 @@ def move_aside(run_dir: Path, path: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- retention
-
-def publish_last(run_dir: Path, newest: Path) -> Path:
-    """Point ``last.pt`` at ``newest`` (a hard link: no second copy of the bytes), atomically;
-    a copy only where the file system has no hard links."""
-    from tracer_cli.io import atomic_path
-
-    last = last_path(run_dir)
-    # Its old checksum describes the previous bytes: gone before last.pt changes, so a failure
-    # below leaves no sidecar that condemns the new last.pt (the step file's still vouches).
-    sha_path(last).unlink(missing_ok=True)
-    with atomic_path(last) as tmp:
-        tmp.unlink()
-        try:
-            os.link(newest, tmp)
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EMLINK):
-                raise
-            shutil.copyfile(newest, tmp)
-    digest = recorded_sha(newest)
-    if digest is not None:
-        write_sha(last, digest)
-    return last
-
 
 def prune(run_dir: Path, keep: int) -> list[Path]:
     """Remove all but the newest ``keep`` full step checkpoints (0 keeps every one). Call it only
@@ -554,120 +479,3 @@ def clean_debris(run_dir: Path) -> list[Path]:
     return [*remove_stale_temps(run_dir, _OWN_FILES.__contains__),
             *remove_stale_temps(run_dir / CHECKPOINTS, lambda n: bool(_CHECKPOINT.match(n))),
             *remove_stale_temps(run_dir / EVAL, lambda n: n.endswith(".json"))]
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-# --------------------------------------------------------------------------- the writer lock
-
-class RunLock:
-    """An exclusive lock on a run directory, held by the one process that writes it.
-
-    ``acquire()`` creates the folder if needed, takes the lock without waiting, and records who
-    holds it; a second writer gets a :class:`UsageError` naming the holder's PID and host.
-    ``release()`` empties the record. When no run was written to the folder (no
-    ``recipe.lock.toml``) and this lock made the file, it removes the file and the folders it
-    made that are empty, so a run that failed its checks leaves no lock, no empty run directory
-    and no empty ``runs/`` behind. A lock file it found stays, as does the lock of a run:
-    removing it would let two processes lock two different files.
-    """
-
-    def __init__(self, run_dir: Path):
-        self.run_dir = Path(run_dir)
-        self.path = self.run_dir / LOCK
-        self._fd: int | None = None
-        self._created: list[Path] = []  # folders this lock made, innermost first
-        self._made_file = False  # whether this lock created the lock file
-        self.stale: dict[str, Any] | None = None  # the record of a dead holder it took over
-
-    def acquire(self) -> RunLock:
-        try:
-            self._created = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._made_file = not self.path.exists()
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            fix = ("choose a shorter run.name" if exc.errno == errno.ENAMETOOLONG else
-                   "choose another --output-dir or run.output_dir")
-            raise UsageError(f"cannot write to run directory '{self.run_dir}': "
-                             f"{exc.strerror or exc}; {fix}") from None
-        if not try_lock(fd):
-            holder = _read_record(fd)
-            os.close(fd)
-            raise UsageError(f"run directory '{self.run_dir}' is being written by another "
-                             f"tracer process ({_describe(holder)}); wait for it to finish, stop "
-                             "it, or choose another --output-dir or run.name")
-        previous = _read_record(fd)
-        if previous:
-            self.stale = previous
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(_own_record()).encode(), 0)
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        fd, self._fd = self._fd, None
-        try:
-            os.ftruncate(fd, 0)
-            if (self._created or self._made_file) and not is_run_dir(self.run_dir):
-                self.path.unlink()
-                for folder in self._created:  # the run directory, then `runs/` if it made it
-                    folder.rmdir()  # fails, leaving it, unless it is empty
-        except OSError:
-            pass  # the folder went away or is shared: nothing of value is lost
-        finally:
-            os.close(fd)  # drops the lock
-
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def lock_holder(run_dir: Path) -> str | None:
-    """Who holds the writer lock of ``run_dir`` (PID, host, start), or None when no live process
-    does; it only looks (the lock taken to look is dropped at once)."""
-    try:
-        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return None  # no lock file: no run has written here
-    try:
-        if try_lock(fd):
-            return None
-        return _describe(_read_record(fd))
-    finally:
-        os.close(fd)  # drops the lock taken just to look
-
-
-def describe_stale(record: dict[str, Any]) -> str:
-    return f"took over the lock of a tracer process that is gone ({_describe(record)})"
-
-
-def _own_record() -> dict[str, Any]:
-    return {"pid": os.getpid(), "host": socket.gethostname(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-
-def _read_record(fd: int) -> dict[str, Any]:
-    try:
-        raw = os.pread(fd, 4096, 0)
-        record = json.loads(raw.decode()) if raw.strip() else {}
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-def _describe(record: dict[str, Any]) -> str:
-    if not record:
-        return "PID and host unknown"
-    return (f"PID {record.get('pid', '?')} on host {record.get('host', '?')}, started "
-            f"{record.get('started', '?')}")
-

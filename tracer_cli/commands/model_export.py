@@ -31,7 +31,6 @@ import contextlib
 import copy
 import dataclasses
 import difflib
-import hashlib
 import inspect
 import json
 import logging
@@ -49,14 +48,15 @@ from torch import nn
 
 import tracer_cli
 from tracer_cli import rundir
+from tracer_cli.rundir.checksums import file_sha256
 from tracer_cli.errors import DiskFullError, MissingResourceError, RunError, UsageError, no_space
 from tracer_cli.events import Reporter, current_reporter
 from tracer_cli.io import atomic_dir, folder_blocker, folder_problem, remove_stale_temps
-from tracer_cli.plugins import get_host
-from tracer_cli.recipe import Recipe
-from tracer_cli.runs import WHICH, RunDir
+from tracer_cli.sdk.host import get_host
+from tracer_cli.recipe import VIEW_NAMES, Recipe
+from tracer_cli.commands.finished_run import WHICH, RunDir
 from tracer_cli.sdk.contracts import Backbone, ExportedModel, ExportFormat
-from tracer_cli.teacher_spec import TeacherSpec
+from tracer_cli.teacher.spec import TeacherSpec
 
 # Formats every backbone can be exported in; backbones declare their own besides (formats()).
 CORE_FORMATS = ("safetensors", "onnx", "torchscript")
@@ -296,7 +296,7 @@ def _write_head(folder: Path, run: RunDir, req: ExportRequest, dtype: torch.dtyp
     the backbone) and ``head.json`` (what it computes from which features, and what each output
     means: class names or the answer vocabulary). None for runs without a head."""
     from tracer_cli.engine.build import build_task
-    from tracer_cli.runs import build_head, checkpoint_head, interpolate
+    from tracer_cli.commands.finished_run import build_head, checkpoint_head, interpolate
 
     states = checkpoint_head(run.checkpoint)
     if states is None:
@@ -551,18 +551,10 @@ def _quiet_logging(*names: str):
 # --------------------------------------------------------------------------- the model card
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def file_entries(folder: Path) -> list[dict[str, Any]]:
     """Every file of the export except the model card itself, with its size and SHA-256."""
     return [{"path": p.relative_to(folder).as_posix(), "bytes": p.stat().st_size,
-             "sha256": sha256(p)}
+             "sha256": file_sha256(p)}
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in CARD_FILES]
 
 
@@ -585,7 +577,7 @@ def method_name(recipe: Recipe) -> str:
         if t.kind in ("wma", "ema"):
             name += f" ({t.kind.upper()} teacher tracked, not distilled)"
         return name
-    views = [v for v in ("crd", "fd", "icl", "xkd") if getattr(d, v) > 0]
+    views = [v for v in VIEW_NAMES if getattr(d, v) > 0]
     parts = [_teacher_words(recipe),
              f"views {'/'.join(views)}" if views else "soft-label distillation",
              f"λ_sd={d.lambda_sd:g}", *extras]

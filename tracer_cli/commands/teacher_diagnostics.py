@@ -29,12 +29,12 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from tracer_cli.engine import kernels
+from tracer_cli.teacher import kernels
 from tracer_cli.errors import UsageError
 from tracer_cli.events import Reporter
 from tracer_cli.io import atomic_path
 from tracer_cli.recipe import Recipe, TeacherConfig
-from tracer_cli.teacher_spec import EMA_UPDATE_EVERY, WMA_BETA, TeacherSpec
+from tracer_cli.teacher.spec import EMA_UPDATE_EVERY, WMA_BETA, TeacherSpec
 
 DEFAULT_THRESHOLD = 0.05
 TAIL_FRACTION = 0.1
@@ -235,7 +235,7 @@ def empirical_from_records(records: Iterable[dict[str, Any]], source: str, horiz
 
 def from_run(path: str | Path, horizon: int, threshold: float) -> EmpiricalAnalysis:
     """The series of a finished or running run directory's ``metrics.jsonl``."""
-    from tracer_cli.runs import RunDir
+    from tracer_cli.commands.finished_run import RunDir
 
     run = RunDir(path)
     return empirical_from_records(run.metrics(), f"run '{run.path}'", horizon, threshold)
@@ -247,7 +247,7 @@ def probe(recipe: Recipe, steps: int, threshold: float,
     step, in a temporary run directory that is removed afterwards (no evaluation, no checkpoint).
     The horizon, schedule and teacher kernel stay those of the whole recipe."""
     from tracer_cli.engine.run import finetune
-    from tracer_cli.runs import RunDir
+    from tracer_cli.commands.finished_run import RunDir
 
     check = copy.deepcopy(recipe)
     check.run.eval, check.run.log_every, check.train.checkpoint_every = False, 1, 0

@@ -2,7 +2,7 @@
 
 One specification, read by the recipe (the kinds, defaults, ``teacher.update_every = 0``), the
 engine (the teacher's constructor options; its kernels are
-:func:`tracer_cli.engine.kernels.spec_curve`), ``tracer distill-check`` (labels) and ``tracer
+:func:`tracer_cli.teacher.kernels.spec_curve`), ``tracer distill-check`` (labels) and ``tracer
 export`` (the model card's words), so a kind or a default is written once. No torch import, and
 no import of the engine: the engine reads this module, never the other way round.
 

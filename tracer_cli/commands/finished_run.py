@@ -16,6 +16,7 @@ from torch import nn
 
 from tracer_cli import recipe as recipe_mod
 from tracer_cli import rundir
+from tracer_cli.rundir import checksums
 from tracer_cli.engine import checkpoint
 from tracer_cli.engine.run import pretrained_backbone
 from tracer_cli.errors import UsageError
@@ -150,7 +151,7 @@ def build_head(task: Any, state: dict[str, torch.Tensor], source: Path | str) ->
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A tracer checkpoint file (``last.pt``, ``checkpoints/step_N.pt``), checked against the
     checksums recorded for it and to be one."""
-    verdict = rundir.verify(Path(path)) if Path(path).is_file() else rundir.Verdict(True)
+    verdict = checksums.verify(Path(path)) if Path(path).is_file() else checksums.Verdict(True)
     if not verdict.ok:
         raise UsageError(f"checkpoint '{path}' is damaged ({verdict.reason}); {_DAMAGED_FIX}")
     state = checkpoint.load(Path(path))

@@ -64,7 +64,7 @@ from tracer_cli.errors import GateError, RecipeError, UsageError
 from tracer_cli.events import Reporter, current_reporter
 from tracer_cli.sdk.task_metrics import RETAIN_KEYS, retention
 from tracer_cli.recipe import Recipe
-from tracer_cli.runs import (
+from tracer_cli.commands.finished_run import (
     WHICH, RunDir, build_head, checkpoint_head, checkpoint_weights, interpolate, load_weights,
     read_checkpoint)
 
@@ -83,7 +83,7 @@ def parse_model_spec(text: str) -> dict[str, Any]:
     (``openclip:local-dir:/models/clip``), since their weights come with them; a factory that
     declares ``weights_required`` (what PRETRAINED may be) refuses a spec without weights.
     """
-    from tracer_cli.plugins import declared
+    from tracer_cli.sdk.host import declared
 
     parts = text.split(":", 2)
     if len(parts) < 2 or not parts[0] or not parts[1]:
@@ -432,7 +432,7 @@ def _recipe_for(source: _Source, req: EvalRequest) -> Recipe:
 
 def prepare(req: EvalRequest) -> EvalPlan:
     """Resolve the source, the recipe and the datasets, and check names, gates and α."""
-    from tracer_cli.plugins import get_host
+    from tracer_cli.sdk.host import get_host
 
     source = _source(req)
     if req.wise_alphas is not None and source.load_weights is None:
@@ -665,10 +665,10 @@ def write_outputs(report: EvalReport, output_dir: Path, save_predictions: bool =
     reliability diagram per dataset whose task returned logits and labels (classification, vqa;
     not retrieval), the WiSE-FT curve of the task's primary metric, and optionally the predictions
     (vqa: a label of -1 is an answer outside the scored vocabulary)."""
-    from tracer_cli import plots
+    from tracer_cli.results import figures as plots
     from tracer_cli.io import atomic_path, atomic_write_json
-    from tracer_cli.metrics import ece as expected_calibration_error
-    from tracer_cli.metrics import reliability_bins, softmax
+    from tracer_cli.results.metrics import ece as expected_calibration_error
+    from tracer_cli.results.metrics import reliability_bins, softmax
 
     output_dir = Path(output_dir)
     doc, written, spec = report.document, [], report.metrics
