@@ -73,8 +73,8 @@ import numpy as np
 
 from tracer_cli import rundir
 from tracer_cli.rundir import checksums
-from tracer_cli.analysis.compare import read_run
-from tracer_cli.analysis.compare import record as compare_record
+from tracer_cli.analysis.groups import read_run
+from tracer_cli.analysis.groups import record as compare_record
 from tracer_cli.analysis.plots import plot_id_vs_ood
 from tracer_cli.analysis.stats import (
     average_binomial_var, binomial_var, mean_se, noise_verdict, paired_difference)

@@ -198,3 +198,15 @@ def test_no_import_runs_back_up_a_layer():
     engine/ < commands/, analysis/ < cli/ (docs/architecture.md, "Layers")."""
     upward = upward_imports(import_graph())
     assert not upward, "imports running back up a layer: " + "; ".join(upward)
+
+
+def test_no_two_modules_share_a_name():
+    # A newcomer tells modules apart by name: ``cli/export.py`` is the command, its library is
+    # ``commands/model_export.py``; ``cli/compare.py`` the command, ``analysis/groups.py`` its
+    # reading and grouping of runs. (Packages' ``__init__.py`` excluded.)
+    seen: dict[str, list[str]] = {}
+    for module, path in _modules().items():
+        if path.name != "__init__.py":
+            seen.setdefault(path.stem, []).append(module)
+    shared = {name: mods for name, mods in seen.items() if len(mods) > 1}
+    assert not shared, f"modules sharing a name: {shared}"

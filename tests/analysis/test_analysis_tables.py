@@ -146,7 +146,7 @@ def test_logit_fit_needs_two_id_accuracies():
 
 def test_retrieval_and_vqa_runs_are_read_through_their_task_metrics():
     """Headline keys come from the task's TaskMetrics; recalls have no binomial term."""
-    from tracer_cli.analysis.compare import RunData, task_keys
+    from tracer_cli.analysis.groups import RunData, task_keys
 
     def run(task):
         return RunData(Path("x"), "x", {"task": {"name": task}}, {})

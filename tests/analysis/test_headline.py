@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer_cli.analysis import compare, stats, tables
+from tracer_cli.analysis import groups, stats, tables
 
 KEYS = ["id_accuracy", "avg_ood_accuracy", "avg_ood_ece"]
 N = 100
@@ -90,7 +90,7 @@ def test_a_point_beyond_every_curve_is_said_to_be_outside():
     assert entry["gap"] is None and entry["verdict"] == "outside the curve's ID range"
 
 
-def _run(seed: int, **edits) -> compare.RunData:
+def _run(seed: int, **edits) -> groups.RunData:
     tables_ = {"run": {"name": f"r{seed}", "seed": seed, "loggers": []},
                "model": {"backbone": "openclip", "arch": "tracer-tiny-rn", "pretrained": "none"},
                "task": {"name": "classification"},
@@ -98,13 +98,13 @@ def _run(seed: int, **edits) -> compare.RunData:
     for key, value in edits.items():
         section, name = key.split("__")
         tables_[section][name] = value
-    return compare.RunData(Path(f"r{seed}"), f"r{seed}", tables_, {})
+    return groups.RunData(Path(f"r{seed}"), f"r{seed}", tables_, {})
 
 
 def test_groups_ignore_keys_that_cannot_change_training():
     runs = [_run(0), _run(1, run__loggers=["tensorboard"]), _run(2, train__checkpoint_every=7),
             _run(3, train__lr=1e-5)]
-    labels = compare.group_labels(runs, None)
+    labels = groups.group_labels(runs, None)
     assert labels[:3] == [labels[0]] * 3 and labels[3] != labels[0]
     assert labels == ["train.lr=0.0001"] * 3 + ["train.lr=1e-05"]
 

@@ -44,7 +44,7 @@ def compare_command(
 ) -> None:
     """Compare finished runs: per group and pretrained model, mean ± SE of ID and OOD metrics,
     paired differences against --baseline, the WiSE-FT frontier and effective robustness."""
-    from tracer_cli.analysis.compare import compare
+    from tracer_cli.analysis.groups import compare
     from tracer_cli.analysis.report import compare_markdown
 
     if as_json and markdown:
