@@ -31,8 +31,9 @@ from tracer_cli.teacher.spec import (
     DEFAULT_UPDATE_EVERY, EMA_MOMENTUM_END, EMA_MOMENTUM_START, EMA_MOMENTUM_WARMUP, WMA_BETA,
     TeacherKind)
 
-# What a run trains (``train.method``); see METHOD_DEFAULTS and docs/method.md.
-METHODS = ("zeroshot", "lp", "ft", "lpft", "flyp", "carot", "tracer")
+# What a run trains (``train.method``), listed here only; see METHOD_DEFAULTS and docs/method.md.
+Method = Literal["zeroshot", "lp", "ft", "lpft", "flyp", "carot", "tracer"]
+METHODS: tuple[str, ...] = typing.get_args(Method)
 # Methods that train a task head with its supervised loss (cross-entropy for classification)
 # instead of the contrastive image-text loss, and take no teacher.
 HEAD_METHODS = ("lp", "ft", "lpft")
@@ -167,7 +168,7 @@ class TaskConfig:
 
 @dataclass
 class TrainConfig:
-    method: Literal["zeroshot", "lp", "ft", "lpft", "flyp", "carot", "tracer"] = "tracer"
+    method: Method = "tracer"
     steps: int = 100
     batch_size: int = 64
     lr: float = 1e-5

@@ -56,7 +56,7 @@ from tracer_cli.sdk.host import get_host
 from tracer_cli.recipe import VIEW_NAMES, Recipe
 from tracer_cli.commands.finished_run import WHICH, RunDir
 from tracer_cli.sdk.contracts import Backbone, ExportedModel, ExportFormat
-from tracer_cli.teacher.spec import TeacherSpec
+from tracer_cli.teacher.spec import AVERAGING_KINDS, METHOD_LABELS, TeacherSpec
 
 # Formats every backbone can be exported in; backbones declare their own besides (formats()).
 CORE_FORMATS = ("safetensors", "onnx", "torchscript")
@@ -574,15 +574,14 @@ def method_name(recipe: Recipe) -> str:
         [f"λ_orth={d.lambda_orth:g}"] * (d.lambda_orth > 0)
     if t.kind == "none" or d.lambda_sd == 0:
         name = "FLYP" + "".join(f" + {e}" for e in extras)
-        if t.kind in ("wma", "ema"):
+        if t.kind in AVERAGING_KINDS:
             name += f" ({t.kind.upper()} teacher tracked, not distilled)"
         return name
     views = [v for v in VIEW_NAMES if getattr(d, v) > 0]
     parts = [_teacher_words(recipe),
              f"views {'/'.join(views)}" if views else "soft-label distillation",
              f"λ_sd={d.lambda_sd:g}", *extras]
-    label = {"wma": "TRACER", "ema": "CaRot", "static": "static-teacher distillation"}[t.kind]
-    return f"{label} ({', '.join(parts)})"
+    return f"{METHOD_LABELS[t.kind]} ({', '.join(parts)})"
 
 
 def _teacher_words(recipe: Recipe) -> str:

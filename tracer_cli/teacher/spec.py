@@ -20,6 +20,10 @@ from typing import Any, Literal
 # DEFAULT_UPDATE_EVERY give each its keys, and the engine has one class per kind
 # (tracer_cli.engine.teachers.TEACHER_KINDS; tests/test_teacher_spec.py checks they match).
 TeacherKind = Literal["wma", "ema", "static", "none"]
+# The kinds that average the student's trajectory (the others hold θ₀ or nothing), and the
+# method each stands for in words (model cards).
+AVERAGING_KINDS = ("wma", "ema")
+METHOD_LABELS = {"wma": "TRACER", "ema": "CaRot", "static": "static-teacher distillation"}
 WMA_BETA = 0.5
 # CaRot (Oh et al. 2024): momentum 0.05 -> 0.9 over the first 20% of the steps, every 500 steps.
 EMA_MOMENTUM_START = 0.05
