@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.source import docstring_ids
+
 CORE = Path(__file__).resolve().parents[1] / "tracer_cli"
 PLUGIN_PACKAGE = "tracer_plugins"
 # What only the openclip plugin may know: its helpers and the files of its export format.
@@ -21,23 +23,12 @@ def _modules() -> list[Path]:
     return sorted(CORE.rglob("*.py"))
 
 
-def _docstrings(tree: ast.AST) -> set[int]:
-    """ids of the string constants that are docstrings (prose may name the plugin package)."""
-    out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-                out.add(id(body[0].value))
-    return out
-
-
 def plugin_imports(source: str) -> list[str]:
     """Every way ``source`` imports the built-in plugins: ``import tracer_plugins...``, ``from
     tracer_plugins... import``, and code strings naming the package (``importlib.import_module
     ("tracer_plugins.x")``, or load snippets written for users)."""
     tree = ast.parse(source)
-    docs = _docstrings(tree)
+    docs = docstring_ids(tree)
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -55,7 +46,7 @@ def openclip_specifics(source: str) -> list[str]:
     """The openclip plugin's helpers and file names that ``source`` uses in code (identifiers,
     attributes, imported names, non-docstring strings); prose in docstrings may name them."""
     tree = ast.parse(source)
-    docs = _docstrings(tree)
+    docs = docstring_ids(tree)
     used = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Name):

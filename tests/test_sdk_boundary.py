@@ -14,6 +14,8 @@ import pytest
 
 import tracer_cli.sdk as sdk
 
+from tests.source import docstring_ids
+
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_TREES = (ROOT / "plugins", ROOT / "examples")
 CORE = "tracer_cli"
@@ -27,17 +29,6 @@ def _plugin_files() -> list[Path]:
     return sorted(p for tree in PLUGIN_TREES for p in tree.rglob("*.py"))
 
 
-def _docstrings(tree: ast.AST) -> set[int]:
-    """ids of the string constants that are docstrings (prose may name core modules)."""
-    out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-                out.add(id(body[0].value))
-    return out
-
-
 def _is_core(module: str) -> bool:
     return module == CORE or module.startswith(CORE + ".")
 
@@ -48,7 +39,7 @@ def core_imports(source: str) -> list[str]:
     tracer_cli import x``, a submodule of the SDK) and code strings naming a core module
     (``importlib.import_module("tracer_cli.x")``, ``resources.files("tracer_cli.recipes")``)."""
     tree = ast.parse(source)
-    docs = _docstrings(tree)
+    docs = docstring_ids(tree)
     public = set(sdk.__all__)
     found = []
     for node in ast.walk(tree):
