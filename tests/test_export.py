@@ -51,3 +51,24 @@ def test_file_entries_skip_the_card_and_hash_everything_else(tmp_path: Path):
     entries = export.file_entries(tmp_path)
     assert entries == [{"path": "sub/w.bin", "bytes": 3_000_000,
                         "sha256": hashlib.sha256(b"\x00" * 3_000_000).hexdigest()}]
+
+
+def test_a_safetensors_export_is_the_same_file_every_time(tmp_path):
+    # safetensors writes its metadata in hash order; the export sorts it, so the same tensors
+    # give the same bytes (and the same SHA-256 in the model card) at every export.
+    import torch
+    from safetensors.torch import load_file, safe_open
+
+    state = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(4, dtype=torch.int64)}
+    meta = {"format": "pt", "producer": "tracer test", "dtype": "float32", "ü": "ö"}
+    digests = set()
+    for i in range(8):
+        path = tmp_path / f"m{i}.safetensors"
+        export._save_tensors(state, path, meta)
+        digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert len(digests) == 1
+    loaded = load_file(str(path))
+    assert loaded.keys() == state.keys()
+    assert all(torch.equal(loaded[k], state[k]) for k in state)  # stored, not computed
+    with safe_open(str(path), "pt") as fh:
+        assert fh.metadata() == meta

@@ -382,7 +382,24 @@ def _save_safetensors(state: dict[str, torch.Tensor], path: Path, subject: _Subj
 def _save_tensors(state: dict[str, torch.Tensor], path: Path, meta: dict[str, str]) -> None:
     from safetensors.torch import save
 
-    _write_file(path, lambda fh: fh.write(save(state, metadata=meta)))
+    _write_file(path, lambda fh: fh.write(stable_header(save(state, metadata=meta))))
+
+
+def stable_header(blob: bytes) -> bytes:
+    """A safetensors file with its ``__metadata__`` keys in sorted order.
+
+    safetensors writes the metadata in hash order (a Rust ``HashMap``), so the same tensors got
+    another file, and another SHA-256 in the model card, at every export. The header is
+    rewritten with the same entries, metadata sorted, padded with spaces to the same length
+    (the format pads its header with spaces), so an export is a function of the run alone."""
+    length = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + length])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(text) > length:  # a writer that spelled its header more tightly: keep its bytes
+        return blob
+    return blob[:8] + text.ljust(length, b" ") + blob[8 + length:]
 
 
 def _write_file(path: Path, write: Callable[[Any], Any]) -> None:
