@@ -429,11 +429,17 @@ class BenchmarkFailed(Exception):
     """A child command failed; the message has its command and the tail of its stderr."""
 
 
+# Task kinds that read a run directory's metrics.jsonl and summary, never its weights: a pruned
+# run (no last.pt) can still do them, so they alone never make it run again.
+WEIGHTLESS_KINDS = ("lag",)
+
+
 def resolve_cache(tasks: Sequence[Task]) -> None:
     """Mark every pending task whose result is cached for exactly its command.
 
-    A finished run whose weights were pruned is run again when an evaluation of it is still to
-    do (and its cached evaluations with it: they describe the old run directory).
+    A finished run whose weights were pruned is run again when an evaluation of it that loads
+    the model (any kind but :data:`WEIGHTLESS_KINDS`) is still to do, and its cached
+    evaluations with it: they describe the old run directory.
     """
     fresh = [t for t in tasks if not t.cached and t.result is None]
     for task in fresh:
@@ -447,7 +453,9 @@ def resolve_cache(tasks: Sequence[Task]) -> None:
         if task.kind != "finetune" or task.result is None:
             continue
         evals = [t for t in tasks if t.kind != "finetune" and t.run is task.run]
-        if any(t.result is None for t in evals) and not rundir.last_path(task.run.run_dir).is_file():
+        loads = [t for t in evals if t.kind not in WEIGHTLESS_KINDS]
+        pruned = not rundir.last_path(task.run.run_dir).is_file()
+        if pruned and any(t.result is None for t in loads):
             for t in [task, *evals]:
                 t.cached, t.result = False, None
 

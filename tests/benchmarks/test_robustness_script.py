@@ -327,3 +327,38 @@ def test_a_run_cached_from_an_older_embedded_build_is_not_reused(rb, monkeypatch
     assert key["embedded_weights"] == embedded.embedded_path(task.run.recipe.arch, 1).name
     monkeypatch.setattr(embedded, "BUILD_VERSION", embedded.BUILD_VERSION + 1)
     assert task.key() != key
+
+
+def test_a_pruned_run_is_rerun_for_an_evaluation_but_not_for_a_lag_task(rb, tmp_path):
+    """A cached finetune whose last.pt was pruned stays cached while only ``distill-check --run``
+    (kind "lag": reads metrics.jsonl, no weights) is pending; a pending evaluation that loads the
+    model (WiSE-FT) makes it run again, its cached evaluations with it."""
+    from tracer_cli import rundir
+
+    cfg = rb.build_config(rb.parse_args(["--pretrain-seeds", "0", "--seeds", "0", "--out",
+                                         str(tmp_path / "out")]))
+    plan = rb.Plan(cfg)
+    info = next(r for r in cfg.recipes if r.name == "carot")
+    run = plan.run(info, 0, 0, [], "", "main")
+    finetune = plan.tasks[run.name]
+    run.run_dir.mkdir(parents=True)
+    rundir.summary_path(run.run_dir).write_text(json.dumps({"steps": 500, "wall_time_s": 1.0}))
+    assert not rundir.last_path(run.run_dir).exists()  # pruned: only the numbers are left
+    rb._write_json(finetune.record, {"key": finetune.key(), "result": {"steps": 500}})
+
+    def lag():
+        return rb.Task(f"{run.name}.lag", ["distill-check", "--run", str(run.run_dir), "--json"],
+                       cfg.runs_dir / f"{run.name}.lag.json", run, "lag", deps=(run.name,))
+
+    pending_lag = lag()
+    rb.resolve_cache([finetune, pending_lag])
+    assert finetune.cached and finetune.result == {"steps": 500, "wall_time_s": 1.0}
+    assert not pending_lag.cached and pending_lag.result is None
+
+    finetune.cached, finetune.result = False, None
+    done_lag = lag()
+    rb._write_json(done_lag.record, {"key": done_lag.key(), "result": {"relative_lag_final": 0.5}})
+    wise = plan.evaluation(run, "wise")
+    rb.resolve_cache([finetune, done_lag, wise])
+    assert not finetune.cached and finetune.result is None  # WiSE-FT needs the weights
+    assert not done_lag.cached and done_lag.result is None  # it described the old run
