@@ -4,8 +4,11 @@
     python benchmarks/fair.py --quick             # run it (resumable: rerun to continue)
     python benchmarks/fair.py --dry-run           # the full plan, with its estimate
     python benchmarks/fair.py                     # run it (~5.5 h and more; resumable)
+    python benchmarks/fair.py --task vqa --quick --dry-run        # VQA (34 min; see "Tasks")
+    python benchmarks/fair.py --task retrieval --quick --dry-run  # retrieval (25 min)
 
-Estimates (--dry-run) use robustness.py's model, calibrated on BENCHMARKS.md's robustness run.
+Estimates (--dry-run) use robustness.py's model, calibrated on BENCHMARKS.md's robustness run
+(VQA and retrieval: on its tasks block).
 
 benchmarks/robustness.py tunes TRACER alone (β and λ_sd on synth-mono); this script tunes every
 finetuning method the same way and is built on its machinery (runs through the real CLI, results
@@ -56,6 +59,39 @@ baseline's WiSE-FT curve at its ID accuracy (TRACER's curve is never a baseline)
 verdict, from tracer_cli.analysis (``analyse`` -> ``frontier_table``). Outputs:
 ``OUT/fair.json``, ``FIGURES/fair_{frontier,persistence}.png`` and the block between
 ``<!-- fair:begin -->`` and ``<!-- fair:end -->`` of --report.
+
+Tasks (--task; everything above is ``classification``, the default)
+  vqa        recipes/vqa_{zeroshot,ft,flyp,carot}.toml and recipes/quickstart_vqa.toml (tracer):
+             the quickstart's questions and schedule (500 steps at batch 128) for every method.
+             ft is the head path (an answer head on fused image and question features, trained
+             with the backbone; its WiSE-FT mixes the head from its fresh initialisation);
+             flyp, carot and tracer score each image against "{question} {answer}" texts.
+             Validation: id = synth-vqa photos at world seed 1 with the ID test set's kinds
+             (``vqa-photo-val``); ood = synth-vqa monochrome photos (``vqa-mono``, colour not
+             asked), the world's validation domain as synth-mono is classification's.
+             Score: ``accuracy``; analysis keys id_accuracy, avg_ood_accuracy, avg_ood_ece.
+  retrieval  recipes/retrieval_{zeroshot,flyp,carot}.toml and recipes/quickstart_retrieval.toml
+             (tracer). No ft: retrieval has no task head (the engine refuses lp, ft and lpft),
+             so its plain finetuning is FLYP, the contrastive loss on captions: an ft row
+             would only repeat it.
+             Validation: id = synth-captions photos, colour_bias 0.95, world seed 1
+             (``captions-photo-val``); ood = synth-captions monochrome photos
+             (``captions-mono``): no colour, the tie the finetuning photos carry. Score:
+             ``mean_recall`` (R@1/5/10 both ways); keys id_mean_recall, avg_ood_mean_recall
+             (no ECE: retrieval has no class probabilities).
+  The methods, grids, seeds, selection rule, extension and headline are classification's
+  (without LP-FT). Two sets of one dataset and world seed that share a synthetic domain are one
+  set to the refusal above (the domain is an option of synth-vqa / synth-captions, not a name),
+  and a recipe of another task, or a head method on retrieval, is refused. Persistence is
+  classification's question: no --lengths by default. Outputs: ``OUT/fair-<task>.json`` (OUT
+  defaults to runs/fair-<task>: one folder per task, or run names would collide),
+  ``FIGURES/fair_<task>_{frontier,persistence}.png`` and the ``fair-<task>`` block.
+  Plan sizes on 2 idle cores (~20 s + 0.25 s a step a run at 1 thread: BENCHMARKS.md's tasks
+  block, 500 steps at batch 128 took 116-155 s a run): ``--quick`` (200 steps, seeds 0 1, one
+  pretrained model) ~34 min for VQA (42 finetunes) and ~25 min for retrieval (32), plus up to
+  ~27 / ~21 min per grid-extension round (one at most); the full plan (500 steps, seeds 0 1 2,
+  the three shipped pretrained models) ~2.1 h (93 finetunes) and ~1.6 h (72), plus up to ~50 /
+  ~39 min per round (three at most). Start with ``--quick``; the full plan fits an idle night.
 """
 
 from __future__ import annotations
@@ -77,12 +113,14 @@ import robustness as rb  # noqa: E402  (sibling scripts: this folder is on sys.p
 from _plots import save  # noqa: E402
 from _report import ROBUSTNESS_KEYS  # noqa: E402
 from tracer_cli.analysis.tables import analyse  # noqa: E402
+from tracer_cli.recipe import HEAD_METHODS  # noqa: E402
 
 METHODS = ("zeroshot", "ft", "lpft", "flyp", "carot", "tracer")
 DEFAULT_RECIPES = [f"recipes/synth_{m}.toml" for m in METHODS]
 PROTOCOLS = {
     "id": {"name": "synth-photo", "seed": 1, "colour_bias": 0.99, "label": "synth-photo-val"},
     "ood": {"name": "synth-mono", "label": "synth-mono"}}
+VQA_KINDS = ["shape", "colour", "size", "position", "count"]  # quickstart_vqa.toml's
 QUICK_STEPS = 200
 LENGTHS = [500, 2000, 8000]
 PERSISTENCE = ("flyp", "carot", "tracer")
@@ -125,6 +163,78 @@ QUICK_GRIDS = {
               Axis("distill.lambda_orth", (0.2, 0.8)),
               Axis("teacher.momentum_end", (0.9, 0.97), "log1m")),
     "tracer": (Axis("teacher.beta", (0.2, 0.5, 1.0)), Axis("distill.lambda_sd", (0.3, 0.9, 3.0)))}
+
+
+
+
+@dataclass(frozen=True)
+class FairTask:
+    """What differs between the tasks the fair benchmark runs: the methods and their recipes,
+    the validation sets, the metric chosen on and reported, and where the results go.
+
+    ``primary`` is the per-dataset metric of ``tracer eval --json`` that selection maximises;
+    ``keys`` the summaries given to ``analyse`` (ID and average OOD of ``primary`` first, then
+    ECE where the task has it). ``domain_key`` names the dataset option that picks a synthetic
+    domain (None: the dataset's name does, as synth-photo / synth-mono), with the dataset's
+    default; two sets of one name and world seed whose domains meet are the same set for
+    :func:`check_validation`. ``step_s`` is the estimate's cost of one training step at 1
+    thread (robustness.py's model), ``calibration`` where it comes from."""
+
+    name: str
+    recipes: tuple[str, ...]
+    protocols: dict[str, dict[str, Any]]
+    primary: str
+    keys: tuple[str, ...]
+    metric: str  # the primary metric in words, for figures and the report
+    marker: str  # report block, results JSON stem and figure prefix
+    title: str = "The fair benchmark"
+    lengths: tuple[int, ...] = ()
+    domain_key: str | None = None
+    domain_default: tuple[str, ...] = ()
+    head_methods: bool = True  # False: the task has no head (the head methods are refused)
+    step_s: float = rb.EST_STEP_S
+    calibration: str = "BENCHMARKS.md's robustness run on 2 idle cores"
+    notes: tuple[str, ...] = ()
+
+    @property
+    def default_out(self) -> Path:
+        return Path("runs") / self.marker
+
+    def figure(self, kind: str) -> str:
+        return f"{self.marker.replace('-', '_')}_{kind}.png"
+
+
+# BENCHMARKS.md's tasks block: 500-step runs of the quickstarts (batch 128) took 116 s (VQA ft)
+# to 155 s (retrieval TRACER) a run at 1 thread, two at a time on 2 cores: ~20 s + 0.25 s a step.
+TASK_STEP_S = 0.25
+TASK_CALIBRATION = "BENCHMARKS.md's tasks block (batch 128) on 2 idle cores"
+TASKS = {
+    "classification": FairTask(
+        "classification", tuple(DEFAULT_RECIPES), PROTOCOLS, "accuracy", ROBUSTNESS_KEYS,
+        "accuracy", "fair", lengths=tuple(LENGTHS)),
+    "vqa": FairTask(
+        "vqa", tuple(f"recipes/vqa_{m}.toml" for m in ("zeroshot", "ft", "flyp", "carot"))
+        + ("recipes/quickstart_vqa.toml",),
+        {"id": {"name": "synth-vqa", "seed": 1, "domains": ["photo"], "kinds": VQA_KINDS,
+                "label": "vqa-photo-val"},
+         "ood": {"name": "synth-vqa", "domains": ["mono"],
+                 "kinds": [k for k in VQA_KINDS if k != "colour"], "label": "vqa-mono"}},
+        "accuracy", ("id_accuracy", "avg_ood_accuracy", "avg_ood_ece"), "accuracy",
+        "fair-vqa", "The fair benchmark: VQA", domain_key="domains", domain_default=("photo",),
+        step_s=TASK_STEP_S, calibration=TASK_CALIBRATION),
+    "retrieval": FairTask(
+        "retrieval", tuple(f"recipes/retrieval_{m}.toml" for m in ("zeroshot", "flyp", "carot"))
+        + ("recipes/quickstart_retrieval.toml",),
+        {"id": {"name": "synth-captions", "seed": 1, "domain": "photo", "colour_bias": 0.95,
+                "label": "captions-photo-val"},
+         "ood": {"name": "synth-captions", "domain": "mono", "label": "captions-mono"}},
+        "mean_recall", ("id_mean_recall", "avg_ood_mean_recall"), "mean recall",
+        "fair-retrieval", "The fair benchmark: retrieval", domain_key="domain",
+        domain_default=("photo",), head_methods=False, step_s=TASK_STEP_S,
+        calibration=TASK_CALIBRATION,
+        notes=("no ft: retrieval has no task head, so its plain finetuning is FLYP (the "
+               "contrastive loss on captions); the head methods (lp, ft, lpft) are refused",)),
+}
 
 
 class FairUsage(Exception):
@@ -189,6 +299,7 @@ class Fair:
     lengths: list[int]
     max_extensions: int = MAX_EXTENSIONS
     extended: dict[tuple[str, str, bool], int] = field(default_factory=dict)
+    task: FairTask = TASKS["classification"]
 
     def recipe(self, method: str) -> rb.RecipeInfo:
         return next(r for r in self.cfg.recipes if r.name == method)
@@ -231,20 +342,38 @@ def _grids(cfg: rb.Config, axes: dict[str, tuple[Axis, ...]]
     return own, grid
 
 
-def check_validation(recipes: Sequence[rb.RecipeInfo], sets: Sequence[str]) -> None:
-    """Refuse a validation set that is a reported test set: the same label, or the same dataset
-    at the same world seed (its test split is then the very images reported)."""
+def _domains(spec: dict[str, Any], task: FairTask) -> frozenset[str]:
+    """The synthetic domains a dataset table draws from (empty when its name is the domain)."""
+    if task.domain_key is None:
+        return frozenset()
+    value = spec.get(task.domain_key, list(task.domain_default))
+    return frozenset([value] if isinstance(value, str) else value)
+
+
+def check_validation(recipes: Sequence[rb.RecipeInfo], sets: Sequence[str],
+                     task: FairTask = TASKS["classification"]) -> None:
+    """Refuse a recipe of another task, a head method on a task without a head, and a
+    validation set that is a reported test set: the same label, or the same dataset at the same
+    world seed with a domain in common (its test split then holds the very images reported)."""
     from tracer_cli import recipe as recipe_mod
 
     for info in recipes:
         raw = recipe_mod.read_toml(Path(info.path))
         recipe = recipe_mod.from_dict(recipe_mod.apply_overrides(raw, list(sets)), info.path)
+        if recipe.task.name != task.name:
+            raise FairUsage(f"{info.path}: task.name = '{recipe.task.name}', but this is the "
+                            f"{task.name} benchmark (--task {task.name})")
+        if not task.head_methods and info.method in HEAD_METHODS:
+            raise FairUsage(f"{info.path}: train.method = '{info.method}' trains a task head, "
+                            f"and {task.name} has none; its plain finetuning is flyp")
         world = recipe.data.options.get("seed", 0)
-        for protocol, val in PROTOCOLS.items():
+        for protocol, val in task.protocols.items():
             for spec in [*recipe.data.id, *recipe.data.ood]:
                 label = spec.get("label") or spec["name"]
                 same = (spec["name"] == val["name"]
-                        and spec.get("seed", world) == val.get("seed", 0))
+                        and spec.get("seed", world) == val.get("seed", world)
+                        and (task.domain_key is None
+                             or bool(_domains(spec, task) & _domains(val, task))))
                 if same or label == val["label"]:
                     raise FairUsage(f"validation set {val['label']} (protocol {protocol}) is the "
                                     f"reported test set {label} of {info.path}; choose on data "
@@ -252,27 +381,30 @@ def check_validation(recipes: Sequence[rb.RecipeInfo], sets: Sequence[str]) -> N
 
 
 def build(args: argparse.Namespace) -> Fair:
+    task = TASKS[args.task]
     infos = rb.distinct_names([rb._recipe(p, args.sets)
-                               for p in (args.recipes or DEFAULT_RECIPES)])
+                               for p in (args.recipes or task.recipes)])
     seeds = list(dict.fromkeys(args.seeds or ([0, 1] if args.quick else [0, 1, 2])))
     pseeds = list(dict.fromkeys(args.pretrain_seeds or ([0] if args.quick else [0, 1, 2])))
     methods = {r.name for r in infos}
     cfg = rb.Config(
         recipes=infos, sweep=None, seeds=seeds, pseeds=pseeds, sweep_seeds=seeds[:2],
         steps=args.steps if args.steps is not None else (QUICK_STEPS if args.quick else None),
-        user_sets=list(args.sets), val=[v["label"] for v in PROTOCOLS.values()], betas=[],
+        user_sets=list(args.sets), val=[v["label"] for v in task.protocols.values()], betas=[],
         lambdas=[], wise=[m for m in methods if m != "zeroshot"],
-        wise_alphas=args.wise_alphas or WISE_ALPHAS, kl_steps=0, out=args.out,
+        wise_alphas=args.wise_alphas or WISE_ALPHAS, kl_steps=0,
+        out=args.out if args.out is not None else task.default_out,
         jobs=max(1, args.jobs), keep_weights=args.keep_weights)
-    lengths = list(args.lengths if args.lengths is not None else ([] if args.quick else LENGTHS))
+    lengths = list(args.lengths if args.lengths is not None else
+                   ([] if args.quick else task.lengths))
     if lengths and (len(pseeds) < 2 or min(lengths) < 1):
         raise FairUsage("--lengths needs two pretraining seeds (--pretrain-seeds) and lengths "
                         ">= 1")
-    check_validation(infos, args.sets)
+    check_validation(infos, args.sets, task)
     axes = {m: a for m, a in (QUICK_GRIDS if args.quick else FULL_GRIDS).items() if m in methods}
     own, grid = _grids(cfg, axes)
     return Fair(cfg, rb.Plan(cfg), axes, own, grid, lengths,
-                QUICK_MAX_EXTENSIONS if args.quick else MAX_EXTENSIONS)
+                QUICK_MAX_EXTENSIONS if args.quick else MAX_EXTENSIONS, task=task)
 
 
 # --------------------------------------------------------------------------- the phases
@@ -298,7 +430,7 @@ def val_task(fair: Fair, run: rb.Run) -> rb.Task:
     name = f"{run.name}.fairval"
     if name not in fair.plan.tasks:
         tables = ", ".join("{" + ", ".join(f"{k} = {v!r}".replace("'", '"') for k, v in s.items())
-                           + "}" for s in PROTOCOLS.values())
+                           + "}" for s in fair.task.protocols.values())
         argv = ["eval", str(run.run_dir), "--set", f"data.ood=[{tables}]", "--json"]
         fair.plan.tasks[name] = rb.Task(name, argv, fair.cfg.runs_dir / f"{name}.json", run,
                                         "val", deps=(run.name,))
@@ -319,8 +451,9 @@ def sweep(fair: Fair) -> list[rb.Run]:
 
 
 def scores(fair: Fair, method: str, protocol: str) -> dict[str, dict[float, list[float]]]:
-    """Per axis and value, the validation accuracies (one per sweep seed measured so far)."""
-    label, own = PROTOCOLS[protocol]["label"], fair.own[method]
+    """Per axis and value, the validation scores (the task's primary metric, one per sweep seed
+    measured so far)."""
+    label, own = fair.task.protocols[protocol]["label"], fair.own[method]
     out: dict[str, dict[float, list[float]]] = {}
     for key, values in fair.grid[method].items():
         out[key] = {}
@@ -331,13 +464,13 @@ def scores(fair: Fair, method: str, protocol: str) -> dict[str, dict[float, list
                                 "sweep")
                 doc = fair.plan.tasks[f"{run.name}.fairval"].result
                 if doc:
-                    accs.append(doc["datasets"][label]["accuracy"])
+                    accs.append(doc["datasets"][label][fair.task.primary])
             out[key][value] = accs
     return out
 
 
 def choose_point(fair: Fair, method: str, protocol: str) -> dict[str, float]:
-    """Per axis the value with the best mean validation accuracy (ties: the recipe's value)."""
+    """Per axis the value with the best mean validation score (ties: the recipe's value)."""
     point = dict(fair.own[method])
     for key, by_value in scores(fair, method, protocol).items():
         done = {v: float(np.mean(a)) for v, a in by_value.items() if a}
@@ -352,7 +485,7 @@ def extend(fair: Fair) -> list[tuple[str, str, float]]:
     added = []
     for method, axes in fair.axes.items():
         steps = fair.cfg.steps_of(fair.recipe(method))
-        winners = [choose_point(fair, method, p) for p in PROTOCOLS]
+        winners = [choose_point(fair, method, p) for p in fair.task.protocols]
         for axis in axes:
             values = fair.grid[method][axis.key]
             for low in (True, False):
@@ -455,7 +588,7 @@ def _minutes(fair: Fair, tasks: Sequence[rb.Task]) -> float:
     builds = len({(t.run.recipe.arch, t.run.pseed) for t in finetunes
                   if t.run.recipe.embedded
                   and not rb.embedded_cached((t.run.recipe.arch, t.run.pseed))})
-    return rb.estimate_s(tasks, fair.cfg, builds)[0] / 60
+    return rb.estimate_s(tasks, fair.cfg, builds, fair.task.step_s)[0] / 60
 
 
 def plan_all(fair: Fair) -> dict[str, list[rb.Task]]:
@@ -465,7 +598,7 @@ def plan_all(fair: Fair) -> dict[str, list[rb.Task]]:
     seen: set[str] = set()
     own = {**fair.own, **{r.name: {} for r in fair.cfg.recipes if r.name not in fair.own}}
     for phase, make in (("sweep", lambda: sweep(fair)),
-                        ("main", lambda: main_runs(fair, {p: own for p in PROTOCOLS})),
+                        ("main", lambda: main_runs(fair, {p: own for p in fair.task.protocols})),
                         ("persistence", lambda: persistence_runs(fair, own))):
         make()
         phases[phase] = [t for n, t in fair.plan.tasks.items() if n not in seen]
@@ -500,8 +633,8 @@ def dry_run(fair: Fair) -> int:
     sweep_runs = sum(t.kind == "finetune" for t in phases["sweep"])
     round_min = _minutes(fair, phases["sweep"]) * worst / max(1, sweep_runs)
     print(f"estimate: {_minutes(fair, everything):.0f} min with --jobs {fair.cfg.jobs} "
-          f"(~{rb.EST_OVERHEAD_S:.0f} s + {rb.EST_STEP_S} s/step a run at 1 thread, calibrated "
-          "on BENCHMARKS.md's robustness run on 2 idle cores), every method at its recipe's "
+          f"(~{rb.EST_OVERHEAD_S:.0f} s + {fair.task.step_s} s/step a run at 1 thread, calibrated "
+          f"on {fair.task.calibration}), every method at its recipe's "
           f"point; each grid-extension round adds at most {worst} runs (~{round_min:.0f} min; "
           f"at most {fair.max_extensions} per grid edge), and phases 2-3 grow when a protocol "
           "chooses a point off the recipe's")
@@ -542,7 +675,7 @@ def execute(fair: Fair, ui: rb.Ui, ex: rb.Executor, pruner: _Pruner
     while extend(fair):
         sweep(fair)
         _execute_pending(fair, ui, ex)
-    choices = {p: {m: choose_point(fair, m, p) for m in fair.own} for p in PROTOCOLS}
+    choices = {p: {m: choose_point(fair, m, p) for m in fair.own} for p in fair.task.protocols}
     main_runs(fair, choices)
     persistence_runs(fair, choices["id"])
     pruner.final = True
@@ -553,22 +686,24 @@ def execute(fair: Fair, ui: rb.Ui, ex: rb.Executor, pruner: _Pruner
 # --------------------------------------------------------------------------- the numbers
 
 
-def headline(panel: dict[str, Any]) -> list[dict[str, Any]]:
+def headline(panel: dict[str, Any], x: str = "id_accuracy", y: str = "avg_ood_accuracy"
+             ) -> list[dict[str, Any]]:
     """Per finetuned student row, its gap to the best baseline's WiSE-FT curve at its own ID
-    accuracy: of :func:`tables.frontier_table`'s entries, the curve highest there (its own and
-    TRACER's curves are never baselines)."""
+    score ``x`` (the task's ID and average OOD keys: ``x``, ``y``): of
+    :func:`tables.frontier_table`'s entries, the curve highest there (its own and TRACER's
+    curves are never baselines)."""
     out = []
     for row in panel["rows"]:
         if (row["model"] != "student" or row["method"] == "zeroshot"
-                or not row.get("id_accuracy") or not row.get("avg_ood_accuracy")):
+                or not row.get(x) or not row.get(y)):
             continue
         entries = [e for e in panel["frontier"] if e["row"] == row["label"]
                    and e["curve"] not in NOT_BASELINES and e["curve_ood"] is not None]
         best = max(entries, key=lambda e: e["curve_ood"], default=None)
-        out.append({"row": row["label"], "id": row["id_accuracy"][0],
-                    "ood": row["avg_ood_accuracy"][0], "curve": best and best["curve"],
+        out.append({"row": row["label"], "id": row[x][0], "ood": row[y][0],
+                    "curve": best and best["curve"],
                     "curve_ood": best and best["curve_ood"], "gap": best and best["gap"],
-                    "se": row["avg_ood_accuracy"][1],
+                    "se": row[y][1],
                     "verdict": best["verdict"] if best else "outside every baseline curve"})
     return out
 
@@ -591,11 +726,12 @@ def protocol_results(fair: Fair, protocol: str, chosen: dict[str, dict[str, floa
                    if "main-recipe" in r.roles}
     records = _records(fair, f"main-{protocol}") + _records(fair, "main-recipe", recipe_runs)
     groups = [r.name for r in fair.cfg.recipes] + sorted(set(recipe_runs.values()))
-    panels = analyse(records, groups, rb.REFERENCES, ROBUSTNESS_KEYS)
-    return {"validation": PROTOCOLS[protocol], "choice": chosen,
+    keys = fair.task.keys
+    panels = analyse(records, groups, rb.REFERENCES, keys)
+    return {"validation": fair.task.protocols[protocol], "choice": chosen,
             "scores": {m: {k: {f"{v:g}": a for v, a in by.items()}
                            for k, by in scores(fair, m, protocol).items()} for m in fair.own},
-            "panels": panels, "headline": [headline(p) for p in panels]}
+            "panels": panels, "headline": [headline(p, *keys[:2]) for p in panels]}
 
 
 def _lag(task: rb.Task | None) -> dict[str, Any] | None:
@@ -616,7 +752,7 @@ def persistence_results(fair: Fair, chosen: dict[str, dict[str, float]]) -> list
                 for g, n, r in persistence_runs(fair, chosen) if n == length]
         groups = ["zeroshot", *dict.fromkeys(g for g, _, _ in runs)]
         for panel in analyse(zero + [rec for _, _, rec in runs], groups, ("flyp",),
-                             ROBUSTNESS_KEYS):
+                             fair.task.keys):
             for entry in panel["frontier"]:
                 if entry["curve"] != "flyp" or entry["row"] not in groups:
                     continue
@@ -650,40 +786,43 @@ def sweep_points(fair: Fair) -> list[dict[str, Any]]:
             students = [rb.run_record(r, fair.plan)["models"]["student"] for r in runs]
             out.append({"method": method, "point": point, "runs": [r.name for r in runs],
                         **{k: float(np.mean([s[k] for s in students]))
-                           for k in ("id_accuracy", "avg_ood_accuracy")}})
+                           for k in fair.task.keys[:2]}})
     return out
 
 
 def plot_frontier(res: dict[str, Any], path: Path) -> Path:
     """Per protocol (first pretrained model): every method's WiSE-FT curve and chosen point,
-    TRACER at its recipe's point, and every sweep point (small)."""
+    TRACER at its recipe's point, and every sweep point (small), on the task's ID and average
+    OOD keys."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(7.5 * len(PROTOCOLS), 5.5))
-    for ax, (protocol, doc) in zip(figure.subplots(1, len(PROTOCOLS), squeeze=False)[0],
-                                   res["protocols"].items()):
+    task = TASKS[res.get("task", "classification")]
+    x, y = task.keys[:2]
+    protocols = res["protocols"]
+    figure = Figure(figsize=(7.5 * len(protocols), 5.5))
+    for ax, (protocol, doc) in zip(figure.subplots(1, len(protocols), squeeze=False)[0],
+                                   protocols.items()):
         panel = doc["panels"][0]
         colors = {}
         for i, (group, curve) in enumerate(panel["wise"].items()):
             colors[group] = f"C{i % 10}"
-            curve = [p for p in curve if p.get("id_accuracy") and p.get("avg_ood_accuracy")]
-            ax.plot([100 * p["id_accuracy"][0] for p in curve],
-                    [100 * p["avg_ood_accuracy"][0] for p in curve], "-", color=colors[group],
-                    alpha=0.6, label=f"{group} WiSE-FT")
+            curve = [p for p in curve if p.get(x) and p.get(y)]
+            ax.plot([100 * p[x][0] for p in curve], [100 * p[y][0] for p in curve], "-",
+                    color=colors[group], alpha=0.6, label=f"{group} WiSE-FT")
         for row in panel["rows"]:
             if (row["model"] == "student" and row["method"] != "zeroshot"
-                    and row.get("id_accuracy") and row.get("avg_ood_accuracy")):
-                xy = (100 * row["id_accuracy"][0], 100 * row["avg_ood_accuracy"][0])
+                    and row.get(x) and row.get(y)):
+                xy = (100 * row[x][0], 100 * row[y][0])
                 ax.plot(*xy, "s" if row["group"] == RECIPE_ROW else "o",
                         color=colors.get(row["group"], "k"), markersize=8)
                 ax.annotate(row["label"], xy, fontsize=7, xytext=(4, 4),
                             textcoords="offset points")
         for point in res["sweep_points"]:
-            ax.plot(100 * point["id_accuracy"], 100 * point["avg_ood_accuracy"], ".",
-                    color=colors.get(point["method"], "k"), alpha=0.5)
+            ax.plot(100 * point[x], 100 * point[y], ".", color=colors.get(point["method"], "k"),
+                    alpha=0.5)
         ax.set_title(f"selected on {doc['validation']['label']} ({protocol})")
-        ax.set_xlabel("ID accuracy (%)")
-        ax.set_ylabel("average OOD accuracy (%)")
+        ax.set_xlabel(f"ID {task.metric} (%)")
+        ax.set_ylabel(f"average OOD {task.metric} (%)")
         ax.legend(fontsize=7)
     return save(figure, path)
 
@@ -716,10 +855,13 @@ def _pct(value: float | None, se: float | None = None) -> str:
 
 
 def report_block(res: dict[str, Any]) -> str:
-    """The Markdown between the fair markers: choices, headline per protocol, persistence."""
-    lines = ["## The fair benchmark", "", f"Generated by `{res['command']}` on {res['date']} "
-             f"({res['wall_min']:.0f} min). Every number is in `{res['out']}/fair.json`; the "
-             "selection rule, grids and protocols are in benchmarks/fair.py's docstring.", ""]
+    """The Markdown between the task's fair markers: choices, headline per protocol,
+    persistence."""
+    task = TASKS[res.get("task", "classification")]
+    lines = [f"## {task.title}", "", f"Generated by `{res['command']}` on {res['date']} "
+             f"({res['wall_min']:.0f} min). Every number is in `{res['out']}/{task.marker}.json`;"
+             " the selection rule, grids and protocols are in benchmarks/fair.py's docstring.",
+             *[f"Note: {note}." for note in task.notes], ""]
     for protocol, doc in res["protocols"].items():
         lines += [f"### Selected on {doc['validation']['label']} ({protocol})", "",
                   "| method | chosen | recipe |", "|---|---|---|"]
@@ -729,7 +871,7 @@ def report_block(res: dict[str, Any]) -> str:
                          f"{', '.join(f'{k} {v:g}' for k, v in own.items())} |")
         for panel, rows in zip(doc["panels"], doc["headline"]):
             lines += ["", f"{panel['pretrained']}: gap (pp) of avg OOD to the best baseline's "
-                      "WiSE-FT curve at the row's ID accuracy", "",
+                      f"WiSE-FT curve at the row's ID {task.metric}", "",
                       "| row | ID | avg OOD | best baseline curve | gap ± SE | verdict |",
                       "|---|---|---|---|---|---|"]
             lines += [f"| {r['row']} | {100 * r['id']:.2f} | {100 * r['ood']:.2f} | "
@@ -765,7 +907,8 @@ def assemble(fair: Fair, choices: dict[str, dict[str, dict[str, float]]], argv: 
             "grids": {m: {k: sorted(v) for k, v in g.items()} for m, g in fair.grid.items()},
             "extensions": [{"method": m, "key": k, "low_side": low, "added": n}
                            for (m, k, low), n in fair.extended.items()],
-            "protocols": {p: protocol_results(fair, p, choices[p]) for p in PROTOCOLS},
+            "task": fair.task.name,
+            "protocols": {p: protocol_results(fair, p, choices[p]) for p in fair.task.protocols},
             "sweep_points": sweep_points(fair),
             "persistence": persistence_results(fair, choices["id"]),
             "runs": [rb.run_record(r, fair.plan) for r in fair.plan.runs.values()]}
@@ -775,22 +918,28 @@ def finish(fair: Fair, args: argparse.Namespace, res: dict[str, Any]) -> None:
     """Figures, fair.json and the report block (each written atomically)."""
     from cli_runs import replace_block
 
-    res["figures"] = {"frontier": str(plot_frontier(res, args.figures / "fair_frontier.png"))}
+    task = fair.task
+    res["figures"] = {"frontier": str(plot_frontier(res, args.figures / task.figure("frontier")))}
     if res["persistence"]:
         res["figures"]["persistence"] = str(plot_persistence(
-            res["persistence"], args.figures / "fair_persistence.png"))
-    rb._write_json(fair.cfg.out / "fair.json", res)
-    replace_block(args.report, report_block(res), "fair")
+            res["persistence"], args.figures / task.figure("persistence")))
+    rb._write_json(fair.cfg.out / f"{task.marker}.json", res)
+    replace_block(args.report, report_block(res), task.marker)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=list(TASKS), default="classification",
+                   help="the benchmark's task: its recipes, validation sets, metric and report "
+                        "block (default classification)")
     p.add_argument("--quick", action="store_true",
                    help=f"quick grids, {QUICK_STEPS}-step runs, one pretraining seed, no "
                         "persistence phase (unless --lengths)")
     p.add_argument("--recipes", nargs="+", metavar="FILE",
-                   help="one recipe per method (default: recipes/synth_<method>.toml)")
+                   help="one recipe per method (default: recipes/synth_<method>.toml; --task "
+                        "vqa: recipes/vqa_<method>.toml and quickstart_vqa.toml; --task "
+                        "retrieval: recipes/retrieval_<method>.toml and quickstart_retrieval.toml)")
     p.add_argument("--seeds", type=int, nargs="+",
                    help="finetuning seeds (default 0 1 2; --quick 0 1); the first two are the "
                         "sweep's")
@@ -798,10 +947,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="pretraining seeds of the embedded tiny CLIP (default 0 1 2; --quick 0)")
     p.add_argument("--steps", type=int, help=f"train.steps of every run (--quick {QUICK_STEPS})")
     p.add_argument("--lengths", type=int, nargs="*", metavar="N",
-                   help="persistence lengths (default 500 2000 8000; --quick none)")
+                   help="persistence lengths (default 500 2000 8000 for classification, none "
+                        "for vqa and retrieval; --quick none)")
     p.add_argument("--wise-alphas", type=float, nargs="+", metavar="A",
                    help="WiSE-FT mixing coefficients (default 0.25 0.5 0.75)")
-    p.add_argument("--out", type=Path, default=Path("runs/fair"))
+    p.add_argument("--out", type=Path,
+                   help="runs, caches and results (default runs/fair, runs/fair-vqa, "
+                        "runs/fair-retrieval: one per task)")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (default 2)")
     p.add_argument("--set", dest="sets", action="extend", nargs="+", default=[],
                    metavar="KEY=VALUE", help="override a recipe key in every run")
@@ -835,8 +987,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rb.prune_weights(fair.plan.runs.values())
     argv_used = list(sys.argv[1:] if argv is None else argv)
     finish(fair, args, assemble(fair, choices, argv_used, time.time() - started))
-    print(f"fair: {fair.cfg.out / 'fair.json'}, {args.report}, figures in {args.figures}",
-          file=sys.stderr)
+    print(f"fair: {fair.cfg.out / f'{fair.task.marker}.json'}, {args.report}, figures in "
+          f"{args.figures}", file=sys.stderr)
     return 0
 
 

@@ -966,9 +966,10 @@ def _pending(tasks: Iterable[Task]) -> list[Task]:
     return [t for t in tasks if not t.cached and t.result is None]
 
 
-def estimate_s(tasks: Sequence[Task], cfg: Config, builds: int) -> tuple[float, str]:
-    """Rough wall time of the pending tasks: a per-run model (start-up and evaluations plus a
-    cost per step), calibrated on the cached runs when there are any."""
+def estimate_s(tasks: Sequence[Task], cfg: Config, builds: int, step_s: float = EST_STEP_S
+               ) -> tuple[float, str]:
+    """Rough wall time of the pending tasks: a per-run model (start-up and evaluations plus
+    ``step_s`` a step), calibrated on the cached runs when there are any."""
     def guess(task: Task) -> float:
         if task.kind == "val":
             return EST_EVAL_S + EST_EVAL_PER_MODEL_S
@@ -978,13 +979,13 @@ def estimate_s(tasks: Sequence[Task], cfg: Config, builds: int) -> tuple[float, 
             return EST_EVAL_S
         trains = task.run.recipe.method != "zeroshot"
         steps = task.result["steps"] if task.result else _run_steps(task.run, cfg) * trains
-        return EST_OVERHEAD_S + EST_STEP_S * steps
+        return EST_OVERHEAD_S + step_s * steps
 
     done = [t for t in tasks if t.kind == "finetune" and t.cached and t.result]
     scale = (float(np.mean([t.result["wall_time_s"] / guess(t) for t in done])) if done else 1.0)
     basis = (f"calibrated on {len(done)} cached run(s)" if done else
              f"tiny-CLIP model: ~{EST_OVERHEAD_S:.0f} s start-up and evaluations + "
-             f"{EST_STEP_S} s/step per run at 1 thread")
+             f"{step_s} s/step per run at 1 thread")
     threads = threads_per_job(cfg.jobs)
     speedup = 1.0 + 0.6 * (threads - 1)  # more threads per run help less than more runs
     work = sum(guess(t) for t in _pending(tasks)) * scale / speedup

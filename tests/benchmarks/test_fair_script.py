@@ -1,7 +1,9 @@
 """benchmarks/fair.py, planned but never run: the quick and full plans give every method the same
 trials and seeds, a validation set that is a reported test set is refused, a winner on a grid's
 edge plans the next point beyond it (from fabricated validation results), the persistence phase
-spans at least 16x in length, and the headline takes the best baseline's WiSE-FT curve."""
+spans at least 16x in length, and the headline takes the best baseline's WiSE-FT curve; on VQA
+and retrieval too (--task), where the score is the task's primary metric and the headline,
+report and figure use its keys."""
 
 from __future__ import annotations
 
@@ -199,3 +201,174 @@ def test_the_report_block_and_the_persistence_figure(fair, tmp_path):
     assert "| tracer | teacher.beta 0.2 | teacher.beta 0.5 |" in block
     assert "| tracer | 98.00 | 90.00 | flyp | +1.00 ± 0.20 | above |" in block
     assert "| 8000 | m0 | tracer | +3.00 ± 0.20 | above | 0.500 | — |" in block
+
+
+# --------------------------------------------------------------------------- VQA and retrieval
+
+NEW_TASKS = {"vqa": {"ft", "flyp", "carot", "tracer"}, "retrieval": {"flyp", "carot", "tracer"}}
+
+
+@pytest.mark.parametrize("task", sorted(NEW_TASKS))
+@pytest.mark.parametrize("quick, points", [(["--quick"], 5), ([], 7)])
+def test_every_method_gets_the_same_trials_and_seeds_on_vqa_and_retrieval(fair, tmp_path, capsys,
+                                                                         task, quick, points):
+    plan = _plan(fair, tmp_path, "--task", task, *quick)
+    assert plan.task is fair.TASKS[task] and plan.lengths == []  # persistence: classification's
+    fair.plan_all(plan)
+    runs = _sweep_runs(plan)
+    assert set(runs) == NEW_TASKS[task]
+    for method, mine in runs.items():
+        assert len(mine) == 2 * points, method
+        assert sorted({r.seed for r in mine}) == [0, 1] and {r.pseed for r in mine} == {0}
+        assert len({r.variant for r in mine}) == points
+        assert all(f"{r.name}.fairval" in plan.plan.tasks for r in mine)
+    main = [r for r in plan.plan.runs.values() if "main-id" in r.roles]
+    assert {r.recipe.name for r in main} == NEW_TASKS[task] | {"zeroshot"}
+    assert {r.pseed for r in main} == ({0} if quick else {0, 1, 2})
+    wise = {n.removesuffix(".wise") for n in plan.plan.tasks if n.endswith(".wise")}
+    assert {r.name for r in main if r.recipe.method != "zeroshot"} <= wise
+    assert fair.main(["--task", task, "--out", str(tmp_path / "out"), "--dry-run", *quick]) == 0
+    out = capsys.readouterr().out
+    for method in runs:
+        assert f"sweep {method}: {points} points x 2 seeds" in out
+    assert f"{fair.TASK_STEP_S} s/step" in out
+    total = float(out.split("\nestimate: ")[1].split(" min")[0])
+    assert total <= (60 if quick else 240), out[-800:]
+
+
+def test_the_task_recipes_differ_from_their_quickstart_only_in_the_method(fair):
+    """Equal footing: every method's recipe is the quickstart's problem and schedule."""
+    from tracer_cli import recipe as R
+
+    def shared(path):
+        doc = R.load(ROOT / path).to_dict()
+        doc["train"].pop("method")
+        return {k: doc[k] for k in ("model", "data", "task", "train")}
+
+    for name in NEW_TASKS:
+        recipes = fair.TASKS[name].recipes
+        assert recipes[-1] == f"recipes/quickstart_{name}.toml"  # TRACER's is the quickstart
+        for path in recipes[:-1]:
+            assert shared(path) == shared(recipes[-1]), path
+
+
+@pytest.mark.parametrize("task", sorted(NEW_TASKS))
+def test_the_validation_sets_are_not_reported_and_match_the_id_test_set(fair, task):
+    from tracer_cli import recipe as R
+
+    spec = fair.TASKS[task]
+    tracer = R.load(ROOT / spec.recipes[-1])
+    reported = {s.get("label") or s["name"] for s in tracer.data.id + tracer.data.ood}
+    assert not reported & {v["label"] for v in spec.protocols.values()}
+    (id_set,) = tracer.data.id
+    val = spec.protocols["id"]
+    assert val["seed"] == 1 and id_set.get("seed", 0) == 0  # a disjoint draw of the same task
+    strip = {"label", "seed"}
+    assert {k: v for k, v in val.items() if k not in strip} == \
+        {k: v for k, v in id_set.items() if k not in strip}
+    assert fair._domains(spec.protocols["ood"], spec) == {"mono"}
+    assert not any(fair._domains(s, spec) & {"mono"} for s in tracer.data.ood)
+
+
+def _task_recipe(tmp_path, task: str, old: str, new: str) -> str:
+    text = (ROOT / "recipes" / f"quickstart_{task}.toml").read_text()
+    assert old in text
+    path = tmp_path / f"{task}.toml"
+    path.write_text(text.replace(old, new))
+    return str(path)
+
+
+OOD_LIST = 'ood = [\n'  # the quickstarts' OOD list opens on its own line
+
+
+@pytest.mark.parametrize("task, old, new, named", [
+    ("vqa", OOD_LIST, OOD_LIST + '    { name = "synth-vqa", label = "vqa-grey", '
+     'domains = ["mono"], kinds = ["shape", "size"] },\n', "vqa-mono"),
+    ("vqa", 'label = "vqa-photo", domains', 'label = "vqa-photo", seed = 1, domains',
+     "vqa-photo-val"),
+    ("retrieval", OOD_LIST, OOD_LIST + '    { name = "synth-captions", label = "captions-grey", '
+     'domain = "mono" },\n', "captions-mono"),
+    ("retrieval", 'label = "captions-noisy", domain = "noisy"',
+     'label = "captions-mono", domain = "noisy"', "captions-mono"),
+    ("retrieval", 'label = "captions-photo", domain = "photo"',
+     'label = "captions-photo", seed = 1, domain = "photo"', "captions-photo-val")])
+def test_a_reported_validation_set_is_refused_on_vqa_and_retrieval(fair, tmp_path, capsys, task,
+                                                                    old, new, named):
+    recipe = _task_recipe(tmp_path, task, old, new)
+    assert fair.main(["--task", task, "--quick", "--dry-run", "--recipes", recipe, "--out",
+                      str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "reported test set" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("task, recipe, said", [
+    ("retrieval", "recipes/synth_flyp.toml", "task.name = 'classification'"),
+    ("vqa", "recipes/quickstart_retrieval.toml", "task.name = 'retrieval'"),
+    ("classification", "recipes/vqa_ft.toml", "task.name = 'vqa'")])
+def test_a_recipe_of_another_task_is_refused(fair, tmp_path, capsys, task, recipe, said):
+    assert fair.main(["--task", task, "--quick", "--dry-run", "--recipes", recipe, "--out",
+                      str(tmp_path / "o")]) == 2
+    assert said in capsys.readouterr().err
+
+
+def test_retrieval_refuses_a_head_method(fair, tmp_path, capsys):
+    recipe = _task_recipe(tmp_path, "retrieval", 'method = "tracer"', 'method = "ft"')
+    text = Path(recipe).read_text()
+    Path(recipe).write_text(text[:text.index("\n[teacher]")])
+    assert fair.main(["--task", "retrieval", "--quick", "--dry-run", "--recipes", recipe, "--out",
+                      str(tmp_path / "o")]) == 2
+    assert "trains a task head" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task, metric, decoy", [("vqa", "accuracy", "vqa_score"),
+                                                 ("retrieval", "mean_recall", "i2t_r1")])
+def test_the_score_is_the_tasks_primary_metric(fair, tmp_path, task, metric, decoy):
+    """From fabricated ``.fairval`` documents: the primary metric decides, another metric of the
+    same document (higher at another point) does not."""
+    plan = _plan(fair, tmp_path, "--task", task, "--quick")
+    fair.sweep(plan)
+    labels = [v["label"] for v in plan.task.protocols.values()]
+    for name, t in plan.plan.tasks.items():
+        if name.endswith(".fairval"):
+            variant = " ".join(t.run.variant)
+            primary = 0.6 if "teacher.beta=0.2" in variant else 0.5
+            other = 0.9 if "distill.lambda_sd=3.0" in variant else 0.1
+            t.result = {"datasets": {label: {metric: primary, decoy: other} for label in labels}}
+    for protocol in plan.task.protocols:
+        point = fair.choose_point(plan, "tracer", protocol)
+        assert point == {"teacher.beta": 0.2, "distill.lambda_sd": 0.9}
+        assert fair.scores(plan, "tracer", protocol)["teacher.beta"][0.2] == [0.6, 0.6]
+
+
+def test_the_headline_report_and_figure_use_the_tasks_keys(fair, tmp_path):
+    keys = fair.TASKS["retrieval"].keys
+    assert keys == ("id_mean_recall", "avg_ood_mean_recall")  # retrieval has no ECE
+
+    def row(label, method):
+        return {"label": label, "group": label, "model": "student", "method": method,
+                keys[0]: [0.70, 0.002], keys[1]: [0.42, 0.003]}
+
+    panel = {"pretrained": "m0", "rows": [row("carot", "carot"), row("zeroshot", "zeroshot")],
+             "wise": {"flyp": [{"alpha": a, keys[0]: [0.6 + 0.1 * a, 0.001],
+                                keys[1]: [0.41, 0.001]} for a in (0.0, 0.5, 1.0)]},
+             "frontier": [{"row": "carot", "curve": "flyp", "curve_ood": 0.41, "gap": 0.01,
+                           "verdict": "above"}]}
+    (head,) = fair.headline(panel, *keys[:2])
+    assert (head["id"], head["ood"], head["curve"], head["se"]) == (0.70, 0.42, "flyp", 0.003)
+    assert fair.headline(panel) == []  # classification's keys: no such numbers here
+    res = {"task": "retrieval", "command": "python benchmarks/fair.py --task retrieval --quick",
+           "date": "2026-12-07", "wall_min": 1.0, "out": "o",
+           "own": {"carot": {"distill.lambda_sd": 1.5}},
+           "protocols": {"ood": {"validation": fair.TASKS["retrieval"].protocols["ood"],
+                                 "choice": {"carot": {"distill.lambda_sd": 4.5}},
+                                 "panels": [panel], "headline": [[head]]}},
+           "sweep_points": [{"method": "carot", keys[0]: 0.69, keys[1]: 0.415}],
+           "persistence": []}
+    path = fair.plot_frontier(res, tmp_path / fair.TASKS["retrieval"].figure("frontier"))
+    assert path.name == "fair_retrieval_frontier.png" and path.read_bytes()[:4] == b"\x89PNG"
+    res["figures"] = {"frontier": str(path)}
+    block = fair.report_block(res)
+    assert block.startswith("## The fair benchmark: retrieval")
+    assert "`o/fair-retrieval.json`" in block and "no ft: retrieval has no task head" in block
+    assert "at the row's ID mean recall" in block
+    assert "| carot | 70.00 | 42.00 | flyp | +1.00 ± 0.30 | above |" in block
