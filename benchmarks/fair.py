@@ -638,6 +638,8 @@ def dry_run(fair: Fair) -> int:
           f"point; each grid-extension round adds at most {worst} runs (~{round_min:.0f} min; "
           f"at most {fair.max_extensions} per grid edge), and phases 2-3 grow when a protocol "
           "chooses a point off the recipe's")
+    for note in fair.task.notes:
+        print(f"note: {note}")
     return 0
 
 

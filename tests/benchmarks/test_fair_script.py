@@ -232,6 +232,7 @@ def test_every_method_gets_the_same_trials_and_seeds_on_vqa_and_retrieval(fair, 
     for method in runs:
         assert f"sweep {method}: {points} points x 2 seeds" in out
     assert f"{fair.TASK_STEP_S} s/step" in out
+    assert ("note: no ft: retrieval has no task head" in out) == (task == "retrieval")
     total = float(out.split("\nestimate: ")[1].split(" min")[0])
     assert total <= (60 if quick else 240), out[-800:]
 
