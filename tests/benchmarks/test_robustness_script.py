@@ -77,8 +77,8 @@ def test_paired_difference_pairs_by_key_and_judges_noise():
     assert stats.noise_verdict(0.0, 0.0) == "within noise"
 
 
-def test_frontier_gap_interpolates_along_the_curve_sorted_by_id():
-    curve = [(0.90, 0.80), (0.80, 0.85), (0.85, 0.83)]  # unsorted on purpose
+def test_frontier_gap_interpolates_along_the_curve_in_alpha_order():
+    curve = [(0.80, 0.85), (0.85, 0.83), (0.90, 0.80)]  # α = 0, .5, 1
     above = stats.frontier_gap(curve, 0.875, 0.84, 0.01)
     assert above["curve_ood"] == pytest.approx(0.815)  # halfway between .83 and .80
     assert above["gap"] == pytest.approx(0.025) and above["verdict"] == "above"
@@ -88,9 +88,29 @@ def test_frontier_gap_interpolates_along_the_curve_sorted_by_id():
     for outside in (0.95, 0.79):
         far = stats.frontier_gap(curve, outside, 0.9, 0.01)
         assert far["verdict"] == "outside the curve's ID range" and far["gap"] is None
-    # equal ID accuracies are averaged before interpolating
-    assert stats.frontier_gap([(0.8, 0.7), (0.8, 0.9), (0.9, 0.8)], 0.8, 0.8, 0.01)[
-        "curve_ood"] == pytest.approx(0.8)
+    # two α with the same ID accuracy: the curve reaches the higher OOD there
+    assert stats.frontier_gap([(0.8, 0.9), (0.8, 0.7), (0.7, 0.95)], 0.8, 0.8, 0.01)[
+        "curve_ood"] == pytest.approx(0.9)
+
+
+def test_frontier_gap_reads_the_upper_branch_when_id_peaks_before_alpha_one():
+    """Measured shape (fair benchmark, 800 steps): ID accuracy peaks at α = .5 and falls a little
+    towards α = 1 while OOD keeps falling. At ID .9981 the curve passes twice: at α ≈ .43
+    (OOD ≈ .851) and at α ≈ .96 (OOD ≈ .707); the frontier is the first. Sorting the points by
+    ID read ≈ .71 and made a point 13 points "above" a curve it sits on."""
+    curve = [(0.9666, 0.9013), (0.9951, 0.8916), (0.9985, 0.8334), (0.99835, 0.7648),
+             (0.9980, 0.6957)]  # α = 0, .25, .5, .75, 1
+    t = (0.9981 - 0.9951) / (0.9985 - 0.9951)
+    upper = 0.8916 + t * (0.8334 - 0.8916)
+    at = stats.frontier_gap(curve, 0.9981, 0.8427, 0.0074)
+    assert at["curve_ood"] == pytest.approx(upper)
+    assert at["gap"] == pytest.approx(0.8427 - upper) and at["verdict"] == "within noise"
+    # the SE travels with the branch that was read
+    with_se = [(i, o, 0.01 * k) for k, (i, o) in enumerate(curve)]
+    ood, se = stats.curve_at(with_se, 0.9981)
+    assert ood == pytest.approx(upper) and se == pytest.approx(0.01 * (1 + t))
+    # past the peak there is no point of the curve: outside, not extrapolated
+    assert stats.curve_at(curve, 0.9990) is None
 
 
 def test_choose_value_prefers_the_recipe_value_among_ties(rb):

@@ -68,23 +68,46 @@ def paired_difference(a: dict[Any, float], b: dict[Any, float]) -> dict[str, Any
             "verdict": noise_verdict(mean, se)}
 
 
-def frontier_gap(curve: Sequence[tuple[float, float]], id_acc: float, ood_acc: float,
-                 ood_se: float) -> dict[str, Any]:
-    """Where a (ID, OOD) point lies against a WiSE-FT curve of (ID, OOD) points.
+def curve_at(curve: Sequence[Sequence[float]], id_acc: float
+             ) -> tuple[float, float] | None:
+    """The highest point of a WiSE-FT curve at ID accuracy ``id_acc``: (OOD, its SE), or None
+    when the curve never reaches that ID.
 
-    The curve is sorted by ID accuracy (points with equal ID are averaged) and interpolated
-    linearly at ``id_acc``; gap = ``ood_acc`` − curve. "above" / "below" when |gap| ≥ 2 ``ood_se``,
-    else "within noise"; "outside the curve's ID range" when ``id_acc`` is beyond its ends.
+    ``curve`` holds (ID, OOD[, SE of OOD]) points in the order of the mixing coefficient α (the
+    curve as WiSE-FT traces it, zero-shot to finetuned). ID accuracy need not rise with α: it
+    often peaks at an interior α and falls a little towards α = 1 while OOD keeps falling, so
+    one ID accuracy is met on two branches. Each segment between neighbouring α that spans
+    ``id_acc`` is interpolated linearly (OOD and its SE), and the highest OOD is the curve's
+    value there: the best the baseline reaches at that ID by choosing α. (Sorting the points by
+    ID instead would interleave the branches and read the lower one.)
     """
-    by_id: dict[float, list[float]] = {}
-    for i, o in curve:
-        by_id.setdefault(float(i), []).append(float(o))
-    xs = sorted(by_id)
-    ys = [float(np.mean(by_id[x])) for x in xs]
-    if not xs or id_acc < xs[0] or id_acc > xs[-1]:
+    pts = [(float(p[0]), float(p[1]), float(p[2]) if len(p) > 2 else 0.0) for p in curve]
+    found: list[tuple[float, float]] = []
+    for (i0, o0, s0), (i1, o1, s1) in zip(pts, pts[1:] or pts):
+        lo, hi = min(i0, i1), max(i0, i1)
+        if not lo <= id_acc <= hi:
+            continue
+        if i1 == i0:  # a vertical segment: both ends are at this ID
+            found += [(o0, s0), (o1, s1)]
+        else:
+            t = (id_acc - i0) / (i1 - i0)
+            found.append((o0 + t * (o1 - o0), s0 + t * (s1 - s0)))
+    return max(found, key=lambda f: f[0]) if found else None
+
+
+def frontier_gap(curve: Sequence[Sequence[float]], id_acc: float, ood_acc: float,
+                 ood_se: float) -> dict[str, Any]:
+    """Where a (ID, OOD) point lies against a WiSE-FT curve of (ID, OOD) points in α order.
+
+    The curve's value at ``id_acc`` is :func:`curve_at`'s (the highest branch, linearly
+    interpolated); gap = ``ood_acc`` − curve. "above" / "below" when |gap| ≥ 2 ``ood_se``, else
+    "within noise"; "outside the curve's ID range" when no part of the curve reaches ``id_acc``.
+    """
+    at = curve_at([p[:2] for p in curve], id_acc)
+    if at is None:
         return {"curve_ood": None, "gap": None, "se": ood_se,
                 "verdict": "outside the curve's ID range"}
-    curve_ood = float(np.interp(id_acc, xs, ys))
+    curve_ood = at[0]
     gap = ood_acc - curve_ood
     if abs(gap) < 2 * ood_se or gap == 0:
         verdict = "within noise"

@@ -20,8 +20,8 @@ from typing import Any, Hashable, Sequence
 import numpy as np
 
 from tracer_cli.analysis.stats import (
-    average_binomial_var, binomial_var, ci95, effective_robustness, frontier_gap, logit_fit,
-    mean_se, paired_difference, shared_images_se)
+    average_binomial_var, binomial_var, ci95, curve_at, effective_robustness, frontier_gap,
+    logit_fit, mean_se, paired_difference, shared_images_se)
 from tracer_cli.sdk.task_metrics import RETAIN_KEYS
 
 PRETRAINED_ROW = "zero-shot (pretrained)"
@@ -263,10 +263,11 @@ def frontier_table(rows: Sequence[dict[str, Any]], curves: dict[str, list[dict[s
 
 def _curve_at(points: Sequence[dict[str, Any]], x: str, y: str, id_acc: float
               ) -> tuple[list[tuple[float, float]], float]:
-    """A curve's (ID, OOD) means and the SE of its OOD mean interpolated at ``id_acc``."""
-    pts = sorted((p[x][0], p[y][0], p[y][1] or 0.0) for p in points if p.get(x) and p.get(y))
-    se = float(np.interp(id_acc, [p[0] for p in pts], [p[2] for p in pts])) if pts else 0.0
-    return [(i, o) for i, o, _ in pts], se
+    """A curve's (ID, OOD) means in α order and the SE of its OOD mean at ``id_acc``, on the
+    branch :func:`stats.curve_at` reads (0 when the curve does not reach that ID)."""
+    pts = [(p[x][0], p[y][0], p[y][1] or 0.0) for p in points if p.get(x) and p.get(y)]
+    at = curve_at(pts, id_acc)
+    return [(i, o) for i, o, _ in pts], (at[1] if at else 0.0)
 
 
 def headline_table(rows: Sequence[dict[str, Any]], curves: dict[str, list[dict[str, Any]]],
