@@ -746,7 +746,8 @@ def _lag(task: rb.Task | None) -> dict[str, Any] | None:
 
 def persistence_results(fair: Fair, chosen: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     """Per length and pretrained model, each group's gap to FLYP's WiSE-FT curve of the same
-    length, with the teacher's lag (mean over runs) from distill-check."""
+    length (the headline's: SE of the row's and the curve's OOD means combined), with the
+    teacher's lag (mean over runs) from distill-check."""
     out = []
     zero = [r for r in _records(fair, "main-id") if r["method"] == "zeroshot"]
     for length in fair.lengths:
@@ -755,8 +756,8 @@ def persistence_results(fair: Fair, chosen: dict[str, dict[str, float]]) -> list
         groups = ["zeroshot", *dict.fromkeys(g for g, _, _ in runs)]
         for panel in analyse(zero + [rec for _, _, rec in runs], groups, ("flyp",),
                              fair.task.keys):
-            for entry in panel["frontier"]:
-                if entry["curve"] != "flyp" or entry["row"] not in groups:
+            for entry in panel["headline"]:
+                if entry["curve"] not in ("flyp", None) or entry["row"] not in groups:
                     continue
                 lags = [_lag(fair.plan.tasks.get(f"{r.name}.lag")) for g, r, rec in runs
                         if g == entry["row"] and rec["pretrained"] == panel["pretrained"]]
@@ -830,8 +831,10 @@ def plot_frontier(res: dict[str, Any], path: Path) -> Path:
 
 
 def plot_persistence(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Gap to FLYP's WiSE-FT curve against training length, one panel per pretrained model."""
+    """Gap to FLYP's WiSE-FT curve against training length, one panel per pretrained model
+    (a group outside the curve's ID range at a length has no point there)."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     models = list(dict.fromkeys(r["pretrained"] for r in rows))
     figure = Figure(figsize=(6.5 * max(1, len(models)), 4.5))
@@ -843,6 +846,9 @@ def plot_persistence(rows: Sequence[dict[str, Any]], path: Path) -> Path:
                         yerr=[200 * r["se"] for r in mine], marker="o", capsize=3, label=group)
         ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.set_xscale("log")
+        lengths = sorted({r["length"] for r in rows})
+        ax.set_xticks(lengths, [f"{n:,}" for n in lengths])
+        ax.xaxis.set_minor_formatter(NullFormatter())  # no overprinted 3x10^2 labels
         ax.set_xlabel("training steps")
         ax.set_ylabel("gap to FLYP's WiSE-FT curve (pp, ± 2 SE)")
         ax.set_title(model, fontsize=9)
