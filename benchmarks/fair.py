@@ -112,7 +112,7 @@ import robustness as rb  # noqa: E402  (sibling scripts: this folder is on sys.p
 
 from _plots import save  # noqa: E402
 from _report import ROBUSTNESS_KEYS  # noqa: E402
-from tracer_cli.analysis.tables import analyse  # noqa: E402
+from tracer_cli.analysis.tables import analyse, headline_table  # noqa: E402
 from tracer_cli.recipe import HEAD_METHODS  # noqa: E402
 
 METHODS = ("zeroshot", "ft", "lpft", "flyp", "carot", "tracer")
@@ -691,22 +691,20 @@ def execute(fair: Fair, ui: rb.Ui, ex: rb.Executor, pruner: _Pruner
 def headline(panel: dict[str, Any], x: str = "id_accuracy", y: str = "avg_ood_accuracy"
              ) -> list[dict[str, Any]]:
     """Per finetuned student row, its gap to the best baseline's WiSE-FT curve at its own ID
-    score ``x`` (the task's ID and average OOD keys: ``x``, ``y``): of
-    :func:`tables.frontier_table`'s entries, the curve highest there (its own and TRACER's
-    curves are never baselines)."""
+    score ``x`` (the task's ID and average OOD keys: ``x``, ``y``): ``tracer compare``'s
+    headline (:func:`tables.headline_table`: the highest curve there but the row's own, SE of
+    the row's and the curve's OOD means combined) with every curve but TRACER's as a baseline."""
+    baselines = [g for g in panel.get("wise", {}) if g not in NOT_BASELINES]
+    if not baselines:
+        return []
     out = []
-    for row in panel["rows"]:
-        if (row["model"] != "student" or row["method"] == "zeroshot"
-                or not row.get(x) or not row.get(y)):
-            continue
-        entries = [e for e in panel["frontier"] if e["row"] == row["label"]
-                   and e["curve"] not in NOT_BASELINES and e["curve_ood"] is not None]
-        best = max(entries, key=lambda e: e["curve_ood"], default=None)
-        out.append({"row": row["label"], "id": row[x][0], "ood": row[y][0],
-                    "curve": best and best["curve"],
-                    "curve_ood": best and best["curve_ood"], "gap": best and best["gap"],
-                    "se": row[y][1],
-                    "verdict": best["verdict"] if best else "outside every baseline curve"})
+    for e in headline_table(panel["rows"], panel["wise"], baselines, x, y):
+        found = e["gap"] is not None
+        out.append({"row": e["row"], "id": e["id"], "ood": e["ood"],
+                    "curve": e["curve"] if found else None,
+                    "curve_ood": e["curve_ood"] if found else None,
+                    "gap": e["gap"], "se": e["se"],
+                    "verdict": e["verdict"] if found else "outside every baseline curve"})
     return out
 
 

@@ -166,18 +166,21 @@ def test_persistence_spans_16x_on_two_models_with_lag_beside_teachers(fair, tmp_
 def test_the_headline_is_the_gap_to_the_best_baseline_curve(fair):
     def row(label, method):
         return {"label": label, "group": label, "model": "student", "method": method,
-                "id_accuracy": [0.95, 0.001], "avg_ood_accuracy": [0.85, 0.004]}
+                "id_accuracy": [0.95, 0.001], "avg_ood_accuracy": [0.85, 0.004], "n_runs": 2}
 
-    def entry(curve, curve_ood):
-        return {"row": "carot", "curve": curve, "curve_ood": curve_ood,
-                "gap": 0.85 - curve_ood, "verdict": "x"}
+    def curve(ood, se=0.003):  # flat in OOD across ID 0.90 .. 1.00
+        return [{"alpha": a, "id_accuracy": [0.90 + 0.1 * a, 0.001],
+                 "avg_ood_accuracy": [ood, se]} for a in (0.0, 1.0)]
 
-    panel = {"rows": [row("carot", "carot"), row("zeroshot", "zeroshot")], "frontier": [
-        entry("ft", 0.80), entry("flyp", 0.84), entry("tracer", 0.90),
-        entry("tracer (recipe)", 0.91)]}  # TRACER's curves are never the baseline
+    panel = {"rows": [row("carot", "carot"), row("zeroshot", "zeroshot")],
+             "wise": {"ft": curve(0.80), "flyp": curve(0.84), "tracer": curve(0.90),
+                      "tracer (recipe)": curve(0.91)}}  # TRACER's curves are never the baseline
     (head,) = fair.headline(panel)
     assert head["curve"] == "flyp" and head["gap"] == pytest.approx(0.01)
-    assert head["se"] == 0.004
+    assert head["se"] == pytest.approx(0.005)  # the row's 0.004 and the curve's 0.003 combined
+    assert fair.headline({**panel, "wise": {"tracer": curve(0.9)}}) == []  # no baseline curve
+    (far,) = fair.headline({**panel, "wise": {"flyp": curve(0.84)[:1]}})  # reaches ID .90 only
+    assert far["gap"] is None and far["verdict"] == "outside every baseline curve"
 
 
 def test_the_report_block_and_the_persistence_figure(fair, tmp_path):
@@ -347,15 +350,16 @@ def test_the_headline_report_and_figure_use_the_tasks_keys(fair, tmp_path):
 
     def row(label, method):
         return {"label": label, "group": label, "model": "student", "method": method,
-                keys[0]: [0.70, 0.002], keys[1]: [0.42, 0.003]}
+                keys[0]: [0.70, 0.002], keys[1]: [0.42, 0.003], "n_runs": 2}
 
     panel = {"pretrained": "m0", "rows": [row("carot", "carot"), row("zeroshot", "zeroshot")],
              "wise": {"flyp": [{"alpha": a, keys[0]: [0.6 + 0.1 * a, 0.001],
                                 keys[1]: [0.41, 0.001]} for a in (0.0, 0.5, 1.0)]},
-             "frontier": [{"row": "carot", "curve": "flyp", "curve_ood": 0.41, "gap": 0.01,
-                           "verdict": "above"}]}
+             }
     (head,) = fair.headline(panel, *keys[:2])
-    assert (head["id"], head["ood"], head["curve"], head["se"]) == (0.70, 0.42, "flyp", 0.003)
+    assert (head["id"], head["ood"], head["curve"]) == (0.70, 0.42, "flyp")
+    assert head["gap"] == pytest.approx(0.01)
+    assert head["se"] == pytest.approx(math.hypot(0.003, 0.001))
     assert fair.headline(panel) == []  # classification's keys: no such numbers here
     res = {"task": "retrieval", "command": "python benchmarks/fair.py --task retrieval --quick",
            "date": "2026-12-07", "wall_min": 1.0, "out": "o",
@@ -372,4 +376,4 @@ def test_the_headline_report_and_figure_use_the_tasks_keys(fair, tmp_path):
     assert block.startswith("## The fair benchmark: retrieval")
     assert "`o/fair-retrieval.json`" in block and "no ft: retrieval has no task head" in block
     assert "at the row's ID mean recall" in block
-    assert "| carot | 70.00 | 42.00 | flyp | +1.00 ± 0.30 | above |" in block
+    assert "| carot | 70.00 | 42.00 | flyp | +1.00 ± 0.32 | above |" in block  # SE √(.3² + .1²)
