@@ -8,6 +8,7 @@ report and figure use its keys."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -377,3 +378,22 @@ def test_the_headline_report_and_figure_use_the_tasks_keys(fair, tmp_path):
     assert "`o/fair-retrieval.json`" in block and "no ft: retrieval has no task head" in block
     assert "at the row's ID mean recall" in block
     assert "| carot | 70.00 | 42.00 | flyp | +1.00 ± 0.32 | above |" in block  # SE √(.3² + .1²)
+
+
+# --------------------------------------------------------------------------- time across resumes
+
+def test_the_time_ledger_sums_resumed_invocations(fair, tmp_path):
+    plan = _plan(fair, tmp_path, "--quick")
+    path = tmp_path / "out" / "fair-time.json"
+    assert fair.record_time(plan, 0.0, 5.0, 0, 0.1) == {"invocations": []}  # nothing ran
+    assert not path.exists()
+    fair.record_time(plan, 0.0, 600.0, 40, 0.2)
+    res = {"wall_min": 0.01, "time": json.loads(path.read_text())}
+    assert fair.time_text(res) == "10 min"  # a regenerating rerun does not replace the time
+    ledger = fair.record_time(plan, 1000.0, 1200.0, 45, 1.5)
+    assert [r["tasks_run"] for r in ledger["invocations"]] == [40, 45]
+    assert fair.time_text({"wall_min": 0.0, "time": ledger}) == (
+        "30 min over 2 invocations, 85 tasks, load average at their starts 0.2-1.5")
+    assert fair.time_text({"wall_min": 3.0}) == "3 min"  # results from before the ledger
+    path.write_text("{not json")
+    assert fair.record_time(plan, 0.0, 60.0, 1, None)["invocations"][0]["wall_s"] == 60.0
