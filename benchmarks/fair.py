@@ -1,11 +1,11 @@
 """A fair benchmark: every method tuned alike, judged on the WiSE-FT frontier, and persistence.
 
-    python benchmarks/fair.py --quick --dry-run   # the quick plan (34 min on 2 idle cores)
+    python benchmarks/fair.py --quick --dry-run   # the quick plan (57 min measured on 2 idle cores)
     python benchmarks/fair.py --quick             # run it (resumable: rerun to continue)
     python benchmarks/fair.py --dry-run           # the full plan, with its estimate
     python benchmarks/fair.py                     # run it (~5.5 h and more; resumable)
-    python benchmarks/fair.py --task vqa --quick --dry-run        # VQA (34 min; see "Tasks")
-    python benchmarks/fair.py --task retrieval --quick --dry-run  # retrieval (25 min)
+    python benchmarks/fair.py --task vqa --quick --dry-run        # VQA (42 min measured; "Tasks")
+    python benchmarks/fair.py --task retrieval --quick --dry-run  # retrieval (35 min measured)
 
 Estimates (--dry-run) use robustness.py's model, calibrated on BENCHMARKS.md's robustness run
 (VQA and retrieval: on its tasks block).
