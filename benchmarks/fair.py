@@ -23,7 +23,12 @@ Selection rule (the same for every method)
   of two axes, 3 on each of CaRot's three), 5 in the quick plan (3 and 3; CaRot 3, 2, 2). Every
   point runs with the same two finetuning seeds (the first two of --seeds) on the first
   pretrained model. Per axis, the value with the best mean validation score wins; ties go to the
-  recipe's own value; the chosen point combines the axes' winners.
+  recipe's own value. When two or more winners are off the recipe's values, their combination
+  is a point the sweep never ran: it runs at the same two seeds and is chosen only if its mean
+  validation score is at least the best sweep point's, else the best sweep point is (so every
+  choice is a validated point; at most one such point per method and protocol, the same for
+  every method). Axes can interact: lr x weight decay is AdamW's per-step shrinkage, and a
+  large rate with a large decay, each best on its own, collapsed retrieval's FLYP (2026-12-07).
 
 Two selection protocols, side by side (one ``tracer eval`` per sweep run scores both):
   id   held-out ID validation: synth-photo, colour_bias 0.99, world seed 1 (the reported ID test
@@ -42,8 +47,8 @@ steps - 1], teacher.momentum_end in [0, 1); lr, weight decay, β and the λ are 
 grid, so they never reach their limit) or MAX_EXTENSIONS values (3; --quick 1) were added
 on that side.
 
-Phases: 1. the sweep (and its extension rounds), 2. every method x pretraining seed x seed at each
-protocol's chosen point, with WiSE-FT (``tracer eval RUN --wise-alpha``) on every run of every
+Phases: 1. the sweep (its extension rounds, then the combinations to validate), 2. every
+method x pretraining seed x seed at each protocol's chosen point, with WiSE-FT (``tracer eval RUN --wise-alpha``) on every run of every
 method, TRACER and CaRot included; 3. persistence (--lengths, full plan only by default): FLYP,
 FLYP + WiSE-FT, CaRot (EMA teacher at its recipe's update interval, and a control with the
 interval scaled with the length), TRACER (WMA) at the id protocol's chosen points, on the first two
@@ -422,11 +427,19 @@ def point_run(fair: Fair, method: str, point: dict[str, float], pseed: int, seed
               role: str, extra: Sequence[str] = (), suffix: str = "") -> rb.Run:
     """The run of ``method`` at ``point``: only the keys off the recipe's values are set, so the
     recipe's own point is the plain recipe's run (shared with every phase that runs it)."""
-    own = fair.own.get(method, {})
-    moved = [(k, v) for k, v in point.items() if not math.isclose(v, own[k])]
+    moved = _moved_items(fair, method, point)
     variant = [f"{k}={_value_text(k, v)}" for k, v in moved] + list(extra)
-    tag = "-".join([f"{k.split('.')[-1]}{v:g}" for k, v in moved] + ([suffix] if suffix else []))
-    return fair.plan.run(fair.recipe(method), pseed, seed, variant, tag, role)
+    return fair.plan.run(fair.recipe(method), pseed, seed, variant,
+                         _tag(moved, suffix), role)
+
+
+def _moved_items(fair: Fair, method: str, point: dict[str, float]) -> list[tuple[str, float]]:
+    own = fair.own.get(method, {})
+    return [(k, v) for k, v in point.items() if not math.isclose(v, own[k])]
+
+
+def _tag(moved: Sequence[tuple[str, float]], suffix: str = "") -> str:
+    return "-".join([f"{k.split('.')[-1]}{v:g}" for k, v in moved] + ([suffix] if suffix else []))
 
 
 def val_task(fair: Fair, run: rb.Run) -> rb.Task:
@@ -474,13 +487,78 @@ def scores(fair: Fair, method: str, protocol: str) -> dict[str, dict[float, list
 
 
 def choose_point(fair: Fair, method: str, protocol: str) -> dict[str, float]:
-    """Per axis the value with the best mean validation score (ties: the recipe's value)."""
+    """Per axis the value with the best mean validation score (ties: the recipe's value): the
+    axes' winners combined, which the coordinate sweep has run only when at most one of them
+    is off the recipe's value (see :func:`final_point`)."""
     point = dict(fair.own[method])
     for key, by_value in scores(fair, method, protocol).items():
         done = {v: float(np.mean(a)) for v, a in by_value.items() if a}
         if done:
             point[key] = rb.choose_value(list(done), list(done.values()), fair.own[method][key])
     return point
+
+
+def _moved(fair: Fair, method: str, point: dict[str, float]) -> list[str]:
+    return [k for k, _ in _moved_items(fair, method, point)]
+
+
+def point_scores(fair: Fair, method: str, point: dict[str, float], protocol: str
+                 ) -> list[float]:
+    """The validation scores of ``point``'s sweep-seed runs measured so far (none when the
+    point was never planned or has not run)."""
+    label = fair.task.protocols[protocol]["label"]
+    tag = _tag(_moved_items(fair, method, point))
+    accs = []
+    for seed in fair.cfg.sweep_seeds:  # point_run's names, looked up (planning nothing)
+        name = f"{rb._slug(method)}{'-' + tag if tag else ''}_p{fair.cfg.pseeds[0]}_s{seed}"
+        task = fair.plan.tasks.get(f"{name}.fairval")
+        if task is not None and task.result:
+            accs.append(task.result["datasets"][label][fair.task.primary])
+    return accs
+
+
+def combined_runs(fair: Fair) -> list[rb.Run]:
+    """Phase 1b: per method and protocol, the axes' winners combined when two or more of them
+    are off the recipe's values (a point the coordinate sweep never ran), at the sweep seeds
+    with its validation task, so that no choice goes unvalidated."""
+    runs = []
+    for method in fair.grid:
+        for protocol in fair.task.protocols:
+            point = choose_point(fair, method, protocol)
+            if len(_moved(fair, method, point)) < 2:
+                continue
+            for seed in fair.cfg.sweep_seeds:
+                run = point_run(fair, method, point, fair.cfg.pseeds[0], seed, "sweep")
+                val_task(fair, run)
+                runs.append(run)
+    return runs
+
+
+def final_point(fair: Fair, method: str, protocol: str
+                ) -> tuple[dict[str, float], dict[str, Any] | None]:
+    """The protocol's choice for ``method``, always a point with measured validation scores:
+    the axes' winners combined when that is a sweep point, or when its own runs
+    (:func:`combined_runs`) score at least the best sweep point's mean; otherwise the best
+    sweep point (ties: the recipe's point, else the first in the sweep's order). The second
+    item says what was compared when the combination was not a sweep point."""
+    combined = choose_point(fair, method, protocol)
+    if len(_moved(fair, method, combined)) < 2:
+        return combined, None
+    means = []
+    for point in coordinate_points(fair.own[method], fair.grid[method]):
+        accs = point_scores(fair, method, point, protocol)
+        if accs:
+            means.append((float(np.mean(accs)), point))
+    accs = point_scores(fair, method, combined, protocol)
+    if not means or not accs:  # not run yet (a dry run): the combination stands
+        return combined, None
+    top = max(m for m, _ in means)
+    best = next(p for m, p in means if m >= top - 1e-12)  # the recipe's point comes first
+    score = float(np.mean(accs))
+    kept = score >= top - 1e-12
+    return (combined if kept else best), {
+        "combined": combined, "combined_score": score, "best_sweep": best,
+        "best_sweep_score": top, "kept": "combined" if kept else "best sweep point"}
 
 
 def extend(fair: Fair) -> list[tuple[str, str, float]]:
@@ -640,8 +718,9 @@ def dry_run(fair: Fair) -> int:
           f"(~{rb.EST_OVERHEAD_S:.0f} s + {fair.task.step_s} s/step a run at 1 thread, calibrated "
           f"on {fair.task.calibration}), every method at its recipe's "
           f"point; each grid-extension round adds at most {worst} runs (~{round_min:.0f} min; "
-          f"at most {fair.max_extensions} per grid edge), and phases 2-3 grow when a protocol "
-          "chooses a point off the recipe's")
+          f"at most {fair.max_extensions} per grid edge), a combination of two or more axes' "
+          f"winners adds {len(fair.cfg.sweep_seeds)} runs per method and protocol, and phases "
+          "2-3 grow when a protocol chooses a point off the recipe's")
     for note in fair.task.notes:
         print(f"note: {note}")
     return 0
@@ -681,7 +760,10 @@ def execute(fair: Fair, ui: rb.Ui, ex: rb.Executor, pruner: _Pruner
     while extend(fair):
         sweep(fair)
         _execute_pending(fair, ui, ex)
-    choices = {p: {m: choose_point(fair, m, p) for m in fair.own} for p in fair.task.protocols}
+    combined_runs(fair)
+    _execute_pending(fair, ui, ex)
+    choices = {p: {m: final_point(fair, m, p)[0] for m in fair.own}
+               for p in fair.task.protocols}
     main_runs(fair, choices)
     persistence_runs(fair, choices["id"])
     pruner.final = True
@@ -732,7 +814,10 @@ def protocol_results(fair: Fair, protocol: str, chosen: dict[str, dict[str, floa
     groups = [r.name for r in fair.cfg.recipes] + sorted(set(recipe_runs.values()))
     keys = fair.task.keys
     panels = analyse(records, groups, rb.REFERENCES, keys)
+    combined = {m: note for m in fair.own
+                for note in [final_point(fair, m, protocol)[1]] if note}
     return {"validation": fair.task.protocols[protocol], "choice": chosen,
+            "combined": combined,
             "scores": {m: {k: {f"{v:g}": a for v, a in by.items()}
                            for k, by in scores(fair, m, protocol).items()} for m in fair.own},
             "panels": panels, "headline": [headline(p, *keys[:2]) for p in panels]}
@@ -785,7 +870,12 @@ def sweep_points(fair: Fair) -> list[dict[str, Any]]:
     shown, never used for choosing."""
     out = []
     for method, grid in fair.grid.items():
-        for point in coordinate_points(fair.own[method], grid):
+        points = coordinate_points(fair.own[method], grid)
+        for protocol in fair.task.protocols:  # the combinations that ran (combined_runs)
+            note = final_point(fair, method, protocol)[1]
+            if note and note["combined"] not in points:
+                points.append(note["combined"])
+        for point in points:
             runs = [point_run(fair, method, point, fair.cfg.pseeds[0], seed, "sweep")
                     for seed in fair.cfg.sweep_seeds]
             students = [rb.run_record(r, fair.plan)["models"]["student"] for r in runs]
@@ -879,6 +969,14 @@ def report_block(res: dict[str, Any]) -> str:
             own = res["own"][method]
             lines.append(f"| {method} | {', '.join(f'{k} {v:g}' for k, v in point.items())} | "
                          f"{', '.join(f'{k} {v:g}' for k, v in own.items())} |")
+        notes = [f"- {method}: the axes' winners combined "
+                 f"({', '.join(f'{k} {v:g}' for k, v in note['combined'].items())}) scored "
+                 f"{100 * note['combined_score']:.2f} on {doc['validation']['label']} against "
+                 f"{100 * note['best_sweep_score']:.2f} for the best sweep point; the "
+                 f"{note['kept']} is used."
+                 for method, note in doc.get("combined", {}).items()]
+        if notes:
+            lines += ["", *notes]
         for panel, rows in zip(doc["panels"], doc["headline"]):
             lines += ["", f"{panel['pretrained']}: gap (pp) of avg OOD to the best baseline's "
                       f"WiSE-FT curve at the row's ID {task.metric}", "",

@@ -397,3 +397,49 @@ def test_the_time_ledger_sums_resumed_invocations(fair, tmp_path):
     assert fair.time_text({"wall_min": 3.0}) == "3 min"  # results from before the ledger
     path.write_text("{not json")
     assert fair.record_time(plan, 0.0, 60.0, 1, None)["invocations"][0]["wall_s"] == 60.0
+
+
+@pytest.mark.parametrize("combined_acc, kept", [(0.30, "best sweep point"), (0.70, "combined")])
+def test_a_combination_of_axis_winners_is_validated_before_it_is_chosen(fair, tmp_path,
+                                                                        combined_acc, kept):
+    """Each axis wins off the recipe's value on its own (0.62 and 0.61 against 0.5), so the
+    combination is a point the coordinate sweep never ran: it is planned at the sweep seeds and
+    chosen only if it validates at least as well as the best sweep point (0.62)."""
+    plan = _plan(fair, tmp_path, "--quick")
+    fair.sweep(plan)
+    own, grid = plan.own["flyp"], plan.grid["flyp"]
+    lr = next(v for v in grid["train.lr"] if not math.isclose(v, own["train.lr"]))
+    wd = next(v for v in grid["train.weight_decay"]
+              if not math.isclose(v, own["train.weight_decay"]))
+    labels = [v["label"] for v in plan.task.protocols.values()]
+
+    def fabricate():
+        for name, task in plan.plan.tasks.items():
+            if name.endswith(".fairval") and task.result is None:
+                variant = " ".join(task.run.variant)
+                hit_lr = f"train.lr={fair._value_text('train.lr', lr)}" in variant
+                hit_wd = f"train.weight_decay={fair._value_text('train.weight_decay', wd)}" \
+                    in variant
+                acc = (0.5 if task.run.recipe.name != "flyp" else
+                       combined_acc if hit_lr and hit_wd else
+                       0.62 if hit_lr else 0.61 if hit_wd else 0.5)
+                task.result = {"datasets": {label: {"accuracy": acc} for label in labels}}
+
+    fabricate()
+    combo = {"train.lr": lr, "train.weight_decay": wd}
+    assert fair.choose_point(plan, "flyp", "id") == combo
+    assert fair.final_point(plan, "flyp", "id") == (combo, None)  # not run yet: it stands
+    before = set(plan.plan.runs)
+    new = fair.combined_runs(plan)
+    # one combination per protocol, the same point: its two sweep-seed runs, nothing else
+    assert {r.name for r in new} == set(plan.plan.runs) - before
+    assert len(set(plan.plan.runs) - before) == 2 and {r.recipe.name for r in new} == {"flyp"}
+    assert all(f"{r.name}.fairval" in plan.plan.tasks for r in new)
+    fabricate()
+    for protocol in plan.task.protocols:
+        point, note = fair.final_point(plan, "flyp", protocol)
+        assert note["kept"] == kept and note["combined_score"] == pytest.approx(combined_acc)
+        assert note["best_sweep_score"] == pytest.approx(0.62)
+        assert point == (combo if kept == "combined" else {**own, "train.lr": lr})
+        # a method whose winners are all the recipe's values has nothing to validate
+        assert fair.final_point(plan, "ft", protocol) == (plan.own["ft"], None)
