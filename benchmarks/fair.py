@@ -6,6 +6,7 @@
     python benchmarks/fair.py                     # run it (~5.5 h and more; resumable)
     python benchmarks/fair.py --task vqa --quick --dry-run        # VQA (42 min measured; "Tasks")
     python benchmarks/fair.py --task retrieval --quick --dry-run  # retrieval (35 min measured)
+    python benchmarks/fair.py --task retrieval    # its full plan: 166 min measured, 3 invocations
 
 Estimates (--dry-run) use robustness.py's model, calibrated on BENCHMARKS.md's robustness run
 (VQA and retrieval: on its tasks block).
