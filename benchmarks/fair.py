@@ -4,7 +4,7 @@
     python benchmarks/fair.py --quick             # run it (resumable: rerun to continue)
     python benchmarks/fair.py --dry-run           # the full plan, with its estimate
     python benchmarks/fair.py                     # run it (~5.5 h and more; resumable)
-    python benchmarks/fair.py --task vqa --quick --dry-run        # VQA (42 min measured; "Tasks")
+    python benchmarks/fair.py --task vqa --quick --dry-run        # VQA (42 min measured, +8 validating combinations)
     python benchmarks/fair.py --task retrieval --quick --dry-run  # retrieval (35 min measured)
     python benchmarks/fair.py --task retrieval    # its full plan: 166 min measured, 3 invocations
 
