@@ -4,7 +4,7 @@
     python benchmarks/fair.py --quick             # run it (resumable: rerun to continue)
     python benchmarks/fair.py --dry-run           # the full plan, with its estimate
     python benchmarks/fair.py                     # run it (~5.5 h and more; resumable)
-    python benchmarks/fair.py --task vqa --quick --dry-run        # VQA (42 min measured, +8 validating combinations)
+    python benchmarks/fair.py --task vqa --quick --dry-run        # VQA (50 min measured)
     python benchmarks/fair.py --task retrieval --quick --dry-run  # retrieval (35 min measured)
     python benchmarks/fair.py --task retrieval    # its full plan: 166 min measured, 3 invocations
 
@@ -49,8 +49,9 @@ grid, so they never reach their limit) or MAX_EXTENSIONS values (3; --quick 1) w
 on that side.
 
 Phases: 1. the sweep (its extension rounds, then the combinations to validate), 2. every
-method x pretraining seed x seed at each protocol's chosen point, with WiSE-FT (``tracer eval RUN --wise-alpha``) on every run of every
-method, TRACER and CaRot included; 3. persistence (--lengths, full plan only by default): FLYP,
+method x pretraining seed x seed at each protocol's chosen point, with WiSE-FT (``tracer eval
+RUN --wise-alpha``) on every run of every method, TRACER and CaRot included; 3. persistence
+(--lengths, full plan only by default): FLYP,
 FLYP + WiSE-FT, CaRot (EMA teacher at its recipe's update interval, and a control with the
 interval scaled with the length), TRACER (WMA) at the id protocol's chosen points, on the first two
 pretrained models, with ``tracer distill-check --run RUN --json`` beside every teacher run.
@@ -471,20 +472,9 @@ def sweep(fair: Fair) -> list[rb.Run]:
 def scores(fair: Fair, method: str, protocol: str) -> dict[str, dict[float, list[float]]]:
     """Per axis and value, the validation scores (the task's primary metric, one per sweep seed
     measured so far)."""
-    label, own = fair.task.protocols[protocol]["label"], fair.own[method]
-    out: dict[str, dict[float, list[float]]] = {}
-    for key, values in fair.grid[method].items():
-        out[key] = {}
-        for value in values:
-            accs = []
-            for seed in fair.cfg.sweep_seeds:
-                run = point_run(fair, method, {**own, key: value}, fair.cfg.pseeds[0], seed,
-                                "sweep")
-                doc = fair.plan.tasks[f"{run.name}.fairval"].result
-                if doc:
-                    accs.append(doc["datasets"][label][fair.task.primary])
-            out[key][value] = accs
-    return out
+    own = fair.own[method]
+    return {key: {value: point_scores(fair, method, {**own, key: value}, protocol)
+                  for value in values} for key, values in fair.grid[method].items()}
 
 
 def choose_point(fair: Fair, method: str, protocol: str) -> dict[str, float]:
@@ -499,10 +489,6 @@ def choose_point(fair: Fair, method: str, protocol: str) -> dict[str, float]:
     return point
 
 
-def _moved(fair: Fair, method: str, point: dict[str, float]) -> list[str]:
-    return [k for k, _ in _moved_items(fair, method, point)]
-
-
 def point_scores(fair: Fair, method: str, point: dict[str, float], protocol: str
                  ) -> list[float]:
     """The validation scores of ``point``'s sweep-seed runs measured so far (none when the
@@ -511,7 +497,7 @@ def point_scores(fair: Fair, method: str, point: dict[str, float], protocol: str
     tag = _tag(_moved_items(fair, method, point))
     accs = []
     for seed in fair.cfg.sweep_seeds:  # point_run's names, looked up (planning nothing)
-        name = f"{rb._slug(method)}{'-' + tag if tag else ''}_p{fair.cfg.pseeds[0]}_s{seed}"
+        name = fair.plan.run_name(method, fair.cfg.pseeds[0], seed, tag)
         task = fair.plan.tasks.get(f"{name}.fairval")
         if task is not None and task.result:
             accs.append(task.result["datasets"][label][fair.task.primary])
@@ -526,7 +512,7 @@ def combined_runs(fair: Fair) -> list[rb.Run]:
     for method in fair.grid:
         for protocol in fair.task.protocols:
             point = choose_point(fair, method, protocol)
-            if len(_moved(fair, method, point)) < 2:
+            if len(_moved_items(fair, method, point)) < 2:
                 continue
             for seed in fair.cfg.sweep_seeds:
                 run = point_run(fair, method, point, fair.cfg.pseeds[0], seed, "sweep")
@@ -543,7 +529,7 @@ def final_point(fair: Fair, method: str, protocol: str
     sweep point (ties: the recipe's point, else the first in the sweep's order). The second
     item says what was compared when the combination was not a sweep point."""
     combined = choose_point(fair, method, protocol)
-    if len(_moved(fair, method, combined)) < 2:
+    if len(_moved_items(fair, method, combined)) < 2:
         return combined, None
     means = []
     for point in coordinate_points(fair.own[method], fair.grid[method]):

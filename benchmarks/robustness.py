@@ -317,9 +317,14 @@ class Plan:
         self.runs: dict[str, Run] = {}
         self.tasks: dict[str, Task] = {}
 
+    @staticmethod
+    def run_name(recipe_name: str, pseed: int, seed: int, tag: str) -> str:
+        """The name :meth:`run` gives (and looks a run up by)."""
+        return f"{_slug(recipe_name)}{'-' + tag if tag else ''}_p{pseed}_s{seed}"
+
     def run(self, recipe: RecipeInfo, pseed: int, seed: int, variant: Sequence[str], tag: str,
             role: str) -> Run:
-        name = f"{_slug(recipe.name)}{'-' + tag if tag else ''}_p{pseed}_s{seed}"
+        name = self.run_name(recipe.name, pseed, seed, tag)
         if name not in self.runs:
             sets = [f"run.name={name}", f"run.seed={seed}", "train.checkpoint_every=0",
                     *self.cfg.user_sets, *steps_overrides(recipe, self.cfg.steps)]
