@@ -1079,6 +1079,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"fair: a run failed; finished runs stay cached in {fair.cfg.out}\n{exc}",
                   file=sys.stderr)
             return 1
+        except KeyboardInterrupt:
+            print(f"fair: interrupted after {ui.done} tasks; finished runs stay cached in "
+                  f"{fair.cfg.out}: rerun the same command to resume", file=sys.stderr)
+            return 130
         finally:  # an interrupted invocation's time counts towards the plan's too
             ledger = record_time(fair, started, time.time() - started, ui.done, load)
     if not fair.cfg.keep_weights:

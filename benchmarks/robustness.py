@@ -566,27 +566,35 @@ class Executor:
         todo = {t.name: t for t in tasks if not t.cached and t.result is None}
         running: dict[cf.Future, Task] = {}
         with cf.ThreadPoolExecutor(self.jobs) as pool:
-            while todo or running:
-                busy = set(todo) | {t.name for t in running.values()}
-                ready = [t for t in todo.values() if not any(d in busy for d in t.deps)]
-                ready.sort(key=lambda t: t.kind == "finetune")  # evaluations first
-                if not ready and not running:
-                    raise BenchmarkFailed(f"nothing can start: {', '.join(todo)} wait on each "
-                                          "other")
-                for task in ready[: self.jobs - len(running)]:
-                    del todo[task.name]
-                    self.ui.started(task)
-                    running[pool.submit(self._call, task)] = task
-                finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-                for future in finished:
-                    task = running.pop(future)
-                    error = future.result()
-                    if error:
-                        self._stop(running)
-                        raise BenchmarkFailed(error)
-                    self.counts[task.kind] += 1
-                    self.ui.finished(task)
-                    self.on_done(task)
+            try:
+                self._loop(todo, running, pool)
+            except KeyboardInterrupt:  # stop the children rather than wait for them
+                self._stop(running)
+                raise
+
+    def _loop(self, todo: dict[str, Task], running: dict[cf.Future, Task],
+              pool: cf.ThreadPoolExecutor) -> None:
+        while todo or running:
+            busy = set(todo) | {t.name for t in running.values()}
+            ready = [t for t in todo.values() if not any(d in busy for d in t.deps)]
+            ready.sort(key=lambda t: t.kind == "finetune")  # evaluations first
+            if not ready and not running:
+                raise BenchmarkFailed(f"nothing can start: {', '.join(todo)} wait on each "
+                                      "other")
+            for task in ready[: self.jobs - len(running)]:
+                del todo[task.name]
+                self.ui.started(task)
+                running[pool.submit(self._call, task)] = task
+            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for future in finished:
+                task = running.pop(future)
+                error = future.result()
+                if error:
+                    self._stop(running)
+                    raise BenchmarkFailed(error)
+                self.counts[task.kind] += 1
+                self.ui.finished(task)
+                self.on_done(task)
 
     def _stop(self, running: dict[cf.Future, Task]) -> None:
         """Stop the other children (SIGTERM: a finetune checkpoints and exits) and wait."""
@@ -1105,6 +1113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             ui.console.print(f"robustness: a run failed; finished runs stay cached in {cfg.out}")
             print(f"robustness: {exc}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:
+            print(f"robustness: interrupted after {ui.done} tasks; finished runs stay cached in "
+                  f"{cfg.out}: rerun the same command to resume", file=sys.stderr)
+            return 130
     if not cfg.keep_weights:
         prune_weights(plan.runs.values())
     finetunes = [t for t in plan.tasks.values() if t.kind == "finetune"]

@@ -289,6 +289,45 @@ def test_dry_run_counts_and_a_failed_run_stops_the_benchmark(bench, tmp_path):
     assert "tracer_cli finetune ft.toml" in failed.stderr and "size" in failed.stderr
 
 
+def test_an_interrupt_stops_the_running_children_instead_of_waiting_for_them(
+        rb, tmp_path, monkeypatch):
+    """Ctrl-C (or SIGINT to the script alone) while runs are in flight: each child gets SIGTERM
+    (a finetune checkpoints and exits) and the interrupt propagates, where the thread pool used
+    to wait for every child to finish. The children sleep 20 s: ended any other way than by
+    the termination, they exit 0 and the test fails."""
+    import signal
+    import types
+
+    started: list = []
+    real_popen, real_wait = rb.subprocess.Popen, rb.cf.wait
+
+    def popen(cmd, **kwargs):
+        proc = real_popen([sys.executable, "-c", "import time; time.sleep(20)"], **kwargs)
+        started.append(proc)
+        return proc
+
+    calls = {"n": 0}
+
+    def wait(futures, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:  # the executor's first wait: interrupt once both children run
+            while len(started) < 2:
+                real_wait(futures, timeout=0.05)
+            raise KeyboardInterrupt
+        return real_wait(futures, **kwargs)
+
+    monkeypatch.setattr(rb.subprocess, "Popen", popen)
+    monkeypatch.setattr(rb.cf, "wait", wait)
+    tasks = [rb.Task(name=f"t{i}", argv=["finetune"], record=tmp_path / f"t{i}.json", run=None,
+                     kind="finetune") for i in range(2)]
+    with rb.Ui(0) as ui:
+        ex = rb.Executor(types.SimpleNamespace(jobs=2), ui)
+        with pytest.raises(KeyboardInterrupt):
+            ex.execute(tasks)
+    assert [p.returncode for p in started] == [-signal.SIGTERM] * 2
+    assert ui.done == 0 and not any(t.record.exists() for t in tasks)
+
+
 def test_wise_curve_takes_its_end_points_from_the_runs():
     """α = 1 is the run's own student and α = 0 the zeroshot run of the same pretrained model:
     neither is evaluated again, and the averaged curve still spans 0..1."""
