@@ -1082,7 +1082,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             print(f"fair: interrupted after {ui.done} tasks; finished runs stay cached in "
                   f"{fair.cfg.out}: rerun the same command to resume", file=sys.stderr)
-            return 130
+            return rb.INTERRUPTED_EXIT
         finally:  # an interrupted invocation's time counts towards the plan's too
             ledger = record_time(fair, started, time.time() - started, ui.done, load)
     if not fair.cfg.keep_weights:

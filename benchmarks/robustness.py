@@ -61,6 +61,7 @@ import math
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -428,6 +429,11 @@ class KlPlan:
 
 
 # --------------------------------------------------------------------------- execution
+
+
+# An interrupted benchmark exits as a death by SIGINT reads in the shell (128 + 2), the same
+# convention as an interrupted finetune (tracer_cli.errors.Interrupted).
+INTERRUPTED_EXIT = 128 + signal.SIGINT
 
 
 class BenchmarkFailed(Exception):
@@ -1116,7 +1122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             print(f"robustness: interrupted after {ui.done} tasks; finished runs stay cached in "
                   f"{cfg.out}: rerun the same command to resume", file=sys.stderr)
-            return 130
+            return INTERRUPTED_EXIT
     if not cfg.keep_weights:
         prune_weights(plan.runs.values())
     finetunes = [t for t in plan.tasks.values() if t.kind == "finetune"]

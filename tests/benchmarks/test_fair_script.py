@@ -45,6 +45,24 @@ def _sweep_runs(plan):
     return by_method
 
 
+def test_an_interrupted_plan_says_how_to_resume_and_keeps_its_time(fair, tmp_path, capsys,
+                                                                    monkeypatch):
+    """Ctrl-C during the plan: exit 130 (the shell's code for SIGINT), a line that says what
+    finished and how to resume, and the invocation's time in the ledger (tasks had finished)."""
+    def interrupted(plan, ui, ex, pruner):
+        ui.done = 3  # three tasks finished before the interrupt
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fair, "execute", interrupted)
+    out = tmp_path / "out"
+    assert fair.main(["--quick", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert f"fair: interrupted after 3 tasks; finished runs stay cached in {out}" in err
+    assert "rerun the same command to resume" in err
+    ledger = json.loads((out / "fair-time.json").read_text())
+    assert [i["tasks_run"] for i in ledger["invocations"]] == [3]
+
+
 @pytest.mark.parametrize("quick, points", [(["--quick"], 5), ([], 7)])
 def test_every_method_gets_the_same_trials_and_seeds(fair, tmp_path, capsys, quick, points):
     plan = _plan(fair, tmp_path, *quick)
